@@ -1,0 +1,391 @@
+//! Leases: a node's subnet and what the node says about itself (upstream `pkg/lease`).
+//!
+//! The value stored under a subnet key is [`LeaseAttrs`] as JSON. flanneld-rs writes it
+//! byte-identical to upstream:
+//! `{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}`
+//! and reads it as Go does: keys in any case, unknown keys ignored, the v0.10 form without
+//! `PublicIPv6` and without `VNI` accepted.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::SystemTime;
+
+use ipnetwork::{Ipv4Network, Ipv6Network};
+use serde_json::{Map, Value};
+
+use crate::gojson;
+use crate::mac::MacAddr;
+use crate::subnet_key::SubnetKey;
+
+/// Lease values longer than this are refused: upstream's are under 200 bytes, and a peer that
+/// writes megabytes is broken or hostile.
+pub const MAX_LEASE_VALUE_LEN: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    #[error("lease value is {0} bytes, more than the {MAX_LEASE_VALUE_LEN} allowed")]
+    TooLarge(usize),
+    #[error("lease value is not JSON: {0}")]
+    Json(String),
+    #[error("lease value is a JSON {0}, not an object")]
+    NotObject(&'static str),
+    #[error("lease field {field}: {message}")]
+    Field {
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// What a node publishes about itself in its lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseAttrs {
+    /// `0.0.0.0` when the value has none, as upstream.
+    pub public_ip: Ipv4Addr,
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// Empty when absent (upstream omits it then).
+    pub backend_type: String,
+    /// Backend specific, kept as stored; see [`VxlanBackendData`].
+    pub backend_data: Option<Value>,
+    pub backend_v6_data: Option<Value>,
+}
+
+impl LeaseAttrs {
+    /// The attributes of a VXLAN node.
+    pub fn vxlan(public_ip: Ipv4Addr, data: &VxlanBackendData) -> Self {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: "vxlan".to_string(),
+            backend_data: Some(data.to_value()),
+            backend_v6_data: None,
+        }
+    }
+
+    /// The JSON upstream writes: fields in this order, `PublicIPv6` always present (null when
+    /// unset), the backend fields only when set, no spaces.
+    pub fn to_json(&self) -> String {
+        let mut out = String::with_capacity(160);
+        out.push_str("{\"PublicIP\":\"");
+        out.push_str(&self.public_ip.to_string());
+        out.push_str("\",\"PublicIPv6\":");
+        match self.public_ipv6 {
+            Some(ip) => {
+                out.push('"');
+                out.push_str(&ip.to_string());
+                out.push('"');
+            }
+            None => out.push_str("null"),
+        }
+        if !self.backend_type.is_empty() {
+            out.push_str(",\"BackendType\":");
+            out.push_str(&Value::String(self.backend_type.clone()).to_string());
+        }
+        if let Some(data) = &self.backend_data {
+            out.push_str(",\"BackendData\":");
+            out.push_str(&data.to_string());
+        }
+        if let Some(data) = &self.backend_v6_data {
+            out.push_str(",\"BackendV6Data\":");
+            out.push_str(&data.to_string());
+        }
+        out.push('}');
+        out
+    }
+
+    /// Reads a lease value written by any flanneld release.
+    pub fn from_json(value: &[u8]) -> Result<Self, LeaseError> {
+        if value.len() > MAX_LEASE_VALUE_LEN {
+            return Err(LeaseError::TooLarge(value.len()));
+        }
+        let parsed: Value =
+            serde_json::from_slice(value).map_err(|e| LeaseError::Json(e.to_string()))?;
+        let obj = match &parsed {
+            Value::Object(obj) => obj,
+            other => return Err(LeaseError::NotObject(gojson::kind(other))),
+        };
+        Self::from_object(obj)
+    }
+
+    fn from_object(obj: &Map<String, Value>) -> Result<Self, LeaseError> {
+        let f = gojson::fields(
+            obj,
+            &[
+                "PublicIP",
+                "PublicIPv6",
+                "BackendType",
+                "BackendData",
+                "BackendV6Data",
+            ],
+        );
+        let public_ip = match f[0] {
+            None => Ipv4Addr::UNSPECIFIED,
+            Some(v) => {
+                let text = gojson::text(v);
+                text.parse().map_err(|_| LeaseError::Field {
+                    field: "PublicIP",
+                    message: format!("not an IPv4 address: {text:?}"),
+                })?
+            }
+        };
+        let public_ipv6 = match f[1] {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let text = gojson::text(v);
+                Some(text.parse().map_err(|_| LeaseError::Field {
+                    field: "PublicIPv6",
+                    message: format!("not an IPv6 address: {text:?}"),
+                })?)
+            }
+        };
+        let backend_type = match f[2] {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => {
+                return Err(LeaseError::Field {
+                    field: "BackendType",
+                    message: format!("a JSON {}, not a string", gojson::kind(other)),
+                })
+            }
+        };
+        Ok(LeaseAttrs {
+            public_ip,
+            public_ipv6,
+            backend_type,
+            backend_data: f[3].cloned(),
+            backend_v6_data: f[4].cloned(),
+        })
+    }
+
+    /// The VXLAN data of this lease, when it is a VXLAN lease.
+    pub fn vxlan_data(&self) -> Option<Result<VxlanBackendData, LeaseError>> {
+        if self.backend_type != "vxlan" {
+            return None;
+        }
+        Some(match &self.backend_data {
+            Some(v) => VxlanBackendData::from_value(v),
+            None => Err(LeaseError::Field {
+                field: "BackendData",
+                message: "missing from a vxlan lease".into(),
+            }),
+        })
+    }
+}
+
+impl fmt::Display for LeaseAttrs {
+    /// Short form for logs, like upstream's `LeaseAttrs.String()`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "PublicIP={} BackendType={}",
+            self.public_ip, self.backend_type
+        )?;
+        if let Some(data) = &self.backend_data {
+            write!(f, " BackendData={data}")?;
+        }
+        if let Some(v6) = self.public_ipv6 {
+            write!(f, " PublicIPv6={v6}")?;
+        }
+        Ok(())
+    }
+}
+
+/// VXLAN's `BackendData`: `{"VNI":1,"VtepMAC":"0a:58:0a:f4:01:00"}`. v0.10 wrote only
+/// `VtepMAC`; `vni` is then `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanBackendData {
+    pub vni: Option<u32>,
+    pub vtep_mac: MacAddr,
+}
+
+impl VxlanBackendData {
+    pub fn to_value(&self) -> Value {
+        let mut obj = Map::new();
+        if let Some(vni) = self.vni {
+            obj.insert("VNI".into(), Value::from(vni));
+        }
+        obj.insert("VtepMAC".into(), Value::String(self.vtep_mac.to_string()));
+        Value::Object(obj)
+    }
+
+    pub fn from_value(v: &Value) -> Result<Self, LeaseError> {
+        let obj = match v {
+            Value::Object(obj) => obj,
+            other => {
+                return Err(LeaseError::Field {
+                    field: "BackendData",
+                    message: format!("a JSON {}, not an object", gojson::kind(other)),
+                })
+            }
+        };
+        let f = gojson::fields(obj, &["VNI", "VtepMAC"]);
+        let vni = match f[0] {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => Some(
+                n.as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| LeaseError::Field {
+                        field: "BackendData.VNI",
+                        message: format!("{n} is not a VNI"),
+                    })?,
+            ),
+            Some(other) => {
+                return Err(LeaseError::Field {
+                    field: "BackendData.VNI",
+                    message: format!("a JSON {}, not a number", gojson::kind(other)),
+                })
+            }
+        };
+        let vtep_mac = match f[1] {
+            Some(Value::String(s)) => s.parse().map_err(|_| LeaseError::Field {
+                field: "BackendData.VtepMAC",
+                message: format!("not a MAC address: {s:?}"),
+            })?,
+            Some(other) => {
+                return Err(LeaseError::Field {
+                    field: "BackendData.VtepMAC",
+                    message: format!("a JSON {}, not a string", gojson::kind(other)),
+                })
+            }
+            None => {
+                return Err(LeaseError::Field {
+                    field: "BackendData.VtepMAC",
+                    message: "missing".into(),
+                })
+            }
+        };
+        Ok(VxlanBackendData { vni, vtep_mac })
+    }
+}
+
+/// When a lease ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiration {
+    /// A reservation: a key without TTL, kept for its node forever (upstream
+    /// `Documentation/reservations.md`).
+    Never,
+    /// Expires at this time unless renewed.
+    At(SystemTime),
+    /// Has a TTL, not looked up (watch events do not carry it).
+    Unknown,
+}
+
+/// A node's subnet lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub subnet: Ipv4Network,
+    pub ipv6_subnet: Option<Ipv6Network>,
+    pub attrs: LeaseAttrs,
+    pub expiration: Expiration,
+}
+
+impl Lease {
+    pub fn key(&self) -> SubnetKey {
+        SubnetKey {
+            ipv4: self.subnet,
+            ipv6: self.ipv6_subnet,
+        }
+    }
+
+    pub fn is_reservation(&self) -> bool {
+        self.expiration == Expiration::Never
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V020: &str = r#"{"PublicIP":"192.168.77.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"6a:02:fc:e4:63:47"}}"#;
+
+    #[test]
+    fn writes_upstream_bytes() {
+        let data = VxlanBackendData {
+            vni: Some(1),
+            vtep_mac: "6a:02:fc:e4:63:47".parse().unwrap(),
+        };
+        let attrs = LeaseAttrs::vxlan("192.168.77.2".parse().unwrap(), &data);
+        assert_eq!(attrs.to_json(), V020);
+    }
+
+    #[test]
+    fn round_trips_upstream_value() {
+        let attrs = LeaseAttrs::from_json(V020.as_bytes()).unwrap();
+        assert_eq!(attrs.public_ip, Ipv4Addr::new(192, 168, 77, 2));
+        assert_eq!(attrs.public_ipv6, None);
+        assert_eq!(attrs.to_json(), V020);
+        let vx = attrs.vxlan_data().unwrap().unwrap();
+        assert_eq!(vx.vni, Some(1));
+        assert_eq!(vx.vtep_mac.to_string(), "6a:02:fc:e4:63:47");
+    }
+
+    #[test]
+    fn reads_v010_value_without_vni_or_ipv6() {
+        let v = br#"{"PublicIP":"10.0.0.5","BackendType":"vxlan","BackendData":{"VtepMAC":"ae:2f:d6:1d:74:57"}}"#;
+        let attrs = LeaseAttrs::from_json(v).unwrap();
+        assert_eq!(attrs.public_ipv6, None);
+        let vx = attrs.vxlan_data().unwrap().unwrap();
+        assert_eq!(vx.vni, None);
+        assert_eq!(vx.vtep_mac.to_string(), "ae:2f:d6:1d:74:57");
+    }
+
+    #[test]
+    fn keys_match_case_insensitively_and_unknown_are_ignored() {
+        let v = br#"{"publicip":"10.0.0.5","backendtype":"host-gw","Extra":[1,2]}"#;
+        let attrs = LeaseAttrs::from_json(v).unwrap();
+        assert_eq!(attrs.public_ip, Ipv4Addr::new(10, 0, 0, 5));
+        assert_eq!(attrs.backend_type, "host-gw");
+        assert!(attrs.vxlan_data().is_none());
+        assert_eq!(
+            attrs.to_json(),
+            r#"{"PublicIP":"10.0.0.5","PublicIPv6":null,"BackendType":"host-gw"}"#
+        );
+    }
+
+    #[test]
+    fn dual_stack_value_round_trips() {
+        let v = r#"{"PublicIP":"10.0.0.5","PublicIPv6":"fd00::5","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"ae:2f:d6:1d:74:57"},"BackendV6Data":{"VNI":1,"VtepMAC":"ae:2f:d6:1d:74:58"}}"#;
+        let attrs = LeaseAttrs::from_json(v.as_bytes()).unwrap();
+        assert_eq!(attrs.public_ipv6, Some("fd00::5".parse().unwrap()));
+        assert_eq!(attrs.to_json(), v);
+    }
+
+    #[test]
+    fn malformed_values_are_errors_naming_the_field() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"not json", "not JSON"),
+            (b"[1]", "array"),
+            (br#"{"PublicIP":"fd00::1"}"#, "PublicIP"),
+            (br#"{"PublicIP":5}"#, "PublicIP"),
+            (
+                br#"{"PublicIP":"1.2.3.4","PublicIPv6":"1.2.3.4"}"#,
+                "PublicIPv6",
+            ),
+            (br#"{"PublicIP":"1.2.3.4","BackendType":7}"#, "BackendType"),
+        ];
+        for (v, want) in cases {
+            let err = LeaseAttrs::from_json(v).unwrap_err().to_string();
+            assert!(err.contains(want), "{err} should name {want}");
+        }
+        let huge = vec![b' '; MAX_LEASE_VALUE_LEN + 1];
+        assert!(matches!(
+            LeaseAttrs::from_json(&huge),
+            Err(LeaseError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn bad_vxlan_data_is_an_error() {
+        for data in [
+            r#""x""#,
+            r#"{"VNI":1}"#,
+            r#"{"VNI":-1,"VtepMAC":"ae:2f:d6:1d:74:57"}"#,
+            r#"{"VNI":"1","VtepMAC":"ae:2f:d6:1d:74:57"}"#,
+            r#"{"VNI":1,"VtepMAC":"nope"}"#,
+        ] {
+            let v =
+                format!(r#"{{"PublicIP":"1.2.3.4","BackendType":"vxlan","BackendData":{data}}}"#);
+            let attrs = LeaseAttrs::from_json(v.as_bytes()).unwrap();
+            assert!(attrs.vxlan_data().unwrap().is_err(), "{data}");
+        }
+    }
+}

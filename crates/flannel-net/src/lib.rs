@@ -1,0 +1,20 @@
+//! The flannel vocabulary, shared by every other crate of flanneld-rs.
+//!
+//! Everything here is pure (no network, no kernel) except the atomic write of subnet.env.
+//! The formats are upstream flanneld's, byte for byte where it writes them and as tolerant
+//! as Go's `encoding/json` where it reads them: JSON keys match case-insensitively, unknown
+//! keys are ignored, values of older releases (v0.10, v0.16) parse.
+
+mod gojson;
+
+pub mod config;
+pub mod lease;
+pub mod mac;
+pub mod subnet_env;
+pub mod subnet_key;
+
+pub use config::{ConfigError, NetworkConfig};
+pub use lease::{Expiration, Lease, LeaseAttrs, LeaseError, VxlanBackendData};
+pub use mac::MacAddr;
+pub use subnet_env::{SubnetEnv, SubnetEnvError};
+pub use subnet_key::{SubnetKey, SubnetKeyError};

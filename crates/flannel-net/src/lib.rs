@@ -12,6 +12,7 @@ pub mod lease;
 pub mod mac;
 pub mod subnet_env;
 pub mod subnet_key;
+pub mod time;
 
 pub use config::{ConfigError, NetworkConfig};
 pub use lease::{Expiration, Lease, LeaseAttrs, LeaseError, VxlanBackendData};

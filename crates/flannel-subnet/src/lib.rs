@@ -1,1 +1,110 @@
-//! placeholder
+//! Subnet leases for flanneld-rs.
+//!
+//! A [`SubnetManager`] hands this node its subnet and tells it about everybody else's:
+//! get the network config, acquire a lease, keep it, watch the other leases. The etcd v3
+//! registry ([`etcd::EtcdSubnetManager`]) is the first implementation; an etcd v2 registry and
+//! the Kubernetes API can sit behind the same trait.
+//!
+//! The allocation rule ([`allocate`]) and the bookkeeping of the watched lease set
+//! ([`lease_set`]) are pure and tested on their own.
+
+pub mod allocate;
+pub mod etcd;
+pub mod lease_set;
+
+use async_trait::async_trait;
+use flannel_net::{ConfigError, Lease, LeaseAttrs, NetworkConfig};
+use ipnetwork::Ipv4Network;
+use tokio::sync::{mpsc, watch};
+
+pub use lease_set::{LeaseBatch, LeaseEvent, LeaseSet};
+
+/// How long a lease lives without renewal (upstream `subnetTTL`).
+pub const SUBNET_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubnetError {
+    /// Upstream's text, logged every second while flanneld waits for the config.
+    #[error(
+        "flannel config not found in etcd store. Did you create your config using etcdv3 API?"
+    )]
+    ConfigNotFound,
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("out of subnets")]
+    OutOfSubnets,
+    #[error("max retries reached trying to acquire a subnet")]
+    MaxRetries,
+    /// Our subnet's key now names another node: this node must not keep using the subnet.
+    #[error("subnet {subnet} is now held by {holder}; this node ({ours}) lost its lease")]
+    LeaseTaken {
+        subnet: Ipv4Network,
+        holder: String,
+        ours: std::net::Ipv4Addr,
+    },
+    #[error("{0} is not supported yet by flanneld-rs")]
+    Unsupported(&'static str),
+    #[error("{context}: {source}")]
+    Etcd {
+        context: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// A bad etcd setting (endpoint, certificate file, ...), found before connecting.
+    #[error("{0}")]
+    Setup(String),
+    /// Nobody listens any more: the receiver of the watch was dropped.
+    #[error("the lease watch has no receiver")]
+    Closed,
+}
+
+impl SubnetError {
+    /// Errors that may go away by themselves (etcd unreachable, leader election): retry these.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SubnetError::Etcd { .. } | SubnetError::ConfigNotFound)
+    }
+}
+
+/// One row of a listing of every key under `<prefix>/subnets/`, the bad ones included.
+#[derive(Debug, Clone)]
+pub struct LeaseEntry {
+    /// The key's last element, e.g. `10.5.34.0-24`.
+    pub key: String,
+    /// The lease, or why the key or value does not parse.
+    pub lease: Result<Lease, String>,
+}
+
+#[async_trait]
+pub trait SubnetManager: Send + Sync {
+    /// For the start-up log, e.g. `Etcd Local Manager with Previous Subnet: None` (upstream's text).
+    fn name(&self) -> String;
+
+    /// Reads and validates the network config.
+    async fn get_network_config(&self) -> Result<NetworkConfig, SubnetError>;
+
+    /// Gets this node a subnet: the one its PublicIP already holds, else the previous one from
+    /// subnet.env if free, else a random free one. Retries a lost race.
+    async fn acquire_lease(
+        &self,
+        config: &NetworkConfig,
+        attrs: &LeaseAttrs,
+    ) -> Result<Lease, SubnetError>;
+
+    /// Keeps the acquired lease until the future is dropped: renews it before it expires and
+    /// re-creates the key at once if it disappears. Every change of expiration is published
+    /// on `status`. Returns only when the subnet is lost to another node.
+    async fn keep_lease(
+        &self,
+        lease: Lease,
+        status: watch::Sender<Lease>,
+    ) -> Result<(), SubnetError>;
+
+    /// Sends every lease (own included) as a first snapshot batch, then the changes. After
+    /// any break (compaction, etcd restart) the full state is re-listed and only the
+    /// difference sent, so a removal is never missed. Runs until `tx` is closed.
+    async fn watch_leases(&self, tx: mpsc::Sender<LeaseBatch>) -> Result<(), SubnetError>;
+
+    /// Every key under the subnets prefix with its lease and expiration (one request per
+    /// lease for the TTL: for `lease show`, not for hot paths).
+    async fn list_leases(&self) -> Result<Vec<LeaseEntry>, SubnetError>;
+}

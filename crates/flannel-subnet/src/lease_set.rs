@@ -1,0 +1,173 @@
+//! The set of leases a watcher has seen, and the events that move a consumer from one state
+//! to the next (upstream `LeaseWatcher`). A full re-list (after compaction or a reconnect) is
+//! turned into the difference, so removals that happened while the watch was down are still
+//! reported, with the lease as it was last seen (its VTEP MAC is needed to clean up).
+
+use std::collections::HashMap;
+
+use flannel_net::{Lease, SubnetKey};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeaseEvent {
+    /// A new lease, or a lease whose attributes changed (the new version).
+    Added(Lease),
+    /// A lease that is gone (the last version seen).
+    Removed(Lease),
+}
+
+impl LeaseEvent {
+    pub fn lease(&self) -> &Lease {
+        match self {
+            LeaseEvent::Added(l) | LeaseEvent::Removed(l) => l,
+        }
+    }
+}
+
+/// What a watch delivers at a time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseBatch {
+    pub events: Vec<LeaseEvent>,
+    /// True when this batch follows a full listing: after applying it the consumer knows
+    /// every lease there is (the first batch of a watch is always one, even if empty).
+    pub snapshot: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct LeaseSet {
+    leases: HashMap<SubnetKey, Lease>,
+}
+
+impl LeaseSet {
+    pub fn len(&self) -> usize {
+        self.leases.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
+
+    pub fn get(&self, key: &SubnetKey) -> Option<&Lease> {
+        self.leases.get(key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Lease> {
+        self.leases.values()
+    }
+
+    /// Replaces the whole set: `Removed` for what is gone, `Added` for what is new or changed;
+    /// unchanged leases stay silent. Events come in key order.
+    pub fn reset(&mut self, snapshot: Vec<Lease>) -> Vec<LeaseEvent> {
+        let fresh: HashMap<SubnetKey, Lease> = snapshot.into_iter().map(|l| (l.key(), l)).collect();
+        let mut removed: Vec<&Lease> = self
+            .leases
+            .iter()
+            .filter(|(key, _)| !fresh.contains_key(key))
+            .map(|(_, lease)| lease)
+            .collect();
+        removed.sort_by_key(|l| l.key());
+        let mut added: Vec<&Lease> = fresh
+            .iter()
+            .filter(|(key, new)| {
+                self.leases
+                    .get(key)
+                    .is_none_or(|old| old.attrs != new.attrs)
+            })
+            .map(|(_, lease)| lease)
+            .collect();
+        added.sort_by_key(|l| l.key());
+        let events = removed
+            .into_iter()
+            .map(|l| LeaseEvent::Removed(l.clone()))
+            .chain(added.into_iter().map(|l| LeaseEvent::Added(l.clone())))
+            .collect();
+        self.leases = fresh;
+        events
+    }
+
+    /// Records a new version of one lease; an event when it is new or its attributes changed.
+    pub fn put(&mut self, lease: Lease) -> Option<LeaseEvent> {
+        let key = lease.key();
+        match self.leases.get(&key) {
+            Some(old) if old.attrs == lease.attrs => {
+                // A renewal: keep the newer expiration, say nothing.
+                self.leases.insert(key, lease);
+                None
+            }
+            _ => {
+                self.leases.insert(key, lease.clone());
+                Some(LeaseEvent::Added(lease))
+            }
+        }
+    }
+
+    /// Forgets a lease; `Removed` with its last version when it was known.
+    pub fn remove(&mut self, key: &SubnetKey) -> Option<LeaseEvent> {
+        self.leases.remove(key).map(LeaseEvent::Removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flannel_net::{Expiration, LeaseAttrs};
+
+    fn lease(subnet: &str, ip: &str) -> Lease {
+        Lease {
+            subnet: subnet.parse().unwrap(),
+            ipv6_subnet: None,
+            attrs: LeaseAttrs {
+                public_ip: ip.parse().unwrap(),
+                public_ipv6: None,
+                backend_type: "vxlan".into(),
+                backend_data: None,
+                backend_v6_data: None,
+            },
+            expiration: Expiration::Unknown,
+        }
+    }
+
+    #[test]
+    fn reset_reports_only_the_difference() {
+        let mut set = LeaseSet::default();
+        let first = set.reset(vec![
+            lease("10.1.1.0/24", "192.0.2.1"),
+            lease("10.1.2.0/24", "192.0.2.2"),
+        ]);
+        assert_eq!(first.len(), 2);
+        assert!(first.iter().all(|e| matches!(e, LeaseEvent::Added(_))));
+        // .1 unchanged, .2 gone, .3 new, and .4 changed its PublicIP
+        set.put(lease("10.1.4.0/24", "192.0.2.4"));
+        let events = set.reset(vec![
+            lease("10.1.1.0/24", "192.0.2.1"),
+            lease("10.1.3.0/24", "192.0.2.3"),
+            lease("10.1.4.0/24", "192.0.2.44"),
+        ]);
+        assert_eq!(
+            events,
+            vec![
+                LeaseEvent::Removed(lease("10.1.2.0/24", "192.0.2.2")),
+                LeaseEvent::Added(lease("10.1.3.0/24", "192.0.2.3")),
+                LeaseEvent::Added(lease("10.1.4.0/24", "192.0.2.44")),
+            ]
+        );
+        assert_eq!(set.len(), 3);
+    }
+
+    #[test]
+    fn put_is_silent_for_renewals_and_remove_returns_the_last_version() {
+        let mut set = LeaseSet::default();
+        assert!(set.put(lease("10.1.1.0/24", "192.0.2.1")).is_some());
+        assert!(set.put(lease("10.1.1.0/24", "192.0.2.1")).is_none());
+        assert_eq!(
+            set.put(lease("10.1.1.0/24", "192.0.2.9")),
+            Some(LeaseEvent::Added(lease("10.1.1.0/24", "192.0.2.9")))
+        );
+        let key = lease("10.1.1.0/24", "192.0.2.9").key();
+        assert_eq!(
+            set.remove(&key),
+            Some(LeaseEvent::Removed(lease("10.1.1.0/24", "192.0.2.9")))
+        );
+        assert_eq!(set.remove(&key), None);
+        assert!(set.is_empty());
+    }
+}

@@ -1,0 +1,225 @@
+//! A real etcd for one test: Debian's `etcd` on 127.0.0.1, free ports, a temporary data
+//! directory; stopped (SIGKILL) when dropped, so nothing outlives a failed test.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::tls::TestCerts;
+
+pub struct TestEtcd {
+    child: Option<Child>,
+    dir: TempDir,
+    client_port: u16,
+    peer_port: u16,
+    tls: Option<TlsFiles>,
+    extra_args: Vec<String>,
+}
+
+#[derive(Clone)]
+struct TlsFiles {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+impl TestEtcd {
+    /// Plain http etcd.
+    pub fn start() -> Self {
+        Self::start_with(None, &[])
+    }
+
+    /// etcd with extra command-line flags (e.g. `--enable-v2=true`).
+    pub fn start_with_args(args: &[&str]) -> Self {
+        Self::start_with(None, args)
+    }
+
+    /// https etcd that demands client certificates signed by `certs.ca`.
+    pub fn start_tls(certs: &TestCerts) -> Self {
+        let tls = TlsFiles {
+            ca: certs.ca.clone(),
+            server_cert: certs.server_cert.clone(),
+            server_key: certs.server_key.clone(),
+            client_cert: certs.client_cert.clone(),
+            client_key: certs.client_key.clone(),
+        };
+        Self::start_with(Some(tls), &[])
+    }
+
+    fn start_with(tls: Option<TlsFiles>, args: &[&str]) -> Self {
+        crate::require_program("etcd", "etcd-server");
+        crate::require_program("etcdctl", "etcd-client");
+        let mut etcd = TestEtcd {
+            child: None,
+            dir: tempfile::tempdir().expect("temp dir for etcd"),
+            client_port: 0,
+            peer_port: 0,
+            tls,
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        // Another test may grab a port between our probe and etcd's bind: try fresh ports.
+        for attempt in 0..5 {
+            etcd.client_port = free_port();
+            etcd.peer_port = free_port();
+            if etcd.spawn_and_wait() {
+                return etcd;
+            }
+            eprintln!("etcd did not come up (attempt {attempt}), retrying with other ports");
+        }
+        panic!("etcd failed to start; log:\n{}", etcd.log());
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:43121`.
+    pub fn endpoint(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
+    }
+
+    /// The client address, e.g. for a [`crate::proxy::TcpProxy`] in front of etcd.
+    pub fn client_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.client_port))
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    /// etcd's own log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn spawn_and_wait(&mut self) -> bool {
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("etcd log file");
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", "t", "--data-dir"])
+            .arg(self.data_dir())
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key);
+        }
+        self.child = Some(cmd.spawn().expect("spawn etcd"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    self.child = None;
+                    return false;
+                }
+            }
+            if self.etcdctl(&["endpoint", "health"]).status.success() {
+                return true;
+            }
+            sleep(Duration::from_millis(50));
+        }
+        self.stop();
+        false
+    }
+
+    /// Runs etcdctl (API v3) against this etcd and returns its output.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.endpoint())
+            .arg("--command-timeout=3s")
+            .arg("--dial-timeout=1s");
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client_cert)
+                .arg("--key")
+                .arg(&tls.client_key);
+        }
+        cmd.args(args).output().expect("run etcdctl")
+    }
+
+    /// etcdctl that must succeed; returns its stdout.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Kills etcd (SIGKILL) and waits for it; the data directory stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        assert!(
+            self.spawn_and_wait(),
+            "etcd failed to restart; log:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for TestEtcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

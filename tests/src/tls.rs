@@ -1,0 +1,89 @@
+//! A throwaway certificate authority with a server certificate for 127.0.0.1 and a client
+//! certificate, written as PEM files into a temporary directory.
+
+use std::fs;
+use std::path::PathBuf;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
+};
+use tempfile::TempDir;
+
+pub struct TestCerts {
+    _dir: TempDir,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// A client certificate signed by another CA, which the server must refuse.
+    pub foreign_client_cert: PathBuf,
+    pub foreign_client_key: PathBuf,
+    /// That other CA, which does not sign the server's certificate.
+    pub foreign_ca: PathBuf,
+}
+
+fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key")).expect("CA cert")
+}
+
+fn leaf(
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+    name: &str,
+    sans: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+) -> (String, String) {
+    let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .expect("params");
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = vec![usage];
+    let key = KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, issuer).expect("sign");
+    (cert.pem(), key.serialize_pem())
+}
+
+impl TestCerts {
+    pub fn generate() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for certificates");
+        let write = |name: &str, pem: &str| {
+            let path = dir.path().join(name);
+            fs::write(&path, pem).expect("write PEM");
+            path
+        };
+        let authority = ca("flanneld-rs test CA");
+        let (server_cert, server_key) = leaf(
+            &authority,
+            "etcd",
+            &["127.0.0.1", "localhost"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) = leaf(
+            &authority,
+            "flanneld",
+            &[],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let foreign = ca("some other CA");
+        let (foreign_cert, foreign_key) = leaf(
+            &foreign,
+            "intruder",
+            &[],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        TestCerts {
+            ca: write("ca.pem", &authority.pem()),
+            server_cert: write("server.pem", &server_cert),
+            server_key: write("server-key.pem", &server_key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client-key.pem", &client_key),
+            foreign_client_cert: write("foreign.pem", &foreign_cert),
+            foreign_client_key: write("foreign-key.pem", &foreign_key),
+            foreign_ca: write("foreign-ca.pem", &foreign.pem()),
+            _dir: dir,
+        }
+    }
+}

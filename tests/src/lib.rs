@@ -3,12 +3,14 @@
 //! - [`etcd::TestEtcd`]: a real etcd (Debian's etcd-server) per test, on 127.0.0.1 with free
 //!   ports and a temporary data directory, killed when dropped.
 //! - [`proxy::TcpProxy`]: a TCP proxy a test can cut and heal, to partition a client.
+//! - [`netns`]: run a test in a fresh network namespace of its own; `ip`/`bridge` helpers.
 //! - [`tls::TestCerts`]: a throwaway CA with server and client certificates, for TLS tests.
 //!
 //! These fail loudly when a tool is missing: `.ci/run` installs them, and a test that quietly
 //! skipped would hide a broken feature.
 
 pub mod etcd;
+pub mod netns;
 pub mod proxy;
 pub mod tls;
 

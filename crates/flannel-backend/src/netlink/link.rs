@@ -1,0 +1,203 @@
+//! Links: find, create (vxlan), delete, set up / MTU / MAC.
+
+use std::net::Ipv4Addr;
+
+use futures::TryStreamExt;
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::{LinkUnspec, LinkVxlan};
+
+use super::{errno, is_gone, nl_err, Netlink, ENODEV};
+use crate::BackendError;
+
+/// What flannel needs to know about a link.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: u32,
+    pub up: bool,
+    pub kind: Option<String>,
+    pub vxlan: Option<VxlanAttrs>,
+}
+
+/// The attributes of a vxlan link that decide whether flannel can keep it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VxlanAttrs {
+    pub vni: u32,
+    /// Underlay interface index (IFLA_VXLAN_LINK).
+    pub link: Option<u32>,
+    pub local: Option<Ipv4Addr>,
+    /// UDP destination port; the kernel reports its default (8472) when none was given.
+    pub port: Option<u16>,
+    pub gbp: bool,
+    pub learning: bool,
+}
+
+/// How to create a vxlan link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanLinkSpec {
+    pub name: String,
+    pub vni: u32,
+    pub underlay_index: u32,
+    pub local: Ipv4Addr,
+    /// 0: leave the port to the kernel (8472), as upstream.
+    pub port: u16,
+    pub learning: bool,
+    pub gbp: bool,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
+fn parse(msg: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        mac: None,
+        mtu: 0,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        kind: None,
+        vxlan: None,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Address(a) if a.len() == 6 => {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(a);
+                link.mac = Some(mac);
+            }
+            LinkAttribute::Mtu(m) => link.mtu = *m,
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(kind) => link.kind = Some(kind_name(kind)),
+                        LinkInfo::Data(InfoData::Vxlan(attrs)) => {
+                            link.vxlan = Some(parse_vxlan(attrs))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+fn kind_name(kind: &InfoKind) -> String {
+    match kind {
+        InfoKind::Vxlan => "vxlan".into(),
+        InfoKind::Veth => "veth".into(),
+        InfoKind::Bridge => "bridge".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+fn parse_vxlan(attrs: &[InfoVxlan]) -> VxlanAttrs {
+    let mut v = VxlanAttrs::default();
+    for a in attrs {
+        match a {
+            InfoVxlan::Id(id) => v.vni = *id,
+            InfoVxlan::Link(l) if *l != 0 => v.link = Some(*l),
+            InfoVxlan::Local(ip) => v.local = Some(*ip),
+            InfoVxlan::Port(p) if *p != 0 => v.port = Some(*p),
+            InfoVxlan::Gbp => v.gbp = true,
+            InfoVxlan::Learning(l) => v.learning = *l,
+            _ => {}
+        }
+    }
+    v
+}
+
+impl Netlink {
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, BackendError> {
+        let mut links = self
+            .handle()
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(msg) => Ok(msg.as_ref().map(parse)),
+            Err(e) if matches!(errno(&e), Some(ENODEV)) => Ok(None),
+            Err(e) => Err(nl_err(format!("looking up link {name}"))(e)),
+        }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, BackendError> {
+        let mut links = self.handle().link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(msg) => Ok(msg.as_ref().map(parse)),
+            Err(e) if matches!(errno(&e), Some(ENODEV)) => Ok(None),
+            Err(e) => Err(nl_err(format!("looking up link #{index}"))(e)),
+        }
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>, BackendError> {
+        let mut out = Vec::new();
+        let mut links = self.handle().link().get().execute();
+        while let Some(msg) = links.try_next().await.map_err(nl_err("listing links"))? {
+            out.push(parse(&msg));
+        }
+        Ok(out)
+    }
+
+    /// Creates the vxlan link, up. Returns the raw error so that the caller can tell EEXIST.
+    pub async fn create_vxlan(&self, spec: &VxlanLinkSpec) -> Result<(), rtnetlink::Error> {
+        let mut b = LinkVxlan::new(&spec.name, spec.vni)
+            .dev(spec.underlay_index)
+            .local(spec.local)
+            .learning(spec.learning)
+            .address(spec.mac.to_vec())
+            .mtu(spec.mtu)
+            .up();
+        if spec.port != 0 {
+            b = b.port(spec.port);
+        }
+        if spec.gbp {
+            b = b.gbp();
+        }
+        self.handle().link().add(b.build()).execute().await
+    }
+
+    pub async fn delete_link(&self, index: u32) -> Result<(), BackendError> {
+        match self.handle().link().del(index).execute().await {
+            Err(e) if !is_gone(&e) => Err(nl_err(format!("deleting link #{index}"))(e)),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn set_link_up(&self, index: u32) -> Result<(), BackendError> {
+        self.handle()
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(nl_err(format!("setting link #{index} up")))
+    }
+
+    pub async fn set_link_mtu(&self, index: u32, mtu: u32) -> Result<(), BackendError> {
+        self.handle()
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(nl_err(format!("setting MTU {mtu} on link #{index}")))
+    }
+
+    pub async fn set_link_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), BackendError> {
+        self.handle()
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .address(mac.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl_err(format!("setting the MAC of link #{index}")))
+    }
+}

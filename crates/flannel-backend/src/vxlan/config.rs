@@ -1,0 +1,155 @@
+//! The `Backend` object of the network config, for `"Type": "vxlan"` (upstream `VXLANConfig`).
+
+use serde_json::Value;
+
+use crate::BackendError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanConfig {
+    /// Default 1.
+    pub vni: u32,
+    /// 0: the kernel's default, 8472.
+    pub port: u16,
+    /// The underlay MTU to plan for; `None`: the external interface's MTU.
+    pub mtu: Option<u32>,
+    pub gbp: bool,
+    pub learning: bool,
+    pub direct_routing: bool,
+}
+
+impl Default for VxlanConfig {
+    fn default() -> Self {
+        VxlanConfig {
+            vni: 1,
+            port: 0,
+            mtu: None,
+            gbp: false,
+            learning: false,
+            direct_routing: false,
+        }
+    }
+}
+
+/// VXLAN adds 50 bytes (outer Ethernet 14, IPv4 20, UDP 8, VXLAN 8).
+pub const ENCAP_OVERHEAD: u32 = 50;
+
+impl VxlanConfig {
+    /// Reads the `Backend` object; keys case-insensitive, unknown keys (`Type`, ...) ignored.
+    pub fn from_backend(backend: Option<&Value>) -> Result<Self, BackendError> {
+        let mut cfg = VxlanConfig::default();
+        let obj = match backend {
+            None | Some(Value::Null) => return Ok(cfg),
+            Some(Value::Object(obj)) => obj,
+            Some(other) => {
+                return Err(BackendError::Config(format!(
+                    "expected an object, got {other}"
+                )))
+            }
+        };
+        let bad = |key: &str, want: &str, v: &Value| {
+            BackendError::Config(format!("{key}: expected {want}, got {v}"))
+        };
+        for (key, v) in obj {
+            match key.to_ascii_lowercase().as_str() {
+                "vni" => {
+                    cfg.vni = v
+                        .as_u64()
+                        .filter(|n| (1..=0xff_ffff).contains(n))
+                        .ok_or_else(|| bad("VNI", "a number from 1 to 16777215", v))?
+                        as u32
+                }
+                "port" => {
+                    cfg.port = v
+                        .as_u64()
+                        .and_then(|n| u16::try_from(n).ok())
+                        .ok_or_else(|| bad("Port", "a UDP port (0-65535)", v))?
+                }
+                "mtu" => {
+                    let mtu = v
+                        .as_u64()
+                        .filter(|n| *n == 0 || (ENCAP_OVERHEAD as u64 + 68..=65535).contains(n))
+                        .ok_or_else(|| bad("MTU", "0 or a number from 118 to 65535", v))?;
+                    cfg.mtu = (mtu != 0).then_some(mtu as u32);
+                }
+                "gbp" => cfg.gbp = v.as_bool().ok_or_else(|| bad("GBP", "true or false", v))?,
+                "learning" => {
+                    cfg.learning = v
+                        .as_bool()
+                        .ok_or_else(|| bad("Learning", "true or false", v))?
+                }
+                "directrouting" => {
+                    cfg.direct_routing = v
+                        .as_bool()
+                        .ok_or_else(|| bad("DirectRouting", "true or false", v))?
+                }
+                _ => {}
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// `flannel.<VNI>`
+    pub fn device_name(&self) -> String {
+        format!("flannel.{}", self.vni)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<VxlanConfig, BackendError> {
+        let v: Value = serde_json::from_str(json).unwrap();
+        VxlanConfig::from_backend(Some(&v))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(r#"{"Type":"vxlan"}"#).unwrap();
+        assert_eq!(c, VxlanConfig::default());
+        assert_eq!(c.device_name(), "flannel.1");
+        assert_eq!(
+            VxlanConfig::from_backend(None).unwrap(),
+            VxlanConfig::default()
+        );
+    }
+
+    #[test]
+    fn all_fields_any_case() {
+        let c = parse(r#"{"type":"vxlan","vni":4096,"PORT":4789,"Mtu":9000,"gbp":true,"LEARNING":true,"directRouting":true}"#)
+            .unwrap();
+        assert_eq!(
+            c,
+            VxlanConfig {
+                vni: 4096,
+                port: 4789,
+                mtu: Some(9000),
+                gbp: true,
+                learning: true,
+                direct_routing: true
+            }
+        );
+        assert_eq!(c.device_name(), "flannel.4096");
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        for (json, field) in [
+            (r#"{"VNI":"1"}"#, "VNI"),
+            (r#"{"VNI":0}"#, "VNI"),
+            (r#"{"VNI":16777216}"#, "VNI"),
+            (r#"{"Port":70000}"#, "Port"),
+            (r#"{"Port":-1}"#, "Port"),
+            (r#"{"MTU":50}"#, "MTU"),
+            (r#"{"GBP":"yes"}"#, "GBP"),
+            (r#"{"DirectRouting":1}"#, "DirectRouting"),
+        ] {
+            let e = parse(json).unwrap_err().to_string();
+            assert!(
+                e.starts_with("error decoding VXLAN backend config: "),
+                "{e}"
+            );
+            assert!(e.contains(field), "{e}");
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! The VXLAN backend (upstream `pkg/backend/vxlan`), reconciled.
+//!
+//! [`VxlanBackend`] holds the desired peer set and makes the kernel match it:
+//! - per lease event, only the entries of the peers that changed ([`VxlanBackend::apply`]);
+//! - in full at start, every resync period, and soon after the kernel reports that something
+//!   of ours was deleted ([`VxlanBackend::reconcile`]): list the entries on `flannel.<VNI>`,
+//!   add what is missing, delete what no lease explains, re-create the device if it is gone.
+//!
+//! Many peers are programmed concurrently over one netlink socket (requests are pipelined),
+//! each peer's own entries in upstream's order: ARP, FDB, route.
+
+pub mod config;
+pub mod device;
+pub mod peers;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flannel_net::{Lease, LeaseAttrs, MacAddr, VxlanBackendData};
+use futures::StreamExt;
+use ipnetwork::Ipv4Network;
+use netlink_packet_route::link::LinkFlags;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_core::NetlinkPayload;
+use rtnetlink::MulticastGroup;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+pub use config::VxlanConfig;
+pub use device::Device;
+pub use peers::{Peer, Plan, Skip};
+
+use crate::netlink::link::VxlanLinkSpec;
+use crate::netlink::{neighbour, Netlink};
+use crate::{BackendError, ExtIface};
+
+/// How many netlink requests are in flight at once when many peers change.
+const PIPELINE_DEPTH: usize = 128;
+/// How soon after the kernel reports damage the repair runs (deletions come in bursts).
+const REPAIR_DELAY: Duration = Duration::from_millis(20);
+
+/// Changes to the other nodes' leases, as the lease watch delivers them.
+#[derive(Debug, Clone, Default)]
+pub struct PeerUpdate {
+    pub added: Vec<Lease>,
+    pub removed: Vec<Lease>,
+    /// After this update the backend knows every lease there is (a full listing).
+    pub complete: bool,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    /// Peers currently programmed.
+    pub peers: AtomicU64,
+    /// Kernel entries added or deleted by a full reconcile (drift repaired).
+    pub repairs: AtomicU64,
+    pub reconciles: AtomicU64,
+    pub device_recreations: AtomicU64,
+    /// Netlink operations that failed (retried by the next reconcile).
+    pub errors: AtomicU64,
+}
+
+pub struct VxlanBackend {
+    nl: Netlink,
+    config: VxlanConfig,
+    network: Ipv4Network,
+    ext: ExtIface,
+    public_ip: Ipv4Addr,
+    spec: VxlanLinkSpec,
+    device: Device,
+    /// This node's subnet, once the lease is acquired.
+    own: Option<Ipv4Network>,
+    peers: HashMap<Ipv4Network, Peer>,
+    stats: Arc<BackendStats>,
+}
+
+impl VxlanBackend {
+    /// Reads the backend config and makes sure the device exists (before the lease is
+    /// acquired: its MAC goes into the lease). `mac_hint` is the VTEP MAC this node's lease
+    /// in etcd already advertises, if any.
+    pub async fn new(
+        nl: Netlink,
+        backend: Option<&Value>,
+        network: Ipv4Network,
+        ext: ExtIface,
+        public_ip: Ipv4Addr,
+        mac_hint: Option<MacAddr>,
+    ) -> Result<Self, BackendError> {
+        let config = VxlanConfig::from_backend(backend)?;
+        info!(
+            "VXLAN config: VNI={} Port={} GBP={} Learning={} DirectRouting={}",
+            config.vni, config.port, config.gbp, config.learning, config.direct_routing
+        );
+        let mtu = config
+            .mtu
+            .unwrap_or(ext.mtu)
+            .saturating_sub(config::ENCAP_OVERHEAD)
+            .max(68);
+        let spec = VxlanLinkSpec {
+            name: config.device_name(),
+            vni: config.vni,
+            underlay_index: ext.index,
+            local: public_ip,
+            port: config.port,
+            learning: config.learning,
+            gbp: config.gbp,
+            mac: [0; 6],
+            mtu,
+        };
+        let device = device::ensure_device(&nl, &spec, mac_hint).await?;
+        info!(device = %device.name, vtep_mac = %device.mac, mtu = device.mtu, "VXLAN device ready");
+        Ok(VxlanBackend {
+            nl,
+            config,
+            network,
+            ext,
+            public_ip,
+            spec,
+            device,
+            own: None,
+            peers: HashMap::new(),
+            stats: Arc::default(),
+        })
+    }
+
+    /// What this node publishes in its lease.
+    pub fn lease_attrs(&self) -> LeaseAttrs {
+        LeaseAttrs::vxlan(
+            self.public_ip,
+            &VxlanBackendData {
+                vni: Some(self.config.vni),
+                vtep_mac: self.device.mac,
+            },
+        )
+    }
+
+    /// FLANNEL_MTU: the device's MTU.
+    pub fn mtu(&self) -> u32 {
+        self.device.mtu
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn stats(&self) -> Arc<BackendStats> {
+        self.stats.clone()
+    }
+
+    /// The peers currently desired.
+    pub fn peers(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.values()
+    }
+
+    /// Gives the device this node's address (`<subnet>.0/32`), removing other addresses of the
+    /// flannel network from it (upstream v0.10 crashlooped on those, #1060), and brings it up.
+    pub async fn configure(&mut self, own: &Lease) -> Result<(), BackendError> {
+        self.own = Some(own.subnet);
+        if self.peers.remove(&own.subnet).is_some() {
+            self.stats
+                .peers
+                .store(self.peers.len() as u64, Ordering::Relaxed);
+        }
+        self.ensure_address().await?;
+        self.nl.set_link_up(self.device.index).await
+    }
+
+    async fn ensure_address(&self) -> Result<(), BackendError> {
+        let Some(own) = self.own else { return Ok(()) };
+        let want =
+            Ipv4Network::new(own.network(), 32).map_err(|e| BackendError::Device(e.to_string()))?;
+        let mut present = false;
+        for addr in self.nl.ipv4_addresses(self.device.index).await? {
+            if addr == want {
+                present = true;
+            } else if self.network.contains(addr.ip()) {
+                info!("removing stale address {addr} from {}", self.device.name);
+                self.nl
+                    .del_ipv4_address(self.device.index, addr.ip(), addr.prefix())
+                    .await?;
+            }
+        }
+        if !present {
+            self.nl
+                .add_ipv4_address(self.device.index, want.ip(), 32)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn own_identity(&self) -> Option<(Ipv4Network, Ipv4Addr)> {
+        self.own.map(|s| (s, self.public_ip))
+    }
+
+    /// Applies lease changes to the desired set and programs exactly the difference.
+    /// Returns the number of netlink operations that failed (the next reconcile retries them).
+    pub async fn apply(&mut self, update: &PeerUpdate) -> usize {
+        let mut plan = Plan::default();
+        let index = self.device.index;
+        for lease in &update.removed {
+            if let Some(old) = self.peers.remove(&lease.subnet) {
+                debug!(subnet = %old.subnet, public_ip = %old.public_ip, "removing peer");
+                plan.del_routes.push(old.route(index));
+                plan.del_fdb.extend(old.fdb());
+                plan.del_arp.extend(old.arp().map(|a| a.ip));
+            }
+        }
+        for lease in &update.added {
+            info!("Received Subnet Event with VxLan: {}", lease.attrs);
+            let peer = match peers::peer_from_lease(
+                lease,
+                self.network,
+                self.own_identity(),
+                self.config.direct_routing,
+                &self.ext,
+            ) {
+                Ok(peer) => peer,
+                Err(Skip::NotVxlan(kind)) => {
+                    info!(
+                        "ignoring non-vxlan v4Subnet({}) v6Subnet({}): type={kind}",
+                        lease.subnet,
+                        lease
+                            .ipv6_subnet
+                            .map_or("::/0".to_string(), |s| s.to_string())
+                    );
+                    continue;
+                }
+                Err(Skip::Own) => continue,
+                Err(Skip::Invalid(why)) => {
+                    warn!(subnet = %lease.subnet, "ignoring lease: {why}");
+                    continue;
+                }
+            };
+            let old = self.peers.insert(peer.subnet, peer);
+            if old == Some(peer) {
+                continue;
+            }
+            if let Some(old) = old {
+                // Changed MAC or PublicIP: the old FDB entry would leak (upstream does leak it).
+                if old.fdb().is_some() && old.fdb() != peer.fdb() {
+                    plan.del_fdb.extend(old.fdb());
+                }
+                if old.arp().is_some() && peer.arp().is_none() {
+                    plan.del_arp.extend(old.arp().map(|a| a.ip));
+                }
+            }
+            debug!(subnet = %peer.subnet, public_ip = %peer.public_ip, vtep_mac = %peer.mac, "adding peer");
+            plan.add.push(peers::PeerChange {
+                arp: peer.arp(),
+                fdb: peer.fdb(),
+                route: Some(peer.route(index)),
+            });
+        }
+        self.stats
+            .peers
+            .store(self.peers.len() as u64, Ordering::Relaxed);
+        self.execute(plan).await
+    }
+
+    /// Makes the kernel match the desired set: device, address, and every peer entry.
+    /// Returns the number of entries it had to add or delete.
+    pub async fn reconcile(&mut self) -> Result<usize, BackendError> {
+        self.stats.reconciles.fetch_add(1, Ordering::Relaxed);
+        let link = self.nl.link_by_index(self.device.index).await?;
+        let device_ok = link
+            .as_ref()
+            .is_some_and(|l| l.name == self.device.name && l.kind.as_deref() == Some("vxlan"));
+        if !device_ok {
+            warn!(
+                "Interface {} deleted; re-creating it with VTEP MAC {}",
+                self.device.name, self.device.mac
+            );
+            self.device =
+                device::ensure_device(&self.nl, &self.spec, Some(self.device.mac)).await?;
+            self.stats
+                .device_recreations
+                .fetch_add(1, Ordering::Relaxed);
+        } else if link.is_some_and(|l| !l.up) {
+            self.nl.set_link_up(self.device.index).await?;
+        }
+        self.ensure_address().await?;
+        let index = self.device.index;
+        let observed = peers::Observed {
+            arp: self.nl.arp_entries(index).await?,
+            fdb: self.nl.fdb_entries(index).await?,
+            routes: self.nl.ipv4_routes().await?,
+        };
+        let plan = peers::plan(
+            &self.peers,
+            &observed,
+            index,
+            self.network,
+            self.config.direct_routing,
+        );
+        let size = plan.size();
+        if size > 0 {
+            info!(
+                "reconcile: {} stale routes, {} stale FDB, {} stale ARP entries to delete; {} peers to (re)program",
+                plan.del_routes.len(),
+                plan.del_fdb.len(),
+                plan.del_arp.len(),
+                plan.add.len()
+            );
+            self.stats.repairs.fetch_add(size as u64, Ordering::Relaxed);
+        }
+        let errors = self.execute(plan).await;
+        if errors > 0 {
+            return Err(BackendError::Device(format!(
+                "{errors} netlink operations failed during reconcile"
+            )));
+        }
+        Ok(size)
+    }
+
+    /// Runs a plan: deletions (routes, FDB, ARP), then each peer's additions (ARP, FDB,
+    /// route), many peers at a time. Returns the number of failures, each logged.
+    async fn execute(&self, plan: Plan) -> usize {
+        let index = self.device.index;
+        let nl = &self.nl;
+        let mut failures = 0;
+        let mut count = |results: Vec<Result<(), BackendError>>| {
+            for r in results {
+                if let Err(e) = r {
+                    warn!("{e}");
+                    failures += 1;
+                }
+            }
+        };
+        count(run_all(plan.del_routes.into_iter().map(|r| nl.del_route(r))).await);
+        count(run_all(plan.del_fdb.into_iter().map(|f| nl.del_fdb(index, f))).await);
+        count(run_all(plan.del_arp.into_iter().map(|ip| nl.del_arp(index, ip))).await);
+        count(
+            run_all(plan.add.into_iter().map(|change| async move {
+                if let Some(arp) = change.arp {
+                    nl.replace_arp(index, arp).await?;
+                }
+                if let Some(fdb) = change.fdb {
+                    if let Err(e) = nl.replace_fdb(index, fdb).await {
+                        // upstream: without the FDB entry the ARP entry is no use
+                        if let Some(arp) = change.arp {
+                            let _ = nl.del_arp(index, arp.ip).await;
+                        }
+                        return Err(e);
+                    }
+                }
+                if let Some(route) = change.route {
+                    nl.replace_route(route).await?;
+                }
+                Ok(())
+            }))
+            .await,
+        );
+        self.stats
+            .errors
+            .fetch_add(failures as u64, Ordering::Relaxed);
+        failures
+    }
+
+    /// Whether a kernel notification says that something we want was deleted or disabled.
+    fn is_damage(&self, msg: &RouteNetlinkMessage) -> bool {
+        let index = self.device.index;
+        match msg {
+            RouteNetlinkMessage::DelLink(l) => l.header.index == index,
+            RouteNetlinkMessage::NewLink(l) => {
+                l.header.index == index && !l.header.flags.contains(LinkFlags::Up)
+            }
+            RouteNetlinkMessage::DelRoute(r) => r.attributes.iter().any(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
+                    Ipv4Network::new(*ip, r.header.destination_prefix_length)
+                        .is_ok_and(|dst| self.peers.contains_key(&dst))
+                }
+                _ => false,
+            }),
+            RouteNetlinkMessage::DelNeighbour(n) if n.header.ifindex == index => {
+                let ip = neighbour::ipv4_of(n);
+                let mac = neighbour::mac_of(n).map(MacAddr);
+                self.peers.values().any(|p| {
+                    !p.direct
+                        && (Some(p.gateway()) == ip && mac.is_none_or(|m| m == p.mac)
+                            || Some(p.public_ip) == ip && mac == Some(p.mac))
+                })
+            }
+            _ => false,
+        }
+    }
+
+    /// The backend's life after start-up: apply lease updates as they come, repair damage the
+    /// kernel reports, reconcile fully every `resync`. `synced` turns true once a complete
+    /// listing has been programmed without error. Ends when `updates` closes.
+    pub async fn run(
+        mut self,
+        mut updates: mpsc::Receiver<PeerUpdate>,
+        synced: watch::Sender<bool>,
+        resync: Duration,
+    ) -> Result<(), BackendError> {
+        let (conn, _handle, mut events) = rtnetlink::new_multicast_connection(&[
+            MulticastGroup::Link,
+            MulticastGroup::Neigh,
+            MulticastGroup::Ipv4Route,
+        ])
+        .map_err(BackendError::Socket)?;
+        tokio::spawn(conn);
+        let mut pending_sync = false;
+        let mut repair_at: Option<Instant> = None;
+        match self.reconcile().await {
+            Ok(n) => debug!("initial reconcile: {n} entries repaired"),
+            Err(e) => {
+                warn!("initial reconcile: {e}");
+                repair_at = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+        let mut tick = tokio::time::interval_at(Instant::now() + resync, resync);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let repair = async {
+                match repair_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                update = updates.recv() => {
+                    let Some(update) = update else { return Ok(()) };
+                    pending_sync |= update.complete;
+                    if self.apply(&update).await > 0 {
+                        repair_at.get_or_insert(Instant::now() + Duration::from_secs(1));
+                    } else if pending_sync {
+                        pending_sync = false;
+                        synced.send_replace(true);
+                    }
+                }
+                Some((msg, _)) = events.next() => {
+                    if let NetlinkPayload::InnerMessage(inner) = msg.payload {
+                        if self.is_damage(&inner) && repair_at.is_none() {
+                            repair_at = Some(Instant::now() + REPAIR_DELAY);
+                        }
+                    }
+                }
+                () = repair => {
+                    repair_at = None;
+                    match self.reconcile().await {
+                        Ok(n) => {
+                            if n > 0 {
+                                info!("repaired {n} kernel entries");
+                            }
+                            if pending_sync {
+                                pending_sync = false;
+                                synced.send_replace(true);
+                            }
+                        }
+                        Err(e) => {
+                            warn!("repair failed: {e}; trying again in 1 s");
+                            repair_at = Some(Instant::now() + Duration::from_secs(1));
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Err(e) = self.reconcile().await {
+                        warn!("periodic reconcile: {e}");
+                        repair_at.get_or_insert(Instant::now() + Duration::from_secs(1));
+                    } else if pending_sync {
+                        pending_sync = false;
+                        synced.send_replace(true);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs the futures with at most [`PIPELINE_DEPTH`] in flight.
+async fn run_all<F>(futures: impl Iterator<Item = F>) -> Vec<Result<(), BackendError>>
+where
+    F: std::future::Future<Output = Result<(), BackendError>>,
+{
+    futures::stream::iter(futures)
+        .buffer_unordered(PIPELINE_DEPTH)
+        .collect::<Vec<_>>()
+        .await
+}

@@ -1,0 +1,429 @@
+//! The desired kernel state for the other nodes, and the plan that moves the kernel there.
+//! Pure: the kernel's entries come in as lists, the plan goes out as lists.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+use flannel_net::{Lease, MacAddr};
+use ipnetwork::Ipv4Network;
+
+use crate::netlink::neighbour::{ArpEntry, FdbEntry};
+use crate::netlink::route::Route;
+use crate::ExtIface;
+
+/// A remote node as the data path needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub subnet: Ipv4Network,
+    pub public_ip: Ipv4Addr,
+    pub mac: MacAddr,
+    /// DirectRouting and on the same L2: a plain route via the PublicIP, no ARP or FDB entry.
+    pub direct: bool,
+}
+
+impl Peer {
+    /// The peer's VTEP address: its subnet's network address (`10.5.34.0`).
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.subnet.network()
+    }
+
+    pub fn arp(&self) -> Option<ArpEntry> {
+        (!self.direct).then(|| ArpEntry {
+            ip: self.gateway(),
+            mac: self.mac.octets(),
+        })
+    }
+
+    pub fn fdb(&self) -> Option<FdbEntry> {
+        (!self.direct).then(|| FdbEntry {
+            mac: self.mac.octets(),
+            dst: self.public_ip,
+        })
+    }
+
+    /// `<subnet> via <subnet>.0 dev flannel.<VNI> onlink`, or `<subnet> via <PublicIP>`.
+    pub fn route(&self, device: u32) -> Route {
+        if self.direct {
+            Route {
+                dst: self.subnet,
+                gateway: Some(self.public_ip),
+                oif: None,
+                onlink: false,
+            }
+        } else {
+            Route {
+                dst: self.subnet,
+                gateway: Some(self.gateway()),
+                oif: Some(device),
+                onlink: true,
+            }
+        }
+    }
+}
+
+/// Why a lease gives no peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// Another backend type: ignored, as upstream.
+    NotVxlan(String),
+    /// This node's own lease.
+    Own,
+    /// A lease that must not be programmed, and why.
+    Invalid(String),
+}
+
+/// Checks a lease from etcd and makes it a peer. `own` is this node's subnet and PublicIP.
+pub fn peer_from_lease(
+    lease: &Lease,
+    network: Ipv4Network,
+    own: Option<(Ipv4Network, Ipv4Addr)>,
+    direct_routing: bool,
+    ext: &ExtIface,
+) -> Result<Peer, Skip> {
+    let attrs = &lease.attrs;
+    if attrs.backend_type != "vxlan" {
+        return Err(Skip::NotVxlan(attrs.backend_type.clone()));
+    }
+    if !(network.contains(lease.subnet.network()) && lease.subnet.prefix() >= network.prefix()) {
+        return Err(Skip::Invalid(format!(
+            "subnet {} is outside the network {network}",
+            lease.subnet
+        )));
+    }
+    if let Some((own_subnet, own_ip)) = own {
+        if lease.subnet == own_subnet {
+            return if attrs.public_ip == own_ip {
+                Err(Skip::Own)
+            } else {
+                Err(Skip::Invalid(format!(
+                    "claims this node's subnet {own_subnet} for PublicIP {}",
+                    attrs.public_ip
+                )))
+            };
+        }
+        if lease.subnet.overlaps(own_subnet) {
+            return Err(Skip::Invalid(format!(
+                "overlaps this node's subnet {own_subnet}"
+            )));
+        }
+    }
+    let ip = attrs.public_ip;
+    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+        return Err(Skip::Invalid(format!("PublicIP {ip} cannot be a VTEP")));
+    }
+    if network.contains(ip) {
+        return Err(Skip::Invalid(format!(
+            "PublicIP {ip} is inside the overlay network {network}"
+        )));
+    }
+    let data = match attrs.vxlan_data() {
+        Some(Ok(data)) => data,
+        Some(Err(e)) => return Err(Skip::Invalid(e.to_string())),
+        None => return Err(Skip::NotVxlan(attrs.backend_type.clone())),
+    };
+    Ok(Peer {
+        subnet: lease.subnet,
+        public_ip: ip,
+        mac: data.vtep_mac,
+        direct: direct_routing && ext.on_link(ip),
+    })
+}
+
+/// What the kernel holds that flannel may own: entries on the device, and (for
+/// DirectRouting) routes inside the flannel network that go via a gateway elsewhere.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub arp: Vec<ArpEntry>,
+    pub fdb: Vec<FdbEntry>,
+    pub routes: Vec<Route>,
+}
+
+/// Changes, to be done in this order: deletions (routes, FDB, ARP), then additions per peer
+/// (ARP, FDB, route: the route last, so the kernel never ARPs for a gateway it should know).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub del_routes: Vec<Route>,
+    pub del_fdb: Vec<FdbEntry>,
+    pub del_arp: Vec<Ipv4Addr>,
+    pub add: Vec<PeerChange>,
+}
+
+/// The entries one peer is missing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerChange {
+    pub arp: Option<ArpEntry>,
+    pub fdb: Option<FdbEntry>,
+    pub route: Option<Route>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.del_routes.is_empty()
+            && self.del_fdb.is_empty()
+            && self.del_arp.is_empty()
+            && self.add.is_empty()
+    }
+
+    /// The number of kernel entries this plan adds or deletes.
+    pub fn size(&self) -> usize {
+        self.del_routes.len()
+            + self.del_fdb.len()
+            + self.del_arp.len()
+            + self
+                .add
+                .iter()
+                .map(|c| {
+                    usize::from(c.arp.is_some())
+                        + usize::from(c.fdb.is_some())
+                        + usize::from(c.route.is_some())
+                })
+                .sum::<usize>()
+    }
+}
+
+/// Whether a kernel route is flannel's to manage: on the device, or, with DirectRouting, a
+/// route to a node subnet of the flannel network via a gateway.
+pub fn is_flannel_route(
+    route: &Route,
+    device: u32,
+    network: Ipv4Network,
+    direct_routing: bool,
+) -> bool {
+    route.oif == Some(device)
+        || (direct_routing
+            && route.gateway.is_some()
+            && network.contains(route.dst.network())
+            && route.dst.prefix() > network.prefix())
+}
+
+fn same_route(have: &Route, want: &Route) -> bool {
+    have.dst == want.dst
+        && have.gateway == want.gateway
+        && have.onlink == want.onlink
+        && (want.oif.is_none() || have.oif == want.oif)
+}
+
+/// The plan that makes `observed` equal to `desired`.
+pub fn plan(
+    desired: &HashMap<Ipv4Network, Peer>,
+    observed: &Observed,
+    device: u32,
+    network: Ipv4Network,
+    direct_routing: bool,
+) -> Plan {
+    let mut plan = Plan::default();
+    let want_arp: HashMap<Ipv4Addr, ArpEntry> = desired
+        .values()
+        .filter_map(|p| p.arp())
+        .map(|a| (a.ip, a))
+        .collect();
+    let want_fdb: HashSet<FdbEntry> = desired.values().filter_map(|p| p.fdb()).collect();
+    let have_arp: HashSet<ArpEntry> = observed.arp.iter().copied().collect();
+    let have_fdb: HashSet<FdbEntry> = observed.fdb.iter().copied().collect();
+
+    for route in &observed.routes {
+        if !is_flannel_route(route, device, network, direct_routing) {
+            continue;
+        }
+        let wanted = desired
+            .get(&route.dst)
+            .is_some_and(|p| same_route(route, &p.route(device)));
+        if !wanted {
+            plan.del_routes.push(*route);
+        }
+    }
+    plan.del_fdb = observed
+        .fdb
+        .iter()
+        .filter(|f| !want_fdb.contains(f))
+        .copied()
+        .collect();
+    plan.del_arp = observed
+        .arp
+        .iter()
+        .filter(|a| !want_arp.contains_key(&a.ip))
+        .map(|a| a.ip)
+        .collect();
+
+    let mut peers: Vec<&Peer> = desired.values().collect();
+    peers.sort_by_key(|p| p.subnet);
+    for peer in peers {
+        let route = peer.route(device);
+        let change = PeerChange {
+            arp: peer.arp().filter(|a| !have_arp.contains(a)),
+            fdb: peer.fdb().filter(|f| !have_fdb.contains(f)),
+            route: (!observed.routes.iter().any(|r| same_route(r, &route))).then_some(route),
+        };
+        if change != PeerChange::default() {
+            plan.add.push(change);
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flannel_net::{Expiration, LeaseAttrs, VxlanBackendData};
+
+    fn ext() -> ExtIface {
+        ExtIface {
+            index: 2,
+            name: "eth0".into(),
+            mtu: 1500,
+            ipv4: vec!["192.168.77.1/24".parse().unwrap()],
+        }
+    }
+
+    fn lease(subnet: &str, ip: &str, mac: &str) -> Lease {
+        Lease {
+            subnet: subnet.parse().unwrap(),
+            ipv6_subnet: None,
+            attrs: LeaseAttrs::vxlan(
+                ip.parse().unwrap(),
+                &VxlanBackendData {
+                    vni: Some(1),
+                    vtep_mac: mac.parse().unwrap(),
+                },
+            ),
+            expiration: Expiration::Unknown,
+        }
+    }
+
+    const NET: &str = "10.200.0.0/16";
+
+    fn peer_of(l: &Lease) -> Result<Peer, Skip> {
+        peer_from_lease(
+            l,
+            NET.parse().unwrap(),
+            Some((
+                "10.200.90.0/24".parse().unwrap(),
+                "192.168.77.1".parse().unwrap(),
+            )),
+            false,
+            &ext(),
+        )
+    }
+
+    #[test]
+    fn entries_match_upstream_form() {
+        let p = peer_of(&lease("10.200.2.0/24", "192.168.77.2", "6a:02:fc:e4:63:47")).unwrap();
+        assert_eq!(
+            p.arp().unwrap().ip,
+            "10.200.2.0".parse::<Ipv4Addr>().unwrap()
+        );
+        assert_eq!(
+            p.fdb().unwrap().dst,
+            "192.168.77.2".parse::<Ipv4Addr>().unwrap()
+        );
+        let r = p.route(3);
+        assert_eq!(r.gateway, Some("10.200.2.0".parse().unwrap()));
+        assert!(r.onlink);
+        assert_eq!(r.oif, Some(3));
+    }
+
+    #[test]
+    fn bad_and_foreign_leases_are_skipped() {
+        let mac = "6a:02:fc:e4:63:47";
+        assert_eq!(
+            peer_of(&lease("10.200.90.0/24", "192.168.77.1", mac)),
+            Err(Skip::Own)
+        );
+        let mut hostgw = lease("10.200.3.0/24", "192.168.77.3", mac);
+        hostgw.attrs.backend_type = "host-gw".into();
+        assert_eq!(peer_of(&hostgw), Err(Skip::NotVxlan("host-gw".into())));
+        for (l, why) in [
+            (
+                lease("10.200.90.0/24", "192.168.77.9", mac),
+                "claims this node's subnet",
+            ),
+            (lease("10.200.90.0/25", "192.168.77.9", mac), "overlaps"),
+            (
+                lease("10.201.1.0/24", "192.168.77.9", mac),
+                "outside the network",
+            ),
+            (
+                lease("10.200.0.0/15", "192.168.77.9", mac),
+                "outside the network",
+            ),
+            (lease("10.200.4.0/24", "0.0.0.0", mac), "cannot be a VTEP"),
+            (
+                lease("10.200.4.0/24", "10.200.7.7", mac),
+                "inside the overlay",
+            ),
+        ] {
+            match peer_of(&l) {
+                Err(Skip::Invalid(msg)) => assert!(msg.contains(why), "{msg} / {why}"),
+                other => panic!("{other:?} for {why}"),
+            }
+        }
+        let mut no_mac = lease("10.200.4.0/24", "192.168.77.4", mac);
+        no_mac.attrs.backend_data = Some(serde_json::json!({"VNI": 1}));
+        assert!(matches!(peer_of(&no_mac), Err(Skip::Invalid(_))));
+    }
+
+    #[test]
+    fn direct_routing_only_on_the_same_l2() {
+        let l = lease("10.200.2.0/24", "192.168.77.2", "6a:02:fc:e4:63:47");
+        let p = peer_from_lease(&l, NET.parse().unwrap(), None, true, &ext()).unwrap();
+        assert!(p.direct);
+        assert!(p.arp().is_none() && p.fdb().is_none());
+        assert_eq!(p.route(3).gateway, Some("192.168.77.2".parse().unwrap()));
+        let far = lease("10.200.3.0/24", "192.168.99.3", "6a:02:fc:e4:63:48");
+        assert!(
+            !peer_from_lease(&far, NET.parse().unwrap(), None, true, &ext())
+                .unwrap()
+                .direct
+        );
+    }
+
+    #[test]
+    fn plan_adds_missing_and_deletes_stale_and_old_macs() {
+        let net: Ipv4Network = NET.parse().unwrap();
+        let a = peer_of(&lease("10.200.2.0/24", "192.168.77.2", "6a:02:fc:e4:63:47")).unwrap();
+        let b = peer_of(&lease("10.200.3.0/24", "192.168.77.3", "2a:c1:a4:5c:d1:7b")).unwrap();
+        let desired: HashMap<_, _> = [(a.subnet, a), (b.subnet, b)].into_iter().collect();
+        let stale = peer_of(&lease("10.200.9.0/24", "192.168.77.9", "02:00:00:00:00:09")).unwrap();
+        let old_mac_fdb = FdbEntry {
+            mac: [2, 0, 0, 0, 0, 0x47],
+            dst: a.public_ip,
+        };
+        let foreign_route = Route {
+            dst: "172.16.0.0/16".parse().unwrap(),
+            gateway: Some("192.168.77.254".parse().unwrap()),
+            oif: Some(2),
+            onlink: false,
+        };
+        let observed = Observed {
+            arp: vec![a.arp().unwrap(), stale.arp().unwrap()],
+            fdb: vec![a.fdb().unwrap(), old_mac_fdb, stale.fdb().unwrap()],
+            routes: vec![a.route(3), stale.route(3), foreign_route],
+        };
+        let p = plan(&desired, &observed, 3, net, true);
+        assert_eq!(
+            p.del_routes,
+            vec![stale.route(3)],
+            "foreign routes are never touched"
+        );
+        let mut del_fdb = p.del_fdb.clone();
+        del_fdb.sort_by_key(|f| f.mac);
+        assert_eq!(del_fdb, vec![stale.fdb().unwrap(), old_mac_fdb]);
+        assert_eq!(p.del_arp, vec![stale.gateway()]);
+        assert_eq!(
+            p.add,
+            vec![PeerChange {
+                arp: b.arp(),
+                fdb: b.fdb(),
+                route: Some(b.route(3))
+            }]
+        );
+        assert_eq!(p.size(), 7);
+        // once applied, nothing left to do
+        let done = Observed {
+            arp: vec![a.arp().unwrap(), b.arp().unwrap()],
+            fdb: vec![a.fdb().unwrap(), b.fdb().unwrap()],
+            routes: vec![a.route(3), b.route(3), foreign_route],
+        };
+        assert!(plan(&desired, &done, 3, net, true).is_empty());
+    }
+}

@@ -1,0 +1,69 @@
+//! The nftables driver (`"EnableNFTables": true`): one table per family, applied with one
+//! `nft -f` transaction, checked with one `nft list table` per resync (upstream has no resync).
+
+use tracing::info;
+
+use crate::exec::{run, Tools};
+use crate::rules::{nft_listing, nft_script, nft_table, RuleSpec};
+use crate::MasqError;
+
+#[derive(Debug, Clone)]
+pub struct Nftables {
+    nft: std::path::PathBuf,
+}
+
+impl Nftables {
+    pub fn new(tools: &Tools) -> Self {
+        Nftables {
+            nft: tools.nft.clone(),
+        }
+    }
+
+    /// Whether `masquerade fully-random` is accepted (upstream checks a test chain).
+    pub async fn has_random_fully(&self) -> Result<bool, MasqError> {
+        let probe = "add table ip flannel-probe\nadd chain ip flannel-probe masqueradeTest { type nat hook postrouting priority srcnat ; }\nadd rule ip flannel-probe masqueradeTest masquerade fully-random\n";
+        match run(&self.nft, &["--check", "-f", "-"], Some(probe)).await {
+            Ok(_) => Ok(true),
+            Err(MasqError::Failed { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The table as nft prints it; `None` when it does not exist.
+    pub async fn read(&self, family: &str, table: &str) -> Result<Option<String>, MasqError> {
+        match run(&self.nft, &["list", "table", family, table], None).await {
+            Ok(text) => Ok(Some(text)),
+            Err(MasqError::Failed { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes the family's flannel table hold exactly our chains. Returns whether it wrote.
+    pub async fn ensure(&self, spec: &RuleSpec) -> Result<bool, MasqError> {
+        let (family, table) = nft_table(spec);
+        let want = nft_listing(spec);
+        if self.read(family, table).await?.as_deref() == Some(want.as_str()) {
+            return Ok(false);
+        }
+        info!("nftables table {family} {table} is missing rules; applying them");
+        run(&self.nft, &["-f", "-"], Some(&nft_script(spec))).await?;
+        Ok(true)
+    }
+
+    /// Removes a flannel table (when iptables mode is chosen). Returns whether it existed.
+    pub async fn remove(&self, family: &str, table: &str) -> Result<bool, MasqError> {
+        match run(&self.nft, &["delete", "table", family, table], None).await {
+            Ok(_) => Ok(true),
+            Err(MasqError::Failed { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

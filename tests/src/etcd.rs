@@ -14,6 +14,10 @@ use crate::tls::TestCerts;
 
 pub struct TestEtcd {
     child: Option<Child>,
+    /// Runs inside this named network namespace (the lab's), else in the caller's.
+    netns: Option<String>,
+    /// The address clients use; etcd also listens on 127.0.0.1 of its namespace.
+    host: String,
     dir: TempDir,
     client_port: u16,
     peer_port: u16,
@@ -60,11 +64,29 @@ impl TestEtcd {
         Self::start_with(Some(tls), &[])
     }
 
+    /// Plain http etcd inside the named network namespace `netns`, listening on `host`
+    /// (and 127.0.0.1 there) at the standard ports, with `args` added.
+    pub fn start_in_netns(netns: &str, host: &str, args: &[&str]) -> Self {
+        Self::start_full(None, args, Some(netns.to_string()), host.to_string())
+    }
+
     fn start_with(tls: Option<TlsFiles>, args: &[&str]) -> Self {
+        Self::start_full(tls, args, None, "127.0.0.1".into())
+    }
+
+    fn start_full(
+        tls: Option<TlsFiles>,
+        args: &[&str],
+        netns: Option<String>,
+        host: String,
+    ) -> Self {
         crate::require_program("etcd", "etcd-server");
         crate::require_program("etcdctl", "etcd-client");
+        let in_netns = netns.is_some();
         let mut etcd = TestEtcd {
             child: None,
+            netns,
+            host,
             dir: tempfile::tempdir().expect("temp dir for etcd"),
             client_port: 0,
             peer_port: 0,
@@ -73,8 +95,12 @@ impl TestEtcd {
         };
         // Another test may grab a port between our probe and etcd's bind: try fresh ports.
         for attempt in 0..5 {
-            etcd.client_port = free_port();
-            etcd.peer_port = free_port();
+            // In a namespace of its own nobody else binds: the standard ports are free.
+            (etcd.client_port, etcd.peer_port) = if in_netns {
+                (2379, 2380)
+            } else {
+                (free_port(), free_port())
+            };
             if etcd.spawn_and_wait() {
                 return etcd;
             }
@@ -93,12 +119,30 @@ impl TestEtcd {
 
     /// The client URL, e.g. `http://127.0.0.1:43121`.
     pub fn endpoint(&self) -> String {
+        format!("{}://{}:{}", self.scheme(), self.host, self.client_port)
+    }
+
+    /// The endpoint inside etcd's own namespace (for etcdctl run there).
+    fn local_endpoint(&self) -> String {
         format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
+    }
+
+    /// A command that runs `program` where etcd runs (its namespace, if any).
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        }
     }
 
     /// The client address, e.g. for a [`crate::proxy::TcpProxy`] in front of etcd.
     pub fn client_addr(&self) -> std::net::SocketAddr {
-        std::net::SocketAddr::from(([127, 0, 0, 1], self.client_port))
+        let ip: std::net::IpAddr = self.host.parse().expect("etcd host is an IP");
+        std::net::SocketAddr::new(ip, self.client_port)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -116,18 +160,23 @@ impl TestEtcd {
 
     fn spawn_and_wait(&mut self) -> bool {
         let client = self.endpoint();
+        let listen = if self.host == "127.0.0.1" {
+            client.clone()
+        } else {
+            format!("{client},{}", self.local_endpoint())
+        };
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = File::options()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("etcd log file");
-        let mut cmd = Command::new("etcd");
+        let mut cmd = self.command("etcd");
         cmd.args(["--name", "t", "--data-dir"])
             .arg(self.data_dir())
             .args([
                 "--listen-client-urls",
-                &client,
+                &listen,
                 "--advertise-client-urls",
                 &client,
             ])
@@ -171,10 +220,10 @@ impl TestEtcd {
 
     /// Runs etcdctl (API v3) against this etcd and returns its output.
     pub fn etcdctl(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new("etcdctl");
+        let mut cmd = self.command("etcdctl");
         cmd.env("ETCDCTL_API", "3")
             .arg("--endpoints")
-            .arg(self.endpoint())
+            .arg(self.local_endpoint())
             .arg("--command-timeout=3s")
             .arg("--dial-timeout=1s");
         if let Some(tls) = &self.tls {

@@ -27,9 +27,26 @@ pub fn format_utc(t: SystemTime) -> String {
     )
 }
 
+/// Go's `time.Duration` text, to the second: `22h59m58s`, `4m0s`, `12s`.
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, sec) => format!("{m}m{sec}s"),
+        (h, m, sec) => format!("{h}h{m}m{sec}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_durations_like_go() {
+        assert_eq!(format_duration(Duration::from_secs(82_798)), "22h59m58s");
+        assert_eq!(format_duration(Duration::from_secs(240)), "4m0s");
+        assert_eq!(format_duration(Duration::from_millis(12_900)), "12s");
+    }
 
     #[test]
     fn formats_known_instants() {

@@ -65,6 +65,18 @@ impl SubnetError {
     }
 }
 
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct SubnetStats {
+    /// Requests to the registry that failed (each is retried).
+    pub errors: std::sync::atomic::AtomicU64,
+    /// Full re-listings of the leases after the first (compaction, reconnect).
+    pub watch_resyncs: std::sync::atomic::AtomicU64,
+    pub lease_renewals: std::sync::atomic::AtomicU64,
+    /// Times this node's key was found missing and written again.
+    pub lease_recreations: std::sync::atomic::AtomicU64,
+}
+
 /// One row of a listing of every key under `<prefix>/subnets/`, the bad ones included.
 #[derive(Debug, Clone)]
 pub struct LeaseEntry {
@@ -76,6 +88,9 @@ pub struct LeaseEntry {
 
 #[async_trait]
 pub trait SubnetManager: Send + Sync {
+    /// Counters for metrics.
+    fn stats(&self) -> std::sync::Arc<SubnetStats>;
+
     /// For the start-up log, e.g. `Etcd Local Manager with Previous Subnet: None` (upstream's text).
     fn name(&self) -> String;
 

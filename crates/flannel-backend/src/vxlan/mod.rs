@@ -213,7 +213,6 @@ impl VxlanBackend {
             }
         }
         for lease in &update.added {
-            info!("Received Subnet Event with VxLan: {}", lease.attrs);
             let peer = match peers::peer_from_lease(
                 lease,
                 self.network,
@@ -238,6 +237,7 @@ impl VxlanBackend {
                     continue;
                 }
             };
+            info!("Received Subnet Event with VxLan: {}", lease.attrs);
             let old = self.peers.insert(peer.subnet, peer);
             if old == Some(peer) {
                 continue;

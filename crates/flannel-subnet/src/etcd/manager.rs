@@ -10,6 +10,8 @@
 //! - the watch never asks etcd for a TTL per event (upstream does one RPC per event).
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -17,7 +19,7 @@ use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
     TxnOpResponse, WatchOptions,
 };
-use flannel_net::time::format_utc;
+use flannel_net::time::{format_duration, format_utc};
 use flannel_net::{Expiration, Lease, LeaseAttrs, NetworkConfig, SubnetKey};
 use ipnetwork::Ipv4Network;
 use tokio::sync::{mpsc, watch};
@@ -26,7 +28,7 @@ use tracing::{debug, info, warn};
 use super::{join_key, EtcdConfig};
 use crate::allocate;
 use crate::lease_set::{LeaseBatch, LeaseSet};
-use crate::{LeaseEntry, SubnetError, SubnetManager};
+use crate::{LeaseEntry, SubnetError, SubnetManager, SubnetStats};
 
 /// Upstream's `raceRetries`.
 const RACE_RETRIES: usize = 10;
@@ -42,6 +44,7 @@ pub struct EtcdSubnetManager {
     /// `<prefix>/subnets/`, with the trailing slash so that `subnets-x/` never matches.
     subnets_prefix: String,
     previous_subnet: Option<Ipv4Network>,
+    stats: Arc<SubnetStats>,
 }
 
 /// A key under the subnets prefix as etcd returned it.
@@ -81,6 +84,7 @@ impl EtcdSubnetManager {
             subnets_prefix: join_key(&cfg.prefix, "subnets") + "/",
             cfg,
             previous_subnet,
+            stats: Arc::default(),
         })
     }
 
@@ -368,6 +372,7 @@ impl EtcdSubnetManager {
             .await
             .map_err(etcd_err(format!("re-creating {key}")))?;
         if resp.succeeded() {
+            self.stats.lease_recreations.fetch_add(1, Ordering::Relaxed);
             info!(subnet = %lease.subnet, "re-created the lease for this node's subnet {}", lease.subnet);
             return Ok(id);
         }
@@ -473,7 +478,7 @@ impl EtcdSubnetManager {
         let mut renew_at = match lease.expiration {
             Expiration::At(t) => {
                 let wait = self.renew_wait(t.duration_since(SystemTime::now()).unwrap_or_default());
-                info!("Waiting for {wait:?} to renew lease");
+                info!("Waiting for {} to renew lease", format_duration(wait));
                 Some(Instant::now() + wait)
             }
             _ => None,
@@ -492,6 +497,7 @@ impl EtcdSubnetManager {
                             let expiration = SystemTime::now() + Duration::from_secs(ttl as u64);
                             lease.expiration = Expiration::At(expiration);
                             status.send_replace(lease.clone());
+                            self.stats.lease_renewals.fetch_add(1, Ordering::Relaxed);
                             info!("Lease renewed, new expiration: {}", format_utc(expiration));
                             renew_at = Some(Instant::now() + self.renew_wait(Duration::from_secs(ttl as u64)));
                         }
@@ -501,6 +507,7 @@ impl EtcdSubnetManager {
                             return Ok(());
                         }
                         Err(e) => {
+                            self.stats.errors.fetch_add(1, Ordering::Relaxed);
                             warn!("Error renewing lease (trying again in 1 min): {e}");
                             renew_at = Some(Instant::now() + RENEW_RETRY);
                         }
@@ -632,6 +639,10 @@ impl EtcdSubnetManager {
 
 #[async_trait]
 impl SubnetManager for EtcdSubnetManager {
+    fn stats(&self) -> Arc<SubnetStats> {
+        self.stats.clone()
+    }
+
     fn name(&self) -> String {
         match self.previous_subnet {
             Some(s) => format!("Etcd Local Manager with Previous Subnet: {s}"),
@@ -702,12 +713,17 @@ impl SubnetManager for EtcdSubnetManager {
     async fn watch_leases(&self, tx: mpsc::Sender<LeaseBatch>) -> Result<(), SubnetError> {
         let mut set = LeaseSet::default();
         let mut backoff = BACKOFF_MIN;
+        let mut first = true;
         loop {
             let started = Instant::now();
+            if !std::mem::take(&mut first) {
+                self.stats.watch_resyncs.fetch_add(1, Ordering::Relaxed);
+            }
             match self.watch_once(&mut set, &tx).await {
                 Ok(()) => backoff = BACKOFF_MIN,
                 Err(SubnetError::Closed) => return Ok(()),
                 Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     if started.elapsed() > BACKOFF_MAX {
                         backoff = BACKOFF_MIN;
                     }

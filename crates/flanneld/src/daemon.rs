@@ -1,0 +1,306 @@
+//! The daemon: upstream's start-up order (spec §1.5), then the steady state.
+//!
+//! previous subnet.env → subnet manager → healthz → network config (retried every second)
+//! → external interface → ip_forward → VXLAN device → lease → device address → traffic
+//! rules → subnet.env → lease watch and backend (ready once the peers known at start are
+//! programmed) → keep the lease, resync the rules, until a signal.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use flannel_backend::netlink::Netlink;
+use flannel_backend::vxlan::{PeerUpdate, VxlanBackend};
+use flannel_masq::{Mode, RuleSpec, Tools, TrafficManager};
+use flannel_net::{Lease, MacAddr, NetworkConfig, SubnetEnv};
+use flannel_subnet::etcd::EtcdSubnetManager;
+use flannel_subnet::{LeaseBatch, LeaseEvent, SubnetError, SubnetManager};
+use ipnetwork::IpNetwork;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::health::{self, Shared};
+use crate::iface;
+use crate::options::Options;
+use crate::sdnotify;
+
+/// How often the backend compares the whole kernel state with the leases (damage the kernel
+/// reports is repaired at once; this catches the rest).
+const BACKEND_RESYNC: Duration = Duration::from_secs(10);
+
+/// Runs until an unrecoverable error; the caller ends it on SIGTERM/SIGINT.
+pub async fn run(opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let previous = read_previous(&opts.subnet_file);
+    let sm = EtcdSubnetManager::new(opts.etcd.clone(), previous.as_ref().and_then(|p| p.subnet))
+        .await
+        .context("creating the etcd subnet manager")?;
+    info!("Created subnet manager: {}", sm.name());
+    let _ = shared.subnet_stats.set(sm.stats());
+    if let Some(addr) = opts.healthz {
+        health::start(addr, shared.clone())
+            .await
+            .with_context(|| format!("Start healthz server error. listen {addr}"))?;
+    }
+
+    let config = wait_for_config(&sm).await;
+    info!(
+        "Found network config - Backend type: {}",
+        config.backend_type
+    );
+    if config.backend_kind() != "vxlan" {
+        bail!(
+            "unknown backend type: {} (flanneld-rs implements the vxlan backend)",
+            config.backend_kind()
+        );
+    }
+    if config.enable_ipv6 || !config.enable_ipv4 {
+        bail!("IPv6 (EnableIPv6, or EnableIPv4 false) is not supported yet by flanneld-rs");
+    }
+
+    let nl = Netlink::connect().context("opening netlink")?;
+    let snapshot = iface::Snapshot::read(&nl)
+        .await
+        .context("reading the interfaces")?;
+    let chosen = iface::select(&snapshot, &opts).map_err(|e| anyhow!(e))?;
+    let public_ip = iface::log_choice(&chosen, opts.public_ip);
+    ensure_ip_forward();
+
+    let mac_hint = advertised_mac(&sm, public_ip).await;
+    let mut backend = VxlanBackend::new(
+        nl,
+        config.backend.as_ref(),
+        config.network,
+        chosen.ext,
+        public_ip,
+        mac_hint,
+    )
+    .await
+    .context("setting up the VXLAN backend")?;
+    let _ = shared.backend_stats.set(backend.stats());
+
+    let lease = acquire(&sm, &config, &backend).await?;
+    backend
+        .configure(&lease)
+        .await
+        .context("configuring the VXLAN device")?;
+    *shared
+        .lease
+        .lock()
+        .map_err(|_| anyhow!("lease lock poisoned"))? = Some(lease.clone());
+
+    let masq = setup_rules(&opts, &config, &lease, previous.as_ref()).await?;
+    shared.rule_checks.fetch_add(1, Ordering::Relaxed);
+
+    let env = SubnetEnv {
+        network: Some(config.network),
+        subnet: Some(lease.subnet),
+        ipv6_network: None,
+        ipv6_subnet: None,
+        mtu: backend.mtu(),
+        ip_masq: opts.ip_masq,
+    };
+    env.write(&opts.subnet_file)
+        .context("writing the subnet file")?;
+    info!("Wrote subnet file to {}", opts.subnet_file.display());
+    info!("Running backend.");
+
+    steady_state(&sm, backend, masq, lease, &opts, shared).await
+}
+
+fn read_previous(path: &Path) -> Option<SubnetEnv> {
+    match SubnetEnv::read(path) {
+        Ok(Some((env, warnings))) => {
+            for w in warnings {
+                warn!("{}: {w}; ignoring that value", path.display());
+            }
+            Some(env)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            warn!("{e}; starting without the previous subnet");
+            None
+        }
+    }
+}
+
+async fn wait_for_config(sm: &impl SubnetManager) -> NetworkConfig {
+    loop {
+        match sm.get_network_config().await {
+            Ok(config) => return config,
+            Err(e) => {
+                warn!("Couldn't fetch network config: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Upstream leaves forwarding as it finds it, and pods behind cni0 on other nodes are then
+/// unreachable. Turn it on, and say so.
+fn ensure_ip_forward() {
+    let path = "/proc/sys/net/ipv4/ip_forward";
+    match std::fs::read_to_string(path) {
+        Ok(v) if v.trim() == "0" => match std::fs::write(path, "1") {
+            Ok(()) => info!("net.ipv4.ip_forward was 0; enabled it so that pods can be reached from other nodes"),
+            Err(e) => warn!("net.ipv4.ip_forward is 0 and could not be enabled ({e}): pods on this node will be unreachable"),
+        },
+        Ok(_) => {}
+        Err(e) => warn!("cannot read {path}: {e}"),
+    }
+}
+
+/// The VTEP MAC this node's lease already advertises, so that a re-created device keeps it.
+async fn advertised_mac(sm: &impl SubnetManager, public_ip: std::net::Ipv4Addr) -> Option<MacAddr> {
+    match sm.list_leases().await {
+        Ok(entries) => entries
+            .into_iter()
+            .filter_map(|e| e.lease.ok())
+            .find(|l| l.attrs.public_ip == public_ip)
+            .and_then(|l| l.attrs.vxlan_data()?.ok())
+            .map(|d| d.vtep_mac),
+        Err(e) => {
+            warn!("could not look up this node's lease for its VTEP MAC: {e}");
+            None
+        }
+    }
+}
+
+async fn acquire(
+    sm: &impl SubnetManager,
+    config: &NetworkConfig,
+    backend: &VxlanBackend,
+) -> anyhow::Result<Lease> {
+    let attrs = backend.lease_attrs();
+    loop {
+        match sm.acquire_lease(config, &attrs).await {
+            Ok(lease) => return Ok(lease),
+            Err(e @ (SubnetError::OutOfSubnets | SubnetError::MaxRetries)) => {
+                error!("failed to acquire a subnet lease: {e}; trying again in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Err(e) if e.is_transient() => {
+                warn!("failed to acquire a subnet lease: {e}; trying again in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(anyhow!(e).context("Error registering network")),
+        }
+    }
+}
+
+async fn setup_rules(
+    opts: &Options,
+    config: &NetworkConfig,
+    lease: &Lease,
+    previous: Option<&SubnetEnv>,
+) -> anyhow::Result<TrafficManager> {
+    let mode = if config.enable_nftables {
+        Mode::Nftables
+    } else {
+        Mode::Iptables
+    };
+    let spec = RuleSpec {
+        network: IpNetwork::V4(config.network),
+        subnet: IpNetwork::V4(lease.subnet),
+        ip_masq: opts.ip_masq,
+        forward: opts.iptables_forward_rules,
+        random_fully: !opts.ip_masq_fully_random_disable,
+        previous: previous
+            .and_then(|p| Some((IpNetwork::V4(p.network?), IpNetwork::V4(p.subnet?))))
+            .filter(|(n, s)| {
+                (*n, *s) != (IpNetwork::V4(config.network), IpNetwork::V4(lease.subnet))
+            }),
+    };
+    let masq = TrafficManager::new(mode, &Tools::default(), spec)
+        .await
+        .context("setting up traffic rules")?;
+    masq.remove_other_mode()
+        .await
+        .context("removing the other mode's rules")?;
+    if opts.ip_masq {
+        info!("Setting up masking rules");
+    }
+    if opts.iptables_forward_rules {
+        info!("Changing default FORWARD chain policy to ACCEPT");
+    }
+    masq.ensure().await.context("setting up traffic rules")?;
+    Ok(masq)
+}
+
+fn to_update(batch: LeaseBatch) -> PeerUpdate {
+    let mut update = PeerUpdate {
+        complete: batch.snapshot,
+        ..PeerUpdate::default()
+    };
+    for event in batch.events {
+        match event {
+            LeaseEvent::Added(l) => update.added.push(l),
+            LeaseEvent::Removed(l) => update.removed.push(l),
+        }
+    }
+    update
+}
+
+async fn steady_state(
+    sm: &EtcdSubnetManager,
+    backend: VxlanBackend,
+    masq: TrafficManager,
+    lease: Lease,
+    opts: &Options,
+    shared: Arc<Shared>,
+) -> anyhow::Result<()> {
+    let (status_tx, mut status_rx) = watch::channel(lease.clone());
+    let (batch_tx, mut batch_rx) = mpsc::channel::<LeaseBatch>(64);
+    let (update_tx, update_rx) = mpsc::channel::<PeerUpdate>(64);
+    let (synced_tx, mut synced_rx) = watch::channel(false);
+
+    let forward = async {
+        while let Some(batch) = batch_rx.recv().await {
+            if update_tx.send(to_update(batch)).await.is_err() {
+                break;
+            }
+        }
+    };
+    let ready = async {
+        let _ = synced_rx.wait_for(|s| *s).await;
+        shared.ready.store(true, Ordering::Relaxed);
+        sdnotify::notify("READY=1");
+        info!("flannel is ready");
+        std::future::pending::<()>().await
+    };
+    let lease_status = async {
+        while status_rx.changed().await.is_ok() {
+            let lease = status_rx.borrow_and_update().clone();
+            if let Ok(mut slot) = shared.lease.lock() {
+                *slot = Some(lease);
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    let rules = async {
+        let mut tick = tokio::time::interval(opts.iptables_resync);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            shared.rule_checks.fetch_add(1, Ordering::Relaxed);
+            let written = masq.resync().await;
+            shared
+                .rule_repairs
+                .fetch_add(written as u64, Ordering::Relaxed);
+        }
+    };
+    tokio::select! {
+        r = sm.keep_lease(lease, status_tx) => r.map_err(|e| anyhow!(e).context("lost this node's subnet lease")),
+        r = sm.watch_leases(batch_tx) => r.map_err(|e| anyhow!(e).context("lease watch failed")),
+        r = backend.run(update_rx, synced_tx, BACKEND_RESYNC) => match r {
+            Ok(()) => Err(anyhow!("the backend stopped")),
+            Err(e) => Err(anyhow!(e).context("the VXLAN backend failed")),
+        },
+        () = forward => Err(anyhow!("the lease watch stopped")),
+        () = ready => unreachable!("pending"),
+        () = lease_status => unreachable!("pending"),
+        () = rules => unreachable!("endless loop"),
+    }
+}

@@ -1,0 +1,230 @@
+//! `flanneld-rs lease show`: the leases in etcd, one row each, for people (a table) or
+//! scripts (`--json`). Read-only by construction: it only lists and gets.
+
+use std::net::Ipv4Addr;
+use std::time::SystemTime;
+
+use anyhow::Context;
+use flannel_net::time::format_utc;
+use flannel_net::{Expiration, Lease};
+use flannel_subnet::etcd::EtcdSubnetManager;
+use flannel_subnet::{LeaseEntry, SubnetManager};
+use ipnetwork::Ipv4Network;
+use serde_json::{json, Value};
+
+use crate::cli::{self, Flag, Kind, Parsed, DAEMON_FLAGS};
+use crate::options::etcd_config;
+
+fn flags() -> Vec<Flag> {
+    let mut flags: Vec<Flag> = DAEMON_FLAGS
+        .iter()
+        .copied()
+        .filter(|f| f.name.starts_with("etcd-"))
+        .collect();
+    flags.push(Flag {
+        name: "json",
+        kind: Kind::Bool,
+        default: "false",
+        usage: "print JSON for scripts",
+        hidden: false,
+    });
+    flags.push(Flag {
+        name: "subnet",
+        kind: Kind::Str,
+        default: "",
+        usage: "show only the lease of this subnet (CIDR)",
+        hidden: false,
+    });
+    flags.push(Flag {
+        name: "public-ip",
+        kind: Kind::Str,
+        default: "",
+        usage: "the IP of this node, to mark its lease (default: this host's addresses)",
+        hidden: false,
+    });
+    flags
+}
+
+fn ttl_text(left: std::time::Duration) -> String {
+    let s = left.as_secs();
+    format!("{}h{:02}m{:02}s", s / 3600, s % 3600 / 60, s % 60)
+}
+
+fn expiry(lease: &Lease) -> (Value, Value, String) {
+    match lease.expiration {
+        Expiration::Never => (Value::Null, Value::Null, "reservation".into()),
+        Expiration::At(t) => {
+            let left = t.duration_since(SystemTime::now()).unwrap_or_default();
+            (
+                json!(format_utc(t)),
+                json!(left.as_secs()),
+                format!("{} ({})", format_utc(t), ttl_text(left)),
+            )
+        }
+        Expiration::Unknown => (Value::Null, Value::Null, "expired".into()),
+    }
+}
+
+/// Runs the subcommand with the arguments after `lease show`; returns the exit code.
+pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
+    let flags = flags();
+    let values = match cli::parse(&flags, args, &|k| std::env::var(k).ok()) {
+        Ok(Parsed::Run(v)) => v,
+        Ok(Parsed::Help) => {
+            eprint!("{}", cli::usage(&format!("{program} lease show"), &flags));
+            return Ok(0);
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            eprint!("{}", cli::usage(&format!("{program} lease show"), &flags));
+            return Ok(2);
+        }
+    };
+    let json_out = values.bool(&flags, "json");
+    let only: Option<Ipv4Network> = match values.string(&flags, "subnet") {
+        s if s.is_empty() => None,
+        s => Some(
+            s.parse()
+                .with_context(|| format!("--subnet {s:?} is not a CIDR"))?,
+        ),
+    };
+    let ours: Vec<Ipv4Addr> = match values.string(&flags, "public-ip") {
+        s if s.is_empty() => local_addresses().await,
+        s => vec![s
+            .parse()
+            .with_context(|| format!("--public-ip {s:?} is not an IPv4 address"))?],
+    };
+    let sm = EtcdSubnetManager::new(
+        etcd_config(&values).map_err(|e| anyhow::anyhow!(e.0))?,
+        None,
+    )
+    .await?;
+    let config = sm.get_network_config().await;
+    let mut entries = sm.list_leases().await.context("listing leases")?;
+    if let Some(only) = only {
+        entries.retain(|e| e.lease.as_ref().is_ok_and(|l| l.subnet == only));
+    }
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&to_json(&config, &entries, &ours))?
+        );
+    } else {
+        print!("{}", to_table(&config, &entries, &ours));
+    }
+    Ok(if only.is_some() && entries.is_empty() {
+        1
+    } else {
+        0
+    })
+}
+
+fn to_json(
+    config: &Result<flannel_net::NetworkConfig, flannel_subnet::SubnetError>,
+    entries: &[LeaseEntry],
+    ours: &[Ipv4Addr],
+) -> Value {
+    let mut leases = Vec::new();
+    let mut errors = Vec::new();
+    for e in entries {
+        match &e.lease {
+            Ok(l) => {
+                let (expires, ttl, _) = expiry(l);
+                let vx = l.attrs.vxlan_data().and_then(Result::ok);
+                leases.push(json!({
+                    "key": e.key,
+                    "subnet": l.subnet.to_string(),
+                    "public_ip": l.attrs.public_ip.to_string(),
+                    "public_ipv6": l.attrs.public_ipv6.map(|i| i.to_string()),
+                    "backend_type": l.attrs.backend_type,
+                    "vni": vx.and_then(|v| v.vni),
+                    "vtep_mac": vx.map(|v| v.vtep_mac.to_string()),
+                    "reservation": l.is_reservation(),
+                    "expires": expires,
+                    "ttl_seconds": ttl,
+                    "this_node": ours.contains(&l.attrs.public_ip),
+                }));
+            }
+            Err(err) => errors.push(json!({"key": e.key, "error": err})),
+        }
+    }
+    let config = match config {
+        Ok(c) => json!({
+            "network": c.network.to_string(),
+            "subnet_len": c.subnet_len,
+            "subnet_min": c.subnet_min.to_string(),
+            "subnet_max": c.subnet_max.to_string(),
+            "backend_type": c.backend_type,
+        }),
+        Err(e) => json!({"error": e.to_string()}),
+    };
+    json!({"config": config, "leases": leases, "errors": errors})
+}
+
+fn to_table(
+    config: &Result<flannel_net::NetworkConfig, flannel_subnet::SubnetError>,
+    entries: &[LeaseEntry],
+    ours: &[Ipv4Addr],
+) -> String {
+    let mut out = match config {
+        Ok(c) => format!("network config: {c}\n"),
+        Err(e) => format!("network config: {e}\n"),
+    };
+    out += &format!(
+        "{:<20} {:<16} {:<9} {:<18} EXPIRES (TTL)\n",
+        "SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC"
+    );
+    for e in entries {
+        match &e.lease {
+            Ok(l) => {
+                let mark = if ours.contains(&l.attrs.public_ip) {
+                    " *"
+                } else {
+                    ""
+                };
+                let mac = l
+                    .attrs
+                    .vxlan_data()
+                    .and_then(Result::ok)
+                    .map_or("-".to_string(), |v| v.vtep_mac.to_string());
+                out += &format!(
+                    "{:<20} {:<16} {:<9} {:<18} {}\n",
+                    format!("{}{mark}", l.subnet),
+                    l.attrs.public_ip.to_string(),
+                    if l.attrs.backend_type.is_empty() {
+                        "-"
+                    } else {
+                        &l.attrs.backend_type
+                    },
+                    mac,
+                    expiry(l).2
+                );
+            }
+            Err(err) => out += &format!("{:<20} (bad lease: {err})\n", e.key),
+        }
+    }
+    if !ours.is_empty()
+        && entries.iter().any(|e| {
+            e.lease
+                .as_ref()
+                .is_ok_and(|l| ours.contains(&l.attrs.public_ip))
+        })
+    {
+        out += "* this node\n";
+    }
+    out
+}
+
+async fn local_addresses() -> Vec<Ipv4Addr> {
+    let Ok(nl) = flannel_backend::netlink::Netlink::connect() else {
+        return Vec::new();
+    };
+    match crate::iface::Snapshot::read(&nl).await {
+        Ok(s) => s
+            .links
+            .iter()
+            .flat_map(|(_, a)| a.iter().map(|n| n.ip()))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}

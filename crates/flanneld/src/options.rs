@@ -1,0 +1,209 @@
+//! The daemon's settings, typed and checked before anything is touched.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flannel_subnet::etcd::EtcdConfig;
+use regex::Regex;
+
+use crate::cli::{CliError, Values, DAEMON_FLAGS};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub etcd: EtcdConfig,
+    pub iface: Vec<String>,
+    pub iface_regex: Vec<Regex>,
+    pub iface_can_reach: Option<Ipv4Addr>,
+    pub subnet_file: PathBuf,
+    pub public_ip: Option<Ipv4Addr>,
+    pub ip_masq: bool,
+    pub ip_masq_fully_random_disable: bool,
+    /// `None` when `--healthz-port` is 0.
+    pub healthz: Option<SocketAddr>,
+    pub iptables_resync: Duration,
+    pub iptables_forward_rules: bool,
+    /// klog's `-v`.
+    pub verbosity: i64,
+}
+
+fn opt(v: &Values, name: &str) -> Option<String> {
+    Some(v.string(DAEMON_FLAGS, name)).filter(|s| !s.is_empty())
+}
+
+fn path(v: &Values, name: &str) -> Option<PathBuf> {
+    opt(v, name).map(PathBuf::from)
+}
+
+/// Settings for etcd from the `--etcd-*` flags (shared with `lease show`).
+pub fn etcd_config(v: &Values) -> Result<EtcdConfig, CliError> {
+    let f = DAEMON_FLAGS;
+    let endpoints = EtcdConfig::parse_endpoints(&v.string(f, "etcd-endpoints"));
+    if endpoints.is_empty() {
+        return Err(CliError("-etcd-endpoints: no endpoint given".into()));
+    }
+    Ok(EtcdConfig {
+        endpoints,
+        prefix: v.string(f, "etcd-prefix"),
+        ca_file: path(v, "etcd-cafile"),
+        cert_file: path(v, "etcd-certfile"),
+        key_file: path(v, "etcd-keyfile"),
+        username: opt(v, "etcd-username"),
+        password: opt(v, "etcd-password"),
+        ..EtcdConfig::default()
+    })
+}
+
+impl Options {
+    pub fn from_values(v: &Values) -> Result<Options, CliError> {
+        let f = DAEMON_FLAGS;
+        let unsupported = |what: &str| {
+            Err(CliError(format!(
+                "{what} is not supported yet by flanneld-rs"
+            )))
+        };
+        if v.bool(f, "kube-subnet-mgr") {
+            return unsupported("the Kubernetes subnet manager (-kube-subnet-mgr)");
+        }
+        if opt(v, "public-ipv6").is_some() {
+            return unsupported("IPv6 (-public-ipv6)");
+        }
+        if v.bool(f, "ip-blackhole-route") {
+            return unsupported("-ip-blackhole-route");
+        }
+        let margin = v.int(f, "subnet-lease-renew-margin");
+        if !(1..24 * 60).contains(&margin) {
+            // upstream's message
+            return Err(CliError(
+                "Invalid subnet-lease-renew-margin option, out of acceptable range".into(),
+            ));
+        }
+        let mut etcd = etcd_config(v)?;
+        etcd.renew_margin = Duration::from_secs(margin as u64 * 60);
+        let ttl = v.int(f, "subnet-ttl-for-tests");
+        if ttl > 0 {
+            etcd.subnet_ttl = Duration::from_secs(ttl as u64);
+        }
+        let port = v.int(f, "healthz-port");
+        if !(0..=65535).contains(&port) {
+            return Err(CliError(format!(
+                "-healthz-port {port}: expected 0 to 65535"
+            )));
+        }
+        let healthz_ip: IpAddr = v.string(f, "healthz-ip").parse().map_err(|_| {
+            CliError(format!(
+                "-healthz-ip {:?}: not an IP address",
+                v.string(f, "healthz-ip")
+            ))
+        })?;
+        let resync = v.int(f, "iptables-resync");
+        if !(1..=86_400).contains(&resync) {
+            return Err(CliError(format!(
+                "-iptables-resync {resync}: expected 1 to 86400 seconds"
+            )));
+        }
+        let public_ip = match opt(v, "public-ip") {
+            None => None,
+            Some(s) => Some(
+                s.parse()
+                    .map_err(|_| CliError(format!("-public-ip {s:?}: not an IPv4 address")))?,
+            ),
+        };
+        let iface_can_reach =
+            match opt(v, "iface-can-reach") {
+                None => None,
+                Some(s) => Some(s.parse().map_err(|_| {
+                    CliError(format!("-iface-can-reach {s:?}: not an IPv4 address"))
+                })?),
+            };
+        let iface_regex = v
+            .list("iface-regex")
+            .iter()
+            .map(|r| Regex::new(r).map_err(|e| CliError(format!("-iface-regex {r:?}: {e}"))))
+            .collect::<Result<_, _>>()?;
+        Ok(Options {
+            etcd,
+            iface: v.list("iface"),
+            iface_regex,
+            iface_can_reach,
+            subnet_file: PathBuf::from(v.string(f, "subnet-file")),
+            public_ip,
+            ip_masq: v.bool(f, "ip-masq"),
+            ip_masq_fully_random_disable: v.bool(f, "ip-masq-fully-random-disable"),
+            healthz: (port > 0).then(|| SocketAddr::new(healthz_ip, port as u16)),
+            iptables_resync: Duration::from_secs(resync as u64),
+            iptables_forward_rules: v.bool(f, "iptables-forward-rules"),
+            verbosity: v.int(f, "v"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{parse, Parsed};
+
+    fn options(a: &[&str]) -> Result<Options, CliError> {
+        let args: Vec<String> = a.iter().map(|s| s.to_string()).collect();
+        match parse(DAEMON_FLAGS, &args, &|_| None)? {
+            Parsed::Run(v) => Options::from_values(&v),
+            Parsed::Help => panic!("help"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_upstreams() {
+        let o = options(&[]).unwrap();
+        assert_eq!(
+            o.etcd.endpoints,
+            vec!["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
+        );
+        assert_eq!(o.etcd.prefix, "/coreos.com/network");
+        assert_eq!(o.etcd.renew_margin, Duration::from_secs(3600));
+        assert_eq!(o.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
+        assert_eq!(o.healthz, None);
+        assert_eq!(o.iptables_resync, Duration::from_secs(5));
+        assert!(o.iptables_forward_rules && !o.ip_masq);
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        for (args, want) in [
+            (
+                vec!["-subnet-lease-renew-margin=0"],
+                "Invalid subnet-lease-renew-margin option, out of acceptable range",
+            ),
+            (
+                vec!["-subnet-lease-renew-margin=1440"],
+                "out of acceptable range",
+            ),
+            (vec!["-healthz-port=70000"], "expected 0 to 65535"),
+            (vec!["-healthz-ip=nope"], "not an IP address"),
+            (vec!["-iptables-resync=0"], "expected 1 to 86400"),
+            (vec!["-public-ip=10.0.0.300"], "not an IPv4 address"),
+            (vec!["-iface-regex=("], "-iface-regex"),
+            (vec!["-etcd-endpoints=,"], "no endpoint"),
+            (vec!["-kube-subnet-mgr"], "not supported yet by flanneld-rs"),
+            (vec!["-public-ipv6=fd00::1"], "IPv6"),
+        ] {
+            let err = options(&args).unwrap_err().0;
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn values_are_typed() {
+        let o = options(&[
+            "-healthz-ip=127.0.0.1",
+            "-healthz-port=8081",
+            "-public-ip=192.168.77.1",
+            "-subnet-lease-renew-margin=30",
+            "-iface-regex=^eth[0-9]+$",
+        ])
+        .unwrap();
+        assert_eq!(o.healthz, Some("127.0.0.1:8081".parse().unwrap()));
+        assert_eq!(o.public_ip, Some(Ipv4Addr::new(192, 168, 77, 1)));
+        assert_eq!(o.etcd.renew_margin, Duration::from_secs(1800));
+        assert!(o.iface_regex[0].is_match("eth12"));
+    }
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The lab: hosts, etcd and pods in network namespaces, flanneld-rs on every host.
+#   ./tests/lab.sh up     build, start 3 hosts with 2 pods each, print leases and a ping matrix
+#   ./tests/lab.sh down   remove it all
+#   ./tests/lab.sh status
+# Needs root. Installs the Debian packages of tests/deps.txt if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. tests/install-deps.sh
+if [ "${1:-up}" = up ] || [ ! -x target/release/flannel-lab ]; then
+  cargo build --release --locked -p flanneld -p flannel-lab
+fi
+exec target/release/flannel-lab "${@:-up}"

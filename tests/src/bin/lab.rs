@@ -1,0 +1,156 @@
+//! `flannel-lab up|down|status`: the lab of the README, by hand.
+//!
+//! `up` builds three hosts with flanneld-rs and two pods each, prints every host's lease,
+//! the leases in etcd and a ping matrix between all pods, and leaves it all running;
+//! `down` removes it; `status` shows what runs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use flannel_lab::lab::{self, Lab, LabSpec, DEFAULT_CONFIG, DEFAULT_PREFIX, ETCD_IP};
+
+const NAME: &str = "flab";
+
+fn arg_value(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| {
+            args.iter()
+                .find_map(|a| a.strip_prefix(&format!("{name}=")).map(String::from))
+        })
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let dir =
+        PathBuf::from(arg_value(&args, "--dir").unwrap_or_else(|| "/run/flanneld-rs-lab".into()));
+    match args.first().map(String::as_str).unwrap_or("up") {
+        "up" => up(&args, dir),
+        "down" => {
+            lab::destroy(NAME);
+            let _ = std::fs::remove_dir_all(&dir);
+            println!("lab removed");
+            ExitCode::SUCCESS
+        }
+        "status" => {
+            let namespaces = lab::namespaces_of(NAME);
+            if namespaces.is_empty() {
+                println!("no lab running");
+            }
+            for ns in namespaces {
+                let pids = std::process::Command::new("ip")
+                    .args(["netns", "pids", &ns])
+                    .output();
+                let pids = pids
+                    .map(|o| {
+                        String::from_utf8_lossy(&o.stdout)
+                            .split_whitespace()
+                            .count()
+                    })
+                    .unwrap_or(0);
+                println!("{ns}: {pids} processes");
+            }
+            ExitCode::SUCCESS
+        }
+        other => {
+            eprintln!("usage: flannel-lab up [--hosts N] [--pods N] [--flanneld PATH] [--dir DIR] | down | status\nunknown command {other:?}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn up(args: &[String], dir: PathBuf) -> ExitCode {
+    let hosts: usize = arg_value(args, "--hosts")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .clamp(1, 50);
+    let pods: usize = arg_value(args, "--pods")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+        .clamp(1, 10);
+    let flanneld = PathBuf::from(
+        arg_value(args, "--flanneld").unwrap_or_else(|| "target/release/flanneld-rs".into()),
+    );
+    let flanneld = flanneld.canonicalize().unwrap_or(flanneld);
+    let _ = std::fs::remove_dir_all(&dir);
+    let spec = LabSpec {
+        name: NAME.into(),
+        flanneld: flanneld.clone(),
+        prefix: DEFAULT_PREFIX.into(),
+        extra_flags: vec![],
+        dir: dir.clone(),
+    };
+    println!("creating {hosts} hosts, etcd at {ETCD_IP}, network config {DEFAULT_CONFIG}");
+    let mut lab = Lab::create(spec, hosts, Some(DEFAULT_CONFIG));
+    lab.start_all();
+    lab.wait_ready(Duration::from_secs(60));
+    for h in 1..=hosts {
+        println!(
+            "\n== host h{h} ({}), {}:",
+            lab.hosts[h - 1].ip,
+            lab.hosts[h - 1].subnet_file.display()
+        );
+        print!("{}", lab.subnet_env(h));
+    }
+    println!("\n== flanneld-rs lease show (on h1):");
+    print!(
+        "{}",
+        lab.on_host(
+            1,
+            &[
+                flanneld.to_str().unwrap_or("flanneld-rs"),
+                "lease",
+                "show",
+                &format!("-etcd-endpoints=http://{ETCD_IP}:2379"),
+                &format!("-etcd-prefix={DEFAULT_PREFIX}"),
+            ],
+        )
+    );
+    for h in 1..=hosts {
+        for _ in 0..pods {
+            lab.add_pod(h);
+        }
+    }
+    println!("\n== ping matrix (rows ping columns):");
+    let failed = lab.ping_matrix();
+    print!("{:>20}", "");
+    for p in &lab.pods {
+        print!(" {:>14}", p.ns.trim_start_matches("flab-"));
+    }
+    println!();
+    for (i, from) in lab.pods.iter().enumerate() {
+        print!(
+            "{:>20}",
+            format!("{} {}", from.ns.trim_start_matches("flab-"), from.ip)
+        );
+        for j in 0..lab.pods.len() {
+            let cell = if i == j {
+                "-"
+            } else if failed.contains(&(i + 1, j + 1)) {
+                "FAIL"
+            } else {
+                "ok"
+            };
+            print!(" {cell:>14}");
+        }
+        println!();
+    }
+    let pairs = lab.pods.len() * (lab.pods.len() - 1);
+    println!(
+        "\n{} of {pairs} pod pairs can ping each other",
+        pairs - failed.len()
+    );
+    println!(
+        "logs: {}/h*/flanneld.log; enter a host: ip netns exec flab-h1 bash",
+        dir.display()
+    );
+    println!("tear down with: ./tests/lab.sh down");
+    lab.keep();
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,494 @@
+//! The lab: a few "hosts" as network namespaces on one underlay bridge (in a namespace of its
+//! own), etcd in another namespace, flanneld on every host with upstream-style flags, and
+//! "pods" as namespaces wired by the real CNI `bridge` + `host-local` plugins with the
+//! delegate config the flannel CNI plugin derives from subnet.env. Nothing attaches to the
+//! root namespace: no traffic can leave the machine.
+//!
+//! Layout (`<lab>` is the lab's name):
+//! ```text
+//!   <lab>-br     bridge br0, one veth port per host and one for etcd
+//!   <lab>-etcd   eth0 192.168.77.254/24, etcd on :2379
+//!   <lab>-h1..   eth0 192.168.77.N/24, flanneld, cni0, pods
+//!   <lab>-h1p1.. a pod: eth0 with an address of its host's subnet
+//! ```
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use crate::etcd::TestEtcd;
+
+/// The underlay's /24.
+pub const UNDERLAY: &str = "192.168.77";
+pub const ETCD_IP: &str = "192.168.77.254";
+pub const HEALTHZ_PORT: u16 = 9090;
+pub const DEFAULT_CONFIG: &str =
+    r#"{"Network":"10.200.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
+pub const DEFAULT_PREFIX: &str = "/kubernetes-cluster/network";
+
+/// Where Debian's containernetworking-plugins puts the plugins.
+pub const CNI_PATH: &str = "/usr/lib/cni";
+
+pub struct LabSpec {
+    /// Short (namespace and interface names derive from it): at most 8 characters.
+    pub name: String,
+    pub flanneld: PathBuf,
+    /// etcd prefix.
+    pub prefix: String,
+    /// Extra flags for every flanneld.
+    pub extra_flags: Vec<String>,
+    /// Where logs, subnet.env files and etcd's data go.
+    pub dir: PathBuf,
+}
+
+pub struct Host {
+    pub index: usize,
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub subnet_file: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Pod {
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub host: usize,
+}
+
+pub struct Lab {
+    pub spec: LabSpec,
+    /// Always `Some` but in `drop` of a kept lab.
+    etcd: Option<TestEtcd>,
+    pub hosts: Vec<Host>,
+    pub pods: Vec<Pod>,
+    /// `lab up` leaves everything running for `lab down`.
+    keep: bool,
+}
+
+/// Runs a command in a named namespace (`ip netns exec`); panics with stderr on failure.
+pub fn nsexec(ns: &str, args: &[&str]) -> String {
+    let mut full = vec!["netns", "exec", ns];
+    full.extend_from_slice(args);
+    crate::netns::run_cmd("ip", &full)
+}
+
+/// Like [`nsexec`] but returns success and output instead of panicking.
+pub fn try_nsexec(ns: &str, args: &[&str]) -> (bool, String) {
+    match Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+    {
+        Ok(o) => (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        ),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+/// `ip -n <ns> ARGS`
+fn ipn(ns: &str, args: &[&str]) -> String {
+    let mut full = vec!["-n", ns];
+    full.extend_from_slice(args);
+    crate::netns::run_cmd("ip", &full)
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every namespace whose name starts with `prefix-`.
+pub fn namespaces_of(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    String::from_utf8_lossy(&out)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .map(String::from)
+        .collect()
+}
+
+/// Kills every process in the lab's namespaces and deletes them (for `lab down`, and for a
+/// lab that a killed test left behind).
+pub fn destroy(prefix: &str) {
+    for ns in namespaces_of(prefix) {
+        if let Ok(o) = Command::new("ip").args(["netns", "pids", &ns]).output() {
+            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+    }
+    for ns in namespaces_of(prefix) {
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    }
+}
+
+impl Lab {
+    /// The underlay, etcd (with `config` put, when given) and `hosts` host namespaces.
+    /// flanneld is not started yet: see [`Lab::start`].
+    pub fn create(spec: LabSpec, hosts: usize, config: Option<&str>) -> Lab {
+        assert!(spec.name.len() <= 8, "lab name too long");
+        crate::require_program("ip", "iproute2");
+        destroy(&spec.name);
+        fs::create_dir_all(&spec.dir).expect("lab dir");
+        let br = format!("{}-br", spec.name);
+        let etcd_ns = format!("{}-etcd", spec.name);
+        crate::netns::run_cmd("ip", &["netns", "add", &br]);
+        ipn(&br, &["link", "set", "lo", "up"]);
+        ipn(&br, &["link", "add", "br0", "type", "bridge"]);
+        ipn(&br, &["link", "set", "br0", "up"]);
+        crate::netns::run_cmd("ip", &["netns", "add", &etcd_ns]);
+        plug(&br, &etcd_ns, "port-etcd", ETCD_IP);
+        let etcd = TestEtcd::start_in_netns(&etcd_ns, ETCD_IP, &[]);
+        if let Some(config) = config {
+            etcd.ctl(&["put", &format!("{}/config", spec.prefix), config]);
+        }
+        let mut lab = Lab {
+            spec,
+            etcd: Some(etcd),
+            hosts: Vec::new(),
+            pods: Vec::new(),
+            keep: false,
+        };
+        for _ in 0..hosts {
+            lab.add_host();
+        }
+        lab
+    }
+
+    pub fn etcd(&self) -> &TestEtcd {
+        self.etcd.as_ref().expect("etcd handle")
+    }
+
+    pub fn etcd_mut(&mut self) -> &mut TestEtcd {
+        self.etcd.as_mut().expect("etcd handle")
+    }
+
+    fn br(&self) -> String {
+        format!("{}-br", self.spec.name)
+    }
+
+    /// One more host namespace on the underlay (flanneld not started).
+    pub fn add_host(&mut self) -> usize {
+        let index = self.hosts.len() + 1;
+        let ns = format!("{}-h{index}", self.spec.name);
+        crate::netns::run_cmd("ip", &["netns", "add", &ns]);
+        let ip: Ipv4Addr = format!("{UNDERLAY}.{index}").parse().expect("host ip");
+        plug(&self.br(), &ns, &format!("port-h{index}"), &ip.to_string());
+        let dir = self.spec.dir.join(format!("h{index}"));
+        fs::create_dir_all(&dir).expect("host dir");
+        self.hosts.push(Host {
+            index,
+            ns,
+            ip,
+            subnet_file: dir.join("subnet.env"),
+            log: dir.join("flanneld.log"),
+            child: None,
+        });
+        index
+    }
+
+    /// The flags flanneld gets on host `index` (1-based), upstream style.
+    pub fn flags(&self, index: usize) -> Vec<String> {
+        let h = &self.hosts[index - 1];
+        let mut flags = vec![
+            format!("-etcd-endpoints=http://{ETCD_IP}:2379"),
+            format!("-etcd-prefix={}", self.spec.prefix),
+            "-iface=eth0".to_string(),
+            "-ip-masq".to_string(),
+            format!("-subnet-file={}", h.subnet_file.display()),
+            format!("-healthz-ip={}", h.ip),
+            format!("-healthz-port={HEALTHZ_PORT}"),
+        ];
+        flags.extend(self.spec.extra_flags.iter().cloned());
+        flags
+    }
+
+    /// Starts flanneld on host `index` (1-based), appending to its log.
+    pub fn start(&mut self, index: usize) {
+        let flags = self.flags(index);
+        let flanneld = self.spec.flanneld.clone();
+        let h = &mut self.hosts[index - 1];
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&h.log)
+            .expect("log file");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &h.ns])
+            .arg(&flanneld)
+            .args(&flags)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        // not in our process group: a Ctrl-C at `lab up` must not reach the daemons
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        h.child = Some(cmd.spawn().expect("start flanneld"));
+    }
+
+    pub fn start_all(&mut self) {
+        for i in 1..=self.hosts.len() {
+            self.start(i);
+        }
+    }
+
+    /// The pid of flanneld on host `index`.
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.hosts[index - 1].child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL") and waits for the exit; returns the exit status
+    /// (`None` if killed by a signal).
+    pub fn stop(&mut self, index: usize, signal: &str) -> Option<i32> {
+        let child = self.hosts[index - 1].child.as_mut()?;
+        let _ = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status();
+        let status = child.wait().ok()?;
+        self.hosts[index - 1].child = None;
+        status.code()
+    }
+
+    /// Whether flanneld on host `index` still runs.
+    pub fn running(&mut self, index: usize) -> bool {
+        match self.hosts[index - 1].child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn log(&self, index: usize) -> String {
+        fs::read_to_string(&self.hosts[index - 1].log).unwrap_or_default()
+    }
+
+    /// An HTTP request from inside host `index` to its healthz server: (status, body).
+    pub fn http(&self, index: usize, path: &str, method: &str) -> Option<(u16, String)> {
+        let h = &self.hosts[index - 1];
+        let url = format!("http://{}:{HEALTHZ_PORT}{path}", h.ip);
+        let (ok, out) = try_nsexec(
+            &h.ns,
+            &[
+                "curl",
+                "-s",
+                "-X",
+                method,
+                "-w",
+                "\n%{http_code}",
+                "--max-time",
+                "2",
+                &url,
+            ],
+        );
+        if !ok {
+            return None;
+        }
+        let (body, code) = out.rsplit_once('\n')?;
+        Some((code.trim().parse().ok()?, body.to_string()))
+    }
+
+    pub fn ready(&self, index: usize) -> bool {
+        self.http(index, "/readyz", "GET")
+            .is_some_and(|(c, _)| c == 200)
+    }
+
+    /// Waits until every started host answers /readyz with 200.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let started: Vec<usize> = (1..=self.hosts.len())
+            .filter(|i| self.hosts[i - 1].child.is_some())
+            .collect();
+        let ok = wait_until(timeout, || started.iter().all(|i| self.ready(*i)));
+        if !ok {
+            let logs: Vec<String> = started
+                .iter()
+                .map(|i| format!("--- h{i}\n{}", self.log(*i)))
+                .collect();
+            panic!("hosts not ready within {timeout:?}\n{}", logs.join("\n"));
+        }
+    }
+
+    /// FLANNEL_SUBNET etc. of host `index`.
+    pub fn subnet_env(&self, index: usize) -> String {
+        fs::read_to_string(&self.hosts[index - 1].subnet_file).unwrap_or_default()
+    }
+
+    fn env_value(&self, index: usize, key: &str) -> Option<String> {
+        self.subnet_env(index)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")).map(String::from))
+    }
+
+    /// The host's subnet in network form (`10.200.74.0/24`), from its subnet.env.
+    pub fn subnet(&self, index: usize) -> Option<String> {
+        let first = self.env_value(index, "FLANNEL_SUBNET")?;
+        let (ip, len) = first.split_once('/')?;
+        let ip: Ipv4Addr = ip.parse().ok()?;
+        Some(format!("{}/{len}", Ipv4Addr::from(u32::from(ip) - 1)))
+    }
+
+    /// A pod on host `index`, wired by the CNI bridge plugin with the delegate config the
+    /// flannel CNI plugin would derive from the host's subnet.env.
+    pub fn add_pod(&mut self, index: usize) -> usize {
+        crate::require_program("/usr/lib/cni/bridge", "containernetworking-plugins");
+        let n = self.pods.len() + 1;
+        let host_ns = self.hosts[index - 1].ns.clone();
+        let ns = format!("{}-h{index}p{n}", self.spec.name);
+        crate::netns::run_cmd("ip", &["netns", "add", &ns]);
+        ipn(&ns, &["link", "set", "lo", "up"]);
+        let subnet = self.subnet(index).expect("host has a subnet.env");
+        let network = self
+            .env_value(index, "FLANNEL_NETWORK")
+            .expect("FLANNEL_NETWORK");
+        let mtu: u32 = self
+            .env_value(index, "FLANNEL_MTU")
+            .and_then(|m| m.parse().ok())
+            .expect("FLANNEL_MTU");
+        let ipmasq = self.env_value(index, "FLANNEL_IPMASQ").as_deref() == Some("true");
+        let ipam_dir = self.spec.dir.join(format!("h{index}/ipam"));
+        let conf = serde_json::json!({
+            "cniVersion": "0.3.1",
+            "name": "cbr0",
+            "type": "bridge",
+            "bridge": "cni0",
+            "isGateway": true,
+            "ipMasq": !ipmasq,
+            "mtu": mtu,
+            "hairpinMode": true,
+            "isDefaultGateway": true,
+            "ipam": {
+                "type": "host-local",
+                "dataDir": ipam_dir,
+                "ranges": [[{"subnet": subnet}]],
+                "routes": [{"dst": network}],
+            }
+        });
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &host_ns, &format!("{CNI_PATH}/bridge")])
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", &ns)
+            .env("CNI_NETNS", format!("/run/netns/{ns}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", CNI_PATH)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the CNI bridge plugin");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(conf.to_string().as_bytes())
+            .expect("CNI config");
+        let out = child.wait_with_output().expect("CNI plugin result");
+        assert!(
+            out.status.success(),
+            "CNI ADD failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let result: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("CNI result JSON");
+        let addr = result["ips"][0]["address"].as_str().expect("pod address");
+        let ip: Ipv4Addr = addr
+            .split('/')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .expect("pod IPv4");
+        self.pods.push(Pod {
+            ns,
+            ip,
+            host: index,
+        });
+        n
+    }
+
+    /// Whether `from` (a pod's index, 1-based) gets an answer from `to`'s address.
+    pub fn ping(&self, from: usize, to: Ipv4Addr) -> bool {
+        try_nsexec(
+            &self.pods[from - 1].ns,
+            &["ping", "-c", "1", "-W", "2", &to.to_string()],
+        )
+        .0
+    }
+
+    /// Every pod pings every other pod; the failures, as (from, to) pod indexes.
+    pub fn ping_matrix(&self) -> Vec<(usize, usize)> {
+        let mut failed = Vec::new();
+        for from in 1..=self.pods.len() {
+            for to in 1..=self.pods.len() {
+                if from != to && !self.ping(from, self.pods[to - 1].ip) {
+                    failed.push((from, to));
+                }
+            }
+        }
+        failed
+    }
+
+    /// Runs a command in host `index`'s namespace.
+    pub fn on_host(&self, index: usize, args: &[&str]) -> String {
+        nsexec(&self.hosts[index - 1].ns, args)
+    }
+
+    /// Leaves everything running when dropped (`lab up`).
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.spec.dir
+    }
+}
+
+/// A veth pair from the bridge namespace into `ns`, where it is `eth0` with `ip`/24.
+fn plug(br: &str, ns: &str, port: &str, ip: &str) {
+    ipn(
+        br,
+        &[
+            "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ],
+    );
+    ipn(br, &["link", "set", port, "master", "br0", "up"]);
+    ipn(ns, &["link", "set", "lo", "up"]);
+    ipn(ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+    ipn(ns, &["link", "set", "eth0", "up"]);
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.keep {
+            // etcd keeps running, and its data directory stays
+            std::mem::forget(self.etcd.take());
+            return;
+        }
+        for h in &mut self.hosts {
+            if let Some(mut c) = h.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if let Some(etcd) = self.etcd.as_mut() {
+            etcd.stop();
+        }
+        destroy(&self.spec.name);
+    }
+}

@@ -1,0 +1,435 @@
+//! End-to-end: flanneld-rs on several hosts of the lab (network namespaces, a real etcd,
+//! CNI-wired pods), checked against what upstream flanneld does (../shared/reference).
+//! Needs root (CI runs as root); every lab lives in namespaces of its own.
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed assertion
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flannel_lab::lab::{wait_until, Lab, LabSpec, DEFAULT_CONFIG, DEFAULT_PREFIX, ETCD_IP};
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn lab(tag: char, hosts: usize, config: Option<&str>) -> (Lab, tempfile::TempDir) {
+    assert!(nix_is_root(), "the lab tests need root (CI runs as root)");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = LabSpec {
+        name: format!("e{:05}{tag}", std::process::id() % 100_000),
+        flanneld: PathBuf::from(env!("CARGO_BIN_EXE_flanneld-rs")),
+        prefix: DEFAULT_PREFIX.into(),
+        extra_flags: vec![],
+        dir: dir.path().to_path_buf(),
+    };
+    (Lab::create(spec, hosts, config), dir)
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+/// subnet key -> value, as etcdctl shows them.
+fn leases(lab: &Lab) -> BTreeMap<String, String> {
+    let out = lab
+        .etcd()
+        .ctl(&["get", "--prefix", &format!("{DEFAULT_PREFIX}/subnets/")]);
+    let lines: Vec<&str> = out.lines().collect();
+    lines
+        .chunks(2)
+        .filter(|c| c.len() == 2)
+        .map(|c| {
+            (
+                c[0].rsplit('/').next().unwrap().to_string(),
+                c[1].to_string(),
+            )
+        })
+        .collect()
+}
+
+/// (subnet "10.200.36.0/24", public ip, vtep mac) of every lease.
+fn peers(lab: &Lab) -> Vec<(String, String, String)> {
+    leases(lab)
+        .values()
+        .map(|v| {
+            let j: serde_json::Value = serde_json::from_str(v).unwrap();
+            (
+                String::new(),
+                j["PublicIP"].as_str().unwrap().to_string(),
+                j["BackendData"]["VtepMAC"].as_str().unwrap().to_string(),
+            )
+        })
+        .zip(leases(lab).keys())
+        .map(|((_, ip, mac), key)| (key.replace('-', "/"), ip, mac))
+        .collect()
+}
+
+fn sorted_lines(s: &str) -> Vec<String> {
+    let mut v: Vec<String> = s
+        .lines()
+        .map(|l| l.trim_end().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    v.sort();
+    v
+}
+
+/// What upstream programs on host `index` for every other host (reference form).
+fn expected_kernel(lab: &Lab, index: usize) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let me = lab.hosts[index - 1].ip.to_string();
+    let (mut neigh, mut fdb, mut routes) = (vec![], vec![], vec![]);
+    for (subnet, ip, mac) in peers(lab).into_iter().filter(|(_, ip, _)| *ip != me) {
+        let gw = subnet.split('/').next().unwrap().to_string();
+        neigh.push(format!("{gw} lladdr {mac} PERMANENT"));
+        fdb.push(format!("{mac} dst {ip} self permanent"));
+        routes.push(format!("{subnet} via {gw} dev flannel.1 onlink"));
+    }
+    neigh.sort();
+    fdb.sort();
+    routes.sort();
+    (neigh, fdb, routes)
+}
+
+fn actual_kernel(lab: &Lab, index: usize) -> (Vec<String>, Vec<String>, Vec<String>) {
+    (
+        sorted_lines(&lab.on_host(index, &["ip", "neigh", "show", "dev", "flannel.1"])),
+        sorted_lines(&lab.on_host(index, &["bridge", "fdb", "show", "dev", "flannel.1"])),
+        sorted_lines(&lab.on_host(index, &["ip", "route"]))
+            .into_iter()
+            .filter(|l| l.contains("flannel.1"))
+            .collect(),
+    )
+}
+
+fn converged(lab: &Lab) -> bool {
+    (1..=lab.hosts.len()).all(|i| actual_kernel(lab, i) == expected_kernel(lab, i))
+}
+
+fn wait_converged(lab: &Lab) {
+    if !wait_until(LONG, || converged(lab)) {
+        let detail: Vec<String> = (1..=lab.hosts.len())
+            .map(|i| {
+                format!(
+                    "h{i}: want {:?}\n    have {:?}\n{}",
+                    expected_kernel(lab, i),
+                    actual_kernel(lab, i),
+                    lab.log(i)
+                )
+            })
+            .collect();
+        panic!("the mesh did not converge:\n{}", detail.join("\n"));
+    }
+}
+
+fn nat_listing(subnet: &str) -> String {
+    format!(
+        r#"-P PREROUTING ACCEPT
+-P INPUT ACCEPT
+-P OUTPUT ACCEPT
+-P POSTROUTING ACCEPT
+-N FLANNEL-POSTRTG
+-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
+-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s {subnet} -d 10.200.0.0/16 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s 10.200.0.0/16 -d {subnet} -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG ! -s 10.200.0.0/16 -d {subnet} -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s 10.200.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
+-A FLANNEL-POSTRTG ! -s 10.200.0.0/16 -d 10.200.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
+"#
+    )
+}
+
+#[test]
+fn three_hosts_match_upstream_and_pods_ping_across() {
+    let (mut lab, _dir) = lab('a', 3, Some(DEFAULT_CONFIG));
+    lab.start_all();
+    lab.wait_ready(LONG);
+    wait_converged(&lab);
+
+    // lease values byte-identical in form to upstream's
+    let leases = leases(&lab);
+    assert_eq!(leases.len(), 3);
+    for (key, value) in &leases {
+        assert!(key.starts_with("10.200.") && key.ends_with("-24"), "{key}");
+        let j: serde_json::Value = serde_json::from_str(value).unwrap();
+        let expected = format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
+            j["PublicIP"].as_str().unwrap(),
+            j["BackendData"]["VtepMAC"].as_str().unwrap()
+        );
+        assert_eq!(value, &expected);
+    }
+
+    for i in 1..=3 {
+        let subnet = lab.subnet(i).unwrap();
+        let first = subnet.replace(".0/24", ".1/24");
+        assert_eq!(
+            lab.subnet_env(i),
+            format!("FLANNEL_NETWORK=10.200.0.0/16\nFLANNEL_SUBNET={first}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+        );
+        assert_eq!(
+            lab.on_host(i, &["iptables", "-t", "nat", "-S"]),
+            nat_listing(&subnet)
+        );
+        let filter = lab.on_host(i, &["iptables", "-S", "FLANNEL-FWD"]);
+        assert_eq!(
+            filter,
+            "-N FLANNEL-FWD\n-A FLANNEL-FWD -s 10.200.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT\n-A FLANNEL-FWD -d 10.200.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT\n"
+        );
+        let link = lab.on_host(i, &["ip", "-d", "link", "show", "flannel.1"]);
+        let ip = lab.hosts[i - 1].ip;
+        assert!(
+            link.contains(&format!(
+                "vxlan id 1 local {ip} dev eth0 srcport 0 0 dstport 8472 nolearning"
+            )),
+            "{link}"
+        );
+        assert!(lab
+            .on_host(i, &["ip", "-4", "addr", "show", "dev", "flannel.1"])
+            .contains(&format!("inet {}/32", subnet.split('/').next().unwrap())));
+    }
+
+    // healthz, readyz, metrics, 404 — upstream's bodies
+    assert_eq!(
+        lab.http(1, "/healthz", "GET"),
+        Some((200, "flanneld is running".into()))
+    );
+    assert_eq!(
+        lab.http(1, "/healthz", "POST"),
+        Some((200, "flanneld is running".into()))
+    );
+    assert_eq!(
+        lab.http(1, "/readyz", "GET"),
+        Some((200, "flanneld is ready".into()))
+    );
+    assert_eq!(
+        lab.http(1, "/", "GET"),
+        Some((404, "404 page not found\n".into()))
+    );
+    let (code, metrics) = lab.http(1, "/metrics", "GET").unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("\nflanneld_ready 1\n"), "{metrics}");
+    assert!(metrics.contains("\nflanneld_peers 2\n"), "{metrics}");
+
+    // one pod per host, every pair pings
+    for i in 1..=3 {
+        lab.add_pod(i);
+    }
+    assert_eq!(lab.ping_matrix(), vec![]);
+
+    // lease show, text and JSON, on h1
+    let bin = env!("CARGO_BIN_EXE_flanneld-rs");
+    let endpoints = format!("-etcd-endpoints=http://{ETCD_IP}:2379");
+    let prefix = format!("--etcd-prefix={DEFAULT_PREFIX}");
+    let text = lab.on_host(1, &[bin, "lease", "show", &endpoints, &prefix]);
+    let h1_subnet = lab.subnet(1).unwrap();
+    assert!(
+        text.contains("network config: Network=10.200.0.0/16 SubnetLen=24"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("{h1_subnet} *")) && l.contains("192.168.77.1")),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.contains(" vxlan ")).count(),
+        3,
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &lab.on_host(1, &[bin, "lease", "show", "--json", &endpoints, &prefix]),
+    )
+    .unwrap();
+    let rows = json["leases"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    let mine: Vec<_> = rows.iter().filter(|r| r["this_node"] == true).collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0]["subnet"], h1_subnet.as_str());
+    assert!(mine[0]["ttl_seconds"].as_u64().unwrap() > 86_000);
+    let one = lab.on_host(
+        1,
+        &[
+            bin,
+            "lease",
+            "show",
+            "--json",
+            &endpoints,
+            &prefix,
+            &format!("--subnet={h1_subnet}"),
+        ],
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&one).unwrap()["leases"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn sigterm_keeps_state_and_restarts_keep_subnet_and_mac() {
+    let (mut lab, _dir) = lab('b', 2, Some(DEFAULT_CONFIG));
+    lab.start_all();
+    lab.wait_ready(LONG);
+    wait_converged(&lab);
+    let before = leases(&lab);
+    let env_before = lab.subnet_env(1);
+    let h2_view = actual_kernel(&lab, 2);
+
+    assert_eq!(
+        lab.stop(1, "TERM"),
+        Some(0),
+        "SIGTERM exits 0: {}",
+        lab.log(1)
+    );
+    assert!(lab.log(1).contains("Exiting cleanly"));
+    // nothing torn down: device, entries, rules, subnet.env, lease
+    assert!(lab
+        .on_host(1, &["ip", "link", "show", "flannel.1"])
+        .contains("flannel.1"));
+    assert_eq!(actual_kernel(&lab, 1), expected_kernel(&lab, 1));
+    assert!(lab
+        .on_host(1, &["iptables", "-t", "nat", "-S"])
+        .contains("FLANNEL-POSTRTG"));
+    assert_eq!(lab.subnet_env(1), env_before);
+    assert_eq!(leases(&lab), before);
+
+    lab.start(1);
+    lab.wait_ready(LONG);
+    assert_eq!(lab.subnet_env(1), env_before, "same subnet after a restart");
+    assert_eq!(
+        leases(&lab),
+        before,
+        "same lease value: same subnet and VTEP MAC"
+    );
+    assert_eq!(actual_kernel(&lab, 2), h2_view, "the peer saw no change");
+
+    // SIGKILL and the device gone too: the MAC comes back from the lease
+    assert_eq!(lab.stop(1, "KILL"), None);
+    lab.on_host(1, &["ip", "link", "del", "flannel.1"]);
+    lab.start(1);
+    lab.wait_ready(LONG);
+    assert_eq!(
+        leases(&lab),
+        before,
+        "VTEP MAC kept through device re-creation"
+    );
+    assert_eq!(actual_kernel(&lab, 2), h2_view);
+    wait_converged(&lab);
+}
+
+#[test]
+fn lease_deleted_is_recreated_and_removed_host_disappears() {
+    let (mut lab, _dir) = lab('c', 3, Some(DEFAULT_CONFIG));
+    lab.start_all();
+    lab.wait_ready(LONG);
+    wait_converged(&lab);
+    for i in 1..=3 {
+        lab.add_pod(i);
+    }
+    let before = leases(&lab);
+    let h2_key = format!("{}-24", lab.subnet(2).unwrap().trim_end_matches("/24"));
+
+    // an operator deletes h2's lease: h2 writes it again, everybody converges back
+    lab.etcd()
+        .ctl(&["del", &format!("{DEFAULT_PREFIX}/subnets/{h2_key}")]);
+    assert!(
+        wait_until(LONG, || leases(&lab) == before),
+        "lease re-created: {:?}\n{}",
+        leases(&lab),
+        lab.log(2)
+    );
+    assert!(lab.log(2).contains("re-creating it"));
+    wait_converged(&lab);
+    assert_eq!(lab.ping_matrix(), vec![]);
+
+    // a route deleted by hand comes back
+    let h3_subnet = lab.subnet(3).unwrap();
+    lab.on_host(1, &["ip", "route", "del", &h3_subnet]);
+    wait_converged(&lab);
+
+    // h3 leaves for good: process stopped, lease deleted; its entries go from the others
+    lab.stop(3, "KILL");
+    let h3_key = format!("{}-24", h3_subnet.trim_end_matches("/24"));
+    lab.etcd()
+        .ctl(&["del", &format!("{DEFAULT_PREFIX}/subnets/{h3_key}")]);
+    let gone = |i: usize| {
+        let (neigh, fdb, routes) = actual_kernel(&lab, i);
+        let gw = h3_subnet.split('/').next().unwrap();
+        !neigh.iter().any(|l| l.starts_with(&format!("{gw} ")))
+            && fdb.len() == 1
+            && !routes.iter().any(|r| r.starts_with(&h3_subnet))
+    };
+    assert!(
+        wait_until(LONG, || gone(1) && gone(2)),
+        "{:?} {:?}",
+        actual_kernel(&lab, 1),
+        actual_kernel(&lab, 2)
+    );
+    assert!(lab.running(1) && lab.running(2));
+}
+
+#[test]
+fn etcd_outage_nobody_exits_and_a_late_host_converges() {
+    let (mut lab, _dir) = lab('d', 2, Some(DEFAULT_CONFIG));
+    lab.start_all();
+    lab.wait_ready(LONG);
+    wait_converged(&lab);
+    lab.etcd_mut().stop();
+    // a host added while etcd is down waits for it
+    let h3 = lab.add_host();
+    lab.start(h3);
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(
+        lab.running(1) && lab.running(2) && lab.running(h3),
+        "no flanneld exits while etcd is down"
+    );
+    assert_eq!(
+        lab.http(1, "/healthz", "GET"),
+        Some((200, "flanneld is running".into()))
+    );
+    assert!(!lab.ready(h3));
+    lab.etcd_mut().restart();
+    lab.wait_ready(LONG);
+    wait_converged(&lab);
+    lab.add_pod(1);
+    lab.add_pod(h3);
+    assert_eq!(lab.ping_matrix(), vec![]);
+}
+
+#[test]
+fn config_missing_at_start_then_malformed_then_valid() {
+    let (mut lab, _dir) = lab('e', 1, None);
+    lab.start(1);
+    assert!(wait_until(LONG, || lab.log(1).contains(
+        "Couldn't fetch network config: flannel config not found in etcd store"
+    )));
+    assert_eq!(
+        lab.http(1, "/healthz", "GET"),
+        Some((200, "flanneld is running".into()))
+    );
+    assert_eq!(
+        lab.http(1, "/readyz", "GET"),
+        Some((503, "flanneld is not ready yet".into()))
+    );
+    lab.etcd().ctl(&[
+        "put",
+        &format!("{DEFAULT_PREFIX}/config"),
+        r#"{"Network":"10.200.0.0/29"}"#,
+    ]);
+    assert!(wait_until(LONG, || lab.log(1).contains(
+        "Couldn't fetch network config: network is too small. Minimum useful network prefix is /28"
+    )));
+    assert!(lab.running(1));
+    lab.etcd()
+        .ctl(&["put", &format!("{DEFAULT_PREFIX}/config"), DEFAULT_CONFIG]);
+    lab.wait_ready(LONG);
+    assert!(lab
+        .log(1)
+        .contains("Found network config - Backend type: vxlan"));
+    assert!(lab.log(1).contains("Wrote subnet file to"));
+}

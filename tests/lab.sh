@@ -8,6 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . tests/install-deps.sh
 if [ "${1:-up}" = up ] || [ ! -x target/release/flannel-lab ]; then
-  cargo build --release --locked -p flanneld -p flannel-lab
+  cargo build --release --locked -p flanneld -p flannel-cni -p flannel-lab
 fi
 exec target/release/flannel-lab "${@:-up}"

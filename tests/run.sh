@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of flanneld-rs: unit, property, real-etcd and (as root) network-namespace tests.
+# Runs every test of flanneld-rs: fmt, clippy, the Debian package check, then unit, property,
+# real-etcd, network-namespace (root) and lab end-to-end tests with cargo-nextest.
 # Installs the Debian packages of tests/deps.txt first if any is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,7 @@ cd "$(dirname "$0")/.."
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+packaging/check-deb.sh
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked
 else

@@ -1,7 +1,7 @@
 //! The lab: a few "hosts" as network namespaces on one underlay bridge (in a namespace of its
 //! own), etcd in another namespace, flanneld on every host with upstream-style flags, and
-//! "pods" as namespaces wired by the real CNI `bridge` + `host-local` plugins with the
-//! delegate config the flannel CNI plugin derives from subnet.env. Nothing attaches to the
+//! "pods" as namespaces wired by the flannel CNI plugin of this project, which delegates to
+//! the real CNI `bridge` + `host-local` plugins (Debian's containernetworking-plugins). Nothing attaches to the
 //! root namespace: no traffic can leave the machine.
 //!
 //! Layout (`<lab>` is the lab's name):
@@ -36,6 +36,8 @@ pub struct LabSpec {
     /// Short (namespace and interface names derive from it): at most 8 characters.
     pub name: String,
     pub flanneld: PathBuf,
+    /// The flannel CNI plugin (crate flannel-cni); pods are wired through it.
+    pub cni_plugin: PathBuf,
     /// etcd prefix.
     pub prefix: String,
     /// Extra flags for every flanneld.
@@ -344,54 +346,50 @@ impl Lab {
         Some(format!("{}/{len}", Ipv4Addr::from(u32::from(ip) - 1)))
     }
 
-    /// A pod on host `index`, wired by the CNI bridge plugin with the delegate config the
-    /// flannel CNI plugin would derive from the host's subnet.env.
+    /// A pod on host `index`, wired as the kubelet would: the flannel CNI plugin with the
+    /// conflist's config, delegating to Debian's `bridge` and `host-local`.
     pub fn add_pod(&mut self, index: usize) -> usize {
         crate::require_program("/usr/lib/cni/bridge", "containernetworking-plugins");
+        assert!(
+            self.spec.cni_plugin.is_file(),
+            "the flannel CNI plugin {} is missing: build the workspace (cargo build -p flannel-cni)",
+            self.spec.cni_plugin.display()
+        );
         let n = self.pods.len() + 1;
-        let host_ns = self.hosts[index - 1].ns.clone();
+        let host = &self.hosts[index - 1];
+        let host_ns = host.ns.clone();
         let ns = format!("{}-h{index}p{n}", self.spec.name);
         crate::netns::run_cmd("ip", &["netns", "add", &ns]);
         ipn(&ns, &["link", "set", "lo", "up"]);
-        let subnet = self.subnet(index).expect("host has a subnet.env");
-        let network = self
-            .env_value(index, "FLANNEL_NETWORK")
-            .expect("FLANNEL_NETWORK");
-        let mtu: u32 = self
-            .env_value(index, "FLANNEL_MTU")
-            .and_then(|m| m.parse().ok())
-            .expect("FLANNEL_MTU");
-        let ipmasq = self.env_value(index, "FLANNEL_IPMASQ").as_deref() == Some("true");
-        let ipam_dir = self.spec.dir.join(format!("h{index}/ipam"));
+        let dir = self.spec.dir.join(format!("h{index}"));
         let conf = serde_json::json!({
-            "cniVersion": "0.3.1",
-            "name": "cbr0",
-            "type": "bridge",
-            "bridge": "cni0",
-            "isGateway": true,
-            "ipMasq": !ipmasq,
-            "mtu": mtu,
-            "hairpinMode": true,
-            "isDefaultGateway": true,
-            "ipam": {
-                "type": "host-local",
-                "dataDir": ipam_dir,
-                "ranges": [[{"subnet": subnet}]],
-                "routes": [{"dst": network}],
-            }
+            "cniVersion": "1.0.0",
+            "name": "cni0",
+            "type": "flannel",
+            "subnetFile": host.subnet_file,
+            "dataDir": dir.join("cni-data"),
+            "ipam": {"dataDir": dir.join("ipam")},
+            "delegate": {"hairpinMode": true, "isDefaultGateway": true}
         });
+        let plugin_dir = self
+            .spec
+            .cni_plugin
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &host_ns, &format!("{CNI_PATH}/bridge")])
+            .args(["netns", "exec", &host_ns])
+            .arg(&self.spec.cni_plugin)
             .env("CNI_COMMAND", "ADD")
             .env("CNI_CONTAINERID", &ns)
             .env("CNI_NETNS", format!("/run/netns/{ns}"))
             .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", CNI_PATH)
+            .env("CNI_PATH", format!("{plugin_dir}:{CNI_PATH}"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("run the CNI bridge plugin");
+            .expect("run the flannel CNI plugin");
         use std::io::Write;
         child
             .stdin

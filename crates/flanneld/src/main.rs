@@ -8,6 +8,7 @@ mod cli;
 mod daemon;
 mod health;
 mod iface;
+mod install_cmd;
 mod lease_show;
 mod options;
 mod sdnotify;
@@ -46,8 +47,11 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let program = args.first().cloned().unwrap_or_else(|| "flanneld".into());
     let rest = &args[args.len().min(1)..];
-    if rest.first().map(String::as_str) == Some("lease") {
-        return lease_command(&program, &rest[1..]);
+    match rest.first().map(String::as_str) {
+        Some("lease") => return lease_command(&program, &rest[1..]),
+        Some("install") => return install_command(&program, &rest[1..], false),
+        Some("uninstall") => return install_command(&program, &rest[1..], true),
+        _ => {}
     }
     daemon_command(&program, rest)
 }
@@ -68,6 +72,25 @@ fn lease_command(program: &str, args: &[String]) -> ExitCode {
         }
     };
     match rt.block_on(lease_show::run(program, &args[1..])) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn install_command(program: &str, args: &[String], uninstall: bool) -> ExitCode {
+    init_logging(0);
+    let result = if uninstall {
+        install_cmd::uninstall(program, args)
+    } else {
+        match runtime() {
+            Ok(rt) => rt.block_on(install_cmd::install(program, args)),
+            Err(e) => Err(e.into()),
+        }
+    };
+    match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("error: {e:#}");

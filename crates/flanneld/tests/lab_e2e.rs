@@ -17,6 +17,8 @@ fn lab(tag: char, hosts: usize, config: Option<&str>) -> (Lab, tempfile::TempDir
     let spec = LabSpec {
         name: format!("e{:05}{tag}", std::process::id() % 100_000),
         flanneld: PathBuf::from(env!("CARGO_BIN_EXE_flanneld-rs")),
+        // built with the workspace, next to flanneld-rs
+        cni_plugin: PathBuf::from(env!("CARGO_BIN_EXE_flanneld-rs")).with_file_name("flannel"),
         prefix: DEFAULT_PREFIX.into(),
         extra_flags: vec![],
         dir: dir.path().to_path_buf(),

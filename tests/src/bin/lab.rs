@@ -74,10 +74,12 @@ fn up(args: &[String], dir: PathBuf) -> ExitCode {
         arg_value(args, "--flanneld").unwrap_or_else(|| "target/release/flanneld-rs".into()),
     );
     let flanneld = flanneld.canonicalize().unwrap_or(flanneld);
+    let cni_plugin = flanneld.with_file_name("flannel");
     let _ = std::fs::remove_dir_all(&dir);
     let spec = LabSpec {
         name: NAME.into(),
         flanneld: flanneld.clone(),
+        cni_plugin,
         prefix: DEFAULT_PREFIX.into(),
         extra_flags: vec![],
         dir: dir.clone(),

@@ -71,7 +71,62 @@ fn etcd_err(context: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> Su
     move |source| SubnetError::Etcd { context, source }
 }
 
+/// What [`EtcdSubnetManager::put_config`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigWrite {
+    Created,
+    /// The same config is there already.
+    Unchanged,
+    /// A different config is there; it was left alone. Holds the stored text.
+    Differs(String),
+    /// A different config was there and was replaced (forced). Holds the old text.
+    Replaced(String),
+    /// Dry run: nothing written; what would happen.
+    WouldCreate,
+}
+
 impl EtcdSubnetManager {
+    /// Puts the network config at `<prefix>/config` only when there is none (or, with
+    /// `force`, when it differs). Any etcd error is an error: the role's silent skip is not
+    /// copied. `dry_run` only reads.
+    pub async fn put_config(
+        &self,
+        json: &str,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<ConfigWrite, SubnetError> {
+        let key = self.config_key.as_str();
+        let current = self
+            .client
+            .clone()
+            .get(key, None)
+            .await
+            .map_err(etcd_err(format!("reading {key}")))?;
+        let existing = current.kvs().first().map(|kv| {
+            (
+                String::from_utf8_lossy(kv.value()).into_owned(),
+                kv.mod_revision(),
+            )
+        });
+        match existing {
+            Some((old, _)) if old == json => Ok(ConfigWrite::Unchanged),
+            Some((old, _)) if !force || dry_run => Ok(ConfigWrite::Differs(old)),
+            None if dry_run => Ok(ConfigWrite::WouldCreate),
+            other => {
+                let rev = other.as_ref().map_or(0, |(_, r)| *r);
+                if !self.put_if_unchanged(key, json, rev, 0).await? {
+                    return Err(SubnetError::Setup(format!(
+                        "{key} changed while being written; run again"
+                    )));
+                }
+                Ok(match other {
+                    Some((old, _)) => ConfigWrite::Replaced(old),
+                    None => ConfigWrite::Created,
+                })
+            }
+        }
+    }
+
     /// `previous_subnet` is FLANNEL_SUBNET of the subnet.env a previous run left, if any.
     pub async fn new(
         cfg: EtcdConfig,

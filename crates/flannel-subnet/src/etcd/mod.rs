@@ -9,7 +9,7 @@ mod connect;
 mod manager;
 
 pub use connect::EtcdConfig;
-pub use manager::EtcdSubnetManager;
+pub use manager::{ConfigWrite, EtcdSubnetManager};
 
 /// `path.Join(prefix, rest)` as Go cleans it: one `/` between elements, no trailing `/`.
 pub fn join_key(prefix: &str, rest: &str) -> String {

@@ -1,0 +1,435 @@
+//! `flanneld-rs install` and `flanneld-rs uninstall`: what the Ansible role did on a node
+//! (binary, systemd unit, CNI conflist and plugin, etcd certificates, the network config in
+//! etcd), idempotently; `--dry-run` shows a diff.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{anyhow, bail, Context};
+use flannel_install::{plan, under, InstallSpec, UnitSpec};
+use flannel_net::NetworkConfig;
+use flannel_subnet::etcd::{ConfigWrite, EtcdSubnetManager};
+
+use crate::cli::{self, Flag, Kind, Parsed, Values, DAEMON_FLAGS};
+use crate::options::{etcd_config, Options};
+
+const fn flag(name: &'static str, kind: Kind, default: &'static str, usage: &'static str) -> Flag {
+    Flag {
+        name,
+        kind,
+        default,
+        usage,
+        hidden: false,
+    }
+}
+
+pub const INSTALL_FLAGS: &[Flag] = &[
+    flag(
+        "root",
+        Kind::Str,
+        "/",
+        "install under this directory (for image builds and tests)",
+    ),
+    flag(
+        "binary",
+        Kind::Str,
+        "",
+        "the flanneld-rs binary to install (default: this one)",
+    ),
+    flag(
+        "bin-dir",
+        Kind::Str,
+        "/usr/local/sbin",
+        "where the binary goes",
+    ),
+    flag(
+        "bin-name",
+        Kind::Str,
+        "flanneld",
+        "the binary's name there (flanneld keeps scripts working)",
+    ),
+    flag(
+        "flag",
+        Kind::List,
+        "",
+        "a flanneld flag for the unit, key=value (repeatable; overrides the settings file)",
+    ),
+    flag(
+        "settings",
+        Kind::Str,
+        "",
+        "a file of flanneld flags, key=value per line",
+    ),
+    flag(
+        "exec-start-post",
+        Kind::Str,
+        "",
+        "ExecStartPost= command of the unit (e.g. /sbin/ethtool -K flannel.1 tx off)",
+    ),
+    flag(
+        "docker",
+        Kind::Bool,
+        "false",
+        "order flanneld before docker.service (Before= and RequiredBy=docker.service)",
+    ),
+    flag(
+        "cni-conf-dir",
+        Kind::Str,
+        "/etc/cni/net.d",
+        "where 10-flannel.conflist goes",
+    ),
+    flag(
+        "cni-bin-dir",
+        Kind::Str,
+        "/opt/cni/bin",
+        "where the flannel CNI plugin goes",
+    ),
+    flag(
+        "cni-plugin",
+        Kind::Str,
+        "",
+        "the flannel CNI plugin binary to install (default: `flannel` next to the binary)",
+    ),
+    flag("cni-name", Kind::Str, "cni0", "the CNI network name"),
+    flag(
+        "cni-version",
+        Kind::Str,
+        "1.0.0",
+        "cniVersion of the conflist",
+    ),
+    flag(
+        "cni-only",
+        Kind::Bool,
+        "false",
+        "install only the CNI conflist and plugin (a DaemonSet's init step)",
+    ),
+    flag(
+        "certs-from",
+        Kind::Str,
+        "",
+        "copy ca-etcd.pem, cert-etcd.pem, cert-etcd-key.pem from this directory",
+    ),
+    flag(
+        "certs-dir",
+        Kind::Str,
+        "/var/lib/kubernetes",
+        "where the etcd certificates go",
+    ),
+    flag(
+        "network",
+        Kind::Str,
+        "",
+        "put {\"Network\":CIDR,\"Backend\":{\"Type\":BACKEND}} into etcd if there is no config",
+    ),
+    flag(
+        "backend",
+        Kind::Str,
+        "vxlan",
+        "the backend type for -network",
+    ),
+    flag(
+        "network-config",
+        Kind::Str,
+        "",
+        "a file with the network config JSON to put into etcd if there is none",
+    ),
+    flag(
+        "force-network-config",
+        Kind::Bool,
+        "false",
+        "replace a different network config in etcd",
+    ),
+    flag(
+        "dry-run",
+        Kind::Bool,
+        "false",
+        "change nothing; print a diff of every file that would change",
+    ),
+    flag(
+        "no-restart",
+        Kind::Bool,
+        "false",
+        "do not run systemctl daemon-reload / restart",
+    ),
+];
+
+fn parse(args: &[String], program: &str, flags: &[Flag]) -> anyhow::Result<Option<Values>> {
+    match cli::parse(flags, args, &|_| None) {
+        Ok(Parsed::Run(v)) => Ok(Some(v)),
+        Ok(Parsed::Help) => {
+            eprint!("{}", cli::usage(program, flags));
+            Ok(None)
+        }
+        Err(e) => Err(anyhow!("{e}\n{}", cli::usage(program, flags))),
+    }
+}
+
+fn systemd_running(root: &Path) -> bool {
+    root == Path::new("/") && Path::new("/run/systemd/system").is_dir()
+}
+
+fn systemctl(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("systemctl")
+        .args(args)
+        .status()
+        .context("running systemctl")?;
+    if !status.success() {
+        bail!("systemctl {} failed with {status}", args.join(" "));
+    }
+    println!("ran systemctl {}", args.join(" "));
+    Ok(())
+}
+
+/// The unit's flanneld flags: the role's defaults, the certificates when copied, the
+/// settings file, then each `-flag`. Every key must be a flanneld flag and the whole set
+/// must pass flanneld's own checks.
+fn unit_flags(v: &Values) -> anyhow::Result<BTreeMap<String, String>> {
+    let f = INSTALL_FLAGS;
+    let mut flags: BTreeMap<String, String> = [
+        ("etcd-prefix", "/kubernetes-cluster/network"),
+        ("healthz-ip", "0.0.0.0"),
+        ("healthz-port", "0"),
+        ("ip-masq", "true"),
+        ("subnet-file", "/run/flannel/subnet.env"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    if !v.string(f, "certs-from").is_empty() {
+        let dir = PathBuf::from(v.string(f, "certs-dir"));
+        for (flag, file) in [
+            ("etcd-cafile", "ca-etcd.pem"),
+            ("etcd-certfile", "cert-etcd.pem"),
+            ("etcd-keyfile", "cert-etcd-key.pem"),
+        ] {
+            flags.insert(flag.into(), dir.join(file).display().to_string());
+        }
+    }
+    let settings = v.string(f, "settings");
+    if !settings.is_empty() {
+        let text = std::fs::read_to_string(&settings)
+            .with_context(|| format!("reading the settings file {settings}"))?;
+        flags.extend(flannel_install::parse_settings(&text)?);
+    }
+    for item in v.list("flag") {
+        let (k, val) = flannel_install::parse_flag(&item).map_err(|e| anyhow!("-flag {e}"))?;
+        flags.insert(k, val);
+    }
+    for k in flags.keys() {
+        if !DAEMON_FLAGS.iter().any(|d| d.name == k && !d.hidden) || k == "version" {
+            bail!("-flag {k}: flanneld has no such flag");
+        }
+    }
+    if !flags.contains_key("etcd-endpoints") {
+        bail!(
+            "give the etcd endpoints: -flag etcd-endpoints=https://ETCD1:2379,https://ETCD2:2379"
+        );
+    }
+    Options::from_values(&daemon_values(&flags)?)
+        .map_err(|e| anyhow!("the flanneld flags are not valid: {e}"))?;
+    Ok(flags)
+}
+
+/// The unit's flags as flanneld would parse them.
+fn daemon_values(flags: &BTreeMap<String, String>) -> anyhow::Result<Values> {
+    let args: Vec<String> = flags.iter().map(|(k, v)| format!("-{k}={v}")).collect();
+    match cli::parse(DAEMON_FLAGS, &args, &|_| None) {
+        Ok(Parsed::Run(v)) => Ok(v),
+        Ok(Parsed::Help) => bail!("unexpected help flag"),
+        Err(e) => bail!("the flanneld flags are not valid: {e}"),
+    }
+}
+
+pub async fn install(program: &str, args: &[String]) -> anyhow::Result<i32> {
+    let Some(v) = parse(args, &format!("{program} install"), INSTALL_FLAGS)? else {
+        return Ok(0);
+    };
+    let f = INSTALL_FLAGS;
+    let root = PathBuf::from(v.string(f, "root"));
+    let dry_run = v.bool(f, "dry-run");
+    let cni_only = v.bool(f, "cni-only");
+    let binary_source = match v.string(f, "binary") {
+        s if s.is_empty() => std::env::current_exe().context("finding this binary")?,
+        s => PathBuf::from(s),
+    };
+    let cni_plugin_source = match v.string(f, "cni-plugin") {
+        s if s.is_empty() => binary_source.with_file_name("flannel"),
+        s => PathBuf::from(s),
+    };
+    let flags = if cni_only {
+        BTreeMap::new()
+    } else {
+        unit_flags(&v)?
+    };
+    let network = if cni_only { None } else { wanted_network(&v)? };
+    let binary_path = PathBuf::from(v.string(f, "bin-dir")).join(v.string(f, "bin-name"));
+    let spec = InstallSpec {
+        root: root.clone(),
+        binary_source,
+        binary_path: binary_path.clone(),
+        unit: UnitSpec {
+            binary: binary_path.display().to_string(),
+            flags: flags.clone(),
+            exec_start_post: Some(v.string(f, "exec-start-post")).filter(|s| !s.is_empty()),
+            docker: v.bool(f, "docker"),
+        },
+        unit_path: "/etc/systemd/system/flanneld.service".into(),
+        cni_conf_dir: v.string(f, "cni-conf-dir").into(),
+        cni_name: v.string(f, "cni-name"),
+        cni_version: v.string(f, "cni-version"),
+        cni_bin_dir: v.string(f, "cni-bin-dir").into(),
+        cni_plugin_source,
+        certs_from: Some(v.string(f, "certs-from"))
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from),
+        certs_dir: v.string(f, "certs-dir").into(),
+        cni_only,
+    };
+    let plan = plan(&spec)?;
+    for note in &plan.notes {
+        println!("note: {note}");
+    }
+    for stale in &plan.stale {
+        println!(
+            "warning: {} is left from an older install; it may shadow the new config: remove it",
+            stale.display()
+        );
+    }
+    if dry_run {
+        print!("{}", plan.diff());
+    } else {
+        plan.apply()?;
+    }
+    for (file, change) in &plan.files {
+        let what = match change {
+            flannel_install::Change::Create => "created",
+            flannel_install::Change::Update { .. } => "updated",
+            flannel_install::Change::Unchanged => "unchanged",
+        };
+        let what = if dry_run && what != "unchanged" {
+            format!("would be {what}")
+        } else {
+            what.to_string()
+        };
+        println!("{what}: {}", under(&root, &file.path).display());
+    }
+
+    let network_changed = match &network {
+        Some(json) => put_network(&v, json, &flags, &root, dry_run).await?,
+        None => false,
+    };
+    if plan.is_unchanged() && !network_changed {
+        println!("nothing changed");
+    }
+    if !dry_run && plan.needs_restart() && !v.bool(f, "no-restart") {
+        if systemd_running(&root) {
+            systemctl(&["daemon-reload"])?;
+            systemctl(&["enable", "flanneld.service"])?;
+            systemctl(&["restart", "flanneld.service"])?;
+        } else {
+            println!(
+                "note: systemd is not running here: skipped daemon-reload and restart of flanneld"
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// The network config asked for (`-network` or `-network-config`), checked.
+fn wanted_network(v: &Values) -> anyhow::Result<Option<String>> {
+    let f = INSTALL_FLAGS;
+    let json = match (v.string(f, "network"), v.string(f, "network-config")) {
+        (n, c) if n.is_empty() && c.is_empty() => return Ok(None),
+        (n, c) if !n.is_empty() && !c.is_empty() => {
+            bail!("give -network or -network-config, not both")
+        }
+        (n, _) if !n.is_empty() => {
+            serde_json::json!({"Network": n, "Backend": {"Type": v.string(f, "backend")}})
+                .to_string()
+        }
+        (_, c) => std::fs::read_to_string(&c)
+            .with_context(|| format!("reading {c}"))?
+            .trim()
+            .to_string(),
+    };
+    NetworkConfig::from_etcd(&json)
+        .map_err(|e| anyhow!("the network config {json} is not valid: {e}"))?;
+    Ok(Some(json))
+}
+
+/// Puts the network config into etcd unless one is there; whether it wrote it.
+async fn put_network(
+    v: &Values,
+    json: &str,
+    flags: &BTreeMap<String, String>,
+    root: &Path,
+    dry_run: bool,
+) -> anyhow::Result<bool> {
+    let f = INSTALL_FLAGS;
+    let mut etcd = etcd_config(&daemon_values(flags)?).map_err(|e| anyhow!(e.0))?;
+    // the certificates are read where this install put them
+    for file in [&mut etcd.ca_file, &mut etcd.cert_file, &mut etcd.key_file]
+        .into_iter()
+        .flatten()
+    {
+        *file = under(root, file);
+    }
+    let sm = EtcdSubnetManager::new(etcd.clone(), None).await?;
+    let key = format!("{}/config", etcd.prefix.trim_end_matches('/'));
+    match sm
+        .put_config(json, v.bool(f, "force-network-config"), dry_run)
+        .await?
+    {
+        ConfigWrite::Created => {
+            println!("created: etcd {key} = {json}");
+            Ok(true)
+        }
+        ConfigWrite::WouldCreate => {
+            println!("would be created: etcd {key} = {json}");
+            Ok(true)
+        }
+        ConfigWrite::Unchanged => {
+            println!("unchanged: etcd {key}");
+            Ok(false)
+        }
+        ConfigWrite::Differs(old) => {
+            println!(
+                "warning: etcd {key} holds a different network config, left as it is:\n  stored: {old}\n  wanted: {json}\n  (-force-network-config replaces it)"
+            );
+            Ok(false)
+        }
+        ConfigWrite::Replaced(old) => {
+            println!("updated: etcd {key} = {json} (was {old})");
+            Ok(true)
+        }
+    }
+}
+
+pub fn uninstall(program: &str, args: &[String]) -> anyhow::Result<i32> {
+    let flags: Vec<Flag> = INSTALL_FLAGS
+        .iter()
+        .copied()
+        .filter(|f| matches!(f.name, "root" | "no-restart"))
+        .collect();
+    let Some(v) = parse(args, &format!("{program} uninstall"), &flags)? else {
+        return Ok(0);
+    };
+    let root = PathBuf::from(v.string(&flags, "root"));
+    let systemd = systemd_running(&root) && !v.bool(&flags, "no-restart");
+    if systemd {
+        systemctl(&["disable", "--now", "flanneld.service"])?;
+    }
+    let removed = flannel_install::uninstall(&root)?;
+    for p in &removed {
+        println!("removed: {}", under(&root, p).display());
+    }
+    if removed.is_empty() {
+        println!("nothing to remove");
+    }
+    if systemd {
+        systemctl(&["daemon-reload"])?;
+    }
+    println!("note: the network config and the leases in etcd are left as they are");
+    Ok(0)
+}

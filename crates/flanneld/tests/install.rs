@@ -1,0 +1,229 @@
+//! `flanneld-rs install` / `uninstall` into a temporary root, with a real etcd.
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed assertion
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use flannel_lab::etcd::TestEtcd;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flanneld-rs"))
+        .args(args)
+        .env_clear()
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "{}{}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout(&o)
+}
+
+#[test]
+fn install_is_idempotent_puts_config_only_when_absent_and_uninstalls() {
+    let etcd = TestEtcd::start();
+    let root = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let plugin = src.path().join("flannel");
+    std::fs::write(&plugin, "cni plugin").unwrap();
+    let settings = src.path().join("flanneld.settings");
+    std::fs::write(
+        &settings,
+        "# node settings\niface=eth0\npublic-ip=192.168.77.1\n",
+    )
+    .unwrap();
+    let root_arg = format!("--root={}", root.path().display());
+    let endpoints = format!("etcd-endpoints={}", etcd.endpoint());
+    let base = [
+        root_arg.as_str(),
+        "--cni-plugin",
+        plugin.to_str().unwrap(),
+        "--settings",
+        settings.to_str().unwrap(),
+        "--flag",
+        endpoints.as_str(),
+    ];
+    let with = |extra: &[&str]| {
+        let mut a = vec!["install"];
+        a.extend(base.iter().copied());
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+
+    let dry = ok(with(&["--network=10.200.0.0/16", "--dry-run"]));
+    assert!(
+        dry.contains("+++ b/etc/systemd/system/flanneld.service"),
+        "{dry}"
+    );
+    assert!(dry.contains("+  -iface=eth0 \\"), "{dry}");
+    assert!(
+        dry.contains("would be created: etcd /kubernetes-cluster/network/config"),
+        "{dry}"
+    );
+    assert!(
+        !root.path().join("etc").exists(),
+        "a dry run writes nothing"
+    );
+    assert_eq!(etcd.ctl(&["get", "/kubernetes-cluster/network/config"]), "");
+
+    let first = ok(with(&["--network=10.200.0.0/16"]));
+    assert!(first.contains("created: "), "{first}");
+    assert!(first.contains("skipped daemon-reload"), "{first}");
+    assert_eq!(
+        etcd.ctl(&[
+            "get",
+            "--print-value-only",
+            "/kubernetes-cluster/network/config"
+        ])
+        .trim(),
+        r#"{"Network":"10.200.0.0/16","Backend":{"Type":"vxlan"}}"#
+    );
+    let unit =
+        std::fs::read_to_string(root.path().join("etc/systemd/system/flanneld.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/local/sbin/flanneld \\\n  -etcd-endpoints="),
+        "{unit}"
+    );
+    assert!(unit.contains("  -iface=eth0 \\\n  -ip-masq=true \\\n  -public-ip=192.168.77.1 \\\n  -subnet-file=/run/flannel/subnet.env \n"), "{unit}");
+    let installed = root.path().join("usr/local/sbin/flanneld");
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(env!("CARGO_BIN_EXE_flanneld-rs")).unwrap()
+    );
+    assert!(root
+        .path()
+        .join("etc/cni/net.d/10-flannel.conflist")
+        .exists());
+    assert!(root.path().join("opt/cni/bin/flannel").exists());
+
+    let second = ok(with(&["--network=10.200.0.0/16"]));
+    assert!(second.contains("nothing changed"), "{second}");
+    assert!(second.contains("unchanged: etcd"), "{second}");
+    assert!(!second.contains("created"), "{second}");
+
+    // another network: reported, not overwritten; forced: replaced
+    let differ = ok(with(&["--network=10.99.0.0/16"]));
+    assert!(
+        differ.contains("holds a different network config, left as it is"),
+        "{differ}"
+    );
+    assert!(etcd
+        .ctl(&["get", "/kubernetes-cluster/network/config"])
+        .contains("10.200.0.0/16"));
+    let forced = ok(with(&["--network=10.99.0.0/16", "--force-network-config"]));
+    assert!(forced.contains("updated: etcd"), "{forced}");
+    assert!(etcd
+        .ctl(&["get", "/kubernetes-cluster/network/config"])
+        .contains("10.99.0.0/16"));
+
+    let removed = ok(run(&["uninstall", &root_arg]));
+    assert!(removed.contains("removed: "), "{removed}");
+    assert!(
+        etcd.ctl(&["get", "/kubernetes-cluster/network/config"])
+            .contains("10.99.0.0/16"),
+        "config stays"
+    );
+    assert!(files(root.path()).is_empty(), "{:?}", files(root.path()));
+}
+
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn bad_input_is_refused_before_anything_is_written() {
+    let root = tempfile::tempdir().unwrap();
+    let root_arg = format!("--root={}", root.path().display());
+    for (args, want) in [
+        (
+            vec![
+                "--flag",
+                "etcd-endpoints=http://127.0.0.1:2379",
+                "--flag",
+                "ifcae=eth0",
+            ],
+            "flanneld has no such flag",
+        ),
+        (vec!["--flag", "iface=eth0"], "give the etcd endpoints"),
+        (
+            vec![
+                "--flag",
+                "etcd-endpoints=http://127.0.0.1:2379",
+                "--flag",
+                "healthz-port=70000",
+            ],
+            "expected 0 to 65535",
+        ),
+        (
+            vec![
+                "--flag",
+                "etcd-endpoints=http://127.0.0.1:2379",
+                "--flag",
+                "novalue",
+            ],
+            "not key=value",
+        ),
+        (
+            vec![
+                "--flag",
+                "etcd-endpoints=http://127.0.0.1:2379",
+                "--network=10.0.0.0/29",
+                "--cni-plugin=/bin/true",
+            ],
+            "is not valid",
+        ),
+        (vec!["--bogus"], "flag provided but not defined"),
+    ] {
+        let mut a = vec!["install", root_arg.as_str()];
+        a.extend(args.iter().copied());
+        let o = run(&a);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(files(root.path()).is_empty(), "{args:?} wrote files");
+    }
+}
+
+#[test]
+fn cni_only_lays_down_the_cni_part() {
+    let root = tempfile::tempdir().unwrap();
+    let out = ok(run(&[
+        "install",
+        "--cni-only",
+        &format!("--root={}", root.path().display()),
+        "--cni-plugin=/bin/true",
+    ]));
+    assert!(out.contains("10-flannel.conflist"), "{out}");
+    let mut f = files(root.path());
+    f.sort();
+    let names: Vec<String> = f
+        .iter()
+        .map(|p| p.strip_prefix(root.path()).unwrap().display().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "etc/cni/net.d/10-flannel.conflist",
+            "opt/cni/bin/flannel",
+            "var/lib/flanneld-rs/installed"
+        ]
+    );
+}

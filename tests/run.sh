@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 packaging/check-deb.sh
+# the performance harness in its short mode, so that it cannot rot (numbers: benches/README.md)
+cargo build --release --locked -p flannel-bench --quiet
+target/release/flannel-bench --quick --flanneld target/release/flanneld-rs --out target/bench-quick.json
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked
 else

@@ -227,8 +227,14 @@ impl Lab {
 
     /// Starts flanneld on host `index` (1-based), appending to its log.
     pub fn start(&mut self, index: usize) {
-        let flags = self.flags(index);
         let flanneld = self.spec.flanneld.clone();
+        self.start_binary(index, &flanneld, &[]);
+    }
+
+    /// Starts `flanneld` (any flanneld binary: this project's or upstream's) on host `index`
+    /// with the lab's flags and extra environment.
+    pub fn start_binary(&mut self, index: usize, flanneld: &Path, env: &[(String, String)]) {
+        let flags = self.flags(index);
         let h = &mut self.hosts[index - 1];
         let log = fs::OpenOptions::new()
             .create(true)
@@ -237,8 +243,9 @@ impl Lab {
             .expect("log file");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &h.ns])
-            .arg(&flanneld)
+            .arg(flanneld)
             .args(&flags)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);

@@ -1,6 +1,7 @@
-//! The iptables driver. Reads one table with one `iptables-save -t <table>`, compares it with
-//! the wanted chain, and writes only when something is missing or changed, with one
-//! `iptables-restore --noflush` per table (atomic: the chain is never seen half-filled).
+//! The iptables driver. Reads the tables with one `iptables-save`, compares them with the
+//! wanted chains, and writes only when something is missing or changed, with one
+//! `iptables-restore --noflush` for all tables (atomic per table: a chain is never seen
+//! half-filled).
 
 use tracing::{debug, info};
 
@@ -14,6 +15,25 @@ pub struct SavedTable {
     pub chains: Vec<String>,
     /// (chain, rule spec) in order.
     pub rules: Vec<(String, String)>,
+}
+
+/// Every table of an `iptables-save` listing, by name.
+pub fn parse_tables(text: &str) -> std::collections::HashMap<String, SavedTable> {
+    let mut out = std::collections::HashMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            current = Some((name.trim().to_string(), String::new()));
+        } else if line == "COMMIT" {
+            if let Some((name, body)) = current.take() {
+                out.insert(name, SavedTable::parse(&body));
+            }
+        } else if let Some((_, body)) = current.as_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    out
 }
 
 impl SavedTable {
@@ -118,42 +138,74 @@ impl Iptables {
         }
     }
 
-    /// Whether MASQUERADE `--random-fully` is available (iptables 1.6.2 or later, as
-    /// upstream's go-iptables `HasRandomFully`). One process, at start.
-    pub async fn has_random_fully(&self) -> Result<bool, MasqError> {
-        let out = run(&self.cli, &["--version"], None).await?;
-        Ok(parse_version(&out).is_some_and(|v| v >= (1, 6, 2)))
-    }
-
-    /// Reads one table.
-    pub async fn read(&self, table: &str) -> Result<SavedTable, MasqError> {
-        Ok(SavedTable::parse(
-            &run(&self.save, &["-t", table], None).await?,
-        ))
-    }
-
-    /// Makes the table hold `want` (or none of it when `keep` is false). One read; one write
-    /// only when needed. Returns whether it wrote.
-    pub async fn ensure(&self, want: &ChainRules, keep: bool) -> Result<bool, MasqError> {
-        let current = self.read(want.table).await?;
-        let Some(payload) = restore_payload(&current, want, keep) else {
-            return Ok(false);
-        };
-        if keep {
-            info!(
-                "Some iptables rules are missing in table {}; restoring {}",
-                want.table, want.chain
-            );
-        } else {
-            info!(
-                "removing flannel's {} chain from table {}",
-                want.chain, want.table
-            );
+    /// `iptables --version`, e.g. `iptables v1.8.9 (nf_tables)`. Read from where the
+    /// `iptables` link points when it is one of the xtables multi-binaries (1.8 and later:
+    /// no process); else asked with one process, at start.
+    pub async fn version(&self) -> Result<String, MasqError> {
+        if let Some(v) = version_from_link(&self.cli) {
+            return Ok(v);
         }
-        debug!("iptables-restore payload:\n{payload}");
-        run(&self.restore, &["--noflush", "--wait"], Some(&payload)).await?;
-        Ok(true)
+        run(&self.cli, &["--version"], None).await
     }
+
+    /// Makes each table hold its chain (or none of it where `keep` is false): one
+    /// `iptables-save` for all tables, one `iptables-restore` only when something differs.
+    /// Returns the number of tables rewritten.
+    pub async fn ensure(&self, chains: &[(ChainRules, bool)]) -> Result<usize, MasqError> {
+        let tables = parse_tables(&run(&self.save, &[], None).await?);
+        let empty = SavedTable::default();
+        let mut payload = String::new();
+        let mut written = 0;
+        for (want, keep) in chains {
+            let current = tables.get(want.table).unwrap_or(&empty);
+            if let Some(p) = restore_payload(current, want, *keep) {
+                if *keep {
+                    info!(
+                        "Some iptables rules are missing in table {}; restoring {}",
+                        want.table, want.chain
+                    );
+                } else {
+                    info!(
+                        "removing flannel's {} chain from table {}",
+                        want.chain, want.table
+                    );
+                }
+                payload += &p;
+                written += 1;
+            }
+        }
+        if written > 0 {
+            debug!("iptables-restore payload:\n{payload}");
+            run(&self.restore, &["--noflush", "--wait"], Some(&payload)).await?;
+        }
+        Ok(written)
+    }
+}
+
+/// Debian and most distributions install iptables 1.8+ as links to `xtables-nft-multi` or
+/// `xtables-legacy-multi`: the link says which backend it is.
+fn version_from_link(cli: &std::path::Path) -> Option<String> {
+    let path = if cli.is_absolute() {
+        cli.to_path_buf()
+    } else {
+        std::env::var_os("PATH")?
+            .to_str()?
+            .split(':')
+            .map(|d| std::path::Path::new(d).join(cli))
+            .find(|p| p.exists())?
+    };
+    let target = std::fs::canonicalize(path).ok()?;
+    match target.file_name()?.to_str()? {
+        "xtables-nft-multi" => Some("iptables v1.8 (nf_tables)".into()),
+        "xtables-legacy-multi" => Some("iptables v1.8 (legacy)".into()),
+        _ => None,
+    }
+}
+
+/// Whether MASQUERADE `--random-fully` is available: iptables 1.6.2 or later, as upstream's
+/// go-iptables `HasRandomFully`.
+pub fn has_random_fully(version: &str) -> bool {
+    parse_version(version).is_some_and(|v| v >= (1, 6, 2))
 }
 
 /// `iptables v1.8.9 (nf_tables)` -> (1, 8, 9)
@@ -252,6 +304,17 @@ mod tests {
             restore_payload(&SavedTable::parse("*nat\nCOMMIT\n"), &want(), false),
             None
         );
+    }
+
+    #[test]
+    fn all_tables_of_one_save() {
+        let text = "# Generated\n*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -j X\nCOMMIT\n*nat\n:FLANNEL-POSTRTG - [0:0]\n-A FLANNEL-POSTRTG -j RETURN\nCOMMIT\n";
+        let t = parse_tables(text);
+        assert_eq!(
+            t["filter"].rules,
+            vec![("FORWARD".to_string(), "-j X".to_string())]
+        );
+        assert_eq!(t["nat"].chains, vec!["FLANNEL-POSTRTG".to_string()]);
     }
 
     #[test]

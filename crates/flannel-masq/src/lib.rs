@@ -3,13 +3,16 @@
 //!
 //! [`rules`] makes the rule text (pure). [`TrafficManager`] keeps it in the kernel with the
 //! iptables driver or, with `"EnableNFTables": true`, the nftables driver, and removes the
-//! other mode's flannel rules. A resync in steady state is one read per table and no write
-//! (upstream runs about 20 iptables processes per period and fights kube-proxy for the
-//! xtables lock, #933, #2145). Rules stay in place when flanneld exits, as upstream, so a
+//! other mode's flannel rules. A resync in steady state starts no process: the nf_tables
+//! generation, read over netlink, says whether anything changed since the rules were last
+//! found intact; only then are they read (one `iptables-save`) and, if needed, written (one
+//! `iptables-restore`). Upstream runs about 20 iptables processes per period and fights
+//! kube-proxy for the xtables lock (#933, #2145). Rules stay in place when flanneld exits, as upstream, so a
 //! restart does not interrupt traffic.
 
 pub mod exec;
 pub mod iptables;
+pub mod nfgen;
 pub mod nftables;
 pub mod rules;
 
@@ -44,12 +47,17 @@ pub enum Mode {
 }
 
 /// Keeps the rules of one address family in place.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TrafficManager {
     mode: Mode,
     spec: RuleSpec,
     iptables: iptables::Iptables,
     nft: nftables::Nftables,
+    /// The rules live in nf_tables (nftables mode, or iptables-nft): its generation tells
+    /// whether anything changed since the last check.
+    generation_usable: bool,
+    /// The generation at which the rules were last found intact.
+    verified: std::sync::Mutex<Option<u32>>,
 }
 
 impl TrafficManager {
@@ -58,10 +66,18 @@ impl TrafficManager {
     pub async fn new(mode: Mode, tools: &Tools, mut spec: RuleSpec) -> Result<Self, MasqError> {
         let iptables = iptables::Iptables::new(tools, spec.is_ipv6());
         let nft = nftables::Nftables::new(tools);
+        let version = match mode {
+            Mode::Iptables => Some(iptables.version().await?),
+            Mode::Nftables => None,
+        };
+        let generation_usable = match &version {
+            Some(v) => v.contains("nf_tables"),
+            None => true,
+        } && nfgen::ruleset_generation().is_ok();
         if spec.ip_masq && spec.random_fully {
-            let supported = match mode {
-                Mode::Iptables => iptables.has_random_fully().await?,
-                Mode::Nftables => nft.has_random_fully().await?,
+            let supported = match &version {
+                Some(v) => iptables::has_random_fully(v),
+                None => nft.has_random_fully().await?,
             };
             if !supported {
                 info!(
@@ -75,6 +91,8 @@ impl TrafficManager {
             spec,
             iptables,
             nft,
+            generation_usable,
+            verified: std::sync::Mutex::new(None),
         })
     }
 
@@ -96,38 +114,60 @@ impl TrafficManager {
         match self.mode {
             Mode::Iptables => {
                 let (family, table) = rules::nft_table(&self.spec);
+                // Ask the kernel first: no `nft` process when there is nothing to remove.
+                if nfgen::table_exists(family, table).ok() == Some(false) {
+                    return Ok(());
+                }
                 if ignore_missing(self.nft.remove(family, table).await)? {
                     info!("removed nftables table {family} {table} (iptables mode)");
                 }
             }
             Mode::Nftables => {
-                for chain in [
-                    rules::masq_chain(&self.spec),
-                    rules::forward_chain(&self.spec),
-                ] {
-                    ignore_missing(self.iptables.ensure(&chain, false).await)?;
+                let chains = [
+                    (rules::masq_chain(&self.spec), false),
+                    (rules::forward_chain(&self.spec), false),
+                ];
+                match self.iptables.ensure(&chains).await {
+                    Err(MasqError::Spawn { .. }) | Ok(_) => {}
+                    Err(e) => return Err(e),
                 }
             }
         }
         Ok(())
     }
 
-    /// Checks the rules and restores what is missing or changed; one read per table, writes
-    /// only when needed. Returns the number of tables rewritten.
+    /// Checks the rules and restores what is missing or changed. When the nf_tables
+    /// generation shows no change since the rules were last found intact, nothing is read
+    /// (no process at all); else one read, one write only when needed. Returns the
+    /// number of tables rewritten.
     pub async fn ensure(&self) -> Result<usize, MasqError> {
+        let generation = if self.generation_usable {
+            nfgen::ruleset_generation().ok()
+        } else {
+            None
+        };
+        let verified = self.verified.lock().map(|v| *v).unwrap_or(None);
+        if generation.is_some() && generation == verified {
+            return Ok(0);
+        }
+        let written = self.check_and_repair().await?;
+        // After our own write the generation moved; the next check reads once more and only
+        // then trusts the generation, so that nobody else's change slips in unverified.
+        if let Ok(mut v) = self.verified.lock() {
+            *v = if written == 0 { generation } else { None };
+        }
+        Ok(written)
+    }
+
+    async fn check_and_repair(&self) -> Result<usize, MasqError> {
         let mut written = 0;
         match self.mode {
             Mode::Iptables => {
-                written += usize::from(
-                    self.iptables
-                        .ensure(&rules::masq_chain(&self.spec), self.spec.ip_masq)
-                        .await?,
-                );
-                written += usize::from(
-                    self.iptables
-                        .ensure(&rules::forward_chain(&self.spec), self.spec.forward)
-                        .await?,
-                );
+                let chains = [
+                    (rules::masq_chain(&self.spec), self.spec.ip_masq),
+                    (rules::forward_chain(&self.spec), self.spec.forward),
+                ];
+                written += self.iptables.ensure(&chains).await?;
             }
             Mode::Nftables => written += usize::from(self.nft.ensure(&self.spec).await?),
         }

@@ -122,4 +122,8 @@ pub trait SubnetManager: Send + Sync {
     /// Every key under the subnets prefix with its lease and expiration (one request per
     /// lease for the TTL: for `lease show`, not for hot paths).
     async fn list_leases(&self) -> Result<Vec<LeaseEntry>, SubnetError>;
+
+    /// The lease this PublicIP holds, if any: one request, no TTL lookups (for the VTEP MAC
+    /// a re-created device should keep).
+    async fn lease_of(&self, public_ip: std::net::Ipv4Addr) -> Result<Option<Lease>, SubnetError>;
 }

@@ -153,11 +153,8 @@ fn ensure_ip_forward() {
 
 /// The VTEP MAC this node's lease already advertises, so that a re-created device keeps it.
 async fn advertised_mac(sm: &impl SubnetManager, public_ip: std::net::Ipv4Addr) -> Option<MacAddr> {
-    match sm.list_leases().await {
-        Ok(entries) => entries
-            .into_iter()
-            .filter_map(|e| e.lease.ok())
-            .find(|l| l.attrs.public_ip == public_ip)
+    match sm.lease_of(public_ip).await {
+        Ok(lease) => lease
             .and_then(|l| l.attrs.vxlan_data()?.ok())
             .map(|d| d.vtep_mac),
         Err(e) => {

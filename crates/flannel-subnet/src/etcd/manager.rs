@@ -793,6 +793,14 @@ impl SubnetManager for EtcdSubnetManager {
         }
     }
 
+    async fn lease_of(&self, public_ip: std::net::Ipv4Addr) -> Result<Option<Lease>, SubnetError> {
+        let (raws, _) = self.list().await?;
+        Ok(raws
+            .into_iter()
+            .filter_map(|r| r.lease.ok())
+            .find(|l| l.attrs.public_ip == public_ip))
+    }
+
     async fn list_leases(&self) -> Result<Vec<LeaseEntry>, SubnetError> {
         let (raws, _) = self.list().await?;
         let mut ttls: HashMap<i64, Option<Duration>> = HashMap::new();

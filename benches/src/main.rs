@@ -1,0 +1,621 @@
+//! `flannel-bench`: what flanneld exists for, measured in the lab, for any flanneld binary.
+//!
+//! ```text
+//! flannel-bench [--flanneld PATH]... [--quick] [--out FILE] [--scenario NAME]...
+//! ```
+//! Every scenario runs for each binary in turn (alternating where it repeats) against a real
+//! etcd, with the lab's upstream-style flags, and prints one row per scenario and binary;
+//! the ratio column compares with the first binary. Results also go to a JSON file.
+//! Scenarios: start, converge, cold (N = 100, 1000, 5000), steady, churn. `--quick` is the
+//! short mode CI runs so that the harness cannot rot (N = 100, few repetitions).
+
+mod probe;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, PutOptions, Txn, TxnOp};
+use flannel_lab::lab::{wait_until, Lab, LabSpec, ETCD_IP, HEALTHZ_PORT};
+use probe::{in_netns, peer_entries, Entry, Watch};
+
+const PREFIX: &str = "/coreos.com/network";
+/// A /8 so that thousands of /24 peers fit; this node takes one of the first 100.
+const CONFIG: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
+
+#[derive(Clone)]
+struct Opts {
+    binaries: Vec<PathBuf>,
+    quick: bool,
+    out: PathBuf,
+    scenarios: Vec<String>,
+}
+
+/// A scenario: runs for every binary, returns its rows.
+type Scenario = fn(&Opts, &Path) -> Vec<Row>;
+
+/// One table row: a scenario, a binary, its numbers.
+#[derive(Debug, Clone)]
+struct Row {
+    scenario: String,
+    binary: String,
+    metrics: Vec<(String, f64)>,
+}
+
+fn label(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn lab(name: &str, flanneld: &Path, dir: &Path) -> Lab {
+    let spec = LabSpec {
+        name: name.into(),
+        flanneld: flanneld.to_path_buf(),
+        cni_plugin: flanneld.with_file_name("flannel"),
+        prefix: PREFIX.into(),
+        extra_flags: vec![],
+        dir: dir.to_path_buf(),
+    };
+    Lab::create(spec, 1, Some(CONFIG))
+}
+
+/// A peer lease as another node (upstream or this project) writes it.
+fn peer_value(i: u32) -> (Ipv4Addr, [u8; 6], String) {
+    let subnet = Ipv4Addr::from(0x0a01_0000 + (i << 8));
+    let ip = Ipv4Addr::from(0xac10_0000 + i + 1);
+    let mac = [0x0e, 0x00, 0x00, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+    let m = flannel_net::MacAddr(mac);
+    let value = format!(
+        r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{m}"}}}}"#
+    );
+    (subnet, mac, value)
+}
+
+fn key(subnet: Ipv4Addr) -> String {
+    format!("{PREFIX}/subnets/{subnet}-24")
+}
+
+async fn etcd() -> Client {
+    Client::connect([format!("http://{ETCD_IP}:2379")], None)
+        .await
+        .expect("etcd")
+}
+
+/// Writes peers `range` in transactions of 100 puts.
+async fn put_peers(c: &mut Client, range: std::ops::Range<u32>) {
+    let all: Vec<u32> = range.collect();
+    for chunk in all.chunks(100) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|&i| {
+                let (s, _, v) = peer_value(i);
+                TxnOp::put(key(s), v, None::<PutOptions>)
+            })
+            .collect();
+        c.txn(Txn::new().and_then(ops)).await.expect("put peers");
+    }
+}
+
+async fn delete_peers(c: &mut Client) {
+    c.delete(
+        format!("{PREFIX}/subnets/10.1."),
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .expect("delete peers");
+}
+
+/// Scenario 1: start until subnet.env is written, median of `reps` starts per binary.
+fn start(o: &Opts, dir: &Path) -> Vec<Row> {
+    let reps = if o.quick { 3 } else { 11 };
+    let mut lab = lab("bs", &o.binaries[0], dir);
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); o.binaries.len()];
+    for _ in 0..reps {
+        for (b, bin) in o.binaries.iter().enumerate() {
+            let _ = std::fs::remove_file(&lab.hosts[0].subnet_file);
+            let t0 = Instant::now();
+            lab.start_binary(1, bin, &[]);
+            let file = lab.hosts[0].subnet_file.clone();
+            // 1 ms polling: the resolution the numbers need
+            while !file.exists() && t0.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if file.exists() {
+                times[b].push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            lab.stop(1, "KILL");
+        }
+    }
+    o.binaries
+        .iter()
+        .zip(times)
+        .map(|(bin, mut t)| Row {
+            scenario: "start -> subnet.env".into(),
+            binary: label(bin),
+            metrics: vec![
+                ("median_ms".into(), median(&mut t)),
+                ("runs".into(), t.len() as f64),
+            ],
+        })
+        .collect()
+}
+
+/// Scenario 2: a lease put (or deleted) by another node until its route, ARP and FDB
+/// entries are there (or gone) on this node, from the kernel's notifications.
+fn converge(o: &Opts, dir: &Path) -> Vec<Row> {
+    let events = if o.quick { 20 } else { 200 };
+    let mut rows = Vec::new();
+    for bin in &o.binaries {
+        let mut lab = lab("bc", bin, dir);
+        lab.start(1);
+        lab.wait_ready(Duration::from_secs(30));
+        let ns = lab.hosts[0].ns.clone();
+        let (mut add, mut del, lost) = in_netns(&ns, move || async move {
+            let mut c = etcd().await;
+            let mut watch = Watch::start();
+            let (mut add, mut del, mut lost) = (Vec::new(), Vec::new(), 0);
+            for i in 0..(events / 2) as u32 {
+                let (subnet, mac, value) = peer_value(i);
+                let want = peer_entries(subnet, mac);
+                watch.drain();
+                let t0 = Instant::now();
+                c.put(key(subnet), value, None).await.expect("put");
+                match watch.until(&want, true, t0, Duration::from_secs(5)).await {
+                    Some(d) => add.push(d.as_secs_f64() * 1000.0),
+                    None => lost += 1,
+                }
+                watch.drain();
+                let t0 = Instant::now();
+                c.delete(key(subnet), None).await.expect("delete");
+                match watch.until(&want, false, t0, Duration::from_secs(5)).await {
+                    Some(d) => del.push(d.as_secs_f64() * 1000.0),
+                    None => lost += 1,
+                }
+            }
+            (add, del, lost)
+        });
+        let mut all: Vec<f64> = add.iter().chain(del.iter()).copied().collect();
+        rows.push(Row {
+            scenario: "convergence (put/delete -> kernel)".into(),
+            binary: label(bin),
+            metrics: vec![
+                ("p50_ms".into(), percentile(&mut all, 0.5)),
+                ("p99_ms".into(), percentile(&mut all, 0.99)),
+                ("add_p99_ms".into(), percentile(&mut add, 0.99)),
+                ("del_p99_ms".into(), percentile(&mut del, 0.99)),
+                ("events".into(), all.len() as f64),
+                ("lost".into(), f64::from(lost)),
+            ],
+        });
+    }
+    rows
+}
+
+/// Scenarios 3 and 4: start with N peer leases in etcd until every route, ARP and FDB entry
+/// is programmed, and readyz; memory afterwards.
+fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
+    let sizes: &[u32] = if o.quick { &[100] } else { &[100, 1000, 5000] };
+    let idle = if o.quick {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(60)
+    };
+    let mut rows = Vec::new();
+    for bin in &o.binaries {
+        let mut lab = lab("bk", bin, dir);
+        let ns = lab.hosts[0].ns.clone();
+        let host_ip = lab.hosts[0].ip;
+        for &n in sizes {
+            in_netns(&ns, move || async move {
+                let mut c = etcd().await;
+                delete_peers(&mut c).await;
+                put_peers(&mut c, 0..n).await;
+            });
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns, "ip", "link", "del", "flannel.1"])
+                .status();
+            let want: Vec<Entry> = (0..n)
+                .flat_map(|i| {
+                    let (s, m, _) = peer_value(i);
+                    peer_entries(s, m)
+                })
+                .collect();
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let ns2 = ns.clone();
+            let waiter = std::thread::spawn(move || {
+                in_netns(&ns2, move || async move {
+                    let mut watch = Watch::start();
+                    tx.send(()).expect("ready to watch");
+                    let t0 = Instant::now();
+                    let programmed = watch.until(&want, true, t0, Duration::from_secs(120)).await;
+                    (t0, programmed)
+                })
+            });
+            rx.recv().expect("watcher");
+            let ns3 = ns.clone();
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Instant>();
+            let readiness = std::thread::spawn(move || {
+                in_netns(&ns3, move || async move {
+                    let t0: Instant = ready_rx.recv().expect("start time");
+                    while t0.elapsed() < Duration::from_secs(120) {
+                        if probe::http_status(host_ip, HEALTHZ_PORT, "/readyz") == Some(200) {
+                            return Some(t0.elapsed());
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    None
+                })
+            });
+            let t0 = Instant::now();
+            lab.start_binary(1, bin, &[]);
+            ready_tx.send(t0).expect("readiness thread");
+            let ready = readiness.join().expect("readiness thread");
+            let (w0, programmed) = waiter.join().expect("watcher thread");
+            let programmed = programmed.map(|d| d.saturating_sub(t0.saturating_duration_since(w0)));
+            let pid = lab.pid(1).unwrap_or(0);
+            let hwm = probe::proc_status_kib(pid, "VmHWM").unwrap_or(0) as f64;
+            std::thread::sleep(idle);
+            let rss = probe::proc_status_kib(pid, "VmRSS").unwrap_or(0) as f64;
+            let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
+            rows.push(Row {
+                scenario: format!("cold start, {n} peers"),
+                binary: label(bin),
+                metrics: vec![
+                    ("programmed_ms".into(), ms(programmed)),
+                    ("per_peer_us".into(), ms(programmed) * 1000.0 / f64::from(n)),
+                    ("readyz_ms".into(), ms(ready)),
+                    ("VmHWM_MiB".into(), hwm / 1024.0),
+                    ("VmRSS_idle_MiB".into(), rss / 1024.0),
+                ],
+            });
+            lab.stop(1, "KILL");
+        }
+    }
+    rows
+}
+
+/// Scenario 5: steady state with 3 peers: CPU, processes started (counted by wrappers on
+/// PATH, the same for any binary), etcd requests.
+fn steady(o: &Opts, dir: &Path) -> Vec<Row> {
+    let period = if o.quick {
+        Duration::from_secs(6)
+    } else {
+        Duration::from_secs(60)
+    };
+    let mut rows = Vec::new();
+    for bin in &o.binaries {
+        let mut lab = lab("bt", bin, dir);
+        let ns = lab.hosts[0].ns.clone();
+        in_netns(&ns, || async {
+            let mut c = etcd().await;
+            put_peers(&mut c, 0..3).await;
+        });
+        let shims = tempfile::tempdir().expect("shim dir");
+        let log = shims.path().join("exec.log");
+        for tool in [
+            "iptables",
+            "iptables-save",
+            "iptables-restore",
+            "ip6tables",
+            "ip6tables-save",
+            "ip6tables-restore",
+            "nft",
+            "ip",
+            "ethtool",
+            "sysctl",
+            "modprobe",
+        ] {
+            let real = std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            if real.is_empty() {
+                continue;
+            }
+            let path = shims.path().join(tool);
+            std::fs::write(
+                &path,
+                format!(
+                    "#!/bin/sh\necho {tool} >> {}\nexec {real} \"$@\"\n",
+                    log.display()
+                ),
+            )
+            .expect("shim");
+            let _ = std::process::Command::new("chmod")
+                .args(["+x", &path.display().to_string()])
+                .status();
+        }
+        let path = format!(
+            "{}:{}",
+            shims.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        lab.start_binary(1, bin, &[("PATH".into(), path)]);
+        lab.wait_ready(Duration::from_secs(30));
+        // past the first rule resync (which verifies what start-up wrote): steady state
+        std::thread::sleep(Duration::from_secs(7));
+        let pid = lab.pid(1).unwrap_or(0);
+        let etcd_ns = format!("{}-etcd", lab.spec.name);
+        let (cpu0, etcd0) = (
+            probe::cpu_seconds(pid).unwrap_or(0.0),
+            probe::etcd_messages(&etcd_ns),
+        );
+        let _ = std::fs::remove_file(&log);
+        std::thread::sleep(period);
+        let (cpu1, etcd1) = (
+            probe::cpu_seconds(pid).unwrap_or(0.0),
+            probe::etcd_messages(&etcd_ns),
+        );
+        let execs = std::fs::read_to_string(&log)
+            .map(|t| t.lines().count())
+            .unwrap_or(0) as f64;
+        let periods = period.as_secs_f64() / 5.0;
+        rows.push(Row {
+            scenario: format!("steady state, 3 peers, {}s", period.as_secs()),
+            binary: label(bin),
+            metrics: vec![
+                (
+                    "cpu_percent".into(),
+                    (cpu1 - cpu0) * 100.0 / period.as_secs_f64(),
+                ),
+                ("processes".into(), execs),
+                ("processes_per_5s".into(), execs / periods),
+                ("etcd_msgs".into(), etcd1 - etcd0),
+            ],
+        });
+        lab.stop(1, "KILL");
+    }
+    rows
+}
+
+/// Scenario 6: 1000 lease adds and removes at 200/s; afterwards the kernel must hold
+/// exactly the entries of the leases left.
+fn churn(o: &Opts, dir: &Path) -> Vec<Row> {
+    let ops: u32 = if o.quick { 100 } else { 1000 };
+    let mut rows = Vec::new();
+    for bin in &o.binaries {
+        let mut lab = lab("bh", bin, dir);
+        lab.start(1);
+        lab.wait_ready(Duration::from_secs(30));
+        let ns = lab.hosts[0].ns.clone();
+        let live: Vec<u32> = in_netns(&ns, move || async move {
+            use rand::Rng;
+            let mut c = etcd().await;
+            let mut rng = rand::rng();
+            let mut live: Vec<u32> = Vec::new();
+            let mut next = 0u32;
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            for op in 0..ops {
+                tick.tick().await;
+                if op % 2 == 0 || live.is_empty() {
+                    let (s, _, v) = peer_value(next);
+                    c.put(key(s), v, None).await.expect("put");
+                    live.push(next);
+                    next += 1;
+                } else {
+                    let victim = live.swap_remove(rng.random_range(0..live.len()));
+                    c.delete(key(peer_value(victim).0), None)
+                        .await
+                        .expect("delete");
+                }
+            }
+            live
+        });
+        let t_last = Instant::now();
+        let want_routes: std::collections::BTreeSet<String> = live
+            .iter()
+            .map(|&i| {
+                format!(
+                    "{}/24 via {} dev flannel.1 onlink",
+                    peer_value(i).0,
+                    peer_value(i).0
+                )
+            })
+            .collect();
+        let ns2 = ns.clone();
+        let state = move || {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns2, "ip", "route"])
+                .output()
+                .ok()?;
+            let routes: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| l.trim_end().to_string())
+                .filter(|l| l.starts_with("10.1."))
+                .collect();
+            let neigh = std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &ns2,
+                    "ip",
+                    "neigh",
+                    "show",
+                    "dev",
+                    "flannel.1",
+                ])
+                .output()
+                .ok()?;
+            let fdb = std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &ns2,
+                    "bridge",
+                    "fdb",
+                    "show",
+                    "dev",
+                    "flannel.1",
+                ])
+                .output()
+                .ok()?;
+            Some((
+                routes,
+                String::from_utf8_lossy(&neigh.stdout).lines().count(),
+                String::from_utf8_lossy(&fdb.stdout).lines().count(),
+            ))
+        };
+        let exact = || {
+            state().is_some_and(|(r, n, f)| r == want_routes && n == live.len() && f == live.len())
+        };
+        let converged = wait_until(Duration::from_secs(60), exact).then(|| t_last.elapsed());
+        let (r, n, f) = state().unwrap_or_default();
+        let missing = want_routes.difference(&r).count() as f64;
+        let stale = r.difference(&want_routes).count() as f64;
+        rows.push(Row {
+            scenario: format!("churn, {ops} ops at 200/s"),
+            binary: label(bin),
+            metrics: vec![
+                (
+                    "settled_ms_after_last_op".into(),
+                    converged.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0),
+                ),
+                ("exact".into(), if converged.is_some() { 1.0 } else { 0.0 }),
+                ("missing_routes".into(), missing),
+                ("stale_routes".into(), stale),
+                ("arp_minus_live".into(), n as f64 - live.len() as f64),
+                ("fdb_minus_live".into(), f as f64 - live.len() as f64),
+            ],
+        });
+        lab.stop(1, "KILL");
+    }
+    rows
+}
+
+fn print(rows: &[Row]) {
+    let mut first: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for r in rows {
+        for (k, v) in &r.metrics {
+            first.entry((r.scenario.clone(), k.clone())).or_insert(*v);
+        }
+    }
+    println!(
+        "{:<40} {:<16} metrics (ratio to the first binary)",
+        "scenario", "binary"
+    );
+    for r in rows {
+        let cells: Vec<String> = r
+            .metrics
+            .iter()
+            .map(|(k, v)| {
+                let base = first[&(r.scenario.clone(), k.clone())];
+                if base.is_finite() && base != 0.0 && (v / base - 1.0).abs() > 1e-9 {
+                    format!("{k}={v:.2} (x{:.2})", v / base)
+                } else {
+                    format!("{k}={v:.2}")
+                }
+            })
+            .collect();
+        println!("{:<40} {:<16} {}", r.scenario, r.binary, cells.join("  "));
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut o = Opts {
+        binaries: Vec::new(),
+        quick: false,
+        out: PathBuf::from("target/bench-results.json"),
+        scenarios: Vec::new(),
+    };
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--flanneld" => {
+                i += 1;
+                o.binaries.push(PathBuf::from(&args[i]));
+            }
+            "--quick" => o.quick = true,
+            "--out" => {
+                i += 1;
+                o.out = PathBuf::from(&args[i]);
+            }
+            "--scenario" => {
+                i += 1;
+                o.scenarios.push(args[i].clone());
+            }
+            other => {
+                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--out FILE] [--scenario start|converge|cold|steady|churn]...");
+                std::process::exit(2);
+            }
+        }
+        i += 1;
+    }
+    if o.binaries.is_empty() {
+        o.binaries.push(PathBuf::from("target/release/flanneld-rs"));
+    }
+    o.binaries = o
+        .binaries
+        .iter()
+        .map(|b| {
+            b.canonicalize()
+                .unwrap_or_else(|e| panic!("{}: {e}", b.display()))
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("work dir");
+    let all: [(&str, Scenario); 5] = [
+        ("start", start),
+        ("converge", converge),
+        ("cold", cold),
+        ("steady", steady),
+        ("churn", churn),
+    ];
+    let mut rows = Vec::new();
+    for (name, f) in all {
+        if o.scenarios.is_empty() || o.scenarios.iter().any(|s| s == name) {
+            eprintln!("== {name}");
+            let sub = dir.path().join(name);
+            rows.extend(f(&o, &sub));
+        }
+    }
+    print(&rows);
+    let json: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "scenario": r.scenario,
+                "binary": r.binary,
+                "metrics": r.metrics.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({"quick": o.quick, "binaries": o.binaries, "rows": json});
+    if let Some(parent) = o.out.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    std::fs::write(
+        &o.out,
+        serde_json::to_string_pretty(&doc).unwrap_or_default(),
+    )
+    .expect("write results");
+    eprintln!("results written to {}", o.out.display());
+    let lost = rows.iter().any(|r| {
+        r.metrics
+            .iter()
+            .any(|(k, v)| (k == "lost" && *v > 0.0) || (k == "exact" && *v == 0.0))
+    });
+    if lost {
+        eprintln!("some events were lost or the final state was not exact");
+        std::process::exit(1);
+    }
+}

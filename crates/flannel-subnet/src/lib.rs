@@ -8,6 +8,7 @@
 //! The allocation rule ([`allocate`]) and the bookkeeping of the watched lease set
 //! ([`lease_set`]) are pure and tested on their own.
 
+pub mod acquire;
 pub mod allocate;
 pub mod etcd;
 pub mod lease_set;

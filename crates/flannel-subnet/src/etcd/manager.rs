@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::{join_key, EtcdConfig};
-use crate::allocate;
+use crate::acquire;
 use crate::lease_set::{LeaseBatch, LeaseSet};
 use crate::{LeaseEntry, SubnetError, SubnetManager, SubnetStats};
 
@@ -349,25 +349,16 @@ impl EtcdSubnetManager {
                 warn!(key = %raw.name, "ignoring bad subnet lease: {e}");
             }
         }
-        let ours = raws.iter().find(|r| {
-            r.lease
-                .as_ref()
-                .is_ok_and(|l| l.attrs.public_ip == attrs.public_ip)
-        });
-        let mut taken: Vec<Ipv4Network> = raws.iter().filter_map(|r| r.subnet).collect();
-        if let Some(raw) = ours {
-            let subnet = raw.subnet.expect("a parsed lease has a subnet");
-            if config.is_compatible(subnet) {
-                info!(
-                    "Found lease ({subnet}) for current IP ({}), reusing",
-                    attrs.public_ip
-                );
-                return self.reuse(raw, subnet, attrs).await;
-            }
-            info!(
-                "Found lease ({subnet}) for current IP ({}) but not compatible with current config, deleting",
-                attrs.public_ip
-            );
+        let seen: Vec<acquire::Seen> = raws
+            .iter()
+            .map(|r| acquire::Seen {
+                subnet: r.subnet,
+                lease: r.lease.as_ref().ok(),
+            })
+            .collect();
+        let plan = acquire::decide(config, attrs, &seen, self.previous_subnet, &mut rand::rng());
+        if let Some(i) = plan.delete {
+            let raw = &raws[i];
             let txn = Txn::new()
                 .when([Compare::mod_revision(
                     raw.key.as_str(),
@@ -380,25 +371,17 @@ impl EtcdSubnetManager {
                 .txn(txn)
                 .await
                 .map_err(etcd_err(format!("deleting {}", raw.key)))?;
-            taken.retain(|t| *t != subnet);
         }
-        if let Some(previous) = self.previous_subnet {
-            if !config.is_compatible(previous) {
-                info!("Found previously leased subnet ({previous}) that is not compatible with the Etcd network config, ignoring");
-            } else if taken.iter().any(|t| t.overlaps(previous)) {
-                info!("Found previously leased subnet ({previous}) but another node holds it now, ignoring");
-            } else {
-                info!("Found previously leased subnet ({previous}), reusing");
-                return self.create(previous, attrs).await;
+        let attempt = match plan.decision {
+            acquire::Decision::Reuse(i) => {
+                let raw = &raws[i];
+                let subnet = raw.subnet.expect("a parsed lease has a subnet");
+                return self.reuse(raw, subnet, attrs).await;
             }
-        }
-        info!(
-            "Picking subnet in range {} ... {}",
-            config.subnet_min, config.subnet_max
-        );
-        let subnet = allocate::pick_subnet(config, &taken, &mut rand::rng())
-            .ok_or(SubnetError::OutOfSubnets)?;
-        let attempt = self.create(subnet, attrs).await?;
+            acquire::Decision::OutOfSubnets => return Err(SubnetError::OutOfSubnets),
+            acquire::Decision::Create { subnet, .. } => (subnet, self.create(subnet, attrs).await?),
+        };
+        let (subnet, attempt) = attempt;
         if let Attempt::Done(_) = attempt {
             info!(
                 "Allocated lease (ip: {subnet} ipv6: ::/0) to current node ({}) ",

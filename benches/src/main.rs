@@ -74,6 +74,7 @@ fn lab(name: &str, flanneld: &Path, dir: &Path) -> Lab {
         prefix: PREFIX.into(),
         extra_flags: vec![],
         dir: dir.to_path_buf(),
+        etcd_args: vec![],
     };
     Lab::create(spec, 1, Some(CONFIG))
 }

@@ -44,6 +44,8 @@ pub struct LabSpec {
     pub extra_flags: Vec<String>,
     /// Where logs, subnet.env files and etcd's data go.
     pub dir: PathBuf,
+    /// Extra flags for etcd (e.g. `--enable-v2=true`).
+    pub etcd_args: Vec<String>,
 }
 
 pub struct Host {
@@ -160,7 +162,8 @@ impl Lab {
         ipn(&br, &["link", "set", "br0", "up"]);
         crate::netns::run_cmd("ip", &["netns", "add", &etcd_ns]);
         plug(&br, &etcd_ns, "port-etcd", ETCD_IP);
-        let etcd = TestEtcd::start_in_netns(&etcd_ns, ETCD_IP, &[]);
+        let etcd_args: Vec<&str> = spec.etcd_args.iter().map(String::as_str).collect();
+        let etcd = TestEtcd::start_in_netns(&etcd_ns, ETCD_IP, &etcd_args);
         if let Some(config) = config {
             etcd.ctl(&["put", &format!("{}/config", spec.prefix), config]);
         }

@@ -11,6 +11,7 @@
 pub mod acquire;
 pub mod allocate;
 pub mod etcd;
+pub mod etcd2;
 pub mod lease_set;
 
 use async_trait::async_trait;
@@ -76,6 +77,58 @@ pub struct SubnetStats {
     pub lease_renewals: std::sync::atomic::AtomicU64,
     /// Times this node's key was found missing and written again.
     pub lease_recreations: std::sync::atomic::AtomicU64,
+}
+
+/// Which etcd API (keyspace) holds flannel's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtcdApi {
+    V3,
+    V2,
+}
+
+impl std::fmt::Display for EtcdApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EtcdApi::V3 => "v3",
+            EtcdApi::V2 => "v2",
+        })
+    }
+}
+
+/// Which keyspace holds `<prefix>/config`: v3 first, then v2; `None` when neither does (yet).
+/// An API that does not answer (v2 disabled, as by default in etcd 3.4) counts as empty; an
+/// error is returned only when neither answers.
+pub async fn detect_api(cfg: &etcd::EtcdConfig) -> Result<Option<EtcdApi>, SubnetError> {
+    let v3 = etcd::EtcdSubnetManager::new(cfg.clone(), None).await?;
+    let v3_error = match v3.get_network_config().await {
+        Ok(_) | Err(SubnetError::Config(_)) => return Ok(Some(EtcdApi::V3)),
+        Err(SubnetError::ConfigNotFound) => None,
+        Err(e) => Some(e),
+    };
+    let v2 = etcd2::EtcdV2SubnetManager::new(cfg.clone(), None)?;
+    match v2.get_network_config().await {
+        Ok(_) | Err(SubnetError::Config(_)) => Ok(Some(EtcdApi::V2)),
+        Err(SubnetError::ConfigNotFound) => Ok(None),
+        Err(e) => match v3_error {
+            Some(v3e) => Err(v3e),
+            None => {
+                tracing::debug!("etcd v2 keys API not available: {e}");
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// The manager for `api`.
+pub async fn manager(
+    api: EtcdApi,
+    cfg: etcd::EtcdConfig,
+    previous_subnet: Option<ipnetwork::Ipv4Network>,
+) -> Result<Box<dyn SubnetManager>, SubnetError> {
+    Ok(match api {
+        EtcdApi::V3 => Box::new(etcd::EtcdSubnetManager::new(cfg, previous_subnet).await?),
+        EtcdApi::V2 => Box::new(etcd2::EtcdV2SubnetManager::new(cfg, previous_subnet)?),
+    })
 }
 
 /// One row of a listing of every key under `<prefix>/subnets/`, the bad ones included.

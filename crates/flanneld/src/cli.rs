@@ -268,6 +268,7 @@ pub const DAEMON_FLAGS: &[Flag] = &[
     flag("etcd-cafile", Kind::Str, "", "SSL Certificate Authority file used to secure etcd communication"),
     flag("etcd-username", Kind::Str, "", "username for BasicAuth to etcd"),
     flag("etcd-password", Kind::Str, "", "password for BasicAuth to etcd"),
+    flag("etcd-api", Kind::Str, "auto", "the etcd API holding flannel's data: v3, v2, or auto (v3 if <prefix>/config is there, else v2 if it is there, else wait for either) (flanneld-rs only)"),
     flag("iface", Kind::List, "", "interface to use (IP or name) for inter-host communication. Can be specified multiple times to check each option in order. Returns the first match found."),
     flag("iface-regex", Kind::List, "", "regex expression to match the first interface to use (IP or name) for inter-host communication. Can be specified multiple times to check each regex in order. Returns the first match found. Regexes are checked after specific interfaces specified by the iface option have already been checked."),
     flag("iface-can-reach", Kind::Str, "", "detect interface to use (IP or name) for inter-host communication based on which will be used for provided IP. This is exactly the interface to use of command 'ip route get <ip-address>'"),
@@ -434,7 +435,8 @@ mod tests {
     #[test]
     fn usage_matches_go_layout() {
         let u = usage("/usr/local/sbin/flanneld", DAEMON_FLAGS);
-        assert!(u.starts_with("Usage: /usr/local/sbin/flanneld [OPTION]...\n  -etcd-cafile string\n    \tSSL Certificate Authority file used to secure etcd communication\n"));
+        assert!(u.starts_with("Usage: /usr/local/sbin/flanneld [OPTION]...\n  -etcd-api string\n"));
+        assert!(u.contains("  -etcd-cafile string\n    \tSSL Certificate Authority file used to secure etcd communication\n"));
         assert!(u.contains("  -etcd-endpoints string\n    \ta comma-delimited list of etcd endpoints (default \"http://127.0.0.1:4001,http://127.0.0.1:2379\")\n"));
         assert!(u.contains("  -ip-masq\n    \tsetup IP masquerade rule for traffic destined outside of overlay network\n"));
         assert!(u.contains("  -iptables-forward-rules\n    \tadd default accept rules to FORWARD chain in iptables (default true)\n"));

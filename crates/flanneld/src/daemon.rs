@@ -15,8 +15,7 @@ use flannel_backend::netlink::Netlink;
 use flannel_backend::vxlan::{PeerUpdate, VxlanBackend};
 use flannel_masq::{Mode, RuleSpec, Tools, TrafficManager};
 use flannel_net::{Lease, MacAddr, NetworkConfig, SubnetEnv};
-use flannel_subnet::etcd::EtcdSubnetManager;
-use flannel_subnet::{LeaseBatch, LeaseEvent, SubnetError, SubnetManager};
+use flannel_subnet::{EtcdApi, LeaseBatch, LeaseEvent, SubnetError, SubnetManager};
 use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
@@ -33,18 +32,28 @@ const BACKEND_RESYNC: Duration = Duration::from_secs(10);
 /// Runs until an unrecoverable error; the caller ends it on SIGTERM/SIGINT.
 pub async fn run(opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
     let previous = read_previous(&opts.subnet_file);
-    let sm = EtcdSubnetManager::new(opts.etcd.clone(), previous.as_ref().and_then(|p| p.subnet))
-        .await
-        .context("creating the etcd subnet manager")?;
-    info!("Created subnet manager: {}", sm.name());
-    let _ = shared.subnet_stats.set(sm.stats());
+    // Liveness answers while flanneld waits for etcd and the config, as upstream.
     if let Some(addr) = opts.healthz {
         health::start(addr, shared.clone())
             .await
             .with_context(|| format!("Start healthz server error. listen {addr}"))?;
     }
+    let api = match opts.etcd_api {
+        Some(api) => api,
+        None => detect_api(&opts).await,
+    };
+    let sm = flannel_subnet::manager(
+        api,
+        opts.etcd.clone(),
+        previous.as_ref().and_then(|p| p.subnet),
+    )
+    .await
+    .context("creating the etcd subnet manager")?;
+    let sm: &dyn SubnetManager = sm.as_ref();
+    info!("Created subnet manager: {} (etcd {api} API)", sm.name());
+    let _ = shared.subnet_stats.set(sm.stats());
 
-    let config = wait_for_config(&sm).await;
+    let config = wait_for_config(sm).await;
     info!(
         "Found network config - Backend type: {}",
         config.backend_type
@@ -67,7 +76,7 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
     let public_ip = iface::log_choice(&chosen, opts.public_ip);
     ensure_ip_forward();
 
-    let mac_hint = advertised_mac(&sm, public_ip).await;
+    let mac_hint = advertised_mac(sm, public_ip).await;
     let mut backend = VxlanBackend::new(
         nl,
         config.backend.as_ref(),
@@ -80,7 +89,7 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
     .context("setting up the VXLAN backend")?;
     let _ = shared.backend_stats.set(backend.stats());
 
-    let lease = acquire(&sm, &config, &backend).await?;
+    let lease = acquire(sm, &config, &backend).await?;
     backend
         .configure(&lease)
         .await
@@ -106,7 +115,7 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
     info!("Wrote subnet file to {}", opts.subnet_file.display());
     info!("Running backend.");
 
-    steady_state(&sm, backend, masq, lease, &opts, shared).await
+    steady_state(sm, backend, masq, lease, &opts, shared).await
 }
 
 fn read_previous(path: &Path) -> Option<SubnetEnv> {
@@ -125,7 +134,29 @@ fn read_previous(path: &Path) -> Option<SubnetEnv> {
     }
 }
 
-async fn wait_for_config(sm: &impl SubnetManager) -> NetworkConfig {
+/// `-etcd-api=auto`: v3 if `<prefix>/config` is there, else v2 if it is there, else wait for
+/// either, saying so every second (upstream's line).
+async fn detect_api(opts: &Options) -> EtcdApi {
+    loop {
+        match flannel_subnet::detect_api(&opts.etcd).await {
+            Ok(Some(api)) => {
+                info!(
+                    "Using the etcd {api} API: {}/config is there",
+                    opts.etcd.prefix.trim_end_matches('/')
+                );
+                return api;
+            }
+            Ok(None) => warn!(
+                "Couldn't fetch network config: {} (neither in the v3 nor in the v2 keyspace)",
+                SubnetError::ConfigNotFound
+            ),
+            Err(e) => warn!("Couldn't fetch network config: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn wait_for_config(sm: &dyn SubnetManager) -> NetworkConfig {
     loop {
         match sm.get_network_config().await {
             Ok(config) => return config,
@@ -152,7 +183,7 @@ fn ensure_ip_forward() {
 }
 
 /// The VTEP MAC this node's lease already advertises, so that a re-created device keeps it.
-async fn advertised_mac(sm: &impl SubnetManager, public_ip: std::net::Ipv4Addr) -> Option<MacAddr> {
+async fn advertised_mac(sm: &dyn SubnetManager, public_ip: std::net::Ipv4Addr) -> Option<MacAddr> {
     match sm.lease_of(public_ip).await {
         Ok(lease) => lease
             .and_then(|l| l.attrs.vxlan_data()?.ok())
@@ -165,7 +196,7 @@ async fn advertised_mac(sm: &impl SubnetManager, public_ip: std::net::Ipv4Addr) 
 }
 
 async fn acquire(
-    sm: &impl SubnetManager,
+    sm: &dyn SubnetManager,
     config: &NetworkConfig,
     backend: &VxlanBackend,
 ) -> anyhow::Result<Lease> {
@@ -240,7 +271,7 @@ fn to_update(batch: LeaseBatch) -> PeerUpdate {
 }
 
 async fn steady_state(
-    sm: &EtcdSubnetManager,
+    sm: &dyn SubnetManager,
     backend: VxlanBackend,
     masq: TrafficManager,
     lease: Lease,

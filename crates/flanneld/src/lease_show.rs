@@ -7,8 +7,7 @@ use std::time::SystemTime;
 use anyhow::Context;
 use flannel_net::time::format_utc;
 use flannel_net::{Expiration, Lease};
-use flannel_subnet::etcd::EtcdSubnetManager;
-use flannel_subnet::{LeaseEntry, SubnetManager};
+use flannel_subnet::LeaseEntry;
 use ipnetwork::Ipv4Network;
 use serde_json::{json, Value};
 
@@ -94,11 +93,14 @@ pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
             .parse()
             .with_context(|| format!("--public-ip {s:?} is not an IPv4 address"))?],
     };
-    let sm = EtcdSubnetManager::new(
-        etcd_config(&values).map_err(|e| anyhow::anyhow!(e.0))?,
-        None,
-    )
-    .await?;
+    let cfg = etcd_config(&values).map_err(|e| anyhow::anyhow!(e.0))?;
+    let api = match crate::options::etcd_api(&values, &flags).map_err(|e| anyhow::anyhow!(e.0))? {
+        Some(api) => api,
+        None => flannel_subnet::detect_api(&cfg)
+            .await?
+            .unwrap_or(flannel_subnet::EtcdApi::V3),
+    };
+    let sm = flannel_subnet::manager(api, cfg, None).await?;
     let config = sm.get_network_config().await;
     let mut entries = sm.list_leases().await.context("listing leases")?;
     if let Some(only) = only {

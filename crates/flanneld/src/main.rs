@@ -10,6 +10,7 @@ mod health;
 mod iface;
 mod install_cmd;
 mod lease_show;
+mod migrate_cmd;
 mod options;
 mod sdnotify;
 
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
         Some("lease") => return lease_command(&program, &rest[1..]),
         Some("install") => return install_command(&program, &rest[1..], false),
         Some("uninstall") => return install_command(&program, &rest[1..], true),
+        Some("migrate") => return migrate_command(&program, &rest[1..]),
         _ => {}
     }
     daemon_command(&program, rest)
@@ -72,6 +74,20 @@ fn lease_command(program: &str, args: &[String]) -> ExitCode {
         }
     };
     match rt.block_on(lease_show::run(program, &args[1..])) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn migrate_command(program: &str, args: &[String]) -> ExitCode {
+    init_logging(0);
+    let result = runtime()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(migrate_cmd::run(program, args)));
+    match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("error: {e:#}");

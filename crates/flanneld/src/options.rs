@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flannel_subnet::etcd::EtcdConfig;
+use flannel_subnet::EtcdApi;
 use regex::Regex;
 
 use crate::cli::{CliError, Values, DAEMON_FLAGS};
@@ -12,6 +13,8 @@ use crate::cli::{CliError, Values, DAEMON_FLAGS};
 #[derive(Debug, Clone)]
 pub struct Options {
     pub etcd: EtcdConfig,
+    /// `None`: detect (`-etcd-api=auto`).
+    pub etcd_api: Option<EtcdApi>,
     pub iface: Vec<String>,
     pub iface_regex: Vec<Regex>,
     pub iface_can_reach: Option<Ipv4Addr>,
@@ -33,6 +36,18 @@ fn opt(v: &Values, name: &str) -> Option<String> {
 
 fn path(v: &Values, name: &str) -> Option<PathBuf> {
     opt(v, name).map(PathBuf::from)
+}
+
+/// `-etcd-api`: `None` for auto.
+pub fn etcd_api(v: &Values, flags: &[crate::cli::Flag]) -> Result<Option<EtcdApi>, CliError> {
+    match v.string(flags, "etcd-api").as_str() {
+        "auto" => Ok(None),
+        "v3" => Ok(Some(EtcdApi::V3)),
+        "v2" => Ok(Some(EtcdApi::V2)),
+        other => Err(CliError(format!(
+            "-etcd-api {other:?}: expected v3, v2 or auto"
+        ))),
+    }
 }
 
 /// Settings for etcd from the `--etcd-*` flags (shared with `lease show`).
@@ -123,6 +138,7 @@ impl Options {
             .collect::<Result<_, _>>()?;
         Ok(Options {
             etcd,
+            etcd_api: etcd_api(v, f)?,
             iface: v.list("iface"),
             iface_regex,
             iface_can_reach,
@@ -185,6 +201,7 @@ mod tests {
             (vec!["-etcd-endpoints=,"], "no endpoint"),
             (vec!["-kube-subnet-mgr"], "not supported yet by flanneld-rs"),
             (vec!["-public-ipv6=fd00::1"], "IPv6"),
+            (vec!["-etcd-api=v4"], "expected v3, v2 or auto"),
         ] {
             let err = options(&args).unwrap_err().0;
             assert!(err.contains(want), "{args:?}: {err}");

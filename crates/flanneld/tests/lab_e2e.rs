@@ -12,6 +12,15 @@ use flannel_lab::lab::{wait_until, Lab, LabSpec, DEFAULT_CONFIG, DEFAULT_PREFIX,
 const LONG: Duration = Duration::from_secs(30);
 
 fn lab(tag: char, hosts: usize, config: Option<&str>) -> (Lab, tempfile::TempDir) {
+    lab_with_etcd(tag, hosts, config, &[])
+}
+
+fn lab_with_etcd(
+    tag: char,
+    hosts: usize,
+    config: Option<&str>,
+    etcd_args: &[&str],
+) -> (Lab, tempfile::TempDir) {
     assert!(nix_is_root(), "the lab tests need root (CI runs as root)");
     let dir = tempfile::tempdir().unwrap();
     let spec = LabSpec {
@@ -22,6 +31,7 @@ fn lab(tag: char, hosts: usize, config: Option<&str>) -> (Lab, tempfile::TempDir
         prefix: DEFAULT_PREFIX.into(),
         extra_flags: vec![],
         dir: dir.path().to_path_buf(),
+        etcd_args: etcd_args.iter().map(|s| s.to_string()).collect(),
     };
     (Lab::create(spec, hosts, config), dir)
 }
@@ -434,4 +444,103 @@ fn config_missing_at_start_then_malformed_then_valid() {
         .log(1)
         .contains("Found network config - Backend type: vxlan"));
     assert!(lab.log(1).contains("Wrote subnet file to"));
+}
+
+#[test]
+fn a_cluster_on_the_etcd_v2_keys_api_as_the_ansible_role_built_it() {
+    let (mut lab, _dir) = lab_with_etcd('f', 2, None, &["--enable-v2=true"]);
+    let etcd_ns = format!("{}-etcd", lab.spec.name);
+    let v2 = |method: &str, path: &str, data: &[&str]| {
+        let url = format!("http://127.0.0.1:2379/v2/keys{DEFAULT_PREFIX}{path}");
+        let mut args = vec!["curl", "-s", "-X", method, url.as_str()];
+        for d in data {
+            args.extend(["--data-urlencode", d]);
+        }
+        flannel_lab::lab::nsexec(&etcd_ns, &args)
+    };
+    // the role writes the config with `etcdctl set` (v2)
+    v2("PUT", "/config", &[&format!("value={DEFAULT_CONFIG}")]);
+    lab.start_all();
+    lab.wait_ready(LONG);
+    assert!(
+        lab.log(1).contains("Using the etcd v2 API"),
+        "{}",
+        lab.log(1)
+    );
+    let listing: serde_json::Value =
+        serde_json::from_str(&v2("GET", "/subnets?recursive=true", &[])).unwrap();
+    let nodes = listing["node"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{listing}");
+    for n in nodes {
+        assert!(n["ttl"].as_i64().unwrap() > 86_000, "{n}");
+        assert!(n["value"]
+            .as_str()
+            .unwrap()
+            .starts_with(r#"{"PublicIP":"192.168.77."#));
+    }
+    // each host programs the other
+    for (me, other) in [(1, 2), (2, 1)] {
+        let subnet = lab.subnet(other).unwrap();
+        assert!(
+            wait_until(LONG, || lab
+                .on_host(me, &["ip", "route"])
+                .contains(&format!("{subnet} via"))),
+            "{}",
+            lab.log(me)
+        );
+    }
+    lab.add_pod(1);
+    lab.add_pod(2);
+    assert_eq!(lab.ping_matrix(), vec![]);
+    // lease show reads the v2 keyspace too
+    let bin = env!("CARGO_BIN_EXE_flanneld-rs");
+    let shown = lab.on_host(
+        1,
+        &[
+            bin,
+            "lease",
+            "show",
+            "-etcd-api=v2",
+            &format!("-etcd-endpoints=http://{ETCD_IP}:2379"),
+            &format!("-etcd-prefix={DEFAULT_PREFIX}"),
+        ],
+    );
+    assert_eq!(
+        shown.lines().filter(|l| l.contains(" vxlan ")).count(),
+        2,
+        "{shown}"
+    );
+
+    // migrate to v3, restart both on v3: same subnets
+    let before = (lab.subnet(1), lab.subnet(2));
+    let migrate = lab.on_host(
+        1,
+        &[
+            bin,
+            "migrate",
+            "--from",
+            "v2",
+            "--to",
+            "v3",
+            &format!("-etcd-endpoints=http://{ETCD_IP}:2379"),
+            &format!("-etcd-prefix={DEFAULT_PREFIX}"),
+        ],
+    );
+    assert!(
+        migrate.contains("3 copied, 0 unchanged, 0 conflicts"),
+        "{migrate}"
+    );
+    for i in 1..=2 {
+        lab.stop(i, "TERM");
+        lab.start(i);
+    }
+    lab.wait_ready(LONG);
+    assert!(
+        lab.log(1).contains("Using the etcd v3 API"),
+        "{}",
+        lab.log(1)
+    );
+    assert_eq!((lab.subnet(1), lab.subnet(2)), before);
+    wait_converged(&lab);
+    assert_eq!(lab.ping_matrix(), vec![]);
 }

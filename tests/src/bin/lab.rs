@@ -83,6 +83,7 @@ fn up(args: &[String], dir: PathBuf) -> ExitCode {
         prefix: DEFAULT_PREFIX.into(),
         extra_flags: vec![],
         dir: dir.clone(),
+        etcd_args: vec![],
     };
     println!("creating {hosts} hosts, etcd at {ETCD_IP}, network config {DEFAULT_CONFIG}");
     let mut lab = Lab::create(spec, hosts, Some(DEFAULT_CONFIG));

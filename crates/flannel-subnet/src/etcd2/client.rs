@@ -1,0 +1,400 @@
+//! A small client of etcd's v2 keys API (`/v2/keys/...`): get, long-poll watch, put with
+//! conditions and TTL, delete. HTTP by reqwest, TLS by rustls (CA, client certificate),
+//! basic auth; endpoints tried in order.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::etcd::EtcdConfig;
+use crate::SubnetError;
+
+/// A node of the v2 key space.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Node {
+    pub key: String,
+    pub value: Option<String>,
+    pub dir: bool,
+    pub nodes: Vec<Node>,
+    pub modified_index: u64,
+    /// Seconds left; `None` for a key without TTL.
+    pub ttl: Option<i64>,
+}
+
+impl Node {
+    fn from_json(v: &Value) -> Node {
+        Node {
+            key: v["key"].as_str().unwrap_or_default().to_string(),
+            value: v["value"].as_str().map(String::from),
+            dir: v["dir"].as_bool().unwrap_or(false),
+            nodes: v["nodes"]
+                .as_array()
+                .map(|a| a.iter().map(Node::from_json).collect())
+                .unwrap_or_default(),
+            modified_index: v["modifiedIndex"].as_u64().unwrap_or(0),
+            ttl: v["ttl"].as_i64(),
+        }
+    }
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, Default)]
+pub struct Response {
+    pub action: String,
+    pub node: Node,
+    /// `X-Etcd-Index`: the store's index when it answered.
+    pub index: u64,
+}
+
+/// etcd's error codes that the registry acts on.
+pub const KEY_NOT_FOUND: u64 = 100;
+pub const COMPARE_FAILED: u64 = 101;
+pub const NODE_EXIST: u64 = 105;
+pub const EVENT_INDEX_CLEARED: u64 = 401;
+
+/// A failure: etcd's own error (`code`), or the transport's.
+#[derive(Debug)]
+pub enum V2Error {
+    Etcd {
+        code: u64,
+        message: String,
+        index: u64,
+    },
+    Transport(String),
+}
+
+impl V2Error {
+    pub fn code(&self) -> Option<u64> {
+        match self {
+            V2Error::Etcd { code, .. } => Some(*code),
+            V2Error::Transport(_) => None,
+        }
+    }
+
+    pub fn into_subnet_error(self, context: impl Into<String>) -> SubnetError {
+        let detail = match self {
+            V2Error::Etcd { code, message, .. } => format!("etcd error {code}: {message}"),
+            V2Error::Transport(t) => t,
+        };
+        SubnetError::Etcd {
+            context: context.into(),
+            source: etcd_client::Error::InvalidArgs(detail),
+        }
+    }
+}
+
+/// A put's precondition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cond {
+    Always,
+    /// `prevExist=false`: create only.
+    Absent,
+    /// `prevIndex=N`: compare and swap.
+    Index(u64),
+}
+
+pub struct V2Client {
+    http: reqwest::Client,
+    endpoints: Vec<String>,
+    auth: Option<(String, String)>,
+}
+
+/// Percent-encodes a form value (everything but unreserved characters).
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>, SubnetError> {
+    std::fs::read(path).map_err(|e| {
+        SubnetError::Setup(format!(
+            "failed to read etcd {what} {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn tls_config(cfg: &EtcdConfig) -> Result<rustls::ClientConfig, SubnetError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SubnetError::Setup(format!("TLS setup: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = cfg.ca_file.as_ref().ok_or_else(|| {
+        SubnetError::Setup(
+            "https etcd endpoints need the CA that signed etcd's certificate (--etcd-cafile)"
+                .into(),
+        )
+    })?;
+    for cert in CertificateDer::pem_slice_iter(&read_file(ca, "CA (--etcd-cafile)")?) {
+        let cert =
+            cert.map_err(|e| SubnetError::Setup(format!("etcd CA {}: {e}", ca.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| SubnetError::Setup(format!("etcd CA {}: {e}", ca.display())))?;
+    }
+    let builder = builder.with_root_certificates(roots);
+    match (&cfg.cert_file, &cfg.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain =
+                CertificateDer::pem_slice_iter(&read_file(cert, "certificate (--etcd-certfile)")?)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        SubnetError::Setup(format!("etcd certificate {}: {e}", cert.display()))
+                    })?;
+            let key = PrivateKeyDer::from_pem_slice(&read_file(key, "key (--etcd-keyfile)")?)
+                .map_err(|e| SubnetError::Setup(format!("etcd key {}: {e}", key.display())))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| SubnetError::Setup(format!("etcd client certificate: {e}")))
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => Err(SubnetError::Setup(
+            "a client certificate needs both --etcd-certfile and --etcd-keyfile".into(),
+        )),
+    }
+}
+
+impl V2Client {
+    pub fn new(cfg: &EtcdConfig) -> Result<V2Client, SubnetError> {
+        // The same checks of endpoints and certificate files as for v3.
+        cfg.connect_options()?;
+        let https = cfg.endpoints.iter().any(|e| e.starts_with("https://"));
+        // reqwest wants a TLS setup even for http endpoints: one with ring (the provider
+        // etcd-client uses too) and no trusted roots, which can never verify anything.
+        let tls = if https {
+            tls_config(cfg)?
+        } else {
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| SubnetError::Setup(format!("TLS setup: {e}")))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+        };
+        let builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .tls_backend_preconfigured(tls);
+        let http = builder
+            .build()
+            .map_err(|e| SubnetError::Setup(format!("HTTP client: {e}")))?;
+        let auth = cfg
+            .username
+            .clone()
+            .filter(|u| !u.is_empty())
+            .map(|u| (u, cfg.password.clone().unwrap_or_default()));
+        Ok(V2Client {
+            http,
+            endpoints: cfg
+                .endpoints
+                .iter()
+                .map(|e| e.trim_end_matches('/').to_string())
+                .collect(),
+            auth,
+        })
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        key: &str,
+        query: &str,
+        body: Option<String>,
+        timeout: Option<Duration>,
+    ) -> Result<Response, V2Error> {
+        let mut last = V2Error::Transport("no etcd endpoint".into());
+        for endpoint in &self.endpoints {
+            let url = format!("{endpoint}/v2/keys{key}{query}");
+            let mut req = self.http.request(method.clone(), &url);
+            if let Some(t) = timeout {
+                req = req.timeout(t);
+            }
+            if let Some((u, p)) = &self.auth {
+                req = req.basic_auth(u, Some(p));
+            }
+            if let Some(b) = &body {
+                req = req
+                    .header("Content-Type", "application/x-www-form-urlencoded")
+                    .body(b.clone());
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    last = V2Error::Transport(format!("{url}: {e}"));
+                    continue;
+                }
+            };
+            let index = resp
+                .headers()
+                .get("X-Etcd-Index")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let status = resp.status();
+            let text = match resp.text().await {
+                Ok(t) => t,
+                Err(e) => {
+                    last = V2Error::Transport(format!("{url}: {e}"));
+                    continue;
+                }
+            };
+            let json: Value = serde_json::from_str(&text).map_err(|_| {
+                V2Error::Transport(format!(
+                    "{url}: HTTP {status}, not JSON: {}",
+                    text.chars().take(200).collect::<String>()
+                ))
+            })?;
+            if let Some(code) = json["errorCode"].as_u64() {
+                return Err(V2Error::Etcd {
+                    code,
+                    message: format!(
+                        "{} ({})",
+                        json["message"].as_str().unwrap_or(""),
+                        json["cause"].as_str().unwrap_or("")
+                    ),
+                    index: json["index"].as_u64().unwrap_or(index),
+                });
+            }
+            if !status.is_success() {
+                return Err(V2Error::Transport(format!("{url}: HTTP {status}")));
+            }
+            return Ok(Response {
+                action: json["action"].as_str().unwrap_or_default().to_string(),
+                node: Node::from_json(&json["node"]),
+                index,
+            });
+        }
+        Err(last)
+    }
+
+    /// A quorum read of a key or (recursive) directory.
+    pub async fn get(&self, key: &str, recursive: bool) -> Result<Response, V2Error> {
+        let query = if recursive {
+            "?quorum=true&recursive=true&sorted=true"
+        } else {
+            "?quorum=true"
+        };
+        self.send(
+            reqwest::Method::GET,
+            key,
+            query,
+            None,
+            Some(Duration::from_secs(10)),
+        )
+        .await
+    }
+
+    /// Waits for the next change at or after `wait_index` under `key` (a long poll). `Ok(None)`
+    /// when nothing happened within `timeout`: ask again with the same index.
+    pub async fn watch(
+        &self,
+        key: &str,
+        wait_index: u64,
+        timeout: Duration,
+    ) -> Result<Option<Response>, V2Error> {
+        let query = format!("?wait=true&recursive=true&waitIndex={wait_index}");
+        match self
+            .send(reqwest::Method::GET, key, &query, None, Some(timeout))
+            .await
+        {
+            Ok(r) => Ok(Some(r)),
+            Err(V2Error::Transport(t))
+                if t.contains("timed out") || t.contains("operation timed out") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `value` at `key`; `ttl` `None` writes a key without TTL.
+    pub async fn put(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Option<u64>,
+        cond: Cond,
+    ) -> Result<Response, V2Error> {
+        let mut body = format!("value={}", encode(value));
+        match ttl {
+            Some(t) => body += &format!("&ttl={t}"),
+            None => body += "&ttl=",
+        }
+        match cond {
+            Cond::Always => {}
+            Cond::Absent => body += "&prevExist=false",
+            Cond::Index(i) => body += &format!("&prevIndex={i}"),
+        }
+        self.send(
+            reqwest::Method::PUT,
+            key,
+            "",
+            Some(body),
+            Some(Duration::from_secs(10)),
+        )
+        .await
+    }
+
+    /// Refreshes a key's TTL without changing its value or notifying watchers.
+    pub async fn refresh(&self, key: &str, ttl: u64) -> Result<Response, V2Error> {
+        let body = format!("ttl={ttl}&refresh=true&prevExist=true");
+        self.send(
+            reqwest::Method::PUT,
+            key,
+            "",
+            Some(body),
+            Some(Duration::from_secs(10)),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, key: &str, prev_index: Option<u64>) -> Result<Response, V2Error> {
+        let query = prev_index.map_or(String::new(), |i| format!("?prevIndex={i}"));
+        self.send(
+            reqwest::Method::DELETE,
+            key,
+            &query,
+            None,
+            Some(Duration::from_secs(10)),
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_values_are_percent_encoded() {
+        assert_eq!(
+            encode(r#"{"PublicIP":"1.2.3.4"}"#),
+            "%7B%22PublicIP%22%3A%221.2.3.4%22%7D"
+        );
+        assert_eq!(encode("a b&c=d"), "a%20b%26c%3Dd");
+    }
+
+    #[test]
+    fn nodes_parse_with_and_without_ttl() {
+        let v: Value = serde_json::from_str(
+            r#"{"key":"/n/subnets","dir":true,"nodes":[{"key":"/n/subnets/10.0.1.0-24","value":"{}","ttl":86385,"modifiedIndex":7},{"key":"/n/subnets/10.0.2.0-24","value":"{}","modifiedIndex":5}],"modifiedIndex":5}"#,
+        )
+        .unwrap();
+        let n = Node::from_json(&v);
+        assert!(n.dir);
+        assert_eq!(n.nodes.len(), 2);
+        assert_eq!(n.nodes[0].ttl, Some(86385));
+        assert_eq!(n.nodes[1].ttl, None);
+        assert_eq!(n.nodes[1].modified_index, 5);
+    }
+}

@@ -1,0 +1,298 @@
+//! The etcd v2 keys API registry, auto-detection and migration, against a real etcd started
+//! with `--enable-v2=true`.
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed assertion
+
+use std::time::{Duration, Instant};
+
+use etcd_client::Client;
+use flannel_lab::etcd::TestEtcd;
+use flannel_net::{Expiration, LeaseAttrs, MacAddr, VxlanBackendData};
+use flannel_subnet::etcd::{EtcdConfig, EtcdSubnetManager};
+use flannel_subnet::etcd2::migrate::migrate_v2_to_v3;
+use flannel_subnet::etcd2::{Cond, EtcdV2SubnetManager};
+use flannel_subnet::{detect_api, EtcdApi, LeaseBatch, LeaseEvent, SubnetManager};
+use tokio::sync::{mpsc, watch};
+
+const PREFIX: &str = "/kubernetes-cluster/network";
+const NET16: &str = r#"{"Network":"10.200.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
+/// A lease as upstream v0.16.1 wrote it (../shared/reference/v0.16.1-etcdv2/etcd-v2.txt).
+const V016: &str = r#"{"PublicIP":"192.168.77.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"86:a7:d5:ad:6c:4c"}}"#;
+
+fn etcd() -> TestEtcd {
+    TestEtcd::start_with_args(&["--enable-v2=true"])
+}
+
+fn cfg(etcd: &TestEtcd) -> EtcdConfig {
+    EtcdConfig {
+        endpoints: vec![etcd.endpoint()],
+        prefix: PREFIX.into(),
+        ..EtcdConfig::default()
+    }
+}
+
+fn v2(etcd: &TestEtcd) -> EtcdV2SubnetManager {
+    EtcdV2SubnetManager::new(cfg(etcd), None).unwrap()
+}
+
+fn attrs(last: u8) -> LeaseAttrs {
+    LeaseAttrs::vxlan(
+        [192, 168, 77, last].into(),
+        &VxlanBackendData {
+            vni: Some(1),
+            vtep_mac: MacAddr([0x0a, 0x58, 0, 0, 0, last]),
+        },
+    )
+}
+
+fn key(subnet: &str) -> String {
+    format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"))
+}
+
+async fn next(rx: &mut mpsc::Receiver<LeaseBatch>) -> LeaseBatch {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn names(b: &LeaseBatch) -> Vec<String> {
+    b.events
+        .iter()
+        .map(|e| match e {
+            LeaseEvent::Added(l) => format!("+{}", l.subnet),
+            LeaseEvent::Removed(l) => format!("-{}", l.subnet),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn acquire_reuse_reservations_watch_and_expiry_on_v2() {
+    let etcd = etcd();
+    let m = v2(&etcd);
+    let c = m.client();
+    assert!(m.get_network_config().await.is_err());
+    c.put(&format!("{PREFIX}/config"), NET16, None, Cond::Always)
+        .await
+        .unwrap();
+    c.put(&key("10.200.31.0/24"), V016, Some(86400), Cond::Always)
+        .await
+        .unwrap();
+    c.put(
+        &key("10.200.5.0/24"),
+        r#"{"PublicIP":"192.168.77.5"}"#,
+        None,
+        Cond::Always,
+    )
+    .await
+    .unwrap();
+    let config = m.get_network_config().await.unwrap();
+    assert_eq!(config.backend_type, "vxlan");
+
+    let mine = m.acquire_lease(&config, &attrs(1)).await.unwrap();
+    let node = c
+        .get(&key(&mine.subnet.to_string()), false)
+        .await
+        .unwrap()
+        .node;
+    assert_eq!(node.value.as_deref(), Some(attrs(1).to_json().as_str()));
+    assert!(node.ttl.unwrap() > 86_000, "{node:?}");
+    // a restart keeps the subnet
+    assert_eq!(
+        m.acquire_lease(&config, &attrs(1)).await.unwrap().subnet,
+        mine.subnet
+    );
+    // the reservation is reused and stays without TTL
+    let reserved = m.acquire_lease(&config, &attrs(5)).await.unwrap();
+    assert_eq!(reserved.subnet.to_string(), "10.200.5.0/24");
+    assert_eq!(reserved.expiration, Expiration::Never);
+    assert_eq!(
+        c.get(&key("10.200.5.0/24"), false).await.unwrap().node.ttl,
+        None
+    );
+
+    // v0.16's lease value reads fine
+    let listed = m.list_leases().await.unwrap();
+    let old = listed
+        .iter()
+        .find(|e| e.key == "10.200.31.0-24")
+        .unwrap()
+        .lease
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        old.attrs
+            .vxlan_data()
+            .unwrap()
+            .unwrap()
+            .vtep_mac
+            .to_string(),
+        "86:a7:d5:ad:6c:4c"
+    );
+    assert!(matches!(old.expiration, Expiration::At(_)));
+
+    let (tx, mut rx) = mpsc::channel(16);
+    let watcher = EtcdV2SubnetManager::new(cfg(&etcd), None).unwrap();
+    tokio::spawn(async move { watcher.watch_leases(tx).await });
+    let first = next(&mut rx).await;
+    assert!(first.snapshot);
+    assert_eq!(first.events.len(), 3);
+    // a lease with a 2 s TTL: added, then its expiry is a removal
+    c.put(
+        &key("10.200.40.0/24"),
+        &attrs(40).to_json(),
+        Some(2),
+        Cond::Absent,
+    )
+    .await
+    .unwrap();
+    assert_eq!(names(&next(&mut rx).await), vec!["+10.200.40.0/24"]);
+    assert_eq!(names(&next(&mut rx).await), vec!["-10.200.40.0/24"]);
+    // a delete is a removal, with the last value seen
+    c.delete(&key("10.200.31.0/24"), None).await.unwrap();
+    let b = next(&mut rx).await;
+    assert_eq!(names(&b), vec!["-10.200.31.0/24"]);
+    assert_eq!(
+        b.events[0].lease().attrs.public_ip,
+        std::net::Ipv4Addr::new(192, 168, 77, 3)
+    );
+}
+
+#[tokio::test]
+async fn keeper_refreshes_the_ttl_and_recreates_a_deleted_key_on_v2() {
+    let etcd = etcd();
+    let mut short = cfg(&etcd);
+    short.subnet_ttl = Duration::from_secs(4);
+    short.renew_margin = Duration::from_secs(3);
+    let m = EtcdV2SubnetManager::new(short, None).unwrap();
+    m.client()
+        .put(&format!("{PREFIX}/config"), NET16, None, Cond::Always)
+        .await
+        .unwrap();
+    let config = m.get_network_config().await.unwrap();
+    let lease = m.acquire_lease(&config, &attrs(1)).await.unwrap();
+    let k = key(&lease.subnet.to_string());
+    let (status_tx, _status) = watch::channel(lease.clone());
+    let checker = EtcdV2SubnetManager::new(cfg(&etcd), None).unwrap();
+    tokio::spawn(async move { m.keep_lease(lease, status_tx).await });
+    // alive after twice its TTL
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        checker.client().get(&k, false).await.is_ok(),
+        "lease expired despite renewals"
+    );
+    // deleted by an operator: back at once
+    checker.client().delete(&k, None).await.unwrap();
+    let start = Instant::now();
+    while checker.client().get(&k, false).await.is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "not re-created");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn auto_detection_in_all_three_states() {
+    let etcd = etcd();
+    assert_eq!(detect_api(&cfg(&etcd)).await.unwrap(), None);
+    v2(&etcd)
+        .client()
+        .put(&format!("{PREFIX}/config"), NET16, None, Cond::Always)
+        .await
+        .unwrap();
+    assert_eq!(detect_api(&cfg(&etcd)).await.unwrap(), Some(EtcdApi::V2));
+    etcd.ctl(&["put", &format!("{PREFIX}/config"), NET16]);
+    assert_eq!(
+        detect_api(&cfg(&etcd)).await.unwrap(),
+        Some(EtcdApi::V3),
+        "v3 wins"
+    );
+    // an etcd without the v2 API: v2 counts as empty
+    let plain = TestEtcd::start();
+    assert_eq!(detect_api(&cfg(&plain)).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn migrate_copies_leases_and_reservations_then_v3_reuses_the_subnet() {
+    let etcd = etcd();
+    let c = v2(&etcd);
+    let c = c.client();
+    c.put(&format!("{PREFIX}/config"), NET16, None, Cond::Always)
+        .await
+        .unwrap();
+    for (subnet, last) in [
+        ("10.200.31.0/24", 3),
+        ("10.200.34.0/24", 1),
+        ("10.200.73.0/24", 2),
+    ] {
+        c.put(
+            &key(subnet),
+            &attrs(last).to_json(),
+            Some(86400),
+            Cond::Always,
+        )
+        .await
+        .unwrap();
+    }
+    c.put(
+        &key("10.200.5.0/24"),
+        &attrs(5).to_json(),
+        None,
+        Cond::Always,
+    )
+    .await
+    .unwrap();
+
+    let dry = migrate_v2_to_v3(&cfg(&etcd), true).await.unwrap();
+    assert_eq!(dry.copied, 5, "{:?}", dry.lines);
+    assert_eq!(
+        etcd.ctl(&["get", "--prefix", PREFIX]),
+        "",
+        "a dry run writes nothing"
+    );
+
+    let done = migrate_v2_to_v3(&cfg(&etcd), false).await.unwrap();
+    assert_eq!((done.copied, done.conflicts), (5, 0), "{:?}", done.lines);
+    let mut v3 = Client::connect([etcd.endpoint()], None).await.unwrap();
+    let kv = v3.get(key("10.200.34.0/24"), None).await.unwrap();
+    let kv = kv.kvs().first().unwrap();
+    assert_eq!(kv.value_str().unwrap(), attrs(1).to_json());
+    let ttl = v3.lease_time_to_live(kv.lease(), None).await.unwrap().ttl();
+    assert!(ttl > 86_000 && ttl <= 86_400, "{ttl}");
+    let reservation = v3.get(key("10.200.5.0/24"), None).await.unwrap();
+    assert_eq!(
+        reservation.kvs().first().unwrap().lease(),
+        0,
+        "a reservation stays one"
+    );
+
+    let again = migrate_v2_to_v3(&cfg(&etcd), false).await.unwrap();
+    assert_eq!(
+        (again.copied, again.unchanged),
+        (0, 5),
+        "idempotent: {:?}",
+        again.lines
+    );
+
+    // a node restarted on v3 keeps its subnet
+    let m3 = EtcdSubnetManager::new(cfg(&etcd), None).await.unwrap();
+    let config = m3.get_network_config().await.unwrap();
+    assert_eq!(
+        m3.acquire_lease(&config, &attrs(1))
+            .await
+            .unwrap()
+            .subnet
+            .to_string(),
+        "10.200.34.0/24"
+    );
+
+    // v3 holding another config: refused
+    etcd.ctl(&[
+        "put",
+        &format!("{PREFIX}/config"),
+        r#"{"Network":"10.99.0.0/16"}"#,
+    ]);
+    let err = migrate_v2_to_v3(&cfg(&etcd), false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("holds a different network config"), "{err}");
+}

@@ -234,10 +234,27 @@ impl Lab {
         self.start_binary(index, &flanneld, &[]);
     }
 
+    /// Starts flanneld on host `index` with flags added after the lab's (a later flag wins).
+    pub fn start_with_flags(&mut self, index: usize, extra: &[&str]) {
+        let flanneld = self.spec.flanneld.clone();
+        self.start_full(index, &flanneld, &[], extra);
+    }
+
     /// Starts `flanneld` (any flanneld binary: this project's or upstream's) on host `index`
     /// with the lab's flags and extra environment.
     pub fn start_binary(&mut self, index: usize, flanneld: &Path, env: &[(String, String)]) {
-        let flags = self.flags(index);
+        self.start_full(index, flanneld, env, &[]);
+    }
+
+    fn start_full(
+        &mut self,
+        index: usize,
+        flanneld: &Path,
+        env: &[(String, String)],
+        extra: &[&str],
+    ) {
+        let mut flags = self.flags(index);
+        flags.extend(extra.iter().map(|s| s.to_string()));
         let h = &mut self.hosts[index - 1];
         let log = fs::OpenOptions::new()
             .create(true)

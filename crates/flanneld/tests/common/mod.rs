@@ -1,0 +1,136 @@
+//! What the lab tests share: a lab per test, etcd listings, the kernel state upstream
+//! would program.
+#![allow(dead_code)] // each test file uses its part
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed assertion
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flannel_lab::lab::{wait_until, Lab, LabSpec, DEFAULT_PREFIX};
+
+pub const LONG: Duration = Duration::from_secs(30);
+
+pub fn lab(tag: char, hosts: usize, config: Option<&str>) -> (Lab, tempfile::TempDir) {
+    lab_with_etcd(tag, hosts, config, &[])
+}
+
+pub fn lab_with_etcd(
+    tag: char,
+    hosts: usize,
+    config: Option<&str>,
+    etcd_args: &[&str],
+) -> (Lab, tempfile::TempDir) {
+    assert!(nix_is_root(), "the lab tests need root (CI runs as root)");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = LabSpec {
+        name: format!("e{:05}{tag}", std::process::id() % 100_000),
+        flanneld: PathBuf::from(env!("CARGO_BIN_EXE_flanneld-rs")),
+        // built with the workspace, next to flanneld-rs
+        cni_plugin: PathBuf::from(env!("CARGO_BIN_EXE_flanneld-rs")).with_file_name("flannel"),
+        prefix: DEFAULT_PREFIX.into(),
+        extra_flags: vec![],
+        dir: dir.path().to_path_buf(),
+        etcd_args: etcd_args.iter().map(|s| s.to_string()).collect(),
+    };
+    (Lab::create(spec, hosts, config), dir)
+}
+
+pub fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+/// subnet key -> value, as etcdctl shows them.
+pub fn leases(lab: &Lab) -> BTreeMap<String, String> {
+    let out = lab
+        .etcd()
+        .ctl(&["get", "--prefix", &format!("{DEFAULT_PREFIX}/subnets/")]);
+    let lines: Vec<&str> = out.lines().collect();
+    lines
+        .chunks(2)
+        .filter(|c| c.len() == 2)
+        .map(|c| {
+            (
+                c[0].rsplit('/').next().unwrap().to_string(),
+                c[1].to_string(),
+            )
+        })
+        .collect()
+}
+
+/// (subnet "10.200.36.0/24", public ip, vtep mac) of every lease.
+pub fn peers(lab: &Lab) -> Vec<(String, String, String)> {
+    leases(lab)
+        .values()
+        .map(|v| {
+            let j: serde_json::Value = serde_json::from_str(v).unwrap();
+            (
+                String::new(),
+                j["PublicIP"].as_str().unwrap().to_string(),
+                j["BackendData"]["VtepMAC"].as_str().unwrap().to_string(),
+            )
+        })
+        .zip(leases(lab).keys())
+        .map(|((_, ip, mac), key)| (key.replace('-', "/"), ip, mac))
+        .collect()
+}
+
+pub fn sorted_lines(s: &str) -> Vec<String> {
+    let mut v: Vec<String> = s
+        .lines()
+        .map(|l| l.trim_end().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    v.sort();
+    v
+}
+
+/// What upstream programs on host `index` for every other host (reference form).
+pub fn expected_kernel(lab: &Lab, index: usize) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let me = lab.hosts[index - 1].ip.to_string();
+    let (mut neigh, mut fdb, mut routes) = (vec![], vec![], vec![]);
+    for (subnet, ip, mac) in peers(lab).into_iter().filter(|(_, ip, _)| *ip != me) {
+        let gw = subnet.split('/').next().unwrap().to_string();
+        neigh.push(format!("{gw} lladdr {mac} PERMANENT"));
+        fdb.push(format!("{mac} dst {ip} self permanent"));
+        routes.push(format!("{subnet} via {gw} dev flannel.1 onlink"));
+    }
+    neigh.sort();
+    fdb.sort();
+    routes.sort();
+    (neigh, fdb, routes)
+}
+
+pub fn actual_kernel(lab: &Lab, index: usize) -> (Vec<String>, Vec<String>, Vec<String>) {
+    (
+        sorted_lines(&lab.on_host(index, &["ip", "neigh", "show", "dev", "flannel.1"])),
+        sorted_lines(&lab.on_host(index, &["bridge", "fdb", "show", "dev", "flannel.1"])),
+        sorted_lines(&lab.on_host(index, &["ip", "route"]))
+            .into_iter()
+            .filter(|l| l.contains("flannel.1"))
+            .collect(),
+    )
+}
+
+pub fn converged(lab: &Lab) -> bool {
+    (1..=lab.hosts.len()).all(|i| actual_kernel(lab, i) == expected_kernel(lab, i))
+}
+
+pub fn wait_converged(lab: &Lab) {
+    if !wait_until(LONG, || converged(lab)) {
+        let detail: Vec<String> = (1..=lab.hosts.len())
+            .map(|i| {
+                format!(
+                    "h{i}: want {:?}\n    have {:?}\n{}",
+                    expected_kernel(lab, i),
+                    actual_kernel(lab, i),
+                    lab.log(i)
+                )
+            })
+            .collect();
+        panic!("the mesh did not converge:\n{}", detail.join("\n"));
+    }
+}

@@ -1,0 +1,419 @@
+//! Faults and bad input in the lab: what breaks around flanneld-rs, and that it recovers
+//! without losing anything. The matrix with results is docs/reliability.md.
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed assertion
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use flannel_lab::lab::{nsexec, try_nsexec, wait_until, DEFAULT_CONFIG, DEFAULT_PREFIX, ETCD_IP};
+
+fn kill(lab: &flannel_lab::lab::Lab, index: usize, signal: &str) {
+    let pid = lab.pid(index).unwrap().to_string();
+    flannel_lab::netns::run_cmd("kill", &[&format!("-{signal}"), &pid]);
+}
+
+fn lease_key(subnet: &str) -> String {
+    format!("{DEFAULT_PREFIX}/subnets/{}", subnet.replace('/', "-"))
+}
+
+#[test]
+fn lease_expires_while_paused_and_the_node_comes_back_with_its_subnet() {
+    let (mut lab, _dir) = lab('g', 2, Some(DEFAULT_CONFIG));
+    lab.spec.extra_flags.push("-subnet-ttl-for-tests=3".into());
+    lab.start_all();
+    lab.wait_ready(LONG);
+    wait_converged(&lab);
+    let h2 = lab.subnet(2).unwrap();
+    kill(&lab, 2, "STOP");
+    // expired: gone from etcd and from h1
+    assert!(
+        wait_until(LONG, || !leases(&lab).contains_key(&h2.replace('/', "-"))),
+        "lease did not expire"
+    );
+    assert!(wait_until(LONG, || !lab
+        .on_host(1, &["ip", "route"])
+        .contains(&format!("{h2} via"))));
+    kill(&lab, 2, "CONT");
+    // back with the same subnet, and h1 programs it again
+    assert!(
+        wait_until(LONG, || leases(&lab).contains_key(&h2.replace('/', "-"))),
+        "lease not re-created: {}",
+        lab.log(2)
+    );
+    assert_eq!(lab.subnet(2).unwrap(), h2);
+    wait_converged(&lab);
+    assert!(lab.running(1) && lab.running(2));
+}
+
+#[test]
+fn two_nodes_starting_together_for_the_last_free_subnet() {
+    // /28 in /30s: three subnets; two are taken by nodes that are not in the lab
+    let config = r#"{"Network":"10.9.0.0/28","Backend":{"Type":"vxlan"}}"#;
+    let (mut lab, _dir) = lab('h', 2, Some(config));
+    for (subnet, ip) in [("10.9.0.4/30", 100), ("10.9.0.8/30", 101)] {
+        let value = format!(
+            r#"{{"PublicIP":"192.168.77.{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:00:00:00:00:{ip:02x}"}}}}"#
+        );
+        lab.etcd().ctl(&["put", &lease_key(subnet), &value]);
+    }
+    lab.start(1);
+    lab.start(2);
+    assert!(wait_until(LONG, || lab.ready(1) || lab.ready(2)));
+    let (winner, loser) = if lab.ready(1) { (1, 2) } else { (2, 1) };
+    assert_eq!(lab.subnet(winner).unwrap(), "10.9.0.12/30");
+    assert!(wait_until(LONG, || lab
+        .log(loser)
+        .contains("failed to acquire a subnet lease: out of subnets")));
+    assert!(
+        lab.running(loser),
+        "the loser keeps trying instead of exiting"
+    );
+    assert!(!lab.ready(loser) && lab.subnet(loser).is_none());
+    assert_eq!(leases(&lab).len(), 3, "never both on the same subnet");
+    // a subnet frees up: the loser gets it
+    lab.etcd().ctl(&["del", &lease_key("10.9.0.4/30")]);
+    assert!(wait_until(LONG, || lab.ready(loser)), "{}", lab.log(loser));
+    assert_eq!(lab.subnet(loser).unwrap(), "10.9.0.4/30");
+}
+
+#[test]
+fn kill_9_at_random_points_of_start_up_then_a_clean_start() {
+    let (mut lab, _dir) = lab('i', 2, Some(DEFAULT_CONFIG));
+    lab.start(2);
+    lab.wait_ready(LONG);
+    for round in 0..20u64 {
+        let jitter = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64
+            % 40;
+        lab.start(1);
+        std::thread::sleep(Duration::from_millis(round % 3 * 10 + jitter));
+        lab.stop(1, "KILL");
+    }
+    lab.start(1);
+    lab.wait_ready(LONG);
+    // exactly one lease for h1, the one its subnet.env names
+    let mine: Vec<String> = leases(&lab)
+        .into_iter()
+        .filter(|(_, v)| v.contains("\"192.168.77.1\""))
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(mine, vec![lab.subnet(1).unwrap().replace('/', "-")]);
+    // and a clean kernel: the peer's entries only, one address, one jump per chain
+    wait_converged(&lab);
+    let addrs = lab.on_host(1, &["ip", "-4", "addr", "show", "dev", "flannel.1"]);
+    assert_eq!(addrs.matches("inet ").count(), 1, "{addrs}");
+    let nat = lab.on_host(1, &["iptables", "-t", "nat", "-S"]);
+    assert_eq!(nat.matches("-j FLANNEL-POSTRTG").count(), 1, "{nat}");
+    assert_eq!(nat.matches("-A FLANNEL-POSTRTG ").count(), 6, "{nat}");
+}
+
+#[test]
+fn etcd_restarted_with_its_data_wiped() {
+    let (mut lab, _dir) = lab('j', 2, Some(DEFAULT_CONFIG));
+    lab.start_all();
+    lab.wait_ready(LONG);
+    wait_converged(&lab);
+    let before = leases(&lab);
+    lab.etcd_mut().stop();
+    std::fs::remove_dir_all(lab.etcd().data_dir()).unwrap();
+    lab.etcd_mut().restart();
+    // the operator puts the config back; the nodes put their leases back, same subnets
+    lab.etcd()
+        .ctl(&["put", &format!("{DEFAULT_PREFIX}/config"), DEFAULT_CONFIG]);
+    assert!(
+        wait_until(LONG, || leases(&lab) == before),
+        "{:?} vs {before:?}\n{}",
+        leases(&lab),
+        lab.log(1)
+    );
+    wait_converged(&lab);
+    assert!(lab.running(1) && lab.running(2));
+}
+
+#[test]
+fn kernel_drift_and_flushed_chains_are_restored_others_rules_untouched() {
+    let (mut lab, _dir) = lab('k', 2, Some(DEFAULT_CONFIG));
+    lab.start_all();
+    lab.wait_ready(LONG);
+    wait_converged(&lab);
+    let nat_before = lab.on_host(1, &["iptables", "-t", "nat", "-S"]);
+    // another program (kube-proxy) adds its rules and flushes ours
+    lab.on_host(1, &["iptables", "-t", "nat", "-N", "KUBE-POSTROUTING"]);
+    lab.on_host(
+        1,
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-j",
+            "KUBE-POSTROUTING",
+        ],
+    );
+    lab.on_host(1, &["iptables", "-t", "nat", "-F", "FLANNEL-POSTRTG"]);
+    assert!(
+        wait_until(LONG, || lab
+            .on_host(1, &["iptables", "-t", "nat", "-S", "FLANNEL-POSTRTG"])
+            .lines()
+            .count()
+            == 7),
+        "FLANNEL-POSTRTG not restored"
+    );
+    let nat = lab.on_host(1, &["iptables", "-t", "nat", "-S"]);
+    assert!(nat.contains("-A POSTROUTING -j KUBE-POSTROUTING"), "{nat}");
+    for line in nat_before.lines() {
+        assert!(nat.contains(line), "{line} missing after the resync");
+    }
+    // a stray route on flannel.1 and the device itself deleted
+    lab.on_host(
+        1,
+        &[
+            "ip",
+            "route",
+            "add",
+            "10.200.250.0/24",
+            "via",
+            "10.200.250.0",
+            "dev",
+            "flannel.1",
+            "onlink",
+        ],
+    );
+    assert!(
+        wait_until(LONG, || !lab
+            .on_host(1, &["ip", "route"])
+            .contains("10.200.250.0/24")),
+        "stray route stays"
+    );
+    lab.on_host(1, &["ip", "link", "del", "flannel.1"]);
+    wait_converged(&lab);
+    assert!(lab.log(1).contains("re-creating it with VTEP MAC"));
+}
+
+#[test]
+fn underlay_flap_restores_the_data_path() {
+    let (mut lab, _dir) = lab('l', 2, Some(DEFAULT_CONFIG));
+    lab.start_all();
+    lab.wait_ready(LONG);
+    wait_converged(&lab);
+    lab.add_pod(1);
+    lab.add_pod(2);
+    assert_eq!(lab.ping_matrix(), vec![]);
+    lab.on_host(1, &["ip", "link", "set", "eth0", "down"]);
+    std::thread::sleep(Duration::from_secs(1));
+    lab.on_host(1, &["ip", "link", "set", "eth0", "up"]);
+    assert!(
+        wait_until(LONG, || lab.ping_matrix().is_empty()),
+        "{:?}",
+        lab.ping_matrix()
+    );
+    assert!(lab.running(1));
+}
+
+#[test]
+fn garbage_subnet_env_is_ignored_unwritable_fails_clearly_healthz_binds_where_told() {
+    let (mut lab, _dir) = lab('m', 2, Some(DEFAULT_CONFIG));
+    std::fs::write(
+        &lab.hosts[0].subnet_file,
+        "FLANNEL_SUBNET=rubbish\n\0\0binary\n",
+    )
+    .unwrap();
+    lab.start(1);
+    lab.wait_ready(LONG);
+    assert!(
+        lab.log(1).contains("FLANNEL_SUBNET is not an IPv4 CIDR"),
+        "{}",
+        lab.log(1)
+    );
+    // healthz answers on the address it was given, not on loopback
+    let (ok, _) = try_nsexec(
+        &lab.hosts[0].ns,
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "2",
+            "http://127.0.0.1:9090/healthz",
+        ],
+    );
+    assert!(!ok, "healthz must not listen on 127.0.0.1");
+    // a subnet file that cannot be written: start-up fails, saying why
+    lab.start_with_flags(2, &["-subnet-file=/proc/flanneld-rs-test/subnet.env"]);
+    assert!(wait_until(LONG, || !lab.running(2)));
+    assert_eq!(lab.stop(2, "KILL").or(Some(1)), Some(1));
+    assert!(
+        lab.log(2).contains("writing the subnet file"),
+        "{}",
+        lab.log(2)
+    );
+}
+
+#[test]
+fn lease_show_needs_only_a_read_only_etcd_user() {
+    let (lab, _dir) = lab('n', 1, Some(DEFAULT_CONFIG));
+    let value = r#"{"PublicIP":"192.168.77.9","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:09"}}"#;
+    lab.etcd().ctl(&["put", &lease_key("10.200.9.0/24"), value]);
+    let etcd_ns = format!("{}-etcd", lab.spec.name);
+    let ctl = |args: &[&str]| {
+        let mut a = vec!["etcdctl", "--endpoints=http://127.0.0.1:2379"];
+        a.extend_from_slice(args);
+        nsexec(&etcd_ns, &a)
+    };
+    ctl(&["user", "add", "root:rootpw"]);
+    ctl(&["role", "add", "flannel-ro"]);
+    ctl(&[
+        "role",
+        "grant-permission",
+        "flannel-ro",
+        "read",
+        &format!("{DEFAULT_PREFIX}/"),
+        "--prefix=true",
+    ]);
+    ctl(&["user", "add", "reader:readerpw"]);
+    ctl(&["user", "grant-role", "reader", "flannel-ro"]);
+    ctl(&["auth", "enable"]);
+    let bin = env!("CARGO_BIN_EXE_flanneld-rs");
+    let shown = lab.on_host(
+        1,
+        &[
+            bin,
+            "lease",
+            "show",
+            "--json",
+            "-etcd-api=v3",
+            &format!("-etcd-endpoints=http://{ETCD_IP}:2379"),
+            &format!("-etcd-prefix={DEFAULT_PREFIX}"),
+            "-etcd-username=reader",
+            "-etcd-password=readerpw",
+        ],
+    );
+    let json: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(json["leases"][0]["subnet"], "10.200.9.0/24");
+    assert!(json["leases"][0]["reservation"].as_bool().unwrap());
+    // the same user cannot write: the read-only role is real
+    let (ok, _) = try_nsexec(
+        &etcd_ns,
+        &[
+            "etcdctl",
+            "--endpoints=http://127.0.0.1:2379",
+            "--user=reader:readerpw",
+            "put",
+            &lease_key("10.200.10.0/24"),
+            "x",
+        ],
+    );
+    assert!(!ok);
+}
+
+#[test]
+fn bad_leases_of_other_nodes_are_skipped_with_a_warning_and_nothing_else_is_lost() {
+    let (mut lab, _dir) = lab('o', 2, Some(DEFAULT_CONFIG));
+    lab.start_all();
+    lab.wait_ready(LONG);
+    wait_converged(&lab);
+    let h1 = lab.subnet(1).unwrap();
+    let good = |ip: &str| {
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:00:00:00:00:99"}}}}"#
+        )
+    };
+    let bad = [
+        ("10.200.201.0-24", "{not json".to_string(), "not JSON"),
+        (
+            "10.200.202.0-24",
+            r#"{"PublicIP":7,"BackendType":"vxlan"}"#.to_string(),
+            "PublicIP",
+        ),
+        ("10.200.203.0-24", good("0.0.0.0"), "cannot be a VTEP"),
+        ("10.200.204.0-24", good("10.200.7.7"), "inside the overlay"),
+        (
+            "10.99.205.0-24",
+            good("192.168.77.99"),
+            "outside the network",
+        ),
+        (
+            &*h1.replace('/', "-"),
+            good("192.168.77.99"),
+            "claims this node's subnet",
+        ),
+    ];
+    let etcd_ns = format!("{}-etcd", lab.spec.name);
+    // a bad value on h1's own key would be "taken over": that is the keeper's business
+    // (it stops h1 with LeaseTaken); check the others on h2 instead
+    for (key, value, _) in &bad[..5] {
+        lab.etcd()
+            .ctl(&["put", &format!("{DEFAULT_PREFIX}/subnets/{key}"), value]);
+    }
+    // a 1 MiB value, through stdin (one argument cannot be that long)
+    let huge = format!(
+        r#"{{"PublicIP":"192.168.77.98","Pad":"{}"}}"#,
+        "x".repeat(1 << 20)
+    );
+    let mut put = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &etcd_ns,
+            "etcdctl",
+            "--endpoints=http://127.0.0.1:2379",
+            "put",
+            &format!("{DEFAULT_PREFIX}/subnets/10.200.206.0-24"),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    put.stdin
+        .take()
+        .unwrap()
+        .write_all(huge.as_bytes())
+        .unwrap();
+    assert!(put.wait().unwrap().success());
+    for (key, _, why) in &bad[..5] {
+        let subnet = key.replace('-', "/");
+        assert!(
+            wait_until(LONG, || lab.log(2).lines().any(
+                |l| l.contains(why) && (l.contains(key) || l.contains(&subnet))
+            )),
+            "no warning naming {key} ({why}):\n{}",
+            lab.log(2)
+        );
+    }
+    assert!(
+        wait_until(LONG, || lab.log(2).contains("more than the 65536 allowed")),
+        "{}",
+        lab.log(2)
+    );
+    // nothing of them is programmed, the good peer still is, nobody exited
+    let routes = lab.on_host(2, &["ip", "route"]);
+    for n in [
+        "10.200.201.",
+        "10.200.202.",
+        "10.200.203.",
+        "10.200.204.",
+        "10.99.205.",
+        "10.200.206.",
+    ] {
+        assert!(!routes.contains(n), "{n} programmed:\n{routes}");
+    }
+    assert!(routes.contains(&format!("{h1} via")), "{routes}");
+    assert!(lab.running(1) && lab.running(2));
+
+    // h1's own subnet claimed by another PublicIP: h1 must stop using it, and says so
+    let (key, value, _) = &bad[5];
+    lab.etcd()
+        .ctl(&["put", &format!("{DEFAULT_PREFIX}/subnets/{key}"), value]);
+    assert!(
+        wait_until(LONG, || !lab.running(1)),
+        "h1 keeps a subnet it lost"
+    );
+    assert_eq!(lab.stop(1, "KILL"), Some(1));
+    assert!(lab.log(1).contains("is now held by"), "{}", lab.log(1));
+    assert!(lab.running(2));
+}

@@ -177,6 +177,13 @@ pub trait SubnetManager: Send + Sync {
     /// lease for the TTL: for `lease show`, not for hot paths).
     async fn list_leases(&self) -> Result<Vec<LeaseEntry>, SubnetError>;
 
+    /// Sends the network config each time it is written (`Err` with the reason when the new
+    /// value does not parse or the key was deleted), until `tx` is closed. Reconnects by itself.
+    async fn watch_config(
+        &self,
+        tx: mpsc::Sender<Result<NetworkConfig, String>>,
+    ) -> Result<(), SubnetError>;
+
     /// The lease this PublicIP holds, if any: one request, no TTL lookups (for the VTEP MAC
     /// a re-created device should keep).
     async fn lease_of(&self, public_ip: std::net::Ipv4Addr) -> Result<Option<Lease>, SubnetError>;

@@ -115,7 +115,7 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
     info!("Wrote subnet file to {}", opts.subnet_file.display());
     info!("Running backend.");
 
-    steady_state(sm, backend, masq, lease, &opts, shared).await
+    steady_state(sm, backend, masq, lease, &config, &opts, shared).await
 }
 
 fn read_previous(path: &Path) -> Option<SubnetEnv> {
@@ -256,6 +256,19 @@ async fn setup_rules(
     Ok(masq)
 }
 
+/// Whether a new config needs nothing re-plumbed on this node.
+fn same_plumbing(running: &NetworkConfig, new: &NetworkConfig) -> bool {
+    running.network == new.network
+        && running.subnet_len == new.subnet_len
+        && running.subnet_min == new.subnet_min
+        && running.subnet_max == new.subnet_max
+        && running.backend_kind() == new.backend_kind()
+        && running.backend == new.backend
+        && running.enable_nftables == new.enable_nftables
+        && running.enable_ipv4 == new.enable_ipv4
+        && running.enable_ipv6 == new.enable_ipv6
+}
+
 fn to_update(batch: LeaseBatch) -> PeerUpdate {
     let mut update = PeerUpdate {
         complete: batch.snapshot,
@@ -275,9 +288,36 @@ async fn steady_state(
     backend: VxlanBackend,
     masq: TrafficManager,
     lease: Lease,
+    config: &NetworkConfig,
     opts: &Options,
     shared: Arc<Shared>,
 ) -> anyhow::Result<()> {
+    let (config_tx, mut config_rx) = mpsc::channel::<Result<NetworkConfig, String>>(4);
+    let config_changes = async {
+        while let Some(update) = config_rx.recv().await {
+            let stale = match update {
+                Ok(new) if same_plumbing(config, &new) => {
+                    info!("network config rewritten in etcd; unchanged for this node");
+                    false
+                }
+                Ok(new) => {
+                    error!(
+                        "the network config in etcd changed ({config} -> {new}); flanneld-rs does not re-plumb a running node: \
+                         it keeps the running config (device, routes, rules, subnet.env) so that traffic keeps flowing. \
+                         To apply the new config, restart flanneld on every node; a node whose subnet no longer fits gets a \
+                         new one, and its pods need new addresses"
+                    );
+                    true
+                }
+                Err(e) => {
+                    warn!("the network config in etcd is not usable now ({e}); keeping the running config");
+                    true
+                }
+            };
+            shared.config_stale.store(stale, Ordering::Relaxed);
+        }
+        std::future::pending::<()>().await
+    };
     let (status_tx, mut status_rx) = watch::channel(lease.clone());
     let (batch_tx, mut batch_rx) = mpsc::channel::<LeaseBatch>(64);
     let (update_tx, update_rx) = mpsc::channel::<PeerUpdate>(64);
@@ -322,6 +362,8 @@ async fn steady_state(
     tokio::select! {
         r = sm.keep_lease(lease, status_tx) => r.map_err(|e| anyhow!(e).context("lost this node's subnet lease")),
         r = sm.watch_leases(batch_tx) => r.map_err(|e| anyhow!(e).context("lease watch failed")),
+        r = sm.watch_config(config_tx) => r.map_err(|e| anyhow!(e).context("config watch failed")),
+        () = config_changes => unreachable!("pending"),
         r = backend.run(update_rx, synced_tx, BACKEND_RESYNC) => match r {
             Ok(()) => Err(anyhow!("the backend stopped")),
             Err(e) => Err(anyhow!(e).context("the VXLAN backend failed")),

@@ -25,6 +25,8 @@ pub struct Shared {
     pub subnet_stats: OnceLock<Arc<SubnetStats>>,
     pub backend_stats: OnceLock<Arc<BackendStats>>,
     pub rule_checks: AtomicU64,
+    /// The config in etcd differs from the one this node runs with.
+    pub config_stale: AtomicBool,
     pub rule_repairs: AtomicU64,
 }
 
@@ -157,6 +159,12 @@ pub fn metrics_text(shared: &Shared) -> String {
             counter(&s.lease_recreations),
         );
     }
+    metric(
+        "flanneld_config_stale",
+        "gauge",
+        "1 when the network config in etcd differs from the one this node runs with (restart to apply).",
+        f64::from(u8::from(shared.config_stale.load(Ordering::Relaxed))),
+    );
     metric(
         "flanneld_rule_resyncs_total",
         "counter",

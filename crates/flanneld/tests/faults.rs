@@ -417,3 +417,69 @@ fn bad_leases_of_other_nodes_are_skipped_with_a_warning_and_nothing_else_is_lost
     assert!(lab.log(1).contains("is now held by"), "{}", lab.log(1));
     assert!(lab.running(2));
 }
+
+#[test]
+fn a_changed_network_config_is_refused_live_with_instructions() {
+    let (mut lab, _dir) = lab('p', 2, Some(DEFAULT_CONFIG));
+    lab.start_all();
+    lab.wait_ready(LONG);
+    wait_converged(&lab);
+    let env_before = lab.subnet_env(1);
+    let stale = |lab: &flannel_lab::lab::Lab| {
+        lab.http(1, "/metrics", "GET")
+            .is_some_and(|(_, m)| m.contains("\nflanneld_config_stale 1\n"))
+    };
+    lab.etcd().ctl(&[
+        "put",
+        &format!("{DEFAULT_PREFIX}/config"),
+        r#"{"Network":"10.99.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    ]);
+    assert!(
+        wait_until(LONG, || lab
+            .log(1)
+            .contains("does not re-plumb a running node")),
+        "{}",
+        lab.log(1)
+    );
+    assert!(lab.log(1).contains("restart flanneld on every node"));
+    assert!(wait_until(LONG, || stale(&lab)));
+    // nothing was re-plumbed: same subnet.env, same mesh, still ready
+    assert_eq!(lab.subnet_env(1), env_before);
+    wait_converged(&lab);
+    assert!(lab.ready(1) && lab.running(1) && lab.running(2));
+    // the same config written back: no longer stale
+    lab.etcd()
+        .ctl(&["put", &format!("{DEFAULT_PREFIX}/config"), DEFAULT_CONFIG]);
+    assert!(wait_until(LONG, || lab
+        .log(1)
+        .contains("unchanged for this node")));
+    assert!(wait_until(LONG, || !stale(&lab)));
+}
+
+#[test]
+fn etcd_down_for_30_seconds_at_start() {
+    let (mut lab, _dir) = lab('q', 2, Some(DEFAULT_CONFIG));
+    lab.etcd_mut().stop();
+    lab.start_all();
+    std::thread::sleep(Duration::from_secs(30));
+    assert!(
+        lab.running(1) && lab.running(2),
+        "nobody exits while etcd is down"
+    );
+    assert_eq!(
+        lab.http(1, "/healthz", "GET"),
+        Some((200, "flanneld is running".into()))
+    );
+    assert_eq!(
+        lab.http(1, "/readyz", "GET"),
+        Some((503, "flanneld is not ready yet".into()))
+    );
+    assert!(
+        lab.log(1).contains("Couldn't fetch network config"),
+        "{}",
+        lab.log(1)
+    );
+    lab.etcd_mut().restart();
+    lab.wait_ready(LONG);
+    wait_converged(&lab);
+}

@@ -784,6 +784,64 @@ impl SubnetManager for EtcdSubnetManager {
             .find(|l| l.attrs.public_ip == public_ip))
     }
 
+    async fn watch_config(
+        &self,
+        tx: mpsc::Sender<Result<NetworkConfig, String>>,
+    ) -> Result<(), SubnetError> {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let once = async {
+                let key = self.config_key.as_str();
+                let rev = self
+                    .client
+                    .clone()
+                    .get(key, None)
+                    .await
+                    .map_err(etcd_err(format!("reading {key}")))?
+                    .header()
+                    .map_or(0, |h| h.revision());
+                let mut stream = self
+                    .client
+                    .clone()
+                    .watch(key, Some(WatchOptions::new().with_start_revision(rev + 1)))
+                    .await
+                    .map_err(etcd_err(format!("watching {key}")))?;
+                while let Some(resp) = stream
+                    .message()
+                    .await
+                    .map_err(etcd_err(format!("watching {key}")))?
+                {
+                    for event in resp.events() {
+                        let msg = match (event.event_type(), event.kv()) {
+                            (EventType::Put, Some(kv)) => {
+                                NetworkConfig::from_etcd(&String::from_utf8_lossy(kv.value()))
+                                    .map_err(|e| e.to_string())
+                            }
+                            _ => Err(format!("{key} was deleted")),
+                        };
+                        tx.send(msg).await.map_err(|_| SubnetError::Closed)?;
+                    }
+                    if resp.canceled() {
+                        break;
+                    }
+                }
+                Ok::<(), SubnetError>(())
+            };
+            match once.await {
+                Err(SubnetError::Closed) => return Ok(()),
+                Ok(()) => backoff = BACKOFF_MIN,
+                Err(e) => {
+                    debug!("config watch: {e}; again in {backoff:?}");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = tx.closed() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
     async fn list_leases(&self) -> Result<Vec<LeaseEntry>, SubnetError> {
         let (raws, _) = self.list().await?;
         let mut ttls: HashMap<i64, Option<Duration>> = HashMap::new();

@@ -514,6 +514,56 @@ impl SubnetManager for EtcdV2SubnetManager {
         }
     }
 
+    async fn watch_config(
+        &self,
+        tx: mpsc::Sender<Result<NetworkConfig, String>>,
+    ) -> Result<(), SubnetError> {
+        let mut backoff = BACKOFF_MIN;
+        let mut wait_index = None;
+        loop {
+            let index = match wait_index {
+                Some(i) => i,
+                None => match self.client.get(&self.config_key, false).await {
+                    Ok(r) => r.index + 1,
+                    Err(V2Error::Etcd { index, .. }) => index + 1,
+                    Err(e) => {
+                        debug!("config watch: {}", e.into_subnet_error("etcd v2"));
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = tx.closed() => return Ok(()),
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
+                },
+            };
+            let event = tokio::select! {
+                r = self.client.watch(&self.config_key, index, WATCH_POLL) => r,
+                () = tx.closed() => return Ok(()),
+            };
+            match event {
+                Ok(None) => wait_index = Some(index),
+                Ok(Some(resp)) => {
+                    backoff = BACKOFF_MIN;
+                    wait_index = Some(resp.node.modified_index + 1);
+                    let msg = match resp.action.as_str() {
+                        "delete" | "expire" | "compareAndDelete" => {
+                            Err(format!("{} was deleted", self.config_key))
+                        }
+                        _ => {
+                            NetworkConfig::from_etcd(resp.node.value.as_deref().unwrap_or_default())
+                                .map_err(|e| e.to_string())
+                        }
+                    };
+                    if tx.send(msg).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Err(_) => wait_index = None,
+            }
+        }
+    }
+
     async fn list_leases(&self) -> Result<Vec<LeaseEntry>, SubnetError> {
         let (raws, _) = self.list().await?;
         Ok(raws

@@ -22,6 +22,9 @@ pub struct TestCerts {
     pub foreign_client_key: PathBuf,
     /// That other CA, which does not sign the server's certificate.
     pub foreign_ca: PathBuf,
+    /// A client certificate of our CA that expired in 2021.
+    pub expired_client_cert: PathBuf,
+    pub expired_client_key: PathBuf,
 }
 
 fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
@@ -37,8 +40,19 @@ fn leaf(
     sans: &[&str],
     usage: ExtendedKeyUsagePurpose,
 ) -> (String, String) {
+    leaf_with(issuer, name, sans, usage, |_| {})
+}
+
+fn leaf_with(
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+    name: &str,
+    sans: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+    adjust: impl FnOnce(&mut CertificateParams),
+) -> (String, String) {
     let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .expect("params");
+    adjust(&mut params);
     params.distinguished_name.push(DnType::CommonName, name);
     params.extended_key_usages = vec![usage];
     let key = KeyPair::generate().expect("key");
@@ -67,6 +81,16 @@ impl TestCerts {
             &[],
             ExtendedKeyUsagePurpose::ClientAuth,
         );
+        let (expired_cert, expired_key) = leaf_with(
+            &authority,
+            "flanneld-old",
+            &[],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            |p| {
+                p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            },
+        );
         let foreign = ca("some other CA");
         let (foreign_cert, foreign_key) = leaf(
             &foreign,
@@ -83,6 +107,8 @@ impl TestCerts {
             foreign_client_cert: write("foreign.pem", &foreign_cert),
             foreign_client_key: write("foreign-key.pem", &foreign_key),
             foreign_ca: write("foreign-ca.pem", &foreign.pem()),
+            expired_client_cert: write("expired.pem", &expired_cert),
+            expired_client_key: write("expired-key.pem", &expired_key),
             _dir: dir,
         }
     }

@@ -689,6 +689,26 @@ async fn tls_with_client_certificates() {
         wrong_ca.get_network_config().await,
         Err(SubnetError::Etcd { .. })
     ));
+    // an expired client certificate: refused, and the error says what was being done
+    let expired = EtcdSubnetManager::new(
+        tls_cfg(
+            &certs.expired_client_cert,
+            &certs.expired_client_key,
+            &certs.ca,
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    let err = expired.get_network_config().await.unwrap_err().to_string();
+    assert!(
+        err.starts_with("reading /kubernetes-cluster/network/config: "),
+        "{err}"
+    );
+    assert!(
+        err.contains("BadCertificate"),
+        "the error names the refusal: {err}"
+    );
     // no client certificate at all
     let anonymous = EtcdSubnetManager::new(
         EtcdConfig {

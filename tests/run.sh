@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 packaging/check-deb.sh
+# every fuzz target for 10 s from its committed corpus
+tests/fuzz/run.sh 10
 # the performance harness in its short mode, so that it cannot rot (numbers: benches/README.md)
 cargo build --release --locked -p flannel-bench --quiet
 target/release/flannel-bench --quick --flanneld target/release/flanneld-rs --out target/bench-quick.json

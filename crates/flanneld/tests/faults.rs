@@ -483,3 +483,45 @@ fn etcd_down_for_30_seconds_at_start() {
     lab.wait_ready(LONG);
     wait_converged(&lab);
 }
+
+#[test]
+fn partition_with_compaction_then_heal_applies_every_change() {
+    let (mut lab, _dir) = lab('s', 3, Some(DEFAULT_CONFIG));
+    lab.start_all();
+    lab.wait_ready(LONG);
+    wait_converged(&lab);
+    // h1 is cut off from everything (its underlay link down)
+    lab.on_host(1, &["ip", "link", "set", "eth0", "down"]);
+    // meanwhile h3 leaves for good, h4 joins, and etcd compacts its history
+    let h3 = lab.subnet(3).unwrap();
+    lab.stop(3, "KILL");
+    lab.etcd().ctl(&["del", &lease_key(&h3)]);
+    let h4 = lab.add_host();
+    lab.start(h4);
+    assert!(wait_until(LONG, || lab.ready(h4)));
+    let rev = lab.etcd().ctl(&["get", "x", "-w", "json"]);
+    let rev: serde_json::Value = serde_json::from_str(&rev).unwrap();
+    let rev = rev["header"]["revision"].as_i64().unwrap().to_string();
+    lab.etcd().ctl(&["compact", &rev]);
+    // long enough for h1's HTTP/2 keep-alive to give up on the stalled connection, so that
+    // h1 must reconnect and re-list past the compaction
+    std::thread::sleep(Duration::from_secs(20));
+    // healed: h1 drops h3 and adds h4
+    lab.on_host(1, &["ip", "link", "set", "eth0", "up"]);
+    let h4_subnet = lab.subnet(h4).unwrap();
+    assert!(
+        wait_until(LONG, || {
+            let routes = lab.on_host(1, &["ip", "route"]);
+            !routes.contains(&format!("{h3} via")) && routes.contains(&format!("{h4_subnet} via"))
+        }),
+        "{}\n{}",
+        lab.on_host(1, &["ip", "route"]),
+        lab.log(1)
+    );
+    assert!(
+        lab.log(1).contains("lease watch interrupted"),
+        "{}",
+        lab.log(1)
+    );
+    assert!(lab.running(1));
+}

@@ -419,3 +419,24 @@ fn a_cluster_on_the_etcd_v2_keys_api_as_the_ansible_role_built_it() {
     wait_converged(&lab);
     assert_eq!(lab.ping_matrix(), vec![]);
 }
+
+#[test]
+fn systemd_notifications_ready_and_stopping() {
+    let (mut lab, dir) = lab('r', 1, Some(DEFAULT_CONFIG));
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(LONG)).unwrap();
+    let flanneld = lab.spec.flanneld.clone();
+    lab.start_binary(
+        1,
+        &flanneld,
+        &[("NOTIFY_SOCKET".into(), socket_path.display().to_string())],
+    );
+    let mut buf = [0u8; 64];
+    let n = socket.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(lab.ready(1), "READY=1 is sent once /readyz says ready");
+    lab.stop(1, "TERM");
+    let n = socket.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}

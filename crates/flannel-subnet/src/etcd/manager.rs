@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::{join_key, EtcdConfig};
-use crate::acquire;
 use crate::lease_set::{LeaseBatch, LeaseSet};
+use crate::{acquire, sessions};
 use crate::{LeaseEntry, SubnetError, SubnetManager, SubnetStats};
 
 /// Upstream's `raceRetries`.
@@ -724,56 +724,14 @@ impl SubnetManager for EtcdSubnetManager {
 
     async fn keep_lease(
         &self,
-        mut lease: Lease,
+        lease: Lease,
         status: watch::Sender<Lease>,
     ) -> Result<(), SubnetError> {
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            let started = Instant::now();
-            match self.keep_once(&mut lease, &status).await {
-                Ok(()) => {}
-                Err(e @ SubnetError::LeaseTaken { .. }) => return Err(e),
-                Err(e) => {
-                    if started.elapsed() > BACKOFF_MAX {
-                        backoff = BACKOFF_MIN;
-                    }
-                    warn!(
-                        "keeping the lease of subnet {}: {e}; retrying in {backoff:?}",
-                        lease.subnet
-                    );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            }
-        }
+        sessions::keep_lease_forever(self, lease, status).await
     }
 
     async fn watch_leases(&self, tx: mpsc::Sender<LeaseBatch>) -> Result<(), SubnetError> {
-        let mut set = LeaseSet::default();
-        let mut backoff = BACKOFF_MIN;
-        let mut first = true;
-        loop {
-            let started = Instant::now();
-            if !std::mem::take(&mut first) {
-                self.stats.watch_resyncs.fetch_add(1, Ordering::Relaxed);
-            }
-            match self.watch_once(&mut set, &tx).await {
-                Ok(()) => backoff = BACKOFF_MIN,
-                Err(SubnetError::Closed) => return Ok(()),
-                Err(e) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    if started.elapsed() > BACKOFF_MAX {
-                        backoff = BACKOFF_MIN;
-                    }
-                    warn!("lease watch interrupted: {e}; re-listing in {backoff:?}");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = tx.closed() => return Ok(()),
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            }
-        }
+        sessions::watch_leases_forever(self, tx).await
     }
 
     async fn lease_of(&self, public_ip: std::net::Ipv4Addr) -> Result<Option<Lease>, SubnetError> {
@@ -870,5 +828,28 @@ impl SubnetManager for EtcdSubnetManager {
             });
         }
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl sessions::Sessions for EtcdSubnetManager {
+    fn counters(&self) -> &SubnetStats {
+        &self.stats
+    }
+
+    async fn keep_session(
+        &self,
+        lease: &mut Lease,
+        status: &watch::Sender<Lease>,
+    ) -> Result<(), SubnetError> {
+        EtcdSubnetManager::keep_once(self, lease, status).await
+    }
+
+    async fn watch_session(
+        &self,
+        set: &mut LeaseSet,
+        tx: &mpsc::Sender<LeaseBatch>,
+    ) -> Result<(), SubnetError> {
+        EtcdSubnetManager::watch_once(self, set, tx).await
     }
 }

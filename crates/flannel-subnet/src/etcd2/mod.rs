@@ -23,7 +23,7 @@ pub use client::{Cond, Node, Response, V2Client, V2Error};
 
 use crate::etcd::{join_key, EtcdConfig};
 use crate::lease_set::{LeaseBatch, LeaseSet};
-use crate::{acquire, LeaseEntry, SubnetError, SubnetManager, SubnetStats};
+use crate::{acquire, sessions, LeaseEntry, SubnetError, SubnetManager, SubnetStats};
 
 const RACE_RETRIES: usize = 10;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -461,57 +461,14 @@ impl SubnetManager for EtcdV2SubnetManager {
 
     async fn keep_lease(
         &self,
-        mut lease: Lease,
+        lease: Lease,
         status: watch::Sender<Lease>,
     ) -> Result<(), SubnetError> {
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            let started = Instant::now();
-            match self.keep_once(&mut lease, &status).await {
-                Ok(()) => {}
-                Err(e @ SubnetError::LeaseTaken { .. }) => return Err(e),
-                Err(e) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    if started.elapsed() > BACKOFF_MAX {
-                        backoff = BACKOFF_MIN;
-                    }
-                    warn!(
-                        "keeping the lease of subnet {}: {e}; retrying in {backoff:?}",
-                        lease.subnet
-                    );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            }
-        }
+        sessions::keep_lease_forever(self, lease, status).await
     }
 
     async fn watch_leases(&self, tx: mpsc::Sender<LeaseBatch>) -> Result<(), SubnetError> {
-        let mut set = LeaseSet::default();
-        let mut backoff = BACKOFF_MIN;
-        let mut first = true;
-        loop {
-            let started = Instant::now();
-            if !std::mem::take(&mut first) {
-                self.stats.watch_resyncs.fetch_add(1, Ordering::Relaxed);
-            }
-            match self.watch_once(&mut set, &tx).await {
-                Ok(()) => backoff = BACKOFF_MIN,
-                Err(SubnetError::Closed) => return Ok(()),
-                Err(e) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    if started.elapsed() > BACKOFF_MAX {
-                        backoff = BACKOFF_MIN;
-                    }
-                    warn!("lease watch interrupted: {e}; re-listing in {backoff:?}");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = tx.closed() => return Ok(()),
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            }
-        }
+        sessions::watch_leases_forever(self, tx).await
     }
 
     async fn watch_config(
@@ -581,5 +538,28 @@ impl SubnetManager for EtcdV2SubnetManager {
             .into_iter()
             .filter_map(|r| r.lease.ok())
             .find(|l| l.attrs.public_ip == public_ip))
+    }
+}
+
+#[async_trait]
+impl sessions::Sessions for EtcdV2SubnetManager {
+    fn counters(&self) -> &SubnetStats {
+        &self.stats
+    }
+
+    async fn keep_session(
+        &self,
+        lease: &mut Lease,
+        status: &watch::Sender<Lease>,
+    ) -> Result<(), SubnetError> {
+        EtcdV2SubnetManager::keep_once(self, lease, status).await
+    }
+
+    async fn watch_session(
+        &self,
+        set: &mut LeaseSet,
+        tx: &mpsc::Sender<LeaseBatch>,
+    ) -> Result<(), SubnetError> {
+        EtcdV2SubnetManager::watch_once(self, set, tx).await
     }
 }

@@ -58,6 +58,8 @@ pub struct TrafficManager {
     generation_usable: bool,
     /// The generation at which the rules were last found intact.
     verified: std::sync::Mutex<Option<u32>>,
+    /// Where that generation is recorded for the next run (see [`TrafficManager::with_state_file`]).
+    state_file: Option<std::path::PathBuf>,
 }
 
 impl TrafficManager {
@@ -93,7 +95,47 @@ impl TrafficManager {
             nft,
             generation_usable,
             verified: std::sync::Mutex::new(None),
+            state_file: None,
         })
+    }
+
+    /// Records, in `path`, the nf_tables generation at which the rules were found intact,
+    /// with the boot, the network namespace, the mode and the rules it holds for. A restart
+    /// in the same boot and namespace, for the same rules, with the generation unchanged
+    /// since, trusts it and starts no process to check the rules.
+    pub fn with_state_file(mut self, path: std::path::PathBuf) -> Self {
+        self.state_file = Some(path);
+        self
+    }
+
+    fn state_text(&self, generation: u32) -> Option<String> {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let netns = std::fs::read_link("/proc/thread-self/ns/net").ok()?;
+        Some(format!(
+            "boot {}\nnetns {}\ngeneration {generation}\nmode {:?}\nspec {:?}\n",
+            boot.trim(),
+            netns.display(),
+            self.mode,
+            self.spec
+        ))
+    }
+
+    /// Whether the state file says the rules were intact at `generation`.
+    fn recorded_intact(&self, generation: u32) -> bool {
+        match (&self.state_file, self.state_text(generation)) {
+            (Some(path), Some(want)) => {
+                std::fs::read_to_string(path).is_ok_and(|have| have == want)
+            }
+            _ => false,
+        }
+    }
+
+    fn record_intact(&self, generation: u32) {
+        if let (Some(path), Some(text)) = (&self.state_file, self.state_text(generation)) {
+            if let Err(e) = flannel_net::subnet_env::write_atomic(path, text.as_bytes(), 0o644) {
+                tracing::debug!("recording the rules' state in {}: {e}", path.display());
+            }
+        }
     }
 
     pub fn spec(&self) -> &RuleSpec {
@@ -150,11 +192,22 @@ impl TrafficManager {
         if generation.is_some() && generation == verified {
             return Ok(0);
         }
+        if let (Some(g), None) = (generation, verified) {
+            if self.recorded_intact(g) {
+                if let Ok(mut v) = self.verified.lock() {
+                    *v = Some(g);
+                }
+                return Ok(0);
+            }
+        }
         let written = self.check_and_repair().await?;
         // After our own write the generation moved; the next check reads once more and only
         // then trusts the generation, so that nobody else's change slips in unverified.
         if let Ok(mut v) = self.verified.lock() {
             *v = if written == 0 { generation } else { None };
+        }
+        if let (0, Some(g)) = (written, generation) {
+            self.record_intact(g);
         }
         Ok(written)
     }

@@ -340,6 +340,54 @@ fn steady_state_resync_starts_no_process_until_the_ruleset_changes() {
 }
 
 #[test]
+fn a_restart_trusts_the_recorded_generation_and_starts_no_process() {
+    netns::run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (tools, log) = counting_tools(dir.path());
+        let state = dir.path().join("rules.state");
+        let first = TrafficManager::new(Mode::Iptables, &tools, spec("10.244.1.0/24"))
+            .await
+            .unwrap()
+            .with_state_file(state.clone());
+        first.ensure().await.unwrap();
+        first.resync().await; // verifies what it wrote and records it
+        assert!(state.exists());
+        take_log(&log);
+        // "restart": a new manager for the same rules reads nothing
+        let second = TrafficManager::new(Mode::Iptables, &tools, spec("10.244.1.0/24"))
+            .await
+            .unwrap()
+            .with_state_file(state.clone());
+        assert_eq!(take_log(&log), vec!["iptables --version"]);
+        assert_eq!(second.ensure().await.unwrap(), 0);
+        assert_eq!(take_log(&log), Vec::<String>::new());
+        // other rules (another subnet): the record does not apply
+        let other = TrafficManager::new(Mode::Iptables, &tools, spec("10.244.2.0/24"))
+            .await
+            .unwrap()
+            .with_state_file(state.clone());
+        take_log(&log);
+        assert_eq!(other.ensure().await.unwrap(), 1);
+        assert_eq!(
+            take_log(&log),
+            vec!["iptables-save", "iptables-restore --noflush --wait"]
+        );
+        // the ruleset changed since the record: read again
+        let third = TrafficManager::new(Mode::Iptables, &tools, spec("10.244.2.0/24"))
+            .await
+            .unwrap()
+            .with_state_file(state.clone());
+        run_cmd("iptables", &["-t", "nat", "-F", "FLANNEL-POSTRTG"]);
+        take_log(&log);
+        assert_eq!(third.ensure().await.unwrap(), 1);
+        assert_eq!(
+            take_log(&log),
+            vec!["iptables-save", "iptables-restore --noflush --wait"]
+        );
+    });
+}
+
+#[test]
 fn nftables_rules_exact_resynced_and_mode_switch_cleans_the_other() {
     netns::run(|| async {
         // iptables mode first, then switch to nftables

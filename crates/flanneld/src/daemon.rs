@@ -240,9 +240,12 @@ async fn setup_rules(
                 (*n, *s) != (IpNetwork::V4(config.network), IpNetwork::V4(lease.subnet))
             }),
     };
+    // next to subnet.env (/run/flannel: a tmpfs, emptied at boot)
+    let state = opts.subnet_file.with_file_name(".flanneld-rs-rules.state");
     let masq = TrafficManager::new(mode, &Tools::default(), spec)
         .await
-        .context("setting up traffic rules")?;
+        .context("setting up traffic rules")?
+        .with_state_file(state);
     masq.remove_other_mode()
         .await
         .context("removing the other mode's rules")?;

@@ -382,6 +382,14 @@ fn steady(o: &Opts, dir: &Path) -> Vec<Row> {
                 ("processes".into(), execs),
                 ("processes_per_5s".into(), execs / periods),
                 ("etcd_msgs".into(), etcd1 - etcd0),
+                (
+                    "VmHWM_MiB".into(),
+                    probe::proc_status_kib(pid, "VmHWM").unwrap_or(0) as f64 / 1024.0,
+                ),
+                (
+                    "VmRSS_MiB".into(),
+                    probe::proc_status_kib(pid, "VmRSS").unwrap_or(0) as f64 / 1024.0,
+                ),
             ],
         });
         lab.stop(1, "KILL");

@@ -28,6 +28,7 @@ const CONFIG: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type"
 struct Opts {
     binaries: Vec<PathBuf>,
     quick: bool,
+    soak_minutes: u64,
     out: PathBuf,
     scenarios: Vec<String>,
 }
@@ -450,7 +451,7 @@ fn churn(o: &Opts, dir: &Path) -> Vec<Row> {
             let routes: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .map(|l| l.trim_end().to_string())
-                .filter(|l| l.starts_with("10.1."))
+                .filter(|l| l.contains("dev flannel.1"))
                 .collect();
             let neigh = std::process::Command::new("ip")
                 .args([
@@ -511,6 +512,102 @@ fn churn(o: &Opts, dir: &Path) -> Vec<Row> {
     rows
 }
 
+/// Soak (run on request only: `--scenario soak`): 5000 peers, then lease adds and deletes at
+/// 200/s for `--soak-minutes` (default 10); VmRSS sampled every 30 s must stay flat, and the
+/// kernel must end with exactly the live leases' routes.
+fn soak(o: &Opts, dir: &Path) -> Vec<Row> {
+    let minutes = o.soak_minutes;
+    let mut rows = Vec::new();
+    for bin in &o.binaries {
+        let mut lab = lab("bo", bin, dir);
+        let ns = lab.hosts[0].ns.clone();
+        in_netns(&ns, || async {
+            let mut c = etcd().await;
+            put_peers(&mut c, 0..5000).await;
+        });
+        lab.start(1);
+        lab.wait_ready(Duration::from_secs(120));
+        let pid = lab.pid(1).unwrap_or(0);
+        let rss_start = probe::proc_status_kib(pid, "VmRSS").unwrap_or(0) as f64 / 1024.0;
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let sampler = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while stop_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+                samples.push(probe::proc_status_kib(pid, "VmRSS").unwrap_or(0) as f64 / 1024.0);
+            }
+            samples
+        });
+        let deadline = Instant::now() + Duration::from_secs(minutes * 60);
+        let live: Vec<u32> = in_netns(&ns, move || async move {
+            use rand::Rng;
+            let mut c = etcd().await;
+            let mut rng = rand::rng();
+            let mut live: Vec<u32> = (0..5000).collect();
+            let mut next = 5000u32;
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            let mut op = 0u64;
+            while Instant::now() < deadline {
+                tick.tick().await;
+                if op.is_multiple_of(2) {
+                    let (s, _, v) = peer_value(next);
+                    c.put(key(s), v, None).await.expect("put");
+                    live.push(next);
+                    next += 1;
+                } else {
+                    let victim = live.swap_remove(rng.random_range(0..live.len()));
+                    c.delete(key(peer_value(victim).0), None)
+                        .await
+                        .expect("delete");
+                }
+                op += 1;
+            }
+            live
+        });
+        let _ = stop_tx.send(());
+        let samples = sampler.join().unwrap_or_default();
+        let want: std::collections::BTreeSet<String> = live
+            .iter()
+            .map(|&i| format!("{}/24", peer_value(i).0))
+            .collect();
+        let ns2 = ns.clone();
+        let routes = move || -> std::collections::BTreeSet<String> {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns2, "ip", "route"])
+                .output();
+            out.map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.contains("dev flannel.1"))
+                    .filter_map(|l| l.split_whitespace().next().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        let exact = wait_until(Duration::from_secs(60), || routes() == want);
+        let max = samples.iter().copied().fold(rss_start, f64::max);
+        let half = samples.len() / 2;
+        let first_half = samples[..half].iter().copied().fold(rss_start, f64::max);
+        let second_half = samples[half..].iter().copied().fold(0.0, f64::max);
+        let rss_end = probe::proc_status_kib(pid, "VmRSS").unwrap_or(0) as f64 / 1024.0;
+        rows.push(Row {
+            scenario: format!("soak, 5000 peers + churn at 200/s, {minutes} min"),
+            binary: label(bin),
+            metrics: vec![
+                ("exact".into(), if exact { 1.0 } else { 0.0 }),
+                ("live_peers".into(), live.len() as f64),
+                ("VmRSS_start_MiB".into(), rss_start),
+                ("VmRSS_max_MiB".into(), max),
+                ("VmRSS_max_first_half_MiB".into(), first_half),
+                ("VmRSS_max_second_half_MiB".into(), second_half),
+                ("VmRSS_end_MiB".into(), rss_end),
+                ("running".into(), if lab.running(1) { 1.0 } else { 0.0 }),
+            ],
+        });
+        lab.stop(1, "KILL");
+    }
+    rows
+}
+
 fn print(rows: &[Row]) {
     let mut first: BTreeMap<(String, String), f64> = BTreeMap::new();
     for r in rows {
@@ -544,6 +641,7 @@ fn main() {
     let mut o = Opts {
         binaries: Vec::new(),
         quick: false,
+        soak_minutes: 10,
         out: PathBuf::from("target/bench-results.json"),
         scenarios: Vec::new(),
     };
@@ -555,6 +653,10 @@ fn main() {
                 o.binaries.push(PathBuf::from(&args[i]));
             }
             "--quick" => o.quick = true,
+            "--soak-minutes" => {
+                i += 1;
+                o.soak_minutes = args[i].parse().unwrap_or(10);
+            }
             "--out" => {
                 i += 1;
                 o.out = PathBuf::from(&args[i]);
@@ -582,6 +684,16 @@ fn main() {
         })
         .collect();
     let dir = tempfile::tempdir().expect("work dir");
+    if o.scenarios.iter().any(|s| s == "soak") {
+        let rows = soak(&o, &dir.path().join("soak"));
+        print(&rows);
+        let bad = rows.iter().any(|r| {
+            r.metrics
+                .iter()
+                .any(|(k, v)| (k == "exact" || k == "running") && *v == 0.0)
+        });
+        std::process::exit(i32::from(bad));
+    }
     let all: [(&str, Scenario); 5] = [
         ("start", start),
         ("converge", converge),

@@ -32,6 +32,8 @@ struct TlsFiles {
     server_key: PathBuf,
     client_cert: PathBuf,
     client_key: PathBuf,
+    /// etcdctl skips verifying the server (whose certificate is expired on purpose).
+    ctl_skips_verify: bool,
 }
 
 fn free_port() -> u16 {
@@ -54,14 +56,31 @@ impl TestEtcd {
 
     /// https etcd that demands client certificates signed by `certs.ca`.
     pub fn start_tls(certs: &TestCerts) -> Self {
+        Self::start_tls_with(certs, false, &[])
+    }
+
+    /// Like [`TestEtcd::start_tls`], but serving a certificate of our CA that expired in 2021.
+    pub fn start_tls_expired_server(certs: &TestCerts) -> Self {
+        Self::start_tls_with(certs, true, &[])
+    }
+
+    /// TLS etcd serving the expired server certificate or the good one, with `args` added
+    /// (e.g. `--enable-v2=true`).
+    pub fn start_tls_with(certs: &TestCerts, expired_server: bool, args: &[&str]) -> Self {
+        let (server_cert, server_key) = if expired_server {
+            (&certs.expired_server_cert, &certs.expired_server_key)
+        } else {
+            (&certs.server_cert, &certs.server_key)
+        };
         let tls = TlsFiles {
             ca: certs.ca.clone(),
-            server_cert: certs.server_cert.clone(),
-            server_key: certs.server_key.clone(),
+            server_cert: server_cert.clone(),
+            server_key: server_key.clone(),
             client_cert: certs.client_cert.clone(),
             client_key: certs.client_key.clone(),
+            ctl_skips_verify: expired_server,
         };
-        Self::start_with(Some(tls), &[])
+        Self::start_with(Some(tls), args)
     }
 
     /// Plain http etcd inside the named network namespace `netns`, listening on `host`
@@ -233,6 +252,9 @@ impl TestEtcd {
                 .arg(&tls.client_cert)
                 .arg("--key")
                 .arg(&tls.client_key);
+            if tls.ctl_skips_verify {
+                cmd.arg("--insecure-skip-tls-verify");
+            }
         }
         cmd.args(args).output().expect("run etcdctl")
     }

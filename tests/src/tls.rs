@@ -25,6 +25,9 @@ pub struct TestCerts {
     /// A client certificate of our CA that expired in 2021.
     pub expired_client_cert: PathBuf,
     pub expired_client_key: PathBuf,
+    /// A server certificate of our CA for 127.0.0.1 that expired in 2021.
+    pub expired_server_cert: PathBuf,
+    pub expired_server_key: PathBuf,
 }
 
 fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
@@ -91,6 +94,16 @@ impl TestCerts {
                 p.not_after = rcgen::date_time_ymd(2021, 1, 1);
             },
         );
+        let (expired_server_cert, expired_server_key) = leaf_with(
+            &authority,
+            "etcd-old",
+            &["127.0.0.1", "localhost"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            |p| {
+                p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            },
+        );
         let foreign = ca("some other CA");
         let (foreign_cert, foreign_key) = leaf(
             &foreign,
@@ -109,6 +122,8 @@ impl TestCerts {
             foreign_ca: write("foreign-ca.pem", &foreign.pem()),
             expired_client_cert: write("expired.pem", &expired_cert),
             expired_client_key: write("expired-key.pem", &expired_key),
+            expired_server_cert: write("expired-server.pem", &expired_server_cert),
+            expired_server_key: write("expired-server-key.pem", &expired_server_key),
             _dir: dir,
         }
     }

@@ -7,6 +7,7 @@
 
 mod gojson;
 
+pub mod cert_validity;
 pub mod config;
 pub mod lease;
 pub mod mac;

@@ -27,6 +27,33 @@ pub fn format_utc(t: SystemTime) -> String {
     )
 }
 
+/// The instant of a UTC calendar date and time of day, or `None` when a field is out of
+/// range. Years before 1970 give `None` too: no certificate or lease we read is that old.
+pub fn from_utc(
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u32,
+    min: u32,
+    sec: u32,
+) -> Option<SystemTime> {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    // days_from_civil, H. Hinnant: the inverse of the conversion in `format_utc`
+    let y = year - i64::from(month <= 2);
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + i64::from(hour * 3600 + min * 60 + sec);
+    u64::try_from(secs)
+        .ok()
+        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+}
+
 /// Go's `time.Duration` text, to the second: `22h59m58s`, `4m0s`, `12s`.
 pub fn format_duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -59,5 +86,29 @@ mod tests {
             format_utc(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00Z"
         );
+    }
+
+    #[test]
+    fn calendar_dates_round_trip() {
+        let t = from_utc(2026, 11, 25, 14, 18, 1).unwrap();
+        assert_eq!(t, UNIX_EPOCH + Duration::from_secs(1_795_616_281));
+        assert_eq!(from_utc(1970, 1, 1, 0, 0, 0), Some(UNIX_EPOCH));
+        for secs in [0u64, 951_782_400, 951_868_799, 4_102_444_800, 1_795_616_281] {
+            let t = UNIX_EPOCH + Duration::from_secs(secs);
+            let s = format_utc(t);
+            let n = |r: std::ops::Range<usize>| s[r].parse::<u32>().unwrap();
+            let back = from_utc(
+                i64::from(n(0..4)),
+                n(5..7),
+                n(8..10),
+                n(11..13),
+                n(14..16),
+                n(17..19),
+            );
+            assert_eq!(back, Some(t), "{s}");
+        }
+        assert_eq!(from_utc(2026, 13, 1, 0, 0, 0), None);
+        assert_eq!(from_utc(2026, 1, 1, 24, 0, 0), None);
+        assert_eq!(from_utc(1969, 12, 31, 0, 0, 0), None);
     }
 }

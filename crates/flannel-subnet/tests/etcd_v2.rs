@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use etcd_client::Client;
 use flannel_lab::etcd::TestEtcd;
-use flannel_net::{Expiration, LeaseAttrs, MacAddr, VxlanBackendData};
+use flannel_net::{Expiration, Lease, LeaseAttrs, MacAddr, NetworkConfig, VxlanBackendData};
 use flannel_subnet::etcd::{EtcdConfig, EtcdSubnetManager};
 use flannel_subnet::etcd2::migrate::migrate_v2_to_v3;
-use flannel_subnet::etcd2::{Cond, EtcdV2SubnetManager};
+use flannel_subnet::etcd2::{Cond, EtcdV2SubnetManager, V2Client};
 use flannel_subnet::{detect_api, EtcdApi, LeaseBatch, LeaseEvent, SubnetManager};
 use tokio::sync::{mpsc, watch};
 
@@ -48,6 +48,20 @@ fn key(subnet: &str) -> String {
     format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"))
 }
 
+/// Writes the network config (v2 API) and acquires a lease for 192.168.77.`last`.
+async fn config_and_lease(m: &EtcdV2SubnetManager, last: u8) -> (NetworkConfig, Lease) {
+    put_config(m.client()).await;
+    let config = m.get_network_config().await.unwrap();
+    let lease = m.acquire_lease(&config, &attrs(last)).await.unwrap();
+    (config, lease)
+}
+
+async fn put_config(c: &V2Client) {
+    c.put(&format!("{PREFIX}/config"), NET16, None, Cond::Always)
+        .await
+        .unwrap();
+}
+
 async fn next(rx: &mut mpsc::Receiver<LeaseBatch>) -> LeaseBatch {
     tokio::time::timeout(Duration::from_secs(20), rx.recv())
         .await
@@ -71,9 +85,7 @@ async fn acquire_reuse_reservations_watch_and_expiry_on_v2() {
     let m = v2(&etcd);
     let c = m.client();
     assert!(m.get_network_config().await.is_err());
-    c.put(&format!("{PREFIX}/config"), NET16, None, Cond::Always)
-        .await
-        .unwrap();
+    put_config(c).await;
     c.put(&key("10.200.31.0/24"), V016, Some(86400), Cond::Always)
         .await
         .unwrap();
@@ -159,18 +171,49 @@ async fn acquire_reuse_reservations_watch_and_expiry_on_v2() {
 }
 
 #[tokio::test]
+async fn tls_on_v2_verifies_both_sides_and_names_expired_certificates() {
+    let certs = flannel_lab::tls::TestCerts::generate();
+    let tls_cfg = |etcd: &TestEtcd, cert: &std::path::Path, key: &std::path::Path| EtcdConfig {
+        ca_file: Some(certs.ca.clone()),
+        cert_file: Some(cert.to_path_buf()),
+        key_file: Some(key.to_path_buf()),
+        ..cfg(etcd)
+    };
+    let etcd = TestEtcd::start_tls_with(&certs, false, &["--enable-v2=true"]);
+    assert!(etcd.endpoint().starts_with("https://"));
+    let m = EtcdV2SubnetManager::new(tls_cfg(&etcd, &certs.client_cert, &certs.client_key), None)
+        .unwrap();
+    let (config, lease) = config_and_lease(&m, 1).await;
+    assert!(config.is_compatible(lease.subnet));
+    // an expired client certificate is named before anything is sent
+    let err = EtcdV2SubnetManager::new(
+        tls_cfg(&etcd, &certs.expired_client_cert, &certs.expired_client_key),
+        None,
+    )
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(
+        err.contains("(--etcd-certfile) expired on 2021-01-01T00:00:00Z"),
+        "{err}"
+    );
+
+    // a server whose certificate expired: the error says so
+    let old = TestEtcd::start_tls_with(&certs, true, &["--enable-v2=true"]);
+    let m = EtcdV2SubnetManager::new(tls_cfg(&old, &certs.client_cert, &certs.client_key), None)
+        .unwrap();
+    let err = m.get_network_config().await.unwrap_err().to_string();
+    assert!(err.contains("certificate expired"), "{err}");
+}
+
+#[tokio::test]
 async fn keeper_refreshes_the_ttl_and_recreates_a_deleted_key_on_v2() {
     let etcd = etcd();
     let mut short = cfg(&etcd);
     short.subnet_ttl = Duration::from_secs(4);
     short.renew_margin = Duration::from_secs(3);
     let m = EtcdV2SubnetManager::new(short, None).unwrap();
-    m.client()
-        .put(&format!("{PREFIX}/config"), NET16, None, Cond::Always)
-        .await
-        .unwrap();
-    let config = m.get_network_config().await.unwrap();
-    let lease = m.acquire_lease(&config, &attrs(1)).await.unwrap();
+    let (_, lease) = config_and_lease(&m, 1).await;
     let k = key(&lease.subnet.to_string());
     let (status_tx, _status) = watch::channel(lease.clone());
     let checker = EtcdV2SubnetManager::new(cfg(&etcd), None).unwrap();
@@ -194,11 +237,7 @@ async fn keeper_refreshes_the_ttl_and_recreates_a_deleted_key_on_v2() {
 async fn auto_detection_in_all_three_states() {
     let etcd = etcd();
     assert_eq!(detect_api(&cfg(&etcd)).await.unwrap(), None);
-    v2(&etcd)
-        .client()
-        .put(&format!("{PREFIX}/config"), NET16, None, Cond::Always)
-        .await
-        .unwrap();
+    put_config(v2(&etcd).client()).await;
     assert_eq!(detect_api(&cfg(&etcd)).await.unwrap(), Some(EtcdApi::V2));
     etcd.ctl(&["put", &format!("{PREFIX}/config"), NET16]);
     assert_eq!(
@@ -216,9 +255,7 @@ async fn migrate_copies_leases_and_reservations_then_v3_reuses_the_subnet() {
     let etcd = etcd();
     let c = v2(&etcd);
     let c = c.client();
-    c.put(&format!("{PREFIX}/config"), NET16, None, Cond::Always)
-        .await
-        .unwrap();
+    put_config(c).await;
     for (subnet, last) in [
         ("10.200.31.0/24", 3),
         ("10.200.34.0/24", 1),

@@ -103,3 +103,35 @@ fn lease_subcommand_usage() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("error:"), "{}", stderr(&o));
 }
+
+#[test]
+fn an_expired_client_certificate_is_named_and_exits_1() {
+    let certs = flannel_lab::tls::TestCerts::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let subnet_file = dir.path().join("subnet.env");
+    let flag = |name: &str, path: &std::path::Path| format!("-{name}={}", path.display());
+    let tls = [
+        flag("etcd-cafile", &certs.ca),
+        flag("etcd-certfile", &certs.expired_client_cert),
+        flag("etcd-keyfile", &certs.expired_client_key),
+        flag("subnet-file", &subnet_file),
+    ];
+    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+    let want = format!(
+        "the etcd client certificate {} (--etcd-certfile) expired on 2021-01-01T00:00:00Z: renew it",
+        certs.expired_client_cert.display()
+    );
+    // the daemon, before it touches the kernel
+    let mut args = vec!["-etcd-endpoints=https://127.0.0.1:1", "-etcd-api=v3"];
+    args.extend(&tls);
+    let o = flanneld(&args, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    assert!(!subnet_file.exists());
+    // and lease show
+    let mut args = vec!["lease", "show", "-etcd-endpoints=https://127.0.0.1:1"];
+    args.extend(&tls[..3]);
+    let o = flanneld(&args, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+}

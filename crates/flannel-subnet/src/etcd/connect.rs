@@ -88,7 +88,7 @@ impl EtcdConfig {
             _ => {}
         }
         let identity = match (&self.cert_file, &self.key_file) {
-            (Some(cert), Some(key)) => Some(Identity::from_pem(
+            (Some(cert), Some(key)) => Some((
                 read_pem(cert, "certificate (--etcd-certfile)")?,
                 read_pem(key, "key (--etcd-keyfile)")?,
             )),
@@ -114,10 +114,14 @@ impl EtcdConfig {
                     .into(),
             ));
         };
-        let mut tls = TlsOptions::new()
-            .ca_certificate(Certificate::from_pem(read_pem(ca, "CA (--etcd-cafile)")?));
-        if let Some(identity) = identity {
-            tls = tls.identity(identity);
+        let ca_pem = read_pem(ca, "CA (--etcd-cafile)")?;
+        check_dates(ca, &ca_pem, false)?;
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca_pem));
+        if let Some((cert_pem, key_pem)) = identity {
+            if let Some(cert) = &self.cert_file {
+                check_dates(cert, &cert_pem, true)?;
+            }
+            tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
         }
         Ok(opts.with_tls(tls))
     }
@@ -132,6 +136,32 @@ impl EtcdConfig {
                 source,
             })
     }
+}
+
+/// Refuses a client certificate (the first of `--etcd-certfile`, when `client`) that is
+/// expired or not yet valid: etcd would refuse it during the handshake with a less telling
+/// error. Other certificates (a CA bundle may hold old CAs beside the one in use, a chain
+/// intermediates) only get a warning naming them.
+fn check_dates(path: &Path, pem: &[u8], client: bool) -> Result<(), SubnetError> {
+    let now = std::time::SystemTime::now();
+    use rustls_pki_types::pem::PemObject;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(pem);
+    for (i, cert) in certs.enumerate() {
+        let validity = cert
+            .ok()
+            .and_then(|der| flannel_net::cert_validity::of_der(&der));
+        let Some(problem) = validity.and_then(|v| v.problem_at(now)) else {
+            continue;
+        };
+        if client && i == 0 {
+            return Err(SubnetError::Setup(format!(
+                "the etcd client certificate {} (--etcd-certfile) {problem}: renew it",
+                path.display()
+            )));
+        }
+        warn!("certificate {} in {} {problem}", i + 1, path.display());
+    }
+    Ok(())
 }
 
 fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, SubnetError> {

@@ -99,6 +99,22 @@ pub struct V2Client {
     auth: Option<(String, String)>,
 }
 
+/// An error and its causes: reqwest's own text ("error sending request ...") hides the reason
+/// (refused, TLS certificate expired, ...) in its sources.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let line = s.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// Percent-encodes a form value (everything but unreserved characters).
 fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
@@ -230,7 +246,7 @@ impl V2Client {
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    last = V2Error::Transport(format!("{url}: {e}"));
+                    last = V2Error::Transport(format!("{url}: {}", with_sources(&e)));
                     continue;
                 }
             };
@@ -244,7 +260,7 @@ impl V2Client {
             let text = match resp.text().await {
                 Ok(t) => t,
                 Err(e) => {
-                    last = V2Error::Transport(format!("{url}: {e}"));
+                    last = V2Error::Transport(format!("{url}: {}", with_sources(&e)));
                     continue;
                 }
             };

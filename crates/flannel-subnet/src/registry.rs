@@ -1,24 +1,45 @@
-//! The loops that keep a registry's long-lived sessions going: the lease keeper and the lease
-//! watch, restarted after every break with a backoff (100 ms doubling to 5 s, reset after a
-//! session that lasted). Each registry supplies one session of each; these loops are shared.
+//! What the two etcd registries (v3 and the v2 keys API) share. Each supplies the steps that
+//! talk to its API (one acquire attempt, one keeper session, one watch session, a listing);
+//! the loops around them are written once here: the acquire retried while other nodes race
+//! us (upstream's `raceRetries`), and the lease keeper and lease watch restarted after every
+//! break with a backoff (100 ms doubling to 5 s, reset after a session that lasted).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use flannel_net::Lease;
+use flannel_net::{Lease, LeaseAttrs, NetworkConfig};
 use tokio::sync::{mpsc, watch};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::lease_set::{LeaseBatch, LeaseSet};
 use crate::{SubnetError, SubnetStats};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Upstream's `raceRetries`.
+const RACE_RETRIES: usize = 10;
+
+/// The outcome of one acquire attempt.
+pub(crate) enum Attempt {
+    Done(Box<Lease>),
+    /// Somebody changed the keys between our read and our write: read again.
+    Raced,
+}
 
 #[async_trait]
-pub(crate) trait Sessions: Sync {
+pub(crate) trait Registry: Sync {
     fn counters(&self) -> &SubnetStats;
+
+    /// One read-decide-write round of acquiring this node's lease.
+    async fn try_acquire(
+        &self,
+        config: &NetworkConfig,
+        attrs: &LeaseAttrs,
+    ) -> Result<Attempt, SubnetError>;
+
+    /// Every lease that parses (invalid ones are skipped).
+    async fn valid_leases(&self) -> Result<Vec<Lease>, SubnetError>;
 
     /// One life of the keeper; `Ok` asks to start over at once.
     async fn keep_session(
@@ -33,6 +54,38 @@ pub(crate) trait Sessions: Sync {
         set: &mut LeaseSet,
         tx: &mpsc::Sender<LeaseBatch>,
     ) -> Result<(), SubnetError>;
+}
+
+pub(crate) async fn acquire_lease(
+    r: &impl Registry,
+    config: &NetworkConfig,
+    attrs: &LeaseAttrs,
+) -> Result<Lease, SubnetError> {
+    if config.enable_ipv6 || !config.enable_ipv4 {
+        return Err(SubnetError::Unsupported(
+            "IPv6 (EnableIPv6, or EnableIPv4 false)",
+        ));
+    }
+    for _ in 0..RACE_RETRIES {
+        match r.try_acquire(config, attrs).await? {
+            Attempt::Done(lease) => return Ok(*lease),
+            Attempt::Raced => {
+                debug!("another node changed the leases while we acquired ours; trying again")
+            }
+        }
+    }
+    Err(SubnetError::MaxRetries)
+}
+
+/// The lease that names `public_ip`, if any.
+pub(crate) async fn lease_of(
+    r: &impl Registry,
+    public_ip: std::net::Ipv4Addr,
+) -> Result<Option<Lease>, SubnetError> {
+    Ok(r.valid_leases()
+        .await?
+        .into_iter()
+        .find(|l| l.attrs.public_ip == public_ip))
 }
 
 struct Backoff(Duration);
@@ -57,18 +110,18 @@ impl Backoff {
 }
 
 pub(crate) async fn keep_lease_forever(
-    s: &impl Sessions,
+    r: &impl Registry,
     mut lease: Lease,
     status: watch::Sender<Lease>,
 ) -> Result<(), SubnetError> {
     let mut backoff = Backoff(BACKOFF_MIN);
     loop {
         let started = Instant::now();
-        match s.keep_session(&mut lease, &status).await {
+        match r.keep_session(&mut lease, &status).await {
             Ok(()) => {}
             Err(e @ SubnetError::LeaseTaken { .. }) => return Err(e),
             Err(e) => {
-                s.counters().errors.fetch_add(1, Ordering::Relaxed);
+                r.counters().errors.fetch_add(1, Ordering::Relaxed);
                 warn!(
                     "keeping the lease of subnet {}: {e}; retrying in {:?}",
                     lease.subnet, backoff.0
@@ -80,7 +133,7 @@ pub(crate) async fn keep_lease_forever(
 }
 
 pub(crate) async fn watch_leases_forever(
-    s: &impl Sessions,
+    r: &impl Registry,
     tx: mpsc::Sender<LeaseBatch>,
 ) -> Result<(), SubnetError> {
     let mut set = LeaseSet::default();
@@ -89,13 +142,13 @@ pub(crate) async fn watch_leases_forever(
     loop {
         let started = Instant::now();
         if !std::mem::take(&mut first) {
-            s.counters().watch_resyncs.fetch_add(1, Ordering::Relaxed);
+            r.counters().watch_resyncs.fetch_add(1, Ordering::Relaxed);
         }
-        match s.watch_session(&mut set, &tx).await {
+        match r.watch_session(&mut set, &tx).await {
             Ok(()) => backoff = Backoff(BACKOFF_MIN),
             Err(SubnetError::Closed) => return Ok(()),
             Err(e) => {
-                s.counters().errors.fetch_add(1, Ordering::Relaxed);
+                r.counters().errors.fetch_add(1, Ordering::Relaxed);
                 warn!(
                     "lease watch interrupted: {e}; re-listing in {:?}",
                     backoff.0

@@ -63,21 +63,14 @@ async fn not_found() -> impl IntoResponse {
     )
 }
 
-/// The metrics text.
+/// The metrics text: one row per metric; a row without a value (its component not started
+/// yet) is left out.
+#[rustfmt::skip] // a table reads better unwrapped
 pub fn metrics_text(shared: &Shared) -> String {
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
-    metric(
-        "flanneld_ready",
-        "gauge",
-        "1 once subnet.env is written and the peers known at start are programmed.",
-        f64::from(u8::from(shared.ready.load(Ordering::Relaxed))),
-    );
+    const GAUGE: &str = "gauge";
+    const COUNTER: &str = "counter";
+    let flag = |b: &std::sync::atomic::AtomicBool| f64::from(u8::from(b.load(Ordering::Relaxed)));
+    let counter = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
     let lease = shared.lease.lock().map(|l| l.clone()).unwrap_or(None);
     let (expiry, reservation) = match lease.map(|l| l.expiration) {
         Some(Expiration::At(t)) => (
@@ -88,95 +81,64 @@ pub fn metrics_text(shared: &Shared) -> String {
         Some(Expiration::Never) => (0.0, 1.0),
         _ => (0.0, 0.0),
     };
-    metric(
-        "flanneld_lease_expiry_timestamp_seconds",
-        "gauge",
-        "When this node's subnet lease expires unless renewed (0: none, or a reservation).",
-        expiry,
-    );
-    metric(
-        "flanneld_lease_reservation",
-        "gauge",
-        "1 when this node's subnet is a reservation (no TTL).",
-        reservation,
-    );
-    let counter = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
-    if let Some(s) = shared.backend_stats.get() {
-        metric(
-            "flanneld_peers",
-            "gauge",
+    let backend = shared.backend_stats.get();
+    let subnet = shared.subnet_stats.get();
+    let rows: [(&str, &str, &str, Option<f64>); 15] = [
+        ("flanneld_ready", GAUGE,
+            "1 once subnet.env is written and the peers known at start are programmed.",
+            Some(flag(&shared.ready))),
+        ("flanneld_lease_expiry_timestamp_seconds", GAUGE,
+            "When this node's subnet lease expires unless renewed (0: none, or a reservation).",
+            Some(expiry)),
+        ("flanneld_lease_reservation", GAUGE,
+            "1 when this node's subnet is a reservation (no TTL).",
+            Some(reservation)),
+        ("flanneld_peers", GAUGE,
             "Remote nodes programmed (route, ARP, FDB).",
-            counter(&s.peers),
-        );
-        metric(
-            "flanneld_reconciles_total",
-            "counter",
+            backend.map(|s| counter(&s.peers))),
+        ("flanneld_reconciles_total", COUNTER,
             "Full reconciles of the kernel state.",
-            counter(&s.reconciles),
-        );
-        metric(
-            "flanneld_reconcile_repairs_total",
-            "counter",
+            backend.map(|s| counter(&s.reconciles))),
+        ("flanneld_reconcile_repairs_total", COUNTER,
             "Kernel entries a reconcile had to add or delete (drift repaired).",
-            counter(&s.repairs),
-        );
-        metric(
-            "flanneld_device_recreations_total",
-            "counter",
+            backend.map(|s| counter(&s.repairs))),
+        ("flanneld_device_recreations_total", COUNTER,
             "Times the VXLAN device was found missing and re-created.",
-            counter(&s.device_recreations),
-        );
-        metric(
-            "flanneld_netlink_errors_total",
-            "counter",
+            backend.map(|s| counter(&s.device_recreations))),
+        ("flanneld_netlink_errors_total", COUNTER,
             "Netlink operations that failed.",
-            counter(&s.errors),
-        );
-    }
-    if let Some(s) = shared.subnet_stats.get() {
-        metric(
-            "flanneld_etcd_errors_total",
-            "counter",
+            backend.map(|s| counter(&s.errors))),
+        ("flanneld_etcd_errors_total", COUNTER,
             "etcd requests that failed (each retried).",
-            counter(&s.errors),
-        );
-        metric(
-            "flanneld_watch_resyncs_total",
-            "counter",
+            subnet.map(|s| counter(&s.errors))),
+        ("flanneld_watch_resyncs_total", COUNTER,
             "Full re-listings of the leases after a watch break or compaction.",
-            counter(&s.watch_resyncs),
-        );
-        metric(
-            "flanneld_lease_renewals_total",
-            "counter",
+            subnet.map(|s| counter(&s.watch_resyncs))),
+        ("flanneld_lease_renewals_total", COUNTER,
             "Renewals of this node's lease.",
-            counter(&s.lease_renewals),
-        );
-        metric(
-            "flanneld_lease_recreations_total",
-            "counter",
+            subnet.map(|s| counter(&s.lease_renewals))),
+        ("flanneld_lease_recreations_total", COUNTER,
             "Times this node's lease was found missing in etcd and written again.",
-            counter(&s.lease_recreations),
-        );
+            subnet.map(|s| counter(&s.lease_recreations))),
+        ("flanneld_config_stale", GAUGE,
+            "1 when the network config in etcd differs from the one this node runs with (restart to apply).",
+            Some(flag(&shared.config_stale))),
+        ("flanneld_rule_resyncs_total", COUNTER,
+            "Checks of the masquerade/forward rules.",
+            Some(counter(&shared.rule_checks))),
+        ("flanneld_rule_repairs_total", COUNTER,
+            "Tables whose flannel rules had to be rewritten.",
+            Some(counter(&shared.rule_repairs))),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, value) in rows {
+        if let Some(value) = value {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
     }
-    metric(
-        "flanneld_config_stale",
-        "gauge",
-        "1 when the network config in etcd differs from the one this node runs with (restart to apply).",
-        f64::from(u8::from(shared.config_stale.load(Ordering::Relaxed))),
-    );
-    metric(
-        "flanneld_rule_resyncs_total",
-        "counter",
-        "Checks of the masquerade/forward rules.",
-        counter(&shared.rule_checks),
-    );
-    metric(
-        "flanneld_rule_repairs_total",
-        "counter",
-        "Tables whose flannel rules had to be rewritten.",
-        counter(&shared.rule_repairs),
-    );
     out
 }
 
@@ -211,4 +173,43 @@ pub async fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<()>
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_prometheus_text_and_absent_until_their_component_runs() {
+        let shared = Shared::default();
+        shared.ready.store(true, Ordering::Relaxed);
+        let text = metrics_text(&shared);
+        assert!(text.starts_with(
+            "# HELP flanneld_ready 1 once subnet.env is written and the peers known at start are programmed.\n\
+             # TYPE flanneld_ready gauge\nflanneld_ready 1\n"
+        ));
+        assert!(!text.contains("flanneld_peers"), "{text}");
+        assert!(text.contains(
+            "\n# TYPE flanneld_rule_repairs_total counter\nflanneld_rule_repairs_total 0\n"
+        ));
+        let stats = Arc::new(BackendStats::default());
+        stats.peers.store(5000, Ordering::Relaxed);
+        let _ = shared.backend_stats.set(stats);
+        let text = metrics_text(&shared);
+        assert!(text.contains("\nflanneld_peers 5000\n"), "{text}");
+        // every sample line follows its HELP and TYPE lines
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len() % 3, 0);
+        for chunk in lines.chunks(3) {
+            let name = chunk[2].split(' ').next().unwrap_or_default();
+            assert!(
+                chunk[0].starts_with(&format!("# HELP {name} ")),
+                "{chunk:?}"
+            );
+            assert!(
+                chunk[1].starts_with(&format!("# TYPE {name} ")),
+                "{chunk:?}"
+            );
+        }
+    }
 }

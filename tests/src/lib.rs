@@ -6,11 +6,13 @@
 //! - [`proxy::TcpProxy`]: a TCP proxy a test can cut and heal, to partition a client.
 //! - [`netns`]: run a test in a fresh network namespace of its own; `ip`/`bridge` helpers.
 //! - [`tls::TestCerts`]: a throwaway CA with server and client certificates, for TLS tests.
+//! - [`expected`]: upstream's rules as `iptables -S` lists them.
 //!
 //! These fail loudly when a tool is missing: `.ci/run` installs them, and a test that quietly
 //! skipped would hide a broken feature.
 
 pub mod etcd;
+pub mod expected;
 pub mod lab;
 pub mod netns;
 pub mod proxy;

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use flannel_lab::expected;
 use flannel_lab::netns::{self, run_cmd};
 use flannel_masq::{Mode, RuleSpec, Tools, TrafficManager};
 
@@ -18,32 +19,11 @@ fn spec(subnet: &str) -> RuleSpec {
     }
 }
 
-fn nat_listing(p: &str) -> String {
-    format!(
-        r#"-P PREROUTING ACCEPT
--P INPUT ACCEPT
--P OUTPUT ACCEPT
--P POSTROUTING ACCEPT
--N FLANNEL-POSTRTG
--A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
--A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
--A FLANNEL-POSTRTG -s {p} -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j RETURN
--A FLANNEL-POSTRTG -s 10.244.0.0/16 -d {p} -m comment --comment "flanneld masq" -j RETURN
--A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d {p} -m comment --comment "flanneld masq" -j RETURN
--A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
--A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
-"#
-    )
-}
+const NETWORK: &str = "10.244.0.0/16";
 
-const FILTER_LISTING: &str = r#"-P INPUT ACCEPT
--P FORWARD ACCEPT
--P OUTPUT ACCEPT
--N FLANNEL-FWD
--A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD
--A FLANNEL-FWD -s 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT
--A FLANNEL-FWD -d 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT
-"#;
+fn nat_listing(subnet: &str) -> String {
+    expected::nat_listing(NETWORK, subnet)
+}
 
 fn iptables_s(table: &str) -> String {
     run_cmd("iptables", &["-t", table, "-S"])
@@ -92,7 +72,7 @@ fn iptables_rules_exact_idempotent_and_resynced() {
             .unwrap();
         assert_eq!(tm.ensure().await.unwrap(), 2);
         assert_eq!(iptables_s("nat"), nat_listing("10.244.1.0/24"));
-        assert_eq!(iptables_s("filter"), FILTER_LISTING);
+        assert_eq!(iptables_s("filter"), expected::filter_listing(NETWORK));
 
         // again: nothing written, no duplicate jump (a restart does the same)
         assert_eq!(tm.ensure().await.unwrap(), 0);
@@ -125,7 +105,7 @@ fn iptables_rules_exact_idempotent_and_resynced() {
         run_cmd("iptables", &["-F", "FLANNEL-FWD"]);
         assert_eq!(tm.resync().await, 2);
         assert_eq!(iptables_s("nat"), nat_listing("10.244.1.0/24"));
-        assert_eq!(iptables_s("filter"), FILTER_LISTING);
+        assert_eq!(iptables_s("filter"), expected::filter_listing(NETWORK));
 
         // the jump deleted
         run_cmd(
@@ -243,7 +223,7 @@ fn new_subnet_replaces_old_rules_and_others_rules_are_untouched() {
             !nat.contains("flannel masq") && !nat.contains("-A POSTROUTING -s"),
             "legacy rules removed: {nat}"
         );
-        assert_eq!(iptables_s("filter"), FILTER_LISTING);
+        assert_eq!(iptables_s("filter"), expected::filter_listing(NETWORK));
 
         // the node got another subnet: the chain now holds only the new rules
         let mut s = spec("10.244.7.0/24");
@@ -290,7 +270,7 @@ fn options_drop_random_fully_and_forward_rules() {
             .await
             .unwrap();
         on.ensure().await.unwrap();
-        assert_eq!(iptables_s("filter"), FILTER_LISTING);
+        assert_eq!(iptables_s("filter"), expected::filter_listing(NETWORK));
         assert_eq!(
             tm.ensure().await.unwrap(),
             2,
@@ -335,7 +315,7 @@ fn steady_state_resync_starts_no_process_until_the_ruleset_changes() {
         // somebody deletes one of ours: found and restored
         run_cmd("iptables", &["-F", "FLANNEL-FWD"]);
         assert_eq!(tm.resync().await, 1);
-        assert_eq!(iptables_s("filter"), FILTER_LISTING);
+        assert_eq!(iptables_s("filter"), expected::filter_listing(NETWORK));
     });
 }
 

@@ -8,25 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use flannel_lab::expected;
 use flannel_lab::lab::{wait_until, DEFAULT_CONFIG, DEFAULT_PREFIX, ETCD_IP};
-
-fn nat_listing(subnet: &str) -> String {
-    format!(
-        r#"-P PREROUTING ACCEPT
--P INPUT ACCEPT
--P OUTPUT ACCEPT
--P POSTROUTING ACCEPT
--N FLANNEL-POSTRTG
--A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
--A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
--A FLANNEL-POSTRTG -s {subnet} -d 10.200.0.0/16 -m comment --comment "flanneld masq" -j RETURN
--A FLANNEL-POSTRTG -s 10.200.0.0/16 -d {subnet} -m comment --comment "flanneld masq" -j RETURN
--A FLANNEL-POSTRTG ! -s 10.200.0.0/16 -d {subnet} -m comment --comment "flanneld masq" -j RETURN
--A FLANNEL-POSTRTG -s 10.200.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
--A FLANNEL-POSTRTG ! -s 10.200.0.0/16 -d 10.200.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
-"#
-    )
-}
 
 #[test]
 fn three_hosts_match_upstream_and_pods_ping_across() {
@@ -58,13 +41,10 @@ fn three_hosts_match_upstream_and_pods_ping_across() {
         );
         assert_eq!(
             lab.on_host(i, &["iptables", "-t", "nat", "-S"]),
-            nat_listing(&subnet)
+            expected::nat_listing("10.200.0.0/16", &subnet)
         );
         let filter = lab.on_host(i, &["iptables", "-S", "FLANNEL-FWD"]);
-        assert_eq!(
-            filter,
-            "-N FLANNEL-FWD\n-A FLANNEL-FWD -s 10.200.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT\n-A FLANNEL-FWD -d 10.200.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT\n"
-        );
+        assert_eq!(filter, expected::forward_chain("10.200.0.0/16"));
         let link = lab.on_host(i, &["ip", "-d", "link", "show", "flannel.1"]);
         let ip = lab.hosts[i - 1].ip;
         assert!(

@@ -8,7 +8,7 @@ use etcd_client::{Client, GetOptions, PutOptions};
 use flannel_lab::etcd::TestEtcd;
 use flannel_lab::proxy::TcpProxy;
 use flannel_lab::tls::TestCerts;
-use flannel_net::{Expiration, LeaseAttrs, MacAddr, VxlanBackendData};
+use flannel_net::{Expiration, Lease, LeaseAttrs, MacAddr, NetworkConfig, VxlanBackendData};
 use flannel_subnet::etcd::{EtcdConfig, EtcdSubnetManager};
 use flannel_subnet::{LeaseBatch, LeaseEvent, SubnetError, SubnetManager};
 use ipnetwork::Ipv4Network;
@@ -49,6 +49,17 @@ fn attrs(ip: [u8; 4]) -> LeaseAttrs {
         vtep_mac: MacAddr([0x0a, 0x58, ip[0], ip[1], ip[2], ip[3]]),
     };
     LeaseAttrs::vxlan(Ipv4Addr::from(ip), &data)
+}
+
+/// Reads the network config and acquires a lease for PublicIP `ip`.
+async fn config_and_lease(m: &EtcdSubnetManager, ip: [u8; 4]) -> (NetworkConfig, Lease) {
+    let config = m.get_network_config().await.unwrap();
+    let lease = lease_for(m, &config, ip).await;
+    (config, lease)
+}
+
+async fn lease_for(m: &EtcdSubnetManager, config: &NetworkConfig, ip: [u8; 4]) -> Lease {
+    m.acquire_lease(config, &attrs(ip)).await.unwrap()
 }
 
 /// (value, etcd lease id) stored at a subnet key.
@@ -109,11 +120,7 @@ async fn acquire_writes_upstream_value_with_a_24h_etcd_lease() {
     let etcd = TestEtcd::start();
     put_config(&etcd, NET16).await;
     let m = manager(&etcd, None).await;
-    let config = m.get_network_config().await.unwrap();
-    let lease = m
-        .acquire_lease(&config, &attrs([192, 168, 77, 1]))
-        .await
-        .unwrap();
+    let (config, lease) = config_and_lease(&m, [192, 168, 77, 1]).await;
     assert!(config.is_compatible(lease.subnet), "{}", lease.subnet);
     // among the first 100 free subnets
     assert!(lease.subnet.ip() < Ipv4Addr::new(10, 200, 101, 0));
@@ -137,11 +144,7 @@ async fn reuse_by_public_ip_keeps_subnet_and_etcd_lease() {
     let etcd = TestEtcd::start();
     put_config(&etcd, NET16).await;
     let first = manager(&etcd, None).await;
-    let config = first.get_network_config().await.unwrap();
-    let lease = first
-        .acquire_lease(&config, &attrs([192, 168, 77, 1]))
-        .await
-        .unwrap();
+    let (config, lease) = config_and_lease(&first, [192, 168, 77, 1]).await;
     let (_, id) = stored(&etcd, lease.subnet).await.unwrap();
     // a restart, with a new VTEP MAC: same subnet, same etcd lease, value updated
     let second = manager(&etcd, None).await;
@@ -190,11 +193,7 @@ async fn incompatible_own_lease_is_replaced() {
     .await
     .unwrap();
     let m = manager(&etcd, None).await;
-    let config = m.get_network_config().await.unwrap();
-    let lease = m
-        .acquire_lease(&config, &attrs([192, 168, 77, 1]))
-        .await
-        .unwrap();
+    let (_, lease) = config_and_lease(&m, [192, 168, 77, 1]).await;
     assert!(lease.subnet.ip() >= Ipv4Addr::new(10, 200, 50, 0));
     assert!(
         stored(&etcd, "10.200.7.0/24".parse().unwrap())
@@ -213,11 +212,7 @@ async fn previous_subnet_from_subnet_env_is_reused_when_free() {
         m.name(),
         "Etcd Local Manager with Previous Subnet: 10.200.77.0/24"
     );
-    let config = m.get_network_config().await.unwrap();
-    let lease = m
-        .acquire_lease(&config, &attrs([192, 168, 77, 1]))
-        .await
-        .unwrap();
+    let (config, lease) = config_and_lease(&m, [192, 168, 77, 1]).await;
     assert_eq!(
         lease.subnet,
         "10.200.77.0/24".parse::<Ipv4Network>().unwrap()
@@ -225,20 +220,14 @@ async fn previous_subnet_from_subnet_env_is_reused_when_free() {
 
     // taken by another node meanwhile: not stolen
     let other = manager(&etcd, Some("10.200.77.0/24")).await;
-    let lease2 = other
-        .acquire_lease(&config, &attrs([192, 168, 77, 2]))
-        .await
-        .unwrap();
+    let lease2 = lease_for(&other, &config, [192, 168, 77, 2]).await;
     assert_ne!(lease2.subnet, lease.subnet);
     let (value, _) = stored(&etcd, lease.subnet).await.unwrap();
     assert!(value.contains("192.168.77.1"));
 
     // outside the config's range: ignored
     let third = manager(&etcd, Some("10.99.0.0/24")).await;
-    let lease3 = third
-        .acquire_lease(&config, &attrs([192, 168, 77, 3]))
-        .await
-        .unwrap();
+    let lease3 = lease_for(&third, &config, [192, 168, 77, 3]).await;
     assert!(config.is_compatible(lease3.subnet));
 }
 
@@ -255,11 +244,7 @@ async fn reservation_is_reused_and_stays_a_reservation() {
     .await
     .unwrap();
     let m = manager(&etcd, None).await;
-    let config = m.get_network_config().await.unwrap();
-    let lease = m
-        .acquire_lease(&config, &attrs([192, 168, 77, 1]))
-        .await
-        .unwrap();
+    let (_, lease) = config_and_lease(&m, [192, 168, 77, 1]).await;
     assert_eq!(
         lease.subnet,
         "10.200.5.0/24".parse::<Ipv4Network>().unwrap()
@@ -288,15 +273,8 @@ async fn out_of_subnets_and_bad_keys_are_never_allocated_over() {
         .await
         .unwrap();
     let m = manager(&etcd, None).await;
-    let config = m.get_network_config().await.unwrap();
-    let a = m
-        .acquire_lease(&config, &attrs([192, 168, 77, 1]))
-        .await
-        .unwrap();
-    let b = m
-        .acquire_lease(&config, &attrs([192, 168, 77, 2]))
-        .await
-        .unwrap();
+    let (config, a) = config_and_lease(&m, [192, 168, 77, 1]).await;
+    let b = lease_for(&m, &config, [192, 168, 77, 2]).await;
     let mut got = vec![a.subnet.to_string(), b.subnet.to_string()];
     got.sort();
     assert_eq!(got, vec!["10.9.0.12/30", "10.9.0.8/30"]);
@@ -367,11 +345,7 @@ async fn keep_alive_renews_and_lost_key_is_recreated() {
     short.subnet_ttl = Duration::from_secs(4);
     short.renew_margin = Duration::from_secs(3);
     let m = EtcdSubnetManager::new(short, None).await.unwrap();
-    let config = m.get_network_config().await.unwrap();
-    let lease = m
-        .acquire_lease(&config, &attrs([192, 168, 77, 1]))
-        .await
-        .unwrap();
+    let (_, lease) = config_and_lease(&m, [192, 168, 77, 1]).await;
     let (status_tx, mut status) = watch::channel(lease.clone());
     let keeper = tokio::spawn(async move { m.keep_lease(lease, status_tx).await });
     let subnet = status.borrow().subnet;
@@ -685,11 +659,7 @@ async fn tls_with_client_certificates() {
     )
     .await
     .unwrap();
-    let config = good.get_network_config().await.unwrap();
-    let lease = good
-        .acquire_lease(&config, &attrs([192, 168, 77, 1]))
-        .await
-        .unwrap();
+    let (config, lease) = config_and_lease(&good, [192, 168, 77, 1]).await;
     assert!(config.is_compatible(lease.subnet));
 
     // a client certificate from another CA is refused

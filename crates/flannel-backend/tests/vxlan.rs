@@ -376,6 +376,50 @@ fn peers_programmed_exactly_like_upstream_and_removed_in_reverse() {
 }
 
 #[test]
+fn a_lease_overlapping_a_peer_is_skipped_until_that_peer_is_gone() {
+    netns::run(|| async {
+        underlay("192.168.77.1/24", 1500);
+        let mut b = backend(vxlan(), "192.168.77.1", None).await;
+        let own = own_lease(&b);
+        b.configure(&own).await.unwrap();
+        let a = lease("10.200.2.0/24", "192.168.77.2", MAC2);
+        // same gateway address 10.200.2.0: its ARP entry would replace a's
+        let inside = lease("10.200.2.0/25", "192.168.77.3", MAC3);
+        // a /23 around a's /24
+        let around = lease("10.200.2.0/23", "192.168.77.4", "02:00:00:00:00:44");
+        let failures = b
+            .apply(&added(vec![a.clone(), inside.clone(), around.clone()]))
+            .await;
+        assert_eq!(failures, 0);
+        assert_eq!(b.peers().count(), 1);
+        let (neigh, fdb, routes) = kernel_state();
+        assert_eq!(neigh, vec![format!("10.200.2.0 lladdr {MAC2} PERMANENT")]);
+        assert_eq!(fdb, vec![format!("{MAC2} dst 192.168.77.2 self permanent")]);
+        assert_eq!(
+            routes,
+            vec!["10.200.2.0/24 via 10.200.2.0 dev flannel.1 onlink".to_string()]
+        );
+        // the reconcile keeps it that way
+        assert_eq!(b.reconcile().await.unwrap(), 0);
+        // the skipped one leaves: nothing changes
+        b.apply(&removed(vec![around])).await;
+        assert_eq!(b.peers().count(), 1);
+        // a goes: the lease it shadowed is programmed now
+        b.apply(&removed(vec![a])).await;
+        let (neigh, _, routes) = kernel_state();
+        assert_eq!(neigh, vec![format!("10.200.2.0 lladdr {MAC3} PERMANENT")]);
+        assert_eq!(
+            routes,
+            vec!["10.200.2.0/25 via 10.200.2.0 dev flannel.1 onlink".to_string()]
+        );
+        assert_eq!(
+            b.peers().map(|p| p.subnet).collect::<Vec<_>>(),
+            vec![inside.subnet]
+        );
+    });
+}
+
+#[test]
 fn reconcile_repairs_drift_and_removes_strays() {
     netns::run(|| async {
         underlay("192.168.77.1/24", 1500);

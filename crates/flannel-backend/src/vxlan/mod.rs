@@ -80,6 +80,9 @@ pub struct VxlanBackend {
     /// A B-tree: its memory follows the live peers under churn (a hash table's tombstones
     /// make it double once; see flannel-subnet's lease_set).
     peers: BTreeMap<Ipv4Network, Peer>,
+    /// Valid leases left out because they overlap a peer's subnet (their routes and ARP
+    /// entries would collide); each gets its turn when the peer in its way is removed.
+    shadowed: BTreeMap<Ipv4Network, Lease>,
     stats: Arc<BackendStats>,
 }
 
@@ -128,6 +131,7 @@ impl VxlanBackend {
             device,
             own: None,
             peers: BTreeMap::new(),
+            shadowed: BTreeMap::new(),
             stats: Arc::default(),
         })
     }
@@ -201,12 +205,31 @@ impl VxlanBackend {
         self.own.map(|s| (s, self.public_ip))
     }
 
+    /// A peer other than `subnet` itself whose subnet overlaps `subnet`.
+    fn overlapping_peer(&self, subnet: Ipv4Network) -> Option<Ipv4Network> {
+        // peers inside `subnet`: their network addresses lie between its first and last
+        let (first, last) = (subnet.network(), subnet.broadcast());
+        let lo = Ipv4Network::new(first, 0).ok()?;
+        let hi = Ipv4Network::new(last, 32).ok()?;
+        if let Some((&inside, _)) = self.peers.range(lo..=hi).find(|(&s, _)| s != subnet) {
+            return Some(inside);
+        }
+        // peers containing `subnet`: at most one per shorter prefix
+        (self.network.prefix()..subnet.prefix())
+            .filter_map(|p| {
+                let n = Ipv4Network::new(first, p).ok()?;
+                Ipv4Network::new(n.network(), p).ok()
+            })
+            .find(|n| self.peers.contains_key(n))
+    }
+
     /// Applies lease changes to the desired set and programs exactly the difference.
     /// Returns the number of netlink operations that failed (the next reconcile retries them).
     pub async fn apply(&mut self, update: &PeerUpdate) -> usize {
         let mut plan = Plan::default();
         let index = self.device.index;
         for lease in &update.removed {
+            self.shadowed.remove(&lease.subnet);
             if let Some(old) = self.peers.remove(&lease.subnet) {
                 debug!(subnet = %old.subnet, public_ip = %old.public_ip, "removing peer");
                 plan.del_routes.push(old.route(index));
@@ -214,7 +237,17 @@ impl VxlanBackend {
                 plan.del_arp.extend(old.arp().map(|a| a.ip));
             }
         }
-        for lease in &update.added {
+        // leases shadowed by a peer that is gone now get their turn
+        let unshadowed: Vec<Lease> = if update.removed.is_empty() {
+            Vec::new()
+        } else {
+            self.shadowed
+                .values()
+                .filter(|l| self.overlapping_peer(l.subnet).is_none())
+                .cloned()
+                .collect()
+        };
+        for lease in update.added.iter().chain(&unshadowed) {
             let peer = match peers::peer_from_lease(
                 lease,
                 self.network,
@@ -239,6 +272,12 @@ impl VxlanBackend {
                     continue;
                 }
             };
+            if let Some(other) = self.overlapping_peer(peer.subnet) {
+                warn!(subnet = %lease.subnet, "ignoring lease: overlaps the lease of subnet {other}; programmed when that one is gone");
+                self.shadowed.insert(lease.subnet, lease.clone());
+                continue;
+            }
+            self.shadowed.remove(&lease.subnet);
             info!("Received Subnet Event with VxLan: {}", lease.attrs);
             let old = self.peers.insert(peer.subnet, peer);
             if old == Some(peer) {

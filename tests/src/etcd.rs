@@ -25,6 +25,17 @@ pub struct TestEtcd {
     extra_args: Vec<String>,
 }
 
+/// Which certificate a TLS etcd serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerCert {
+    /// Our CA's, for 127.0.0.1 and localhost.
+    Good,
+    /// Our CA's for 127.0.0.1, expired in 2021.
+    Expired,
+    /// Our CA's, valid, but only for the name etcd.example.
+    WrongName,
+}
+
 #[derive(Clone)]
 struct TlsFiles {
     ca: PathBuf,
@@ -56,21 +67,16 @@ impl TestEtcd {
 
     /// https etcd that demands client certificates signed by `certs.ca`.
     pub fn start_tls(certs: &TestCerts) -> Self {
-        Self::start_tls_with(certs, false, &[])
+        Self::start_tls_with(certs, ServerCert::Good, &[])
     }
 
-    /// Like [`TestEtcd::start_tls`], but serving a certificate of our CA that expired in 2021.
-    pub fn start_tls_expired_server(certs: &TestCerts) -> Self {
-        Self::start_tls_with(certs, true, &[])
-    }
-
-    /// TLS etcd serving the expired server certificate or the good one, with `args` added
-    /// (e.g. `--enable-v2=true`).
-    pub fn start_tls_with(certs: &TestCerts, expired_server: bool, args: &[&str]) -> Self {
-        let (server_cert, server_key) = if expired_server {
-            (&certs.expired_server_cert, &certs.expired_server_key)
-        } else {
-            (&certs.server_cert, &certs.server_key)
+    /// TLS etcd serving one of the test server certificates, with `args` added (e.g.
+    /// `--enable-v2=true`).
+    pub fn start_tls_with(certs: &TestCerts, which: ServerCert, args: &[&str]) -> Self {
+        let (server_cert, server_key) = match which {
+            ServerCert::Good => (&certs.server_cert, &certs.server_key),
+            ServerCert::Expired => (&certs.expired_server_cert, &certs.expired_server_key),
+            ServerCert::WrongName => (&certs.wrong_name_server_cert, &certs.wrong_name_server_key),
         };
         let tls = TlsFiles {
             ca: certs.ca.clone(),
@@ -78,7 +84,7 @@ impl TestEtcd {
             server_key: server_key.clone(),
             client_cert: certs.client_cert.clone(),
             client_key: certs.client_key.clone(),
-            ctl_skips_verify: expired_server,
+            ctl_skips_verify: which != ServerCert::Good,
         };
         Self::start_with(Some(tls), args)
     }

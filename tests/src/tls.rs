@@ -28,6 +28,9 @@ pub struct TestCerts {
     /// A server certificate of our CA for 127.0.0.1 that expired in 2021.
     pub expired_server_cert: PathBuf,
     pub expired_server_key: PathBuf,
+    /// A valid server certificate of our CA for etcd.example only (not 127.0.0.1).
+    pub wrong_name_server_cert: PathBuf,
+    pub wrong_name_server_key: PathBuf,
 }
 
 fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
@@ -104,6 +107,12 @@ impl TestCerts {
                 p.not_after = rcgen::date_time_ymd(2021, 1, 1);
             },
         );
+        let (wrong_name_cert, wrong_name_key) = leaf(
+            &authority,
+            "etcd-elsewhere",
+            &["etcd.example"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
         let foreign = ca("some other CA");
         let (foreign_cert, foreign_key) = leaf(
             &foreign,
@@ -124,6 +133,8 @@ impl TestCerts {
             expired_client_key: write("expired-key.pem", &expired_key),
             expired_server_cert: write("expired-server.pem", &expired_server_cert),
             expired_server_key: write("expired-server-key.pem", &expired_server_key),
+            wrong_name_server_cert: write("wrong-name.pem", &wrong_name_cert),
+            wrong_name_server_key: write("wrong-name-key.pem", &wrong_name_key),
             _dir: dir,
         }
     }

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use etcd_client::Client;
-use flannel_lab::etcd::TestEtcd;
+use flannel_lab::etcd::{ServerCert, TestEtcd};
 use flannel_net::{Expiration, Lease, LeaseAttrs, MacAddr, NetworkConfig, VxlanBackendData};
 use flannel_subnet::etcd::{EtcdConfig, EtcdSubnetManager};
 use flannel_subnet::etcd2::migrate::migrate_v2_to_v3;
@@ -179,7 +179,7 @@ async fn tls_on_v2_verifies_both_sides_and_names_expired_certificates() {
         key_file: Some(key.to_path_buf()),
         ..cfg(etcd)
     };
-    let etcd = TestEtcd::start_tls_with(&certs, false, &["--enable-v2=true"]);
+    let etcd = TestEtcd::start_tls_with(&certs, ServerCert::Good, &["--enable-v2=true"]);
     assert!(etcd.endpoint().starts_with("https://"));
     let m = EtcdV2SubnetManager::new(tls_cfg(&etcd, &certs.client_cert, &certs.client_key), None)
         .unwrap();
@@ -199,7 +199,7 @@ async fn tls_on_v2_verifies_both_sides_and_names_expired_certificates() {
     );
 
     // a server whose certificate expired: the error says so
-    let old = TestEtcd::start_tls_with(&certs, true, &["--enable-v2=true"]);
+    let old = TestEtcd::start_tls_with(&certs, ServerCert::Expired, &["--enable-v2=true"]);
     let m = EtcdV2SubnetManager::new(tls_cfg(&old, &certs.client_cert, &certs.client_key), None)
         .unwrap();
     let err = m.get_network_config().await.unwrap_err().to_string();

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions, PutOptions};
-use flannel_lab::etcd::TestEtcd;
+use flannel_lab::etcd::{ServerCert, TestEtcd};
 use flannel_lab::proxy::TcpProxy;
 use flannel_lab::tls::TestCerts;
 use flannel_net::{Expiration, Lease, LeaseAttrs, MacAddr, NetworkConfig, VxlanBackendData};
@@ -612,10 +612,10 @@ async fn list_leases_shows_ttls_reservations_and_bad_keys() {
         .is_err());
 }
 
-#[tokio::test]
-async fn tls_refuses_an_expired_server_certificate() {
+/// What reading the config from an etcd serving `which` fails with, as the daemon logs it.
+async fn config_error_against(which: ServerCert) -> String {
     let certs = TestCerts::generate();
-    let etcd = TestEtcd::start_tls_expired_server(&certs);
+    let etcd = TestEtcd::start_tls_with(&certs, which, &[]);
     let m = EtcdSubnetManager::new(
         EtcdConfig {
             ca_file: Some(certs.ca.clone()),
@@ -630,13 +630,27 @@ async fn tls_refuses_an_expired_server_certificate() {
     let err = m.get_network_config().await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, SubnetError::Etcd { .. }), "{text}");
-    // what the daemon logs names the request and rustls' reason
     assert!(
         text.starts_with("reading /kubernetes-cluster/network/config: "),
         "{text}"
     );
+    text
+}
+
+#[tokio::test]
+async fn tls_refuses_an_expired_server_certificate() {
+    let text = config_error_against(ServerCert::Expired).await;
     assert!(
         text.contains("invalid peer certificate: certificate expired"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn tls_refuses_a_server_certificate_for_another_name() {
+    let text = config_error_against(ServerCert::WrongName).await;
+    assert!(
+        text.contains("invalid peer certificate: certificate not valid for name"),
         "{text}"
     );
 }
@@ -688,6 +702,23 @@ async fn tls_with_client_certificates() {
         wrong_ca.get_network_config().await,
         Err(SubnetError::Etcd { .. })
     ));
+    // a key that belongs to another certificate: refused at start, naming both files
+    let err = EtcdSubnetManager::new(
+        tls_cfg(&certs.client_cert, &certs.foreign_client_key, &certs.ca),
+        None,
+    )
+    .await
+    .err()
+    .expect("a key of another certificate is refused")
+    .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "the etcd key {} (--etcd-keyfile) does not belong to the certificate {} (--etcd-certfile)",
+            certs.foreign_client_key.display(),
+            certs.client_cert.display()
+        )
+    );
     // an expired client certificate: refused at start, naming the file and the date
     let err = EtcdSubnetManager::new(
         tls_cfg(

@@ -89,8 +89,8 @@ impl EtcdConfig {
         }
         let identity = match (&self.cert_file, &self.key_file) {
             (Some(cert), Some(key)) => Some((
-                read_pem(cert, "certificate (--etcd-certfile)")?,
-                read_pem(key, "key (--etcd-keyfile)")?,
+                (cert, read_pem(cert, "certificate (--etcd-certfile)")?),
+                (key, read_pem(key, "key (--etcd-keyfile)")?),
             )),
             (None, None) => None,
             _ => {
@@ -117,10 +117,9 @@ impl EtcdConfig {
         let ca_pem = read_pem(ca, "CA (--etcd-cafile)")?;
         check_dates(ca, &ca_pem, false)?;
         let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca_pem));
-        if let Some((cert_pem, key_pem)) = identity {
-            if let Some(cert) = &self.cert_file {
-                check_dates(cert, &cert_pem, true)?;
-            }
+        if let Some(((cert, cert_pem), (key, key_pem))) = identity {
+            check_dates(cert, &cert_pem, true)?;
+            check_key_pair((cert, &cert_pem), (key, &key_pem))?;
             tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
         }
         Ok(opts.with_tls(tls))
@@ -162,6 +161,36 @@ fn check_dates(path: &Path, pem: &[u8], client: bool) -> Result<(), SubnetError>
         warn!("certificate {} in {} {problem}", i + 1, path.display());
     }
     Ok(())
+}
+
+/// Refuses a key that does not belong to the client certificate (a common slip when
+/// certificates are renewed): the handshake would fail with a signature error.
+fn check_key_pair(cert: (&Path, &[u8]), key: (&Path, &[u8])) -> Result<(), SubnetError> {
+    use rustls::crypto::ring::default_provider;
+    use rustls::sign::CertifiedKey;
+    use rustls::{Error, InconsistentKeys};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert_path, key_path) = (cert.0.display(), key.0.display());
+    let chain = CertificateDer::pem_slice_iter(cert.1)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| SubnetError::Setup(format!("etcd certificate {cert_path}: {e}")))?;
+    if chain.is_empty() {
+        return Err(SubnetError::Setup(format!(
+            "etcd certificate {cert_path} (--etcd-certfile) holds no certificate"
+        )));
+    }
+    let private = PrivateKeyDer::from_pem_slice(key.1)
+        .map_err(|e| SubnetError::Setup(format!("etcd key {key_path} (--etcd-keyfile): {e}")))?;
+    match CertifiedKey::from_der(chain, private, &default_provider()) {
+        Ok(_) => Ok(()),
+        Err(Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => Err(SubnetError::Setup(
+            format!("the etcd key {key_path} (--etcd-keyfile) does not belong to the certificate {cert_path} (--etcd-certfile)"),
+        )),
+        Err(e) => Err(SubnetError::Setup(format!(
+            "etcd client certificate {cert_path} and key {key_path}: {e}"
+        ))),
+    }
 }
 
 fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, SubnetError> {

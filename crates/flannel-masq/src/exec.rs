@@ -84,3 +84,39 @@ pub(crate) async fn run(
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn arguments_reach_the_program_verbatim_never_through_a_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("shell-ran");
+        let injected = format!("$(touch {})", marker.display());
+        let args = ["a;b", &injected, "`id`", "x && y", "*"];
+        let out = run(&"/bin/echo".into(), &args, None).await.unwrap();
+        assert_eq!(out, format!("{}\n", args.join(" ")));
+        assert!(!marker.exists());
+        // stdin is passed as data too
+        let out = run(&"/bin/cat".into(), &[], Some("-A FLANNEL-FWD $(id)\n"))
+            .await
+            .unwrap();
+        assert_eq!(out, "-A FLANNEL-FWD $(id)\n");
+    }
+
+    #[tokio::test]
+    async fn a_failing_program_is_named_with_its_stderr() {
+        let err = run(&"/bin/ls".into(), &["/nonexistent-flannel-path"], None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/bin/ls /nonexistent-flannel-path"), "{err}");
+        assert!(err.contains("No such file"), "{err}");
+        let err = run(&"/nonexistent/iptables".into(), &["-S"], None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/iptables -S"), "{err}");
+    }
+}

@@ -87,25 +87,24 @@ impl TestCerts {
             &[],
             ExtendedKeyUsagePurpose::ClientAuth,
         );
+        // valid during 2020 only
+        let in_2020 = |p: &mut CertificateParams| {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        };
         let (expired_cert, expired_key) = leaf_with(
             &authority,
             "flanneld-old",
             &[],
             ExtendedKeyUsagePurpose::ClientAuth,
-            |p| {
-                p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-                p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-            },
+            in_2020,
         );
         let (expired_server_cert, expired_server_key) = leaf_with(
             &authority,
             "etcd-old",
             &["127.0.0.1", "localhost"],
             ExtendedKeyUsagePurpose::ServerAuth,
-            |p| {
-                p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-                p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-            },
+            in_2020,
         );
         let (wrong_name_cert, wrong_name_key) = leaf(
             &authority,

@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 
 use crate::health::{self, Shared};
 use crate::iface;
+use crate::memory;
 use crate::options::Options;
 use crate::sdnotify;
 
@@ -325,6 +326,7 @@ async fn steady_state(
     let (batch_tx, mut batch_rx) = mpsc::channel::<LeaseBatch>(64);
     let (update_tx, update_rx) = mpsc::channel::<PeerUpdate>(64);
     let (synced_tx, mut synced_rx) = watch::channel(false);
+    let mut synced_for_memory = synced_rx.clone();
 
     let forward = async {
         while let Some(batch) = batch_rx.recv().await {
@@ -348,6 +350,16 @@ async fn steady_state(
             }
         }
         std::future::pending::<()>().await
+    };
+    // once the peers known at start are programmed, and after each full reconcile after that
+    let memory = async {
+        let _ = synced_for_memory.wait_for(|s| *s).await;
+        let mut tick = tokio::time::interval(BACKEND_RESYNC);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            memory::release_free_heap();
+        }
     };
     let rules = async {
         let mut tick = tokio::time::interval(opts.iptables_resync);
@@ -375,5 +387,6 @@ async fn steady_state(
         () = ready => unreachable!("pending"),
         () = lease_status => unreachable!("pending"),
         () = rules => unreachable!("endless loop"),
+        () = memory => unreachable!("endless loop"),
     }
 }

@@ -10,6 +10,7 @@ mod health;
 mod iface;
 mod install_cmd;
 mod lease_show;
+mod memory;
 mod migrate_cmd;
 mod options;
 mod sdnotify;

@@ -56,6 +56,7 @@ pub(crate) trait Registry: Sync {
     ) -> Result<(), SubnetError>;
 }
 
+/// Acquires this node's lease, reading again while other nodes' writes race ours.
 pub(crate) async fn acquire_lease(
     r: &impl Registry,
     config: &NetworkConfig,

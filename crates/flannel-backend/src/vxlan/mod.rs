@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod device;
+mod peer_set;
 pub mod peers;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ use tracing::{debug, info, warn};
 
 pub use config::VxlanConfig;
 pub use device::Device;
+use peer_set::PeerSet;
 pub use peers::{Peer, Plan, Skip};
 
 use crate::netlink::link::VxlanLinkSpec;
@@ -77,9 +79,7 @@ pub struct VxlanBackend {
     device: Device,
     /// This node's subnet, once the lease is acquired.
     own: Option<Ipv4Network>,
-    /// A B-tree: its memory follows the live peers under churn (a hash table's tombstones
-    /// make it double once; see flannel-subnet's lease_set).
-    peers: BTreeMap<Ipv4Network, Peer>,
+    peers: PeerSet,
     /// Valid leases left out because they overlap a peer's subnet (their routes and ARP
     /// entries would collide); each gets its turn when the peer in its way is removed.
     shadowed: BTreeMap<Ipv4Network, Lease>,
@@ -130,7 +130,7 @@ impl VxlanBackend {
             spec,
             device,
             own: None,
-            peers: BTreeMap::new(),
+            peers: PeerSet::default(),
             shadowed: BTreeMap::new(),
             stats: Arc::default(),
         })
@@ -205,24 +205,6 @@ impl VxlanBackend {
         self.own.map(|s| (s, self.public_ip))
     }
 
-    /// A peer other than `subnet` itself whose subnet overlaps `subnet`.
-    fn overlapping_peer(&self, subnet: Ipv4Network) -> Option<Ipv4Network> {
-        // peers inside `subnet`: their network addresses lie between its first and last
-        let (first, last) = (subnet.network(), subnet.broadcast());
-        let lo = Ipv4Network::new(first, 0).ok()?;
-        let hi = Ipv4Network::new(last, 32).ok()?;
-        if let Some((&inside, _)) = self.peers.range(lo..=hi).find(|(&s, _)| s != subnet) {
-            return Some(inside);
-        }
-        // peers containing `subnet`: at most one per shorter prefix
-        (self.network.prefix()..subnet.prefix())
-            .filter_map(|p| {
-                let n = Ipv4Network::new(first, p).ok()?;
-                Ipv4Network::new(n.network(), p).ok()
-            })
-            .find(|n| self.peers.contains_key(n))
-    }
-
     /// Applies lease changes to the desired set and programs exactly the difference.
     /// Returns the number of netlink operations that failed (the next reconcile retries them).
     pub async fn apply(&mut self, update: &PeerUpdate) -> usize {
@@ -243,7 +225,7 @@ impl VxlanBackend {
         } else {
             self.shadowed
                 .values()
-                .filter(|l| self.overlapping_peer(l.subnet).is_none())
+                .filter(|l| self.peers.overlapping(l.subnet).is_none())
                 .cloned()
                 .collect()
         };
@@ -272,14 +254,14 @@ impl VxlanBackend {
                     continue;
                 }
             };
-            if let Some(other) = self.overlapping_peer(peer.subnet) {
+            if let Some(other) = self.peers.overlapping(peer.subnet) {
                 warn!(subnet = %lease.subnet, "ignoring lease: overlaps the lease of subnet {other}; programmed when that one is gone");
                 self.shadowed.insert(lease.subnet, lease.clone());
                 continue;
             }
             self.shadowed.remove(&lease.subnet);
             info!("Received Subnet Event with VxLan: {}", lease.attrs);
-            let old = self.peers.insert(peer.subnet, peer);
+            let old = self.peers.insert(peer);
             if old == Some(peer) {
                 continue;
             }
@@ -334,7 +316,7 @@ impl VxlanBackend {
             routes: self.nl.ipv4_routes().await?,
         };
         let plan = peers::plan(
-            &self.peers,
+            self.peers.by_subnet(),
             &observed,
             index,
             self.network,
@@ -415,18 +397,16 @@ impl VxlanBackend {
             RouteNetlinkMessage::DelRoute(r) => r.attributes.iter().any(|a| match a {
                 RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
                     Ipv4Network::new(*ip, r.header.destination_prefix_length)
-                        .is_ok_and(|dst| self.peers.contains_key(&dst))
+                        .is_ok_and(|dst| self.peers.contains(&dst))
                 }
                 _ => false,
             }),
             RouteNetlinkMessage::DelNeighbour(n) if n.header.ifindex == index => {
-                let ip = neighbour::ipv4_of(n);
+                let Some(ip) = neighbour::ipv4_of(n) else {
+                    return false;
+                };
                 let mac = neighbour::mac_of(n).map(MacAddr);
-                self.peers.values().any(|p| {
-                    !p.direct
-                        && (Some(p.gateway()) == ip && mac.is_none_or(|m| m == p.mac)
-                            || Some(p.public_ip) == ip && mac == Some(p.mac))
-                })
+                self.peers.needs_arp(ip, mac) || mac.is_some_and(|m| self.peers.needs_fdb(m, ip))
             }
             _ => false,
         }

@@ -512,7 +512,7 @@ fn churn(o: &Opts, dir: &Path) -> Vec<Row> {
     rows
 }
 
-/// Soak (run on request only: `--scenario soak`): 5000 peers, then lease adds and deletes at
+/// Soak (`--scenario soak`, the last step of tests/run.sh): 5000 peers, then lease adds and deletes at
 /// 200/s for `--soak-minutes` (default 10); VmRSS sampled every 10 s must stay flat (the
 /// second half's peak at most 0.5 MiB above the first half's), and the kernel must end with
 /// exactly the live leases' routes.

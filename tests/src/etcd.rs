@@ -43,7 +43,7 @@ struct TlsFiles {
     server_key: PathBuf,
     client_cert: PathBuf,
     client_key: PathBuf,
-    /// etcdctl skips verifying the server (whose certificate is expired on purpose).
+    /// etcdctl skips verifying the server (whose certificate is bad on purpose).
     ctl_skips_verify: bool,
 }
 

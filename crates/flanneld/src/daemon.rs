@@ -351,7 +351,8 @@ async fn steady_state(
         }
         std::future::pending::<()>().await
     };
-    // once the peers known at start are programmed, and after each full reconcile after that
+    // freed heap pages back to the kernel: once the peers known at start are programmed, then
+    // every resync period (the backend's reconciles run on the same period, each a burst)
     let memory = async {
         let _ = synced_for_memory.wait_for(|s| *s).await;
         let mut tick = tokio::time::interval(BACKEND_RESYNC);

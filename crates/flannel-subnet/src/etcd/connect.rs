@@ -142,10 +142,10 @@ impl EtcdConfig {
 /// error. Other certificates (a CA bundle may hold old CAs beside the one in use, a chain
 /// intermediates) only get a warning naming them.
 fn check_dates(path: &Path, pem: &[u8], client: bool) -> Result<(), SubnetError> {
-    let now = std::time::SystemTime::now();
     use rustls_pki_types::pem::PemObject;
-    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(pem);
-    for (i, cert) in certs.enumerate() {
+    use rustls_pki_types::CertificateDer;
+    let now = std::time::SystemTime::now();
+    for (i, cert) in CertificateDer::pem_slice_iter(pem).enumerate() {
         let validity = cert
             .ok()
             .and_then(|der| flannel_net::cert_validity::of_der(&der));

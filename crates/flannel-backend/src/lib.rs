@@ -1,23 +1,49 @@
 //! Backends of flanneld-rs: what a node does with the other nodes' leases.
 //!
-//! The VXLAN backend ([`vxlan::VxlanBackend`]) keeps the kernel matching the desired peer set:
-//! a `flannel.<VNI>` device and, per remote node, a permanent ARP entry, a bridge FDB entry
-//! and an onlink route, programmed over rtnetlink ([`netlink`]). It reconciles rather than
-//! replays: incrementally on every lease event, in full at start and on a period, and at once
-//! when the kernel reports that something it holds for us was deleted.
+//! Every backend sits behind the [`Backend`] trait (after upstream's `Backend` / `Network` in
+//! `pkg/backend/common.go`); the daemon knows only the trait and [`new_backend`], the factory
+//! keyed by the network config's `Backend.Type`:
+//! - `vxlan` ([`vxlan::VxlanBackend`]): a `flannel.<VNI>` device and, per remote node, a
+//!   permanent ARP entry, a bridge FDB entry and an onlink route, programmed over rtnetlink
+//!   ([`netlink`]) and reconciled rather than replayed;
+//! - `alloc` ([`alloc::AllocBackend`]): a subnet and nothing else (no data path).
+//!
+//! Rules every backend keeps:
+//! - **restart deletes nothing live**: no kernel entry is removed before the first complete
+//!   listing of the leases ([`LeaseBatch::snapshot`]) has been applied; entries that no lease
+//!   explains (nodes that left while flanneld was down) are removed right after it;
+//! - **reconcile, don't replay**: the kernel is made to match the desired set, on every
+//!   event, in full on a period, and soon after the kernel reports damage;
+//! - `synced` turns true once a complete listing is programmed (readyz).
 
+pub mod alloc;
 pub mod netlink;
 pub mod vxlan;
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
 
+use async_trait::async_trait;
+use flannel_net::{Lease, LeaseAttrs, LeaseBatch, NetworkConfig};
 use ipnetwork::Ipv4Network;
+use tokio::sync::{mpsc, watch};
+
+use crate::netlink::Netlink;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// Upstream's prefix, so that operators' searches keep working.
-    #[error("error decoding VXLAN backend config: {0}")]
-    Config(String),
+    /// Upstream's prefix (`error decoding VXLAN backend config: ...`), so that operators'
+    /// searches keep working.
+    #[error("error decoding {backend} backend config: {message}")]
+    Config {
+        backend: &'static str,
+        message: String,
+    },
+    /// `Backend.Type` names no backend flanneld-rs has.
+    #[error("unknown backend type: {0} (flanneld-rs implements the alloc and vxlan backends)")]
+    UnknownType(String),
     #[error("opening a netlink socket: {0}")]
     Socket(std::io::Error),
     #[error("{context}: {source}")]
@@ -26,8 +52,22 @@ pub enum BackendError {
         #[source]
         source: rtnetlink::Error,
     },
+    /// The backend's device cannot be made as configured.
     #[error("{0}")]
     Device(String),
+}
+
+/// Counters for metrics (`/metrics`); a backend without a data path leaves them at 0.
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    /// Peers currently programmed.
+    pub peers: AtomicU64,
+    /// Kernel entries added or deleted by a full reconcile (drift repaired).
+    pub repairs: AtomicU64,
+    pub reconciles: AtomicU64,
+    pub device_recreations: AtomicU64,
+    /// Kernel operations that failed (retried by the next reconcile).
+    pub errors: AtomicU64,
 }
 
 /// The interface that carries the encapsulated traffic to the other nodes (`--iface`).
@@ -45,5 +85,61 @@ impl ExtIface {
     /// Whether `ip` is reachable without a router from this interface.
     pub fn on_link(&self, ip: Ipv4Addr) -> bool {
         self.ipv4.iter().any(|n| n.prefix() < 32 && n.contains(ip))
+    }
+}
+
+/// What a backend is told about the node when it is made.
+pub struct NodeContext {
+    pub nl: Netlink,
+    pub ext: ExtIface,
+    /// The address other nodes reach this one at (`--public-ip`, else the interface's).
+    pub public_ip: Ipv4Addr,
+    /// This node's lease as the store already holds it (a restart), if any: what it
+    /// advertised before (the VTEP MAC a re-created VXLAN device keeps).
+    pub previous_lease: Option<Lease>,
+}
+
+/// A backend: set up before the lease is acquired (its attributes go into the lease), told
+/// the lease, then run on the lease events until they end.
+#[async_trait]
+pub trait Backend: Send {
+    /// `Backend.Type`, lower case: `vxlan`, `alloc`.
+    fn kind(&self) -> &'static str;
+
+    /// What this node publishes in its lease (PublicIP, BackendType, BackendData).
+    fn lease_attrs(&self) -> LeaseAttrs;
+
+    /// FLANNEL_MTU: the MTU pods get.
+    fn mtu(&self) -> u32;
+
+    /// Counters for metrics.
+    fn stats(&self) -> Arc<BackendStats>;
+
+    /// Gives the data path this node's subnet (device address, link up).
+    async fn configure(&mut self, own: &Lease) -> Result<(), BackendError>;
+
+    /// Applies lease events (every lease, this node's included, as the watch delivers them)
+    /// until `events` closes, keeping the rules in this module's header. `synced` turns
+    /// true once a complete listing is programmed; `resync` is the period of the full
+    /// reconcile.
+    async fn run(
+        self: Box<Self>,
+        events: mpsc::Receiver<LeaseBatch>,
+        synced: watch::Sender<bool>,
+        resync: Duration,
+    ) -> Result<(), BackendError>;
+}
+
+/// The backend `config`'s `Backend.Type` names.
+pub async fn new_backend(
+    config: &NetworkConfig,
+    node: NodeContext,
+) -> Result<Box<dyn Backend>, BackendError> {
+    match config.backend_kind().as_str() {
+        "vxlan" => Ok(Box::new(
+            vxlan::VxlanBackend::new(config.backend.as_ref(), config.network, node).await?,
+        )),
+        "alloc" => Ok(Box::new(alloc::AllocBackend::new(node))),
+        _ => Err(BackendError::UnknownType(config.backend_type.clone())),
     }
 }

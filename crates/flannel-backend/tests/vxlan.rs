@@ -6,10 +6,10 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use flannel_backend::netlink::Netlink;
-use flannel_backend::vxlan::{PeerUpdate, VxlanBackend};
-use flannel_backend::ExtIface;
+use flannel_backend::vxlan::VxlanBackend;
+use flannel_backend::{Backend, ExtIface, NodeContext};
 use flannel_lab::netns::{self, bridge, ip, sysctl};
-use flannel_net::{Expiration, Lease, LeaseAttrs, MacAddr, VxlanBackendData};
+use flannel_net::{Expiration, Lease, LeaseAttrs, LeaseBatch, MacAddr, VxlanBackendData};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
@@ -44,19 +44,20 @@ async fn ext_iface(nl: &Netlink, name: &str) -> ExtIface {
     }
 }
 
+/// The backend of a node at `public_ip`; `mac_hint`: the VTEP MAC its lease in the store
+/// already advertises.
 async fn backend(backend_cfg: Value, public_ip: &str, mac_hint: Option<MacAddr>) -> VxlanBackend {
     let nl = Netlink::connect().unwrap();
     let ext = ext_iface(&nl, "ext0").await;
-    VxlanBackend::new(
+    let node = NodeContext {
         nl,
-        Some(&backend_cfg),
-        NETWORK.parse().unwrap(),
         ext,
-        public_ip.parse().unwrap(),
-        mac_hint,
-    )
-    .await
-    .unwrap()
+        public_ip: public_ip.parse().unwrap(),
+        previous_lease: mac_hint.map(|m| lease("10.200.99.0/24", public_ip, &m.to_string())),
+    };
+    VxlanBackend::new(Some(&backend_cfg), NETWORK.parse().unwrap(), node)
+        .await
+        .unwrap()
 }
 
 fn vxlan() -> Value {
@@ -78,20 +79,15 @@ fn lease(subnet: &str, public_ip: &str, mac: &str) -> Lease {
     }
 }
 
-fn added(leases: Vec<Lease>) -> PeerUpdate {
-    PeerUpdate {
-        added: leases,
-        removed: vec![],
-        complete: true,
+fn added(leases: Vec<Lease>) -> LeaseBatch {
+    LeaseBatch {
+        snapshot: true,
+        ..LeaseBatch::added(leases)
     }
 }
 
-fn removed(leases: Vec<Lease>) -> PeerUpdate {
-    PeerUpdate {
-        added: vec![],
-        removed: leases,
-        complete: false,
-    }
+fn removed(leases: Vec<Lease>) -> LeaseBatch {
+    LeaseBatch::removed(leases)
 }
 
 type KernelState = (Vec<String>, Vec<String>, Vec<String>);
@@ -225,17 +221,16 @@ fn config_port_gbp_learning_and_mtu_rules() {
         assert_eq!(b.mtu(), 8950, "backend MTU - 50");
         let nl = Netlink::connect().unwrap();
         let ext = ext_iface(&nl, "ext0").await;
-        let err = VxlanBackend::new(
+        let node = NodeContext {
             nl,
-            Some(&json!({"VNI":"x"})),
-            NETWORK.parse().unwrap(),
             ext,
-            Ipv4Addr::new(192, 168, 77, 1),
-            None,
-        )
-        .await
-        .err()
-        .unwrap();
+            public_ip: Ipv4Addr::new(192, 168, 77, 1),
+            previous_lease: None,
+        };
+        let err = VxlanBackend::new(Some(&json!({"VNI":"x"})), NETWORK.parse().unwrap(), node)
+            .await
+            .err()
+            .unwrap();
         assert!(
             err.to_string()
                 .starts_with("error decoding VXLAN backend config: VNI"),
@@ -506,7 +501,7 @@ fn run_loop_repairs_kernel_damage_at_once_and_reports_sync() {
         let (tx, rx) = mpsc::channel(8);
         let (synced_tx, mut synced) = watch::channel(false);
         // an hour between periodic reconciles: only the kernel's notifications can trigger repairs
-        let task = tokio::spawn(b.run(rx, synced_tx, Duration::from_secs(3600)));
+        let task = tokio::spawn(Box::new(b).run(rx, synced_tx, Duration::from_secs(3600)));
         tx.send(added(vec![
             lease("10.200.2.0/24", "192.168.77.2", MAC2),
             lease("10.200.89.0/24", "192.168.77.3", MAC3),

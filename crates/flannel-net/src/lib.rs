@@ -9,6 +9,7 @@ mod gojson;
 
 pub mod cert_validity;
 pub mod config;
+pub mod event;
 pub mod lease;
 pub mod mac;
 pub mod subnet_env;
@@ -16,6 +17,7 @@ pub mod subnet_key;
 pub mod time;
 
 pub use config::{ConfigError, NetworkConfig};
+pub use event::{LeaseBatch, LeaseEvent};
 pub use lease::{Expiration, Lease, LeaseAttrs, LeaseError, VxlanBackendData};
 pub use mac::MacAddr;
 pub use subnet_env::{SubnetEnv, SubnetEnvError};

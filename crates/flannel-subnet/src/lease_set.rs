@@ -1,7 +1,8 @@
-//! The set of leases a watcher has seen, and the events that move a consumer from one state
-//! to the next (upstream `LeaseWatcher`). A full re-list (after compaction or a reconnect) is
-//! turned into the difference, so removals that happened while the watch was down are still
-//! reported, with the lease as it was last seen (its VTEP MAC is needed to clean up).
+//! The set of leases a watcher has seen, and the events ([`flannel_net::LeaseEvent`]) that
+//! move a consumer from one state to the next (upstream `LeaseWatcher`). A full re-list (after
+//! compaction or a reconnect) is turned into the difference, so removals that happened while
+//! the watch was down are still reported, with the lease as it was last seen (its VTEP MAC is
+//! needed to clean up).
 //!
 //! A B-tree, not a hash table: under churn (adds and deletes of different keys) a hash table
 //! fills with tombstones and once doubles its allocation (seen as a 4 MiB step of resident
@@ -10,32 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use flannel_net::{Lease, SubnetKey};
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum LeaseEvent {
-    /// A new lease, or a lease whose attributes changed (the new version).
-    Added(Lease),
-    /// A lease that is gone (the last version seen).
-    Removed(Lease),
-}
-
-impl LeaseEvent {
-    pub fn lease(&self) -> &Lease {
-        match self {
-            LeaseEvent::Added(l) | LeaseEvent::Removed(l) => l,
-        }
-    }
-}
-
-/// What a watch delivers at a time.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LeaseBatch {
-    pub events: Vec<LeaseEvent>,
-    /// True when this batch follows a full listing: after applying it the consumer knows
-    /// every lease there is (the first batch of a watch is always one, even if empty).
-    pub snapshot: bool,
-}
+use flannel_net::{Lease, LeaseEvent, SubnetKey};
 
 #[derive(Debug, Default, Clone)]
 pub struct LeaseSet {

@@ -20,7 +20,8 @@ use flannel_net::{ConfigError, Lease, LeaseAttrs, NetworkConfig};
 use ipnetwork::Ipv4Network;
 use tokio::sync::{mpsc, watch};
 
-pub use lease_set::{LeaseBatch, LeaseEvent, LeaseSet};
+pub use flannel_net::{LeaseBatch, LeaseEvent};
+pub use lease_set::LeaseSet;
 
 /// How long a lease lives without renewal (upstream `subnetTTL`).
 pub const SUBNET_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);

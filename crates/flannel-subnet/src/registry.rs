@@ -12,8 +12,9 @@ use flannel_net::{Lease, LeaseAttrs, NetworkConfig};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
-use crate::lease_set::{LeaseBatch, LeaseSet};
+use crate::lease_set::LeaseSet;
 use crate::{SubnetError, SubnetStats};
+use flannel_net::LeaseBatch;
 
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);

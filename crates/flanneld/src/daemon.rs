@@ -1,9 +1,10 @@
-//! The daemon: upstream's start-up order (spec §1.5), then the steady state.
+//! The daemon: upstream's start-up order (`main.go` at v0.20.2), then the steady state.
 //!
-//! previous subnet.env → subnet manager → healthz → network config (retried every second)
-//! → external interface → ip_forward → VXLAN device → lease → device address → traffic
-//! rules → subnet.env → lease watch and backend (ready once the peers known at start are
-//! programmed) → keep the lease, resync the rules, until a signal.
+//! previous subnet.env → healthz → subnet manager → network config (retried every second)
+//! → external interface → ip_forward → backend (VXLAN: the device) → lease → backend
+//! configured with it (device address) → traffic rules → subnet.env → lease watch feeding
+//! the backend (ready once the peers known at start are programmed) → keep the lease,
+//! resync the rules, until a signal.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -12,10 +13,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use flannel_backend::netlink::Netlink;
-use flannel_backend::vxlan::{PeerUpdate, VxlanBackend};
+use flannel_backend::{Backend, NodeContext};
 use flannel_masq::{Mode, RuleSpec, Tools, TrafficManager};
-use flannel_net::{Lease, MacAddr, NetworkConfig, SubnetEnv};
-use flannel_subnet::{EtcdApi, LeaseBatch, LeaseEvent, SubnetError, SubnetManager};
+use flannel_net::{Lease, LeaseBatch, NetworkConfig, SubnetEnv};
+use flannel_subnet::{EtcdApi, SubnetError, SubnetManager};
 use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
@@ -59,12 +60,6 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
         "Found network config - Backend type: {}",
         config.backend_type
     );
-    if config.backend_kind() != "vxlan" {
-        bail!(
-            "unknown backend type: {} (flanneld-rs implements the vxlan backend)",
-            config.backend_kind()
-        );
-    }
     if config.enable_ipv6 || !config.enable_ipv4 {
         bail!("IPv6 (EnableIPv6, or EnableIPv4 false) is not supported yet by flanneld-rs");
     }
@@ -77,24 +72,22 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
     let public_ip = iface::log_choice(&chosen, opts.public_ip);
     ensure_ip_forward();
 
-    let mac_hint = advertised_mac(sm, public_ip).await;
-    let mut backend = VxlanBackend::new(
+    let node = NodeContext {
         nl,
-        config.backend.as_ref(),
-        config.network,
-        chosen.ext,
+        ext: chosen.ext,
         public_ip,
-        mac_hint,
-    )
-    .await
-    .context("setting up the VXLAN backend")?;
+        previous_lease: previous_lease(sm, public_ip).await,
+    };
+    let mut backend = flannel_backend::new_backend(&config, node)
+        .await
+        .with_context(|| format!("setting up the {} backend", config.backend_kind()))?;
     let _ = shared.backend_stats.set(backend.stats());
 
-    let lease = acquire(sm, &config, &backend).await?;
+    let lease = acquire(sm, &config, backend.as_ref()).await?;
     backend
         .configure(&lease)
         .await
-        .context("configuring the VXLAN device")?;
+        .with_context(|| format!("configuring the {} backend", backend.kind()))?;
     *shared
         .lease
         .lock()
@@ -183,14 +176,13 @@ fn ensure_ip_forward() {
     }
 }
 
-/// The VTEP MAC this node's lease already advertises, so that a re-created device keeps it.
-async fn advertised_mac(sm: &dyn SubnetManager, public_ip: std::net::Ipv4Addr) -> Option<MacAddr> {
+/// The lease this node already holds in the store, if any (what it advertised before: a
+/// re-created VXLAN device keeps its VTEP MAC).
+async fn previous_lease(sm: &dyn SubnetManager, public_ip: std::net::Ipv4Addr) -> Option<Lease> {
     match sm.lease_of(public_ip).await {
-        Ok(lease) => lease
-            .and_then(|l| l.attrs.vxlan_data()?.ok())
-            .map(|d| d.vtep_mac),
+        Ok(lease) => lease,
         Err(e) => {
-            warn!("could not look up this node's lease for its VTEP MAC: {e}");
+            warn!("could not look up this node's lease (for what it advertised before): {e}");
             None
         }
     }
@@ -199,7 +191,7 @@ async fn advertised_mac(sm: &dyn SubnetManager, public_ip: std::net::Ipv4Addr) -
 async fn acquire(
     sm: &dyn SubnetManager,
     config: &NetworkConfig,
-    backend: &VxlanBackend,
+    backend: &dyn Backend,
 ) -> anyhow::Result<Lease> {
     let attrs = backend.lease_attrs();
     loop {
@@ -273,29 +265,16 @@ fn same_plumbing(running: &NetworkConfig, new: &NetworkConfig) -> bool {
         && running.enable_ipv6 == new.enable_ipv6
 }
 
-fn to_update(batch: LeaseBatch) -> PeerUpdate {
-    let mut update = PeerUpdate {
-        complete: batch.snapshot,
-        ..PeerUpdate::default()
-    };
-    for event in batch.events {
-        match event {
-            LeaseEvent::Added(l) => update.added.push(l),
-            LeaseEvent::Removed(l) => update.removed.push(l),
-        }
-    }
-    update
-}
-
 async fn steady_state(
     sm: &dyn SubnetManager,
-    backend: VxlanBackend,
+    backend: Box<dyn Backend>,
     masq: TrafficManager,
     lease: Lease,
     config: &NetworkConfig,
     opts: &Options,
     shared: Arc<Shared>,
 ) -> anyhow::Result<()> {
+    let kind = backend.kind();
     let (config_tx, mut config_rx) = mpsc::channel::<Result<NetworkConfig, String>>(4);
     let config_changes = async {
         while let Some(update) = config_rx.recv().await {
@@ -323,18 +302,10 @@ async fn steady_state(
         std::future::pending::<()>().await
     };
     let (status_tx, mut status_rx) = watch::channel(lease.clone());
-    let (batch_tx, mut batch_rx) = mpsc::channel::<LeaseBatch>(64);
-    let (update_tx, update_rx) = mpsc::channel::<PeerUpdate>(64);
+    let (batch_tx, batch_rx) = mpsc::channel::<LeaseBatch>(64);
     let (synced_tx, mut synced_rx) = watch::channel(false);
     let mut synced_for_memory = synced_rx.clone();
 
-    let forward = async {
-        while let Some(batch) = batch_rx.recv().await {
-            if update_tx.send(to_update(batch)).await.is_err() {
-                break;
-            }
-        }
-    };
     let ready = async {
         let _ = synced_rx.wait_for(|s| *s).await;
         shared.ready.store(true, Ordering::Relaxed);
@@ -380,11 +351,10 @@ async fn steady_state(
         r = sm.watch_leases(batch_tx) => r.map_err(|e| anyhow!(e).context("lease watch failed")),
         r = sm.watch_config(config_tx) => r.map_err(|e| anyhow!(e).context("config watch failed")),
         () = config_changes => unreachable!("pending"),
-        r = backend.run(update_rx, synced_tx, BACKEND_RESYNC) => match r {
-            Ok(()) => Err(anyhow!("the backend stopped")),
-            Err(e) => Err(anyhow!(e).context("the VXLAN backend failed")),
+        r = backend.run(batch_rx, synced_tx, BACKEND_RESYNC) => match r {
+            Ok(()) => Err(anyhow!("the lease watch stopped")),
+            Err(e) => Err(anyhow!(e).context(format!("the {kind} backend failed"))),
         },
-        () = forward => Err(anyhow!("the lease watch stopped")),
         () = ready => unreachable!("pending"),
         () = lease_status => unreachable!("pending"),
         () = rules => unreachable!("endless loop"),

@@ -11,7 +11,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
 use axum::Router;
-use flannel_backend::vxlan::BackendStats;
+use flannel_backend::BackendStats;
 use flannel_net::{Expiration, Lease};
 use flannel_subnet::SubnetStats;
 use tracing::info;

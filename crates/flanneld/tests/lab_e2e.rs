@@ -420,3 +420,54 @@ fn systemd_notifications_ready_and_stopping() {
     let n = socket.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
+
+#[test]
+fn alloc_backend_leases_a_subnet_and_programs_nothing() {
+    let config = r#"{"Network":"10.200.0.0/16","Backend":{"Type":"alloc"}}"#;
+    let (mut lab, _dir) = lab('k', 2, Some(config));
+    lab.start_all();
+    lab.wait_ready(LONG);
+    assert!(lab
+        .log(1)
+        .contains("Found network config - Backend type: alloc"));
+    // upstream's alloc lease: PublicIP only
+    let leases = leases(&lab);
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    for i in 1..=2 {
+        let key = lab.subnet(i).unwrap().replace('/', "-");
+        assert_eq!(
+            leases[&key],
+            format!(
+                r#"{{"PublicIP":"{}","PublicIPv6":null}}"#,
+                lab.hosts[i - 1].ip
+            )
+        );
+        let env = lab.subnet_env(i);
+        // MTU: the interface's, nothing taken for encapsulation
+        let mtu = lab.on_host(i, &["cat", "/sys/class/net/eth0/mtu"]);
+        assert!(
+            env.contains(&format!("FLANNEL_MTU={}\n", mtu.trim())),
+            "{env}"
+        );
+        assert!(env.contains("FLANNEL_NETWORK=10.200.0.0/16\n"), "{env}");
+        // no data path: no device, no route to the other node's subnet
+        let links = lab.on_host(i, &["ip", "-o", "link"]);
+        assert!(!links.contains("flannel."), "{links}");
+        let other = lab.subnet(3 - i).unwrap();
+        assert!(!lab.on_host(i, &["ip", "route"]).contains(&other));
+    }
+    // a type flanneld-rs does not have still gets upstream's message
+    lab.etcd().ctl(&[
+        "put",
+        &format!("{DEFAULT_PREFIX}/config"),
+        r#"{"Network":"10.200.0.0/16","Backend":{"Type":"bogus"}}"#,
+    ]);
+    lab.stop(1, "TERM");
+    lab.start(1);
+    assert!(wait_until(LONG, || !lab.running(1)), "{}", lab.log(1));
+    assert!(
+        lab.log(1).contains("unknown backend type: bogus"),
+        "{}",
+        lab.log(1)
+    );
+}

@@ -33,6 +33,13 @@ impl Default for VxlanConfig {
 /// VXLAN adds 50 bytes (outer Ethernet 14, IPv4 20, UDP 8, VXLAN 8).
 pub const ENCAP_OVERHEAD: u32 = 50;
 
+fn config_error(message: String) -> BackendError {
+    BackendError::Config {
+        backend: "VXLAN",
+        message,
+    }
+}
+
 impl VxlanConfig {
     /// Reads the `Backend` object; keys case-insensitive, unknown keys (`Type`, ...) ignored.
     pub fn from_backend(backend: Option<&Value>) -> Result<Self, BackendError> {
@@ -40,14 +47,10 @@ impl VxlanConfig {
         let obj = match backend {
             None | Some(Value::Null) => return Ok(cfg),
             Some(Value::Object(obj)) => obj,
-            Some(other) => {
-                return Err(BackendError::Config(format!(
-                    "expected an object, got {other}"
-                )))
-            }
+            Some(other) => return Err(config_error(format!("expected an object, got {other}"))),
         };
         let bad = |key: &str, want: &str, v: &Value| {
-            BackendError::Config(format!("{key}: expected {want}, got {v}"))
+            config_error(format!("{key}: expected {want}, got {v}"))
         };
         for (key, v) in obj {
             match key.to_ascii_lowercase().as_str() {

@@ -16,11 +16,12 @@ pub mod peers;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flannel_net::{Lease, LeaseAttrs, MacAddr, VxlanBackendData};
+use async_trait::async_trait;
+use flannel_net::{Lease, LeaseAttrs, LeaseBatch, LeaseEvent, MacAddr, VxlanBackendData};
 use futures::StreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::link::LinkFlags;
@@ -40,34 +41,12 @@ pub use peers::{Peer, Plan, Skip};
 
 use crate::netlink::link::VxlanLinkSpec;
 use crate::netlink::{neighbour, Netlink};
-use crate::{BackendError, ExtIface};
+use crate::{Backend, BackendError, BackendStats, ExtIface, NodeContext};
 
 /// How many netlink requests are in flight at once when many peers change.
 const PIPELINE_DEPTH: usize = 128;
 /// How soon after the kernel reports damage the repair runs (deletions come in bursts).
 const REPAIR_DELAY: Duration = Duration::from_millis(20);
-
-/// Changes to the other nodes' leases, as the lease watch delivers them.
-#[derive(Debug, Clone, Default)]
-pub struct PeerUpdate {
-    pub added: Vec<Lease>,
-    pub removed: Vec<Lease>,
-    /// After this update the backend knows every lease there is (a full listing).
-    pub complete: bool,
-}
-
-/// Counters for metrics.
-#[derive(Debug, Default)]
-pub struct BackendStats {
-    /// Peers currently programmed.
-    pub peers: AtomicU64,
-    /// Kernel entries added or deleted by a full reconcile (drift repaired).
-    pub repairs: AtomicU64,
-    pub reconciles: AtomicU64,
-    pub device_recreations: AtomicU64,
-    /// Netlink operations that failed (retried by the next reconcile).
-    pub errors: AtomicU64,
-}
 
 pub struct VxlanBackend {
     nl: Netlink,
@@ -83,21 +62,30 @@ pub struct VxlanBackend {
     /// Valid leases left out because they overlap a peer's subnet (their routes and ARP
     /// entries would collide); each gets its turn when the peer in its way is removed.
     shadowed: BTreeMap<Ipv4Network, Lease>,
+    /// Whether a complete listing of the leases has been applied. Until then the desired set
+    /// is partial, and a full reconcile deletes nothing (a restart must not cut live peers).
+    listed: bool,
     stats: Arc<BackendStats>,
 }
 
 impl VxlanBackend {
     /// Reads the backend config and makes sure the device exists (before the lease is
-    /// acquired: its MAC goes into the lease). `mac_hint` is the VTEP MAC this node's lease
-    /// in etcd already advertises, if any.
+    /// acquired: its MAC goes into the lease). A device that must be made keeps the VTEP MAC
+    /// of this node's previous lease, if it has one.
     pub async fn new(
-        nl: Netlink,
         backend: Option<&Value>,
         network: Ipv4Network,
-        ext: ExtIface,
-        public_ip: Ipv4Addr,
-        mac_hint: Option<MacAddr>,
+        node: NodeContext,
     ) -> Result<Self, BackendError> {
+        let NodeContext {
+            nl,
+            ext,
+            public_ip,
+            previous_lease,
+        } = node;
+        let mac_hint = previous_lease
+            .and_then(|l| l.attrs.vxlan_data()?.ok())
+            .map(|d| d.vtep_mac);
         let config = VxlanConfig::from_backend(backend)?;
         info!(
             "VXLAN config: VNI={} Port={} GBP={} Learning={} DirectRouting={}",
@@ -132,32 +120,13 @@ impl VxlanBackend {
             own: None,
             peers: PeerSet::default(),
             shadowed: BTreeMap::new(),
+            listed: false,
             stats: Arc::default(),
         })
     }
 
-    /// What this node publishes in its lease.
-    pub fn lease_attrs(&self) -> LeaseAttrs {
-        LeaseAttrs::vxlan(
-            self.public_ip,
-            &VxlanBackendData {
-                vni: Some(self.config.vni),
-                vtep_mac: self.device.mac,
-            },
-        )
-    }
-
-    /// FLANNEL_MTU: the device's MTU.
-    pub fn mtu(&self) -> u32 {
-        self.device.mtu
-    }
-
     pub fn device(&self) -> &Device {
         &self.device
-    }
-
-    pub fn stats(&self) -> Arc<BackendStats> {
-        self.stats.clone()
     }
 
     /// The peers currently desired.
@@ -167,7 +136,7 @@ impl VxlanBackend {
 
     /// Gives the device this node's address (`<subnet>.0/32`), removing other addresses of the
     /// flannel network from it (upstream v0.10 crashlooped on those, #1060), and brings it up.
-    pub async fn configure(&mut self, own: &Lease) -> Result<(), BackendError> {
+    pub async fn set_own_lease(&mut self, own: &Lease) -> Result<(), BackendError> {
         self.own = Some(own.subnet);
         if self.peers.remove(&own.subnet).is_some() {
             self.stats
@@ -205,12 +174,23 @@ impl VxlanBackend {
         self.own.map(|s| (s, self.public_ip))
     }
 
-    /// Applies lease changes to the desired set and programs exactly the difference.
+    /// Applies lease changes to the desired set and programs exactly the difference; after a
+    /// batch that completes a listing, full reconciles may delete what no lease explains.
     /// Returns the number of netlink operations that failed (the next reconcile retries them).
-    pub async fn apply(&mut self, update: &PeerUpdate) -> usize {
+    pub async fn apply(&mut self, batch: &LeaseBatch) -> usize {
+        self.listed |= batch.snapshot;
         let mut plan = Plan::default();
         let index = self.device.index;
-        for lease in &update.removed {
+        let removed = batch.events.iter().filter_map(|e| match e {
+            LeaseEvent::Removed(l) => Some(l),
+            LeaseEvent::Added(_) => None,
+        });
+        let added = batch.events.iter().filter_map(|e| match e {
+            LeaseEvent::Added(l) => Some(l),
+            LeaseEvent::Removed(_) => None,
+        });
+        let any_removed = removed.clone().next().is_some();
+        for lease in removed {
             self.shadowed.remove(&lease.subnet);
             if let Some(old) = self.peers.remove(&lease.subnet) {
                 debug!(subnet = %old.subnet, public_ip = %old.public_ip, "removing peer");
@@ -220,7 +200,7 @@ impl VxlanBackend {
             }
         }
         // leases shadowed by a peer that is gone now get their turn
-        let unshadowed: Vec<Lease> = if update.removed.is_empty() {
+        let unshadowed: Vec<Lease> = if !any_removed {
             Vec::new()
         } else {
             self.shadowed
@@ -229,7 +209,7 @@ impl VxlanBackend {
                 .cloned()
                 .collect()
         };
-        for lease in update.added.iter().chain(&unshadowed) {
+        for lease in added.chain(&unshadowed) {
             let peer = match peers::peer_from_lease(
                 lease,
                 self.network,
@@ -315,13 +295,17 @@ impl VxlanBackend {
             fdb: self.nl.fdb_entries(index).await?,
             routes: self.nl.ipv4_routes().await?,
         };
-        let plan = peers::plan(
+        let mut plan = peers::plan(
             self.peers.by_subnet(),
             &observed,
             index,
             self.network,
             self.config.direct_routing,
         );
+        if !self.listed {
+            // The desired set is not known yet: what looks stale may be a live peer's.
+            plan.keep_stale();
+        }
         let size = plan.size();
         if size > 0 {
             info!(
@@ -412,16 +396,16 @@ impl VxlanBackend {
         }
     }
 
-    /// The backend's life after start-up: apply lease updates as they come, repair damage the
+    /// The backend's life after start-up: apply lease events as they come, repair damage the
     /// kernel reports, reconcile fully every `resync`. `synced` turns true once a complete
-    /// listing has been programmed without error. Ends when `updates` closes.
-    pub async fn run(
+    /// listing has been programmed without error. Ends when `events` closes.
+    async fn serve(
         mut self,
-        mut updates: mpsc::Receiver<PeerUpdate>,
+        mut events: mpsc::Receiver<LeaseBatch>,
         synced: watch::Sender<bool>,
         resync: Duration,
     ) -> Result<(), BackendError> {
-        let (conn, _handle, mut events) = rtnetlink::new_multicast_connection(&[
+        let (conn, _handle, mut kernel) = rtnetlink::new_multicast_connection(&[
             MulticastGroup::Link,
             MulticastGroup::Neigh,
             MulticastGroup::Ipv4Route,
@@ -447,17 +431,21 @@ impl VxlanBackend {
                 }
             };
             tokio::select! {
-                update = updates.recv() => {
-                    let Some(update) = update else { return Ok(()) };
-                    pending_sync |= update.complete;
-                    if self.apply(&update).await > 0 {
+                batch = events.recv() => {
+                    let Some(batch) = batch else { return Ok(()) };
+                    pending_sync |= batch.snapshot;
+                    let first_listing = batch.snapshot && !self.listed;
+                    if self.apply(&batch).await > 0 {
                         repair_at.get_or_insert(Instant::now() + Duration::from_secs(1));
+                    } else if first_listing {
+                        // now the stale entries (nodes gone while we were down) can go
+                        repair_at = Some(Instant::now());
                     } else if pending_sync {
                         pending_sync = false;
                         synced.send_replace(true);
                     }
                 }
-                Some((msg, _)) = events.next() => {
+                Some((msg, _)) = kernel.next() => {
                     if let NetlinkPayload::InnerMessage(inner) = msg.payload {
                         if self.is_damage(&inner) && repair_at.is_none() {
                             repair_at = Some(Instant::now() + REPAIR_DELAY);
@@ -493,6 +481,45 @@ impl VxlanBackend {
                 }
             }
         }
+    }
+}
+
+#[async_trait]
+impl Backend for VxlanBackend {
+    fn kind(&self) -> &'static str {
+        "vxlan"
+    }
+
+    fn lease_attrs(&self) -> LeaseAttrs {
+        LeaseAttrs::vxlan(
+            self.public_ip,
+            &VxlanBackendData {
+                vni: Some(self.config.vni),
+                vtep_mac: self.device.mac,
+            },
+        )
+    }
+
+    /// The device's MTU.
+    fn mtu(&self) -> u32 {
+        self.device.mtu
+    }
+
+    fn stats(&self) -> Arc<BackendStats> {
+        self.stats.clone()
+    }
+
+    async fn configure(&mut self, own: &Lease) -> Result<(), BackendError> {
+        self.set_own_lease(own).await
+    }
+
+    async fn run(
+        self: Box<Self>,
+        events: mpsc::Receiver<LeaseBatch>,
+        synced: watch::Sender<bool>,
+        resync: Duration,
+    ) -> Result<(), BackendError> {
+        self.serve(events, synced, resync).await
     }
 }
 

@@ -157,6 +157,13 @@ pub struct PeerChange {
 }
 
 impl Plan {
+    /// Drops the deletions, keeping the additions (while the desired set is partial).
+    pub fn keep_stale(&mut self) {
+        self.del_routes.clear();
+        self.del_fdb.clear();
+        self.del_arp.clear();
+    }
+
     pub fn is_empty(&self) -> bool {
         self.del_routes.is_empty()
             && self.del_fdb.is_empty()

@@ -27,9 +27,10 @@ use tracing::{debug, info, warn};
 
 use super::{join_key, EtcdConfig};
 use crate::acquire;
-use crate::lease_set::{LeaseBatch, LeaseSet};
+use crate::lease_set::LeaseSet;
 use crate::registry::{self, Attempt, BACKOFF_MAX, BACKOFF_MIN};
 use crate::{LeaseEntry, SubnetError, SubnetManager, SubnetStats};
+use flannel_net::LeaseBatch;
 
 /// Upstream retries a failed renewal every minute.
 const RENEW_RETRY: Duration = Duration::from_secs(60);

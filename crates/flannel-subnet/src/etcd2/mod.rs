@@ -22,9 +22,10 @@ use tracing::{debug, info, warn};
 pub use client::{Cond, Node, Response, V2Client, V2Error};
 
 use crate::etcd::{join_key, EtcdConfig};
-use crate::lease_set::{LeaseBatch, LeaseSet};
+use crate::lease_set::LeaseSet;
 use crate::registry::{self, Attempt, BACKOFF_MAX, BACKOFF_MIN};
 use crate::{acquire, LeaseEntry, SubnetError, SubnetManager, SubnetStats};
+use flannel_net::LeaseBatch;
 
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// How long one long poll of a watch lasts before it is asked again.

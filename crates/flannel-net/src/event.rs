@@ -1,0 +1,48 @@
+//! Lease events: what a subnet manager emits and a backend consumes (upstream
+//! `subnet.Event` / `LeaseWatchResult`). Defined here, in the vocabulary, so that the two meet
+//! without knowing each other.
+
+use crate::lease::Lease;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeaseEvent {
+    /// A new lease, or a lease whose attributes changed (the new version).
+    Added(Lease),
+    /// A lease that is gone (the last version seen: its VTEP MAC is needed to clean up).
+    Removed(Lease),
+}
+
+impl LeaseEvent {
+    pub fn lease(&self) -> &Lease {
+        match self {
+            LeaseEvent::Added(l) | LeaseEvent::Removed(l) => l,
+        }
+    }
+}
+
+/// What a lease watch delivers at a time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeaseBatch {
+    pub events: Vec<LeaseEvent>,
+    /// True when this batch follows a full listing: after applying it the consumer knows
+    /// every lease there is (the first batch of a watch is always one, even if empty).
+    pub snapshot: bool,
+}
+
+impl LeaseBatch {
+    /// A batch of additions only (tests, benchmarks).
+    pub fn added(leases: impl IntoIterator<Item = Lease>) -> Self {
+        LeaseBatch {
+            events: leases.into_iter().map(LeaseEvent::Added).collect(),
+            snapshot: false,
+        }
+    }
+
+    /// A batch of removals only (tests, benchmarks).
+    pub fn removed(leases: impl IntoIterator<Item = Lease>) -> Self {
+        LeaseBatch {
+            events: leases.into_iter().map(LeaseEvent::Removed).collect(),
+            snapshot: false,
+        }
+    }
+}

@@ -1,73 +1,37 @@
 //! Subnet leases for flanneld-rs.
 //!
 //! A [`SubnetManager`] hands this node its subnet and tells it about everybody else's:
-//! get the network config, acquire a lease, keep it, watch the other leases. The etcd v3
-//! registry ([`etcd::EtcdSubnetManager`]) is the first implementation; an etcd v2 registry and
-//! the Kubernetes API can sit behind the same trait.
+//! get the network config, acquire a lease, keep it, watch the other leases. There is one
+//! implementation, [`manager::LeaseManager`], which holds the lease semantics once, over a
+//! small storage trait ([`store::Store`]) served by etcd v3 ([`etcd::EtcdV3Store`]), etcd v2
+//! ([`etcd2::EtcdV2Store`]) and, for fast tests of the semantics, memory
+//! ([`memory::MemoryStore`]).
 //!
-//! The allocation rule ([`allocate`]) and the bookkeeping of the watched lease set
-//! ([`lease_set`]) are pure and tested on their own.
+//! The allocation rule ([`allocate`]), the acquire decision ([`acquire`]) and the bookkeeping
+//! of the watched lease set ([`lease_set`]) are pure and tested on their own.
 
 pub mod acquire;
 pub mod allocate;
+mod error;
 pub mod etcd;
 pub mod etcd2;
 pub mod lease_set;
-mod registry;
+pub mod manager;
+pub mod memory;
+pub mod store;
 
 use async_trait::async_trait;
-use flannel_net::{ConfigError, Lease, LeaseAttrs, NetworkConfig};
-use ipnetwork::Ipv4Network;
+use flannel_net::{Lease, LeaseAttrs, NetworkConfig};
 use tokio::sync::{mpsc, watch};
 
+pub use error::{ErrorKind, StoreError, SubnetError};
 pub use flannel_net::{LeaseBatch, LeaseEvent};
 pub use lease_set::LeaseSet;
+pub use manager::{write_config, ConfigWrite, LeaseManager, LeasePolicy};
+pub use store::Store;
 
 /// How long a lease lives without renewal (upstream `subnetTTL`).
 pub const SUBNET_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-
-#[derive(Debug, thiserror::Error)]
-pub enum SubnetError {
-    /// Upstream's text, logged every second while flanneld waits for the config.
-    #[error(
-        "flannel config not found in etcd store. Did you create your config using etcdv3 API?"
-    )]
-    ConfigNotFound,
-    #[error("{0}")]
-    Config(#[from] ConfigError),
-    #[error("out of subnets")]
-    OutOfSubnets,
-    #[error("max retries reached trying to acquire a subnet")]
-    MaxRetries,
-    /// Our subnet's key now names another node: this node must not keep using the subnet.
-    #[error("subnet {subnet} is now held by {holder}; this node ({ours}) lost its lease")]
-    LeaseTaken {
-        subnet: Ipv4Network,
-        holder: String,
-        ours: std::net::Ipv4Addr,
-    },
-    #[error("{0} is not supported yet by flanneld-rs")]
-    Unsupported(&'static str),
-    #[error("{context}: {source}")]
-    Etcd {
-        context: String,
-        #[source]
-        source: etcd_client::Error,
-    },
-    /// A bad etcd setting (endpoint, certificate file, ...), found before connecting.
-    #[error("{0}")]
-    Setup(String),
-    /// Nobody listens any more: the receiver of the watch was dropped.
-    #[error("the lease watch has no receiver")]
-    Closed,
-}
-
-impl SubnetError {
-    /// Errors that may go away by themselves (etcd unreachable, leader election): retry these.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, SubnetError::Etcd { .. } | SubnetError::ConfigNotFound)
-    }
-}
 
 /// Counters for metrics.
 #[derive(Debug, Default)]
@@ -101,18 +65,18 @@ impl std::fmt::Display for EtcdApi {
 /// An API that does not answer (v2 disabled, as by default in etcd 3.4) counts as empty; an
 /// error is returned only when neither answers.
 pub async fn detect_api(cfg: &etcd::EtcdConfig) -> Result<Option<EtcdApi>, SubnetError> {
-    let v3 = etcd::EtcdSubnetManager::new(cfg.clone(), None).await?;
-    let v3_error = match v3.get_network_config().await {
-        Ok(_) | Err(SubnetError::Config(_)) => return Ok(Some(EtcdApi::V3)),
-        Err(SubnetError::ConfigNotFound) => None,
+    let v3 = etcd::EtcdV3Store::new(cfg).await?;
+    let v3_error = match v3.get(&store::Key::Config).await {
+        Ok((Some(_), _)) => return Ok(Some(EtcdApi::V3)),
+        Ok((None, _)) => None,
         Err(e) => Some(e),
     };
-    let v2 = etcd2::EtcdV2SubnetManager::new(cfg.clone(), None)?;
-    match v2.get_network_config().await {
-        Ok(_) | Err(SubnetError::Config(_)) => Ok(Some(EtcdApi::V2)),
-        Err(SubnetError::ConfigNotFound) => Ok(None),
+    let v2 = etcd2::EtcdV2Store::new(cfg)?;
+    match v2.get(&store::Key::Config).await {
+        Ok((Some(_), _)) => Ok(Some(EtcdApi::V2)),
+        Ok((None, _)) => Ok(None),
         Err(e) => match v3_error {
-            Some(v3e) => Err(v3e),
+            Some(v3e) => Err(v3e.into()),
             None => {
                 tracing::debug!("etcd v2 keys API not available: {e}");
                 Ok(None)
@@ -121,15 +85,32 @@ pub async fn detect_api(cfg: &etcd::EtcdConfig) -> Result<Option<EtcdApi>, Subne
     }
 }
 
-/// The manager for `api`.
+/// The store of `api`, as a trait object (config writes, migration).
+pub async fn store(api: EtcdApi, cfg: &etcd::EtcdConfig) -> Result<Box<dyn Store>, SubnetError> {
+    Ok(match api {
+        EtcdApi::V3 => Box::new(etcd::EtcdV3Store::new(cfg).await?),
+        EtcdApi::V2 => Box::new(etcd2::EtcdV2Store::new(cfg)?),
+    })
+}
+
+/// The lease manager over the store of `api`.
 pub async fn manager(
     api: EtcdApi,
-    cfg: etcd::EtcdConfig,
+    cfg: &etcd::EtcdConfig,
+    policy: LeasePolicy,
     previous_subnet: Option<ipnetwork::Ipv4Network>,
 ) -> Result<Box<dyn SubnetManager>, SubnetError> {
     Ok(match api {
-        EtcdApi::V3 => Box::new(etcd::EtcdSubnetManager::new(cfg, previous_subnet).await?),
-        EtcdApi::V2 => Box::new(etcd2::EtcdV2SubnetManager::new(cfg, previous_subnet)?),
+        EtcdApi::V3 => Box::new(LeaseManager::new(
+            etcd::EtcdV3Store::new(cfg).await?,
+            policy,
+            previous_subnet,
+        )),
+        EtcdApi::V2 => Box::new(LeaseManager::new(
+            etcd2::EtcdV2Store::new(cfg)?,
+            policy,
+            previous_subnet,
+        )),
     })
 }
 

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 use etcd_client::Client;
 use flannel_lab::etcd::{ServerCert, TestEtcd};
 use flannel_net::{Expiration, Lease, LeaseAttrs, MacAddr, NetworkConfig, VxlanBackendData};
-use flannel_subnet::etcd::{EtcdConfig, EtcdSubnetManager};
-use flannel_subnet::etcd2::migrate::migrate_v2_to_v3;
-use flannel_subnet::etcd2::{Cond, EtcdV2SubnetManager, V2Client};
+use flannel_subnet::etcd::{EtcdConfig, EtcdV3Store};
+use flannel_subnet::etcd2::migrate::{migrate, MigrateReport};
+use flannel_subnet::etcd2::{Cond, EtcdV2Store, V2Client};
 use flannel_subnet::{detect_api, EtcdApi, LeaseBatch, LeaseEvent, SubnetManager};
+use flannel_subnet::{LeaseManager, LeasePolicy, SubnetError};
 use tokio::sync::{mpsc, watch};
 
 const PREFIX: &str = "/kubernetes-cluster/network";
@@ -30,8 +31,38 @@ fn cfg(etcd: &TestEtcd) -> EtcdConfig {
     }
 }
 
+type EtcdV2SubnetManager = LeaseManager<EtcdV2Store>;
+
+fn v2_manager(
+    cfg: EtcdConfig,
+    previous: Option<ipnetwork::Ipv4Network>,
+) -> Result<EtcdV2SubnetManager, SubnetError> {
+    Ok(LeaseManager::new(
+        EtcdV2Store::new(&cfg)?,
+        LeasePolicy::default(),
+        previous,
+    ))
+}
+
+async fn v3_manager(
+    cfg: EtcdConfig,
+    previous: Option<ipnetwork::Ipv4Network>,
+) -> Result<LeaseManager<EtcdV3Store>, SubnetError> {
+    let store = EtcdV3Store::new(&cfg).await?;
+    Ok(LeaseManager::new(store, LeasePolicy::default(), previous))
+}
+
+async fn migrate_v2_to_v3(cfg: &EtcdConfig, dry_run: bool) -> Result<MigrateReport, SubnetError> {
+    migrate(
+        &EtcdV2Store::new(cfg)?,
+        &EtcdV3Store::new(cfg).await?,
+        dry_run,
+    )
+    .await
+}
+
 fn v2(etcd: &TestEtcd) -> EtcdV2SubnetManager {
-    EtcdV2SubnetManager::new(cfg(etcd), None).unwrap()
+    v2_manager(cfg(etcd), None).unwrap()
 }
 
 fn attrs(last: u8) -> LeaseAttrs {
@@ -50,7 +81,7 @@ fn key(subnet: &str) -> String {
 
 /// Writes the network config (v2 API) and acquires a lease for 192.168.77.`last`.
 async fn config_and_lease(m: &EtcdV2SubnetManager, last: u8) -> (NetworkConfig, Lease) {
-    put_config(m.client()).await;
+    put_config(m.store().client()).await;
     let config = m.get_network_config().await.unwrap();
     let lease = m.acquire_lease(&config, &attrs(last)).await.unwrap();
     (config, lease)
@@ -83,7 +114,7 @@ fn names(b: &LeaseBatch) -> Vec<String> {
 async fn acquire_reuse_reservations_watch_and_expiry_on_v2() {
     let etcd = etcd();
     let m = v2(&etcd);
-    let c = m.client();
+    let c = m.store().client();
     assert!(m.get_network_config().await.is_err());
     put_config(c).await;
     c.put(&key("10.200.31.0/24"), V016, Some(86400), Cond::Always)
@@ -143,7 +174,7 @@ async fn acquire_reuse_reservations_watch_and_expiry_on_v2() {
     assert!(matches!(old.expiration, Expiration::At(_)));
 
     let (tx, mut rx) = mpsc::channel(16);
-    let watcher = EtcdV2SubnetManager::new(cfg(&etcd), None).unwrap();
+    let watcher = v2_manager(cfg(&etcd), None).unwrap();
     tokio::spawn(async move { watcher.watch_leases(tx).await });
     let first = next(&mut rx).await;
     assert!(first.snapshot);
@@ -181,12 +212,11 @@ async fn tls_on_v2_verifies_both_sides_and_names_expired_certificates() {
     };
     let etcd = TestEtcd::start_tls_with(&certs, ServerCert::Good, &["--enable-v2=true"]);
     assert!(etcd.endpoint().starts_with("https://"));
-    let m = EtcdV2SubnetManager::new(tls_cfg(&etcd, &certs.client_cert, &certs.client_key), None)
-        .unwrap();
+    let m = v2_manager(tls_cfg(&etcd, &certs.client_cert, &certs.client_key), None).unwrap();
     let (config, lease) = config_and_lease(&m, 1).await;
     assert!(config.is_compatible(lease.subnet));
     // an expired client certificate is named before anything is sent
-    let err = EtcdV2SubnetManager::new(
+    let err = v2_manager(
         tls_cfg(&etcd, &certs.expired_client_cert, &certs.expired_client_key),
         None,
     )
@@ -200,8 +230,7 @@ async fn tls_on_v2_verifies_both_sides_and_names_expired_certificates() {
 
     // a server whose certificate expired: the error says so
     let old = TestEtcd::start_tls_with(&certs, ServerCert::Expired, &["--enable-v2=true"]);
-    let m = EtcdV2SubnetManager::new(tls_cfg(&old, &certs.client_cert, &certs.client_key), None)
-        .unwrap();
+    let m = v2_manager(tls_cfg(&old, &certs.client_cert, &certs.client_key), None).unwrap();
     let err = m.get_network_config().await.unwrap_err().to_string();
     assert!(err.contains("certificate expired"), "{err}");
 }
@@ -209,25 +238,26 @@ async fn tls_on_v2_verifies_both_sides_and_names_expired_certificates() {
 #[tokio::test]
 async fn keeper_refreshes_the_ttl_and_recreates_a_deleted_key_on_v2() {
     let etcd = etcd();
-    let mut short = cfg(&etcd);
-    short.subnet_ttl = Duration::from_secs(4);
-    short.renew_margin = Duration::from_secs(3);
-    let m = EtcdV2SubnetManager::new(short, None).unwrap();
+    let short = LeasePolicy {
+        ttl: Duration::from_secs(4),
+        renew_margin: Duration::from_secs(3),
+    };
+    let m = LeaseManager::new(EtcdV2Store::new(&cfg(&etcd)).unwrap(), short, None);
     let (_, lease) = config_and_lease(&m, 1).await;
     let k = key(&lease.subnet.to_string());
     let (status_tx, _status) = watch::channel(lease.clone());
-    let checker = EtcdV2SubnetManager::new(cfg(&etcd), None).unwrap();
+    let checker = v2_manager(cfg(&etcd), None).unwrap();
     tokio::spawn(async move { m.keep_lease(lease, status_tx).await });
     // alive after twice its TTL
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert!(
-        checker.client().get(&k, false).await.is_ok(),
+        checker.store().client().get(&k, false).await.is_ok(),
         "lease expired despite renewals"
     );
     // deleted by an operator: back at once
-    checker.client().delete(&k, None).await.unwrap();
+    checker.store().client().delete(&k, None).await.unwrap();
     let start = Instant::now();
-    while checker.client().get(&k, false).await.is_err() {
+    while checker.store().client().get(&k, false).await.is_err() {
         assert!(start.elapsed() < Duration::from_secs(10), "not re-created");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -237,7 +267,7 @@ async fn keeper_refreshes_the_ttl_and_recreates_a_deleted_key_on_v2() {
 async fn auto_detection_in_all_three_states() {
     let etcd = etcd();
     assert_eq!(detect_api(&cfg(&etcd)).await.unwrap(), None);
-    put_config(v2(&etcd).client()).await;
+    put_config(v2(&etcd).store().client()).await;
     assert_eq!(detect_api(&cfg(&etcd)).await.unwrap(), Some(EtcdApi::V2));
     etcd.ctl(&["put", &format!("{PREFIX}/config"), NET16]);
     assert_eq!(
@@ -254,7 +284,7 @@ async fn auto_detection_in_all_three_states() {
 async fn migrate_copies_leases_and_reservations_then_v3_reuses_the_subnet() {
     let etcd = etcd();
     let c = v2(&etcd);
-    let c = c.client();
+    let c = c.store().client();
     put_config(c).await;
     for (subnet, last) in [
         ("10.200.31.0/24", 3),
@@ -311,7 +341,7 @@ async fn migrate_copies_leases_and_reservations_then_v3_reuses_the_subnet() {
     );
 
     // a node restarted on v3 keeps its subnet
-    let m3 = EtcdSubnetManager::new(cfg(&etcd), None).await.unwrap();
+    let m3 = v3_manager(cfg(&etcd), None).await.unwrap();
     let config = m3.get_network_config().await.unwrap();
     assert_eq!(
         m3.acquire_lease(&config, &attrs(1))

@@ -9,8 +9,9 @@ use flannel_lab::etcd::{ServerCert, TestEtcd};
 use flannel_lab::proxy::TcpProxy;
 use flannel_lab::tls::TestCerts;
 use flannel_net::{Expiration, Lease, LeaseAttrs, MacAddr, NetworkConfig, VxlanBackendData};
-use flannel_subnet::etcd::{EtcdConfig, EtcdSubnetManager};
+use flannel_subnet::etcd::{EtcdConfig, EtcdV3Store};
 use flannel_subnet::{LeaseBatch, LeaseEvent, SubnetError, SubnetManager};
+use flannel_subnet::{LeaseManager, LeasePolicy};
 use ipnetwork::Ipv4Network;
 use tokio::sync::{mpsc, watch};
 
@@ -37,8 +38,18 @@ async fn put_config(etcd: &TestEtcd, json: &str) {
         .unwrap();
 }
 
+type EtcdSubnetManager = LeaseManager<EtcdV3Store>;
+
+async fn v3_manager(
+    cfg: EtcdConfig,
+    previous: Option<ipnetwork::Ipv4Network>,
+) -> Result<EtcdSubnetManager, SubnetError> {
+    let store = EtcdV3Store::new(&cfg).await?;
+    Ok(LeaseManager::new(store, LeasePolicy::default(), previous))
+}
+
 async fn manager(etcd: &TestEtcd, previous: Option<&str>) -> EtcdSubnetManager {
-    EtcdSubnetManager::new(cfg(&etcd.endpoint()), previous.map(|p| p.parse().unwrap()))
+    v3_manager(cfg(&etcd.endpoint()), previous.map(|p| p.parse().unwrap()))
         .await
         .unwrap()
 }
@@ -341,10 +352,12 @@ async fn two_managers_racing_for_the_last_subnet() {
 async fn keep_alive_renews_and_lost_key_is_recreated() {
     let etcd = TestEtcd::start();
     put_config(&etcd, NET16).await;
-    let mut short = cfg(&etcd.endpoint());
-    short.subnet_ttl = Duration::from_secs(4);
-    short.renew_margin = Duration::from_secs(3);
-    let m = EtcdSubnetManager::new(short, None).await.unwrap();
+    let short = LeasePolicy {
+        ttl: Duration::from_secs(4),
+        renew_margin: Duration::from_secs(3),
+    };
+    let store = EtcdV3Store::new(&cfg(&etcd.endpoint())).await.unwrap();
+    let m = LeaseManager::new(store, short, None);
     let (_, lease) = config_and_lease(&m, [192, 168, 77, 1]).await;
     let (status_tx, mut status) = watch::channel(lease.clone());
     let keeper = tokio::spawn(async move { m.keep_lease(lease, status_tx).await });
@@ -508,7 +521,7 @@ async fn watch_across_partition_and_compaction_reports_every_change() {
         c.put(k, v, None).await.unwrap();
     }
     let proxy = TcpProxy::start(etcd.client_addr());
-    let m = EtcdSubnetManager::new(cfg(&format!("http://{}", proxy.addr())), None)
+    let m = v3_manager(cfg(&format!("http://{}", proxy.addr())), None)
         .await
         .unwrap();
     let (tx, mut rx) = mpsc::channel(16);
@@ -616,7 +629,7 @@ async fn list_leases_shows_ttls_reservations_and_bad_keys() {
 async fn config_error_against(which: ServerCert) -> String {
     let certs = TestCerts::generate();
     let etcd = TestEtcd::start_tls_with(&certs, which, &[]);
-    let m = EtcdSubnetManager::new(
+    let m = v3_manager(
         EtcdConfig {
             ca_file: Some(certs.ca.clone()),
             cert_file: Some(certs.client_cert.clone()),
@@ -629,7 +642,7 @@ async fn config_error_against(which: ServerCert) -> String {
     .unwrap();
     let err = m.get_network_config().await.unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, SubnetError::Etcd { .. }), "{text}");
+    assert!(matches!(err, SubnetError::Store(_)), "{text}");
     assert!(
         text.starts_with("reading /kubernetes-cluster/network/config: "),
         "{text}"
@@ -667,7 +680,7 @@ async fn tls_with_client_certificates() {
             key_file: Some(key.to_path_buf()),
             ..cfg(&etcd.endpoint())
         };
-    let good = EtcdSubnetManager::new(
+    let good = v3_manager(
         tls_cfg(&certs.client_cert, &certs.client_key, &certs.ca),
         None,
     )
@@ -677,7 +690,7 @@ async fn tls_with_client_certificates() {
     assert!(config.is_compatible(lease.subnet));
 
     // a client certificate from another CA is refused
-    let foreign = EtcdSubnetManager::new(
+    let foreign = v3_manager(
         tls_cfg(
             &certs.foreign_client_cert,
             &certs.foreign_client_key,
@@ -689,10 +702,10 @@ async fn tls_with_client_certificates() {
     .unwrap();
     assert!(matches!(
         foreign.get_network_config().await,
-        Err(SubnetError::Etcd { .. })
+        Err(SubnetError::Store(_))
     ));
     // a server certificate that our CA did not sign is refused
-    let wrong_ca = EtcdSubnetManager::new(
+    let wrong_ca = v3_manager(
         tls_cfg(&certs.client_cert, &certs.client_key, &certs.foreign_ca),
         None,
     )
@@ -700,10 +713,10 @@ async fn tls_with_client_certificates() {
     .unwrap();
     assert!(matches!(
         wrong_ca.get_network_config().await,
-        Err(SubnetError::Etcd { .. })
+        Err(SubnetError::Store(_))
     ));
     // a key that belongs to another certificate: refused at start, naming both files
-    let err = EtcdSubnetManager::new(
+    let err = v3_manager(
         tls_cfg(&certs.client_cert, &certs.foreign_client_key, &certs.ca),
         None,
     )
@@ -720,7 +733,7 @@ async fn tls_with_client_certificates() {
         )
     );
     // an expired client certificate: refused at start, naming the file and the date
-    let err = EtcdSubnetManager::new(
+    let err = v3_manager(
         tls_cfg(
             &certs.expired_client_cert,
             &certs.expired_client_key,
@@ -740,7 +753,7 @@ async fn tls_with_client_certificates() {
         )
     );
     // no client certificate at all
-    let anonymous = EtcdSubnetManager::new(
+    let anonymous = v3_manager(
         EtcdConfig {
             ca_file: Some(certs.ca.clone()),
             ..cfg(&etcd.endpoint())
@@ -751,6 +764,6 @@ async fn tls_with_client_certificates() {
     .unwrap();
     assert!(matches!(
         anonymous.get_network_config().await,
-        Err(SubnetError::Etcd { .. })
+        Err(SubnetError::Store(_))
     ));
 }

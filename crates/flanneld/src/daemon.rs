@@ -46,7 +46,8 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
     };
     let sm = flannel_subnet::manager(
         api,
-        opts.etcd.clone(),
+        &opts.etcd,
+        opts.lease_policy,
         previous.as_ref().and_then(|p| p.subnet),
     )
     .await

@@ -9,7 +9,9 @@ use std::process::Command;
 use anyhow::{anyhow, bail, Context};
 use flannel_install::{plan, under, InstallSpec, UnitSpec};
 use flannel_net::NetworkConfig;
-use flannel_subnet::etcd::{ConfigWrite, EtcdSubnetManager};
+use flannel_subnet::etcd::EtcdV3Store;
+use flannel_subnet::store::{Key, Store};
+use flannel_subnet::{write_config, ConfigWrite};
 
 use crate::cli::{self, Flag, Kind, Parsed, Values, DAEMON_FLAGS};
 use crate::options::{etcd_config, Options};
@@ -375,12 +377,9 @@ async fn put_network(
     {
         *file = under(root, file);
     }
-    let sm = EtcdSubnetManager::new(etcd.clone(), None).await?;
-    let key = format!("{}/config", etcd.prefix.trim_end_matches('/'));
-    match sm
-        .put_config(json, v.bool(f, "force-network-config"), dry_run)
-        .await?
-    {
+    let store = EtcdV3Store::new(&etcd).await?;
+    let key = store.describe(&Key::Config);
+    match write_config(&store, json, v.bool(f, "force-network-config"), dry_run).await? {
         ConfigWrite::Created => {
             println!("created: etcd {key} = {json}");
             Ok(true)

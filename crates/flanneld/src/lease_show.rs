@@ -100,7 +100,8 @@ pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
             .await?
             .unwrap_or(flannel_subnet::EtcdApi::V3),
     };
-    let sm = flannel_subnet::manager(api, cfg, None).await?;
+    let sm =
+        flannel_subnet::manager(api, &cfg, flannel_subnet::LeasePolicy::default(), None).await?;
     let config = sm.get_network_config().await;
     let mut entries = sm.list_leases().await.context("listing leases")?;
     if let Some(only) = only {

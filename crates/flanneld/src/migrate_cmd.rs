@@ -2,7 +2,9 @@
 //! the etcd v2 keyspace (clusters the Ansible role built with flannel v0.10 / v0.16) to v3.
 
 use anyhow::{anyhow, bail};
-use flannel_subnet::etcd2::migrate::migrate_v2_to_v3;
+use flannel_subnet::etcd::EtcdV3Store;
+use flannel_subnet::etcd2::migrate::migrate;
+use flannel_subnet::etcd2::EtcdV2Store;
 
 use crate::cli::{self, Flag, Kind, Parsed, DAEMON_FLAGS};
 use crate::options::etcd_config;
@@ -49,7 +51,9 @@ pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
         bail!("only --from v2 --to v3 is supported\n{}", usage());
     }
     let cfg = etcd_config(&values).map_err(|e| anyhow!(e.0))?;
-    let report = migrate_v2_to_v3(&cfg, values.bool(&flags, "dry-run")).await?;
+    let from = EtcdV2Store::new(&cfg)?;
+    let to = EtcdV3Store::new(&cfg).await?;
+    let report = migrate(&from, &to, values.bool(&flags, "dry-run")).await?;
     for line in &report.lines {
         println!("{line}");
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flannel_subnet::etcd::EtcdConfig;
-use flannel_subnet::EtcdApi;
+use flannel_subnet::{EtcdApi, LeasePolicy};
 use regex::Regex;
 
 use crate::cli::{CliError, Values, DAEMON_FLAGS};
@@ -13,6 +13,8 @@ use crate::cli::{CliError, Values, DAEMON_FLAGS};
 #[derive(Debug, Clone)]
 pub struct Options {
     pub etcd: EtcdConfig,
+    /// Lease TTL and renew margin.
+    pub lease_policy: LeasePolicy,
     /// `None`: detect (`-etcd-api=auto`).
     pub etcd_api: Option<EtcdApi>,
     pub iface: Vec<String>,
@@ -65,7 +67,6 @@ pub fn etcd_config(v: &Values) -> Result<EtcdConfig, CliError> {
         key_file: path(v, "etcd-keyfile"),
         username: opt(v, "etcd-username"),
         password: opt(v, "etcd-password"),
-        ..EtcdConfig::default()
     })
 }
 
@@ -93,11 +94,14 @@ impl Options {
                 "Invalid subnet-lease-renew-margin option, out of acceptable range".into(),
             ));
         }
-        let mut etcd = etcd_config(v)?;
-        etcd.renew_margin = Duration::from_secs(margin as u64 * 60);
+        let etcd = etcd_config(v)?;
+        let mut lease_policy = LeasePolicy {
+            renew_margin: Duration::from_secs(margin as u64 * 60),
+            ..LeasePolicy::default()
+        };
         let ttl = v.int(f, "subnet-ttl-for-tests");
         if ttl > 0 {
-            etcd.subnet_ttl = Duration::from_secs(ttl as u64);
+            lease_policy.ttl = Duration::from_secs(ttl as u64);
         }
         let port = v.int(f, "healthz-port");
         if !(0..=65535).contains(&port) {
@@ -138,6 +142,7 @@ impl Options {
             .collect::<Result<_, _>>()?;
         Ok(Options {
             etcd,
+            lease_policy,
             etcd_api: etcd_api(v, f)?,
             iface: v.list("iface"),
             iface_regex,
@@ -175,7 +180,7 @@ mod tests {
             vec!["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
         );
         assert_eq!(o.etcd.prefix, "/coreos.com/network");
-        assert_eq!(o.etcd.renew_margin, Duration::from_secs(3600));
+        assert_eq!(o.lease_policy.renew_margin, Duration::from_secs(3600));
         assert_eq!(o.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
         assert_eq!(o.healthz, None);
         assert_eq!(o.iptables_resync, Duration::from_secs(5));
@@ -220,7 +225,7 @@ mod tests {
         .unwrap();
         assert_eq!(o.healthz, Some("127.0.0.1:8081".parse().unwrap()));
         assert_eq!(o.public_ip, Some(Ipv4Addr::new(192, 168, 77, 1)));
-        assert_eq!(o.etcd.renew_margin, Duration::from_secs(1800));
+        assert_eq!(o.lease_policy.renew_margin, Duration::from_secs(1800));
         assert!(o.iface_regex[0].is_match("eth12"));
     }
 }

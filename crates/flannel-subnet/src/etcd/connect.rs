@@ -19,10 +19,6 @@ pub struct EtcdConfig {
     pub key_file: Option<PathBuf>,
     pub username: Option<String>,
     pub password: Option<String>,
-    /// TTL of a new lease (upstream: 24 h). Shorter only in tests.
-    pub subnet_ttl: Duration,
-    /// Renew this long before expiry (`--subnet-lease-renew-margin`, default 60 min).
-    pub renew_margin: Duration,
 }
 
 impl Default for EtcdConfig {
@@ -38,8 +34,6 @@ impl Default for EtcdConfig {
             key_file: None,
             username: None,
             password: None,
-            subnet_ttl: crate::SUBNET_TTL,
-            renew_margin: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -130,9 +124,12 @@ impl EtcdConfig {
         let opts = self.connect_options()?;
         Client::connect(&self.endpoints, Some(opts))
             .await
-            .map_err(|source| SubnetError::Etcd {
-                context: format!("connecting to etcd at {}", self.endpoints.join(",")),
-                source,
+            .map_err(|e| {
+                crate::StoreError::transient(
+                    format!("connecting to etcd at {}", self.endpoints.join(",")),
+                    e.to_string(),
+                )
+                .into()
             })
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::error::StoreError;
 use crate::etcd::EtcdConfig;
 use crate::SubnetError;
 
@@ -71,15 +72,14 @@ impl V2Error {
         }
     }
 
-    pub fn into_subnet_error(self, context: impl Into<String>) -> SubnetError {
+    /// As a store error; every v2 failure is worth retrying (etcd unreachable, a leader
+    /// election), as for v3.
+    pub fn into_store_error(self, context: impl Into<String>) -> StoreError {
         let detail = match self {
             V2Error::Etcd { code, message, .. } => format!("etcd error {code}: {message}"),
             V2Error::Transport(t) => t,
         };
-        SubnetError::Etcd {
-            context: context.into(),
-            source: etcd_client::Error::InvalidArgs(detail),
-        }
+        StoreError::transient(context, detail)
     }
 }
 
@@ -93,6 +93,7 @@ pub enum Cond {
     Index(u64),
 }
 
+#[derive(Clone)]
 pub struct V2Client {
     http: reqwest::Client,
     endpoints: Vec<String>,

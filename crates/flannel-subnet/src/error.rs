@@ -1,0 +1,91 @@
+//! Errors of lease management, in the user's terms and free of any store's types: a store
+//! says what failed and whether waiting may help ([`ErrorKind`]); what retries reads that.
+
+use std::net::Ipv4Addr;
+
+use flannel_net::ConfigError;
+use ipnetwork::Ipv4Network;
+
+/// Whether an error may go away by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The store is unreachable, electing a leader, overloaded...: retry.
+    Transient,
+    /// Retrying the same request cannot help (refused, malformed, not permitted).
+    Permanent,
+}
+
+/// A request to the store (etcd v3, etcd v2, ...) that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{context}: {message}")]
+pub struct StoreError {
+    pub kind: ErrorKind,
+    /// What was being done, e.g. `listing leases`.
+    pub context: String,
+    /// Why it failed, in the store's words.
+    pub message: String,
+}
+
+impl StoreError {
+    pub fn transient(context: impl Into<String>, message: impl Into<String>) -> Self {
+        StoreError {
+            kind: ErrorKind::Transient,
+            context: context.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn permanent(context: impl Into<String>, message: impl Into<String>) -> Self {
+        StoreError {
+            kind: ErrorKind::Permanent,
+            context: context.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubnetError {
+    /// Upstream's text, logged every second while flanneld waits for the config.
+    #[error(
+        "flannel config not found in etcd store. Did you create your config using etcdv3 API?"
+    )]
+    ConfigNotFound,
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("out of subnets")]
+    OutOfSubnets,
+    #[error("max retries reached trying to acquire a subnet")]
+    MaxRetries,
+    /// Our subnet's key now names another node: this node must not keep using the subnet.
+    #[error("subnet {subnet} is now held by {holder}; this node ({ours}) lost its lease")]
+    LeaseTaken {
+        subnet: Ipv4Network,
+        holder: String,
+        ours: Ipv4Addr,
+    },
+    #[error("{0} is not supported yet by flanneld-rs")]
+    Unsupported(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A bad store setting (endpoint, certificate file, ...), found before connecting.
+    #[error("{0}")]
+    Setup(String),
+    /// A key changed between our read and our conditional write; nothing was written.
+    #[error("{0} changed while being written; run again")]
+    Conflict(String),
+    /// Nobody listens any more: the receiver of the watch was dropped.
+    #[error("the lease watch has no receiver")]
+    Closed,
+}
+
+impl SubnetError {
+    /// Errors that may go away by themselves (store unreachable, leader election): retry these.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SubnetError::Store(e) => e.kind == ErrorKind::Transient,
+            SubnetError::ConfigNotFound => true,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! [`EtcdV3Store`]: the [`Store`] calls over etcd's v3 API. A key that expires is attached
+//! to an etcd lease (its TTL handle); a TTL write that names a record still alive keeps
+//! that record's etcd lease, so a node keeps one etcd lease for good. Conditional writes are
+//! transactions on the key's mod revision (or version 0: absent).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    WatchOptions, WatchResponse,
+};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tracing::debug;
+
+use super::EtcdConfig;
+use crate::error::StoreError;
+use crate::store::{Change, Cond, Key, KeyPaths, Life, Record, Revision, Store, Watched};
+use crate::SubnetError;
+
+/// How long one renewal may take before it counts as failed.
+const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct EtcdV3Store {
+    client: Client,
+    keys: KeyPaths,
+    /// `<prefix>/subnets/`, with the trailing slash so that `subnets-x/` never matches.
+    subnets_prefix: String,
+}
+
+/// An etcd request that failed. Every one is worth retrying: etcd unreachable, a leader
+/// election, a member restarting.
+pub(crate) fn etcd_err(
+    context: impl Into<String>,
+) -> impl FnOnce(etcd_client::Error) -> StoreError {
+    let context = context.into();
+    move |e| StoreError::transient(context, e.to_string())
+}
+
+impl EtcdV3Store {
+    /// Checks the settings and makes the client; nothing is sent yet.
+    pub async fn new(cfg: &EtcdConfig) -> Result<Self, SubnetError> {
+        let keys = KeyPaths::new(&cfg.prefix);
+        Ok(EtcdV3Store {
+            client: cfg.connect().await?,
+            subnets_prefix: format!("{}/", keys.subnets),
+            keys,
+        })
+    }
+
+    fn path(&self, key: &Key) -> String {
+        self.keys.path(key)
+    }
+
+    fn name_of(&self, full: &[u8]) -> Option<String> {
+        self.keys.name_of(&String::from_utf8_lossy(full))
+    }
+
+    fn record(&self, kv: &KeyValue) -> Option<Record> {
+        Some(Record {
+            name: self.name_of(kv.key())?,
+            value: kv.value().to_vec(),
+            revision: kv.mod_revision().max(0) as u64,
+            expires: kv.lease() != 0,
+            remaining: None,
+            ttl_handle: kv.lease(),
+        })
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
+        Ok(self
+            .client
+            .clone()
+            .lease_grant(ttl.as_secs().max(1) as i64, None)
+            .await
+            .map_err(etcd_err("granting an etcd lease"))?
+            .id())
+    }
+
+    async fn revoke(&self, id: i64) {
+        if let Err(e) = self.client.clone().lease_revoke(id).await {
+            debug!("revoking unused etcd lease {id:x}: {e}");
+        }
+    }
+
+    fn changes(&self, resp: &WatchResponse) -> Watched {
+        if resp.canceled() || resp.compact_revision() != 0 {
+            debug!(
+                "etcd watch canceled or compacted (compact revision {})",
+                resp.compact_revision()
+            );
+            return Watched::Reset;
+        }
+        Watched::Changes(
+            resp.events()
+                .iter()
+                .filter_map(|event| {
+                    let kv = event.kv()?;
+                    match event.event_type() {
+                        EventType::Put => self.record(kv).map(Change::Put),
+                        EventType::Delete => self.name_of(kv.key()).map(Change::Delete),
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
+#[async_trait]
+impl Store for EtcdV3Store {
+    fn name(&self) -> &'static str {
+        "etcd v3"
+    }
+
+    fn describe(&self, key: &Key) -> String {
+        self.path(key)
+    }
+
+    async fn get(&self, key: &Key) -> Result<(Option<Record>, Revision), StoreError> {
+        let path = self.path(key);
+        let resp = self
+            .client
+            .clone()
+            .get(path.as_str(), None)
+            .await
+            .map_err(etcd_err(format!("reading {path}")))?;
+        let revision = resp.header().map_or(0, |h| h.revision()).max(0) as u64;
+        Ok((resp.kvs().first().and_then(|kv| self.record(kv)), revision))
+    }
+
+    async fn list(&self) -> Result<(Vec<Record>, Revision), StoreError> {
+        let resp = self
+            .client
+            .clone()
+            .get(
+                self.subnets_prefix.as_str(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(etcd_err("listing leases"))?;
+        let revision = resp.header().map_or(0, |h| h.revision()).max(0) as u64;
+        Ok((
+            resp.kvs().iter().filter_map(|kv| self.record(kv)).collect(),
+            revision,
+        ))
+    }
+
+    async fn put(
+        &self,
+        key: &Key,
+        value: &[u8],
+        life: Life,
+        cond: Cond<'_>,
+    ) -> Result<bool, StoreError> {
+        let path = self.path(key);
+        let compare = match cond {
+            Cond::Absent => Compare::version(path.as_str(), CompareOp::Equal, 0),
+            Cond::Unchanged(r) => {
+                Compare::mod_revision(path.as_str(), CompareOp::Equal, r.revision as i64)
+            }
+        };
+        let (lease, granted) = match (life, cond) {
+            (Life::Forever, _) => (0, false),
+            (Life::Ttl(_), Cond::Unchanged(r)) if r.ttl_handle != 0 => (r.ttl_handle, false),
+            (Life::Ttl(ttl), _) => (self.grant(ttl).await?, true),
+        };
+        let opts = (lease != 0).then(|| PutOptions::new().with_lease(lease));
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([TxnOp::put(path.as_str(), value, opts)]);
+        let written = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(etcd_err(format!("writing {path}")))?
+            .succeeded();
+        if !written && granted {
+            self.revoke(lease).await;
+        }
+        Ok(written)
+    }
+
+    async fn delete(&self, key: &Key, revision: Revision) -> Result<bool, StoreError> {
+        let path = self.path(key);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                path.as_str(),
+                CompareOp::Equal,
+                revision as i64,
+            )])
+            .and_then([TxnOp::delete(path.as_str(), None)]);
+        Ok(self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(etcd_err(format!("deleting {path}")))?
+            .succeeded())
+    }
+
+    async fn renew(
+        &self,
+        record: &mut Record,
+        _ttl: Duration,
+    ) -> Result<Option<Duration>, StoreError> {
+        let id = record.ttl_handle;
+        if id == 0 {
+            return Ok(None);
+        }
+        // etcd-client's keep_alive makes the first round trip itself and keeps its answer;
+        // a second one tells the TTL.
+        let round_trips = async {
+            let (mut keeper, mut stream) = self.client.clone().lease_keep_alive(id).await?;
+            keeper.keep_alive().await?;
+            Ok::<_, etcd_client::Error>(stream.message().await?.map_or(0, |r| r.ttl()))
+        };
+        let ttl = match tokio::time::timeout(RENEW_TIMEOUT, round_trips).await {
+            Ok(Ok(ttl)) => ttl,
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) if e.contains("not found") => 0,
+            Ok(Err(etcd_client::Error::GRpcStatus(s))) if s.code() == tonic::Code::NotFound => 0,
+            Ok(Err(e)) => return Err(etcd_err("renewing the etcd lease")(e)),
+            Err(_) => {
+                return Err(StoreError::transient(
+                    "renewing the etcd lease",
+                    format!("no answer within {RENEW_TIMEOUT:?}"),
+                ))
+            }
+        };
+        if ttl <= 0 {
+            record.ttl_handle = 0;
+            return Ok(None);
+        }
+        Ok(Some(Duration::from_secs(ttl as u64)))
+    }
+
+    async fn time_to_live(&self, record: &Record) -> Result<Option<Duration>, StoreError> {
+        if record.ttl_handle == 0 {
+            return Ok(None);
+        }
+        let resp = self
+            .client
+            .clone()
+            .lease_time_to_live(record.ttl_handle, None)
+            .await
+            .map_err(etcd_err("reading an etcd lease's TTL"))?;
+        Ok((resp.ttl() > 0).then(|| Duration::from_secs(resp.ttl() as u64)))
+    }
+
+    async fn watch(
+        &self,
+        key: Option<&Key>,
+        after: Revision,
+    ) -> Result<BoxStream<'static, Result<Watched, StoreError>>, StoreError> {
+        let (path, opts) = match key {
+            Some(k) => (self.path(k), WatchOptions::new()),
+            None => (
+                self.subnets_prefix.clone(),
+                WatchOptions::new().with_prefix(),
+            ),
+        };
+        let opts = opts.with_start_revision(after as i64 + 1);
+        let stream = self
+            .client
+            .clone()
+            .watch(path.as_str(), Some(opts))
+            .await
+            .map_err(etcd_err(format!("watching {path}")))?;
+        let this = self.clone();
+        Ok(stream
+            .map(move |item| match item {
+                Ok(resp) => Ok(this.changes(&resp)),
+                Err(e) => Err(etcd_err(format!("watching {path}"))(e)),
+            })
+            .boxed())
+    }
+}

@@ -1,0 +1,195 @@
+//! The keeper: this node's lease renewed before it expires, and written again at once when
+//! it disappears; stops only when another node holds the subnet now.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use flannel_net::time::{format_duration, format_utc};
+use flannel_net::{Expiration, Lease};
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{subnet_key, LeaseManager};
+use crate::error::StoreError;
+use crate::store::{Change, Cond, Life, Store, Watched};
+use crate::SubnetError;
+
+/// Upstream retries a failed renewal every minute.
+const RENEW_RETRY: Duration = Duration::from_secs(60);
+
+pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The pause between two sessions of a keeper or watch: 100 ms doubling to 5 s, back to
+/// 100 ms after a session that lasted longer than that.
+pub(super) struct Backoff(pub(super) Duration);
+
+impl Backoff {
+    pub(super) fn new() -> Self {
+        Backoff(BACKOFF_MIN)
+    }
+
+    /// Waits before the next try, unless `closed` resolves first (then `false`).
+    pub(super) async fn wait(
+        &mut self,
+        started: Instant,
+        closed: impl std::future::Future<Output = ()>,
+    ) -> bool {
+        if started.elapsed() > BACKOFF_MAX {
+            self.0 = BACKOFF_MIN;
+        }
+        let d = self.0;
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        tokio::select! {
+            () = tokio::time::sleep(d) => true,
+            () = closed => false,
+        }
+    }
+}
+
+impl<S: Store> LeaseManager<S> {
+    pub(super) async fn keep_forever(
+        &self,
+        mut lease: Lease,
+        status: watch::Sender<Lease>,
+    ) -> Result<(), SubnetError> {
+        let mut backoff = Backoff::new();
+        loop {
+            let started = Instant::now();
+            match self.keep_session(&mut lease, &status).await {
+                Ok(()) => {}
+                Err(e @ SubnetError::LeaseTaken { .. }) => return Err(e),
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        "keeping the lease of subnet {}: {e}; retrying in {:?}",
+                        lease.subnet, backoff.0
+                    );
+                    backoff.wait(started, std::future::pending()).await;
+                }
+            }
+        }
+    }
+
+    /// One life of the keeper: read our key, then renew and watch it until something breaks.
+    /// `Ok(())` asks the caller to start over at once; an error, after a pause.
+    async fn keep_session(
+        &self,
+        lease: &mut Lease,
+        status: &watch::Sender<Lease>,
+    ) -> Result<(), SubnetError> {
+        let key = subnet_key(lease);
+        let (record, revision) = self.store.get(&key).await?;
+        let Some(mut record) = record else {
+            warn!(subnet = %lease.subnet, "the lease of this node's subnet is gone from {}; re-creating it", self.store.name());
+            return self.recreate(lease).await;
+        };
+        self.check_ours(lease, &record)?;
+        lease.expiration = if !record.expires {
+            Expiration::Never
+        } else {
+            let left = match record.remaining {
+                Some(left) => Some(left),
+                None => self.store.time_to_live(&record).await?,
+            };
+            match left {
+                Some(left) => Expiration::At(SystemTime::now() + left),
+                None => {
+                    warn!(subnet = %lease.subnet, "the TTL of this node's subnet lease expired; re-creating it");
+                    return self.recreate(lease).await;
+                }
+            }
+        };
+        status.send_replace(lease.clone());
+        let mut changes = self.store.watch(Some(&key), revision).await?;
+        let mut renew_at = match lease.expiration {
+            Expiration::At(t) => {
+                let wait = self
+                    .policy
+                    .renew_wait(t.duration_since(SystemTime::now()).unwrap_or_default());
+                info!("Waiting for {} to renew lease", format_duration(wait));
+                Some(Instant::now() + wait)
+            }
+            _ => None,
+        };
+        loop {
+            let renew = async {
+                match renew_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = renew => match self.store.renew(&mut record, self.policy.ttl).await {
+                    Ok(Some(left)) => {
+                        let expiration = SystemTime::now() + left;
+                        lease.expiration = Expiration::At(expiration);
+                        status.send_replace(lease.clone());
+                        self.stats.lease_renewals.fetch_add(1, Ordering::Relaxed);
+                        info!("Lease renewed, new expiration: {}", format_utc(expiration));
+                        renew_at = Some(Instant::now() + self.policy.renew_wait(left));
+                    }
+                    Ok(None) => {
+                        warn!(subnet = %lease.subnet, "the TTL of this node's subnet lease expired; re-creating it");
+                        return self.recreate(lease).await;
+                    }
+                    Err(e) => {
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        warn!("Error renewing lease (trying again in 1 min): {e}");
+                        renew_at = Some(Instant::now() + RENEW_RETRY);
+                    }
+                },
+                item = changes.next() => match item {
+                    None => {
+                        return Err(StoreError::transient(
+                            format!("watching {}", self.store.describe(&key)),
+                            "the watch ended",
+                        )
+                        .into())
+                    }
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(Watched::Reset)) => return Ok(()),
+                    Some(Ok(Watched::Changes(changes))) => {
+                        for change in changes {
+                            match change {
+                                Change::Delete(_) => {
+                                    warn!(subnet = %lease.subnet, "the lease of this node's subnet was deleted from {}; re-creating it", self.store.name());
+                                    return self.recreate(lease).await;
+                                }
+                                Change::Put(new) => {
+                                    self.check_ours(lease, &new)?;
+                                    record = new;
+                                }
+                            }
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Writes our key again after it vanished, with a full TTL (a reservation that vanished
+    /// comes back as a lease, as upstream would write it). `LeaseTaken` if another node has
+    /// it now; `Ok` if it is there again with our value (or gone again: the next session
+    /// reads afresh).
+    async fn recreate(&self, lease: &Lease) -> Result<(), SubnetError> {
+        let key = subnet_key(lease);
+        let value = lease.attrs.to_json();
+        let life = Life::Ttl(self.policy.ttl);
+        if self
+            .store
+            .put(&key, value.as_bytes(), life, Cond::Absent)
+            .await?
+        {
+            self.stats.lease_recreations.fetch_add(1, Ordering::Relaxed);
+            info!(subnet = %lease.subnet, "re-created the lease for this node's subnet {}", lease.subnet);
+            return Ok(());
+        }
+        match self.store.get(&key).await? {
+            (Some(current), _) => self.check_ours(lease, &current),
+            (None, _) => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! [`LeaseManager`]: the lease semantics, written once over any [`Store`]. Upstream's
+//! "local manager" (`pkg/subnet/etcd/local_manager.go`), minus its failures:
+//! - the acquire is retried while other nodes race us (upstream's `raceRetries`), reusing
+//!   this node's lease by PublicIP, else the previous subnet of subnet.env, else a random one;
+//! - one TTL per node, renewed in place (etcd v3: one etcd lease kept alive, reused across
+//!   restarts; upstream grants a new one at every renewal and start);
+//! - a reservation (a key without TTL) stays one (upstream v0.18+ turns it into a 24 h lease,
+//!   flannel-io/flannel#1329);
+//! - a key that disappears while we run is written again at once (upstream exits 0);
+//! - the lease watch re-lists after any break and reports exactly the difference, removals
+//!   included, and never asks the store anything per event.
+//!
+//! The keeper ([`keep`]) and the watches ([`watch`]) run in sessions, restarted after every
+//! break with a backoff (100 ms doubling to 5 s, reset after a session that lasted).
+
+mod keep;
+mod watch;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use flannel_net::{Expiration, Lease, LeaseAttrs, LeaseBatch, NetworkConfig, SubnetKey};
+use ipnetwork::Ipv4Network;
+use tokio::sync::{mpsc, watch as tokio_watch};
+use tracing::{debug, info, warn};
+
+use crate::acquire;
+use crate::store::{Cond, Key, Life, Record, Store};
+use crate::{LeaseEntry, SubnetError, SubnetManager, SubnetStats};
+
+/// Upstream's `raceRetries`.
+const RACE_RETRIES: usize = 10;
+
+/// How long leases live and when they are renewed; apart from how the store is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeasePolicy {
+    /// TTL of a new lease (upstream `subnetTTL`: 24 h). Shorter only in tests.
+    pub ttl: Duration,
+    /// Renew this long before expiry (`--subnet-lease-renew-margin`, default 60 min).
+    pub renew_margin: Duration,
+}
+
+impl Default for LeasePolicy {
+    fn default() -> Self {
+        LeasePolicy {
+            ttl: crate::SUBNET_TTL,
+            renew_margin: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+impl LeasePolicy {
+    /// How long to wait before renewing a lease that has `remaining` to live.
+    fn renew_wait(&self, remaining: Duration) -> Duration {
+        if self.renew_margin >= self.ttl {
+            remaining / 2
+        } else {
+            remaining.saturating_sub(self.renew_margin)
+        }
+    }
+}
+
+/// The outcome of one acquire attempt.
+enum Attempt {
+    Done(Box<Lease>),
+    /// Somebody changed the keys between our read and our write: read again.
+    Raced,
+}
+
+/// A subnet key's record, read.
+struct Parsed {
+    /// The subnet the key names, even when the value is garbage: it is taken all the same.
+    subnet: Option<Ipv4Network>,
+    /// The lease, or why the key or value does not parse.
+    lease: Result<Lease, String>,
+}
+
+fn parse(record: &Record) -> Parsed {
+    let key = record.name.parse::<SubnetKey>().map_err(|e| e.to_string());
+    let lease = key.clone().and_then(|k| {
+        Ok(Lease {
+            subnet: k.ipv4,
+            ipv6_subnet: k.ipv6,
+            attrs: LeaseAttrs::from_json(&record.value).map_err(|e| e.to_string())?,
+            expiration: match (record.expires, record.remaining) {
+                (false, _) => Expiration::Never,
+                (true, Some(left)) => Expiration::At(SystemTime::now() + left),
+                (true, None) => Expiration::Unknown,
+            },
+        })
+    });
+    Parsed {
+        subnet: key.ok().map(|k| k.ipv4),
+        lease,
+    }
+}
+
+fn subnet_key(lease: &Lease) -> Key {
+    Key::Subnet(lease.key().to_string())
+}
+
+/// What [`write_config`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigWrite {
+    Created,
+    /// The same config is there already.
+    Unchanged,
+    /// A different config is there; it was left alone. Holds the stored text.
+    Differs(String),
+    /// A different config was there and was replaced (forced). Holds the old text.
+    Replaced(String),
+    /// Dry run: nothing written; what would happen.
+    WouldCreate,
+}
+
+/// Puts the network config only when there is none (or, with `force`, when it differs).
+/// Any store error is an error (the Ansible role's silent skip is not copied); `dry_run`
+/// only reads.
+pub async fn write_config(
+    store: &dyn Store,
+    json: &str,
+    force: bool,
+    dry_run: bool,
+) -> Result<ConfigWrite, SubnetError> {
+    let (current, _) = store.get(&Key::Config).await?;
+    match current {
+        Some(r) if r.value == json.as_bytes() => Ok(ConfigWrite::Unchanged),
+        Some(r) if !force || dry_run => Ok(ConfigWrite::Differs(
+            String::from_utf8_lossy(&r.value).into_owned(),
+        )),
+        None if dry_run => Ok(ConfigWrite::WouldCreate),
+        current => {
+            let cond = current.as_ref().map_or(Cond::Absent, Cond::Unchanged);
+            if !store
+                .put(&Key::Config, json.as_bytes(), Life::Forever, cond)
+                .await?
+            {
+                return Err(SubnetError::Conflict(store.describe(&Key::Config)));
+            }
+            Ok(match current {
+                Some(r) => ConfigWrite::Replaced(String::from_utf8_lossy(&r.value).into_owned()),
+                None => ConfigWrite::Created,
+            })
+        }
+    }
+}
+
+/// The lease semantics over store `S`.
+pub struct LeaseManager<S> {
+    store: S,
+    policy: LeasePolicy,
+    /// FLANNEL_SUBNET of the subnet.env a previous run left, if any.
+    previous_subnet: Option<Ipv4Network>,
+    stats: Arc<SubnetStats>,
+}
+
+impl<S: Store> LeaseManager<S> {
+    pub fn new(store: S, policy: LeasePolicy, previous_subnet: Option<Ipv4Network>) -> Self {
+        LeaseManager {
+            store,
+            policy,
+            previous_subnet,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Every subnet key, parsed; bad ones are logged.
+    async fn list_parsed(&self) -> Result<(Vec<Record>, Vec<Parsed>), SubnetError> {
+        let (records, _) = self.store.list().await?;
+        let parsed: Vec<Parsed> = records.iter().map(parse).collect();
+        for (record, p) in records.iter().zip(&parsed) {
+            if let Err(e) = &p.lease {
+                warn!(key = %record.name, "ignoring bad subnet lease: {e}");
+            }
+        }
+        Ok((records, parsed))
+    }
+
+    /// One read-decide-write round of acquiring this node's lease.
+    async fn try_acquire(
+        &self,
+        config: &NetworkConfig,
+        attrs: &LeaseAttrs,
+    ) -> Result<Attempt, SubnetError> {
+        let (mut records, parsed) = self.list_parsed().await?;
+        let seen: Vec<acquire::Seen> = parsed
+            .iter()
+            .map(|p| acquire::Seen {
+                subnet: p.subnet,
+                lease: p.lease.as_ref().ok(),
+            })
+            .collect();
+        let plan = acquire::decide(config, attrs, &seen, self.previous_subnet, &mut rand::rng());
+        if let Some(i) = plan.delete {
+            let r = &records[i];
+            // lost to a race: the next round sees what is there now
+            self.store
+                .delete(&Key::Subnet(r.name.clone()), r.revision)
+                .await?;
+        }
+        match plan.decision {
+            acquire::Decision::OutOfSubnets => Err(SubnetError::OutOfSubnets),
+            acquire::Decision::Reuse(i) => {
+                let subnet = parsed[i].subnet.ok_or(SubnetError::OutOfSubnets)?;
+                self.reuse(&mut records[i], subnet, attrs).await
+            }
+            acquire::Decision::Create { subnet, .. } => {
+                let key = Key::Subnet(SubnetKey::new(subnet).to_string());
+                let life = Life::Ttl(self.policy.ttl);
+                let value = attrs.to_json();
+                if !self
+                    .store
+                    .put(&key, value.as_bytes(), life, Cond::Absent)
+                    .await?
+                {
+                    return Ok(Attempt::Raced);
+                }
+                info!(
+                    "Allocated lease (ip: {subnet} ipv6: ::/0) to current node ({}) ",
+                    attrs.public_ip
+                );
+                Ok(done(subnet, attrs, Some(self.policy.ttl)))
+            }
+        }
+    }
+
+    /// Takes over this node's existing lease: a reservation stays one; a lease gets its full
+    /// TTL again, keeping its TTL handle (etcd v3: the same etcd lease). The value is
+    /// written only when it changed, so that the other nodes see no event.
+    async fn reuse(
+        &self,
+        record: &mut Record,
+        subnet: Ipv4Network,
+        attrs: &LeaseAttrs,
+    ) -> Result<Attempt, SubnetError> {
+        let key = Key::Subnet(record.name.clone());
+        let value = attrs.to_json();
+        let unchanged = record.value == value.as_bytes();
+        if !record.expires {
+            if !unchanged
+                && !self
+                    .store
+                    .put(
+                        &key,
+                        value.as_bytes(),
+                        Life::Forever,
+                        Cond::Unchanged(record),
+                    )
+                    .await?
+            {
+                return Ok(Attempt::Raced);
+            }
+            return Ok(done(subnet, attrs, None));
+        }
+        let life = Life::Ttl(self.policy.ttl);
+        let left = self.store.renew(record, self.policy.ttl).await?;
+        // expired between our read and now: written again with a new TTL
+        if (!unchanged || left.is_none())
+            && !self
+                .store
+                .put(&key, value.as_bytes(), life, Cond::Unchanged(record))
+                .await?
+        {
+            return Ok(Attempt::Raced);
+        }
+        Ok(done(subnet, attrs, Some(left.unwrap_or(self.policy.ttl))))
+    }
+
+    /// `LeaseTaken` unless `record` still names this node.
+    fn check_ours(&self, lease: &Lease, record: &Record) -> Result<(), SubnetError> {
+        match LeaseAttrs::from_json(&record.value) {
+            Ok(a) if a.public_ip == lease.attrs.public_ip => Ok(()),
+            _ => Err(SubnetError::LeaseTaken {
+                subnet: lease.subnet,
+                holder: String::from_utf8_lossy(&record.value).into_owned(),
+                ours: lease.attrs.public_ip,
+            }),
+        }
+    }
+}
+
+fn done(subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Option<Duration>) -> Attempt {
+    Attempt::Done(Box::new(Lease {
+        subnet,
+        ipv6_subnet: None,
+        attrs: attrs.clone(),
+        expiration: ttl.map_or(Expiration::Never, |t| Expiration::At(SystemTime::now() + t)),
+    }))
+}
+
+#[async_trait]
+impl<S: Store> SubnetManager for LeaseManager<S> {
+    fn stats(&self) -> Arc<SubnetStats> {
+        self.stats.clone()
+    }
+
+    fn name(&self) -> String {
+        // upstream's text
+        match self.previous_subnet {
+            Some(s) => format!("Etcd Local Manager with Previous Subnet: {s}"),
+            None => "Etcd Local Manager with Previous Subnet: None".into(),
+        }
+    }
+
+    async fn get_network_config(&self) -> Result<NetworkConfig, SubnetError> {
+        let (record, _) = self.store.get(&Key::Config).await?;
+        let record = record.ok_or(SubnetError::ConfigNotFound)?;
+        Ok(NetworkConfig::from_etcd(&String::from_utf8_lossy(
+            &record.value,
+        ))?)
+    }
+
+    async fn acquire_lease(
+        &self,
+        config: &NetworkConfig,
+        attrs: &LeaseAttrs,
+    ) -> Result<Lease, SubnetError> {
+        // IPv4 only, as flanneld-rs today.
+        if config.enable_ipv6 || !config.enable_ipv4 {
+            return Err(SubnetError::Unsupported(
+                "IPv6 (EnableIPv6, or EnableIPv4 false)",
+            ));
+        }
+        for _ in 0..RACE_RETRIES {
+            match self.try_acquire(config, attrs).await? {
+                Attempt::Done(lease) => return Ok(*lease),
+                Attempt::Raced => {
+                    debug!("another node changed the leases while we acquired ours; trying again")
+                }
+            }
+        }
+        Err(SubnetError::MaxRetries)
+    }
+
+    async fn keep_lease(
+        &self,
+        lease: Lease,
+        status: tokio_watch::Sender<Lease>,
+    ) -> Result<(), SubnetError> {
+        self.keep_forever(lease, status).await
+    }
+
+    async fn watch_leases(&self, tx: mpsc::Sender<LeaseBatch>) -> Result<(), SubnetError> {
+        self.watch_leases_forever(tx).await
+    }
+
+    async fn list_leases(&self) -> Result<Vec<LeaseEntry>, SubnetError> {
+        let (records, parsed) = self.list_parsed().await?;
+        // one TTL request per TTL handle, for the stores that do not list TTLs
+        let mut ttls: HashMap<i64, Option<Duration>> = HashMap::new();
+        let mut out = Vec::with_capacity(records.len());
+        for (record, p) in records.into_iter().zip(parsed) {
+            let lease = match p.lease {
+                Ok(mut lease) if lease.expiration == Expiration::Unknown => {
+                    let ttl = match ttls.get(&record.ttl_handle) {
+                        Some(ttl) if record.ttl_handle != 0 => *ttl,
+                        _ => {
+                            let ttl = self.store.time_to_live(&record).await?;
+                            ttls.insert(record.ttl_handle, ttl);
+                            ttl
+                        }
+                    };
+                    lease.expiration = ttl.map_or(Expiration::Unknown, |t| {
+                        Expiration::At(SystemTime::now() + t)
+                    });
+                    Ok(lease)
+                }
+                other => other,
+            };
+            out.push(LeaseEntry {
+                key: record.name,
+                lease,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn watch_config(
+        &self,
+        tx: mpsc::Sender<Result<NetworkConfig, String>>,
+    ) -> Result<(), SubnetError> {
+        self.watch_config_forever(tx).await
+    }
+
+    async fn lease_of(&self, public_ip: std::net::Ipv4Addr) -> Result<Option<Lease>, SubnetError> {
+        let (records, _) = self.store.list().await?;
+        Ok(records
+            .iter()
+            .filter_map(|r| parse(r).lease.ok())
+            .find(|l| l.attrs.public_ip == public_ip))
+    }
+}
+
+#[cfg(test)]
+mod tests;

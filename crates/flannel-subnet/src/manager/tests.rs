@@ -1,0 +1,308 @@
+//! The lease semantics against the in-memory store: fast, and able to break the store in
+//! every way a real one breaks. The same semantics run against real etcd v3 and v2 in
+//! `tests/etcd_v3.rs` and `tests/etcd_v2.rs`.
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed assertion
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use flannel_net::{
+    Expiration, Lease, LeaseAttrs, LeaseBatch, LeaseEvent, MacAddr, NetworkConfig, VxlanBackendData,
+};
+use tokio::sync::{mpsc, watch};
+
+use super::{write_config, ConfigWrite, LeaseManager, LeasePolicy};
+use crate::memory::MemoryStore;
+use crate::store::{Cond, Key, Life, Store};
+use crate::{SubnetError, SubnetManager};
+
+const NET: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+fn attrs(last: u8) -> LeaseAttrs {
+    LeaseAttrs::vxlan(
+        Ipv4Addr::new(192, 168, 77, last),
+        &VxlanBackendData {
+            vni: Some(1),
+            vtep_mac: MacAddr([2, 0, 0, 0, 0, last]),
+        },
+    )
+}
+
+async fn store_with(config: &str) -> MemoryStore {
+    let store = MemoryStore::default();
+    assert_eq!(
+        write_config(&store, config, false, false).await.unwrap(),
+        ConfigWrite::Created
+    );
+    store
+}
+
+fn manager(store: &MemoryStore) -> LeaseManager<MemoryStore> {
+    LeaseManager::new(store.clone(), LeasePolicy::default(), None)
+}
+
+async fn acquire(m: &LeaseManager<MemoryStore>, last: u8) -> Lease {
+    let config = m.get_network_config().await.unwrap();
+    m.acquire_lease(&config, &attrs(last)).await.unwrap()
+}
+
+fn key(lease: &Lease) -> Key {
+    Key::Subnet(lease.key().to_string())
+}
+
+async fn next(rx: &mut mpsc::Receiver<LeaseBatch>) -> LeaseBatch {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn names(batch: &LeaseBatch) -> Vec<String> {
+    batch
+        .events
+        .iter()
+        .map(|e| match e {
+            LeaseEvent::Added(l) => format!("+{}", l.subnet),
+            LeaseEvent::Removed(l) => format!("-{}", l.subnet),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn two_nodes_race_for_the_last_subnet_one_wins_one_is_out() {
+    // /30 subnets of a /28: 4, of which the first is never handed out; 2 taken
+    let store = store_with(r#"{"Network":"10.9.0.0/28","SubnetLen":30}"#).await;
+    for (subnet, last) in [("10.9.0.4-30", 100), ("10.9.0.8-30", 101)] {
+        let value = attrs(last).to_json();
+        let key = Key::Subnet(subnet.into());
+        let life = Life::Ttl(Duration::from_secs(60));
+        assert!(store
+            .put(&key, value.as_bytes(), life, Cond::Absent)
+            .await
+            .unwrap());
+    }
+    let (a, b) = (manager(&store), manager(&store));
+    let config = a.get_network_config().await.unwrap();
+    let (one, two) = (attrs(1), attrs(2));
+    let (ra, rb) = tokio::join!(
+        a.acquire_lease(&config, &one),
+        b.acquire_lease(&config, &two)
+    );
+    let (won, lost) = match (ra, rb) {
+        (Ok(l), Err(e)) | (Err(e), Ok(l)) => (l, e),
+        other => panic!("expected one winner: {other:?}"),
+    };
+    assert_eq!(won.subnet.to_string(), "10.9.0.12/30");
+    assert!(matches!(lost, SubnetError::OutOfSubnets), "{lost}");
+    assert_eq!(store.list().await.unwrap().0.len(), 3);
+}
+
+#[tokio::test]
+async fn a_restart_reuses_the_lease_without_writing_and_a_changed_value_is_written() {
+    let store = store_with(NET).await;
+    let first = acquire(&manager(&store), 1).await;
+    let (before, _) = store.get(&key(&first)).await.unwrap();
+    let again = acquire(&manager(&store), 1).await;
+    assert_eq!(again.subnet, first.subnet);
+    let (after, _) = store.get(&key(&first)).await.unwrap();
+    assert_eq!(
+        before, after,
+        "nothing written: the other nodes see no event"
+    );
+    // a new VTEP MAC is written, on the same TTL handle
+    let mut changed = attrs(1);
+    changed.backend_data = attrs(9).backend_data;
+    let config = NetworkConfig::from_etcd(NET).unwrap();
+    let l = manager(&store)
+        .acquire_lease(&config, &changed)
+        .await
+        .unwrap();
+    assert_eq!(l.subnet, first.subnet);
+    let (now, _) = store.get(&key(&first)).await.unwrap();
+    let now = now.unwrap();
+    assert_eq!(now.value, changed.to_json().into_bytes());
+    assert_eq!(now.ttl_handle, after.unwrap().ttl_handle);
+}
+
+#[tokio::test]
+async fn the_previous_subnet_is_taken_again_when_free() {
+    let store = store_with(NET).await;
+    let m = LeaseManager::new(
+        store.clone(),
+        LeasePolicy::default(),
+        Some("10.5.77.0/24".parse().unwrap()),
+    );
+    assert_eq!(acquire(&m, 3).await.subnet.to_string(), "10.5.77.0/24");
+}
+
+#[tokio::test]
+async fn a_reservation_is_reused_and_stays_a_reservation() {
+    let store = store_with(NET).await;
+    let k = Key::Subnet("10.5.3.0-24".into());
+    let value = attrs(3).to_json();
+    assert!(store
+        .put(&k, value.as_bytes(), Life::Forever, Cond::Absent)
+        .await
+        .unwrap());
+    let lease = acquire(&manager(&store), 3).await;
+    assert_eq!(lease.subnet.to_string(), "10.5.3.0/24");
+    assert_eq!(lease.expiration, Expiration::Never);
+    assert_eq!(store.expires(&k), Some(false));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_keeper_renews_recreates_a_lost_key_and_stops_when_the_subnet_is_taken() {
+    let store = store_with(NET).await;
+    let policy = LeasePolicy {
+        ttl: Duration::from_secs(40),
+        renew_margin: Duration::from_secs(30),
+    };
+    let m = LeaseManager::new(store.clone(), policy, None);
+    let lease = acquire(&m, 1).await;
+    let k = key(&lease);
+    let (status_tx, mut status) = watch::channel(lease.clone());
+    let stats = m.stats();
+    let keeper = tokio::spawn(async move { m.keep_lease(lease, status_tx).await });
+
+    // renewed every 10 s (40 s TTL, 30 s margin), the key never expires
+    tokio::time::sleep(Duration::from_secs(95)).await;
+    let renewals = stats
+        .lease_renewals
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!((8..=10).contains(&renewals), "{renewals} renewals in 95 s");
+    assert!(store.value(&k).is_some());
+
+    // deleted by an operator: back at once with the same value
+    let (record, _) = store.get(&k).await.unwrap();
+    let record = record.unwrap();
+    assert!(store.delete(&k, record.revision).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(store.value(&k), Some(attrs(1).to_json()));
+    assert_eq!(
+        stats
+            .lease_recreations
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let _ = status.borrow_and_update();
+
+    // the store loses everything (restarted with its data wiped): written again
+    store.wipe();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(store.value(&k), Some(attrs(1).to_json()));
+
+    // another node writes our key: the keeper stops with LeaseTaken
+    let (record, _) = store.get(&k).await.unwrap();
+    let other = attrs(2).to_json();
+    let life = Life::Ttl(Duration::from_secs(40));
+    let record = record.unwrap();
+    assert!(store
+        .put(&k, other.as_bytes(), life, Cond::Unchanged(&record))
+        .await
+        .unwrap());
+    let err = tokio::time::timeout(Duration::from_secs(5), keeper)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, SubnetError::LeaseTaken { .. }), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_watch_reports_every_change_across_breaks_compaction_and_outages() {
+    let store = store_with(NET).await;
+    let a = manager(&store);
+    let la = acquire(&a, 1).await;
+    let lb = acquire(&manager(&store), 2).await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let watcher = manager(&store);
+    let task = tokio::spawn(async move { watcher.watch_leases(tx).await });
+    let first = next(&mut rx).await;
+    assert!(first.snapshot);
+    assert_eq!(first.events.len(), 2);
+
+    // a new node, seen as it comes
+    let lc = acquire(&manager(&store), 3).await;
+    assert_eq!(names(&next(&mut rx).await), vec![format!("+{}", lc.subnet)]);
+
+    // the connection breaks; meanwhile b leaves, d comes and the history is compacted:
+    // the re-list reports exactly that, the removal included
+    store.set_down(true);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store.set_down(false);
+    let (rb, _) = store.get(&key(&lb)).await.unwrap();
+    assert!(store.delete(&key(&lb), rb.unwrap().revision).await.unwrap());
+    let ld = acquire(&manager(&store), 4).await;
+    store.compact();
+    store.set_down(true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    store.set_down(false);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let batch = next(&mut rx).await;
+        seen.extend(names(&batch));
+    }
+    seen.sort();
+    let mut want = vec![format!("-{}", lb.subnet), format!("+{}", ld.subnet)];
+    want.sort();
+    assert_eq!(seen, want);
+
+    // compaction while connected: a watch that falls behind lists again, nothing lost
+    store.break_watches();
+    store.compact();
+    let (ra, _) = store.get(&key(&la)).await.unwrap();
+    assert!(store.delete(&key(&la), ra.unwrap().revision).await.unwrap());
+    store.compact();
+    let batch = next(&mut rx).await;
+    assert_eq!(names(&batch), vec![format!("-{}", la.subnet)]);
+
+    drop(rx);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn config_written_only_when_absent_or_forced_and_changes_are_watched() {
+    let store = MemoryStore::default();
+    let m = manager(&store);
+    assert!(matches!(
+        m.get_network_config().await,
+        Err(SubnetError::ConfigNotFound)
+    ));
+    assert_eq!(
+        write_config(&store, NET, false, true).await.unwrap(),
+        ConfigWrite::WouldCreate
+    );
+    assert_eq!(
+        write_config(&store, NET, false, false).await.unwrap(),
+        ConfigWrite::Created
+    );
+    assert_eq!(
+        write_config(&store, NET, false, false).await.unwrap(),
+        ConfigWrite::Unchanged
+    );
+    let other = r#"{"Network":"10.6.0.0/16"}"#;
+    assert_eq!(
+        write_config(&store, other, false, false).await.unwrap(),
+        ConfigWrite::Differs(NET.into())
+    );
+    let (tx, mut rx) = mpsc::channel(4);
+    let task = tokio::spawn(async move { m.watch_config(tx).await });
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        write_config(&store, other, true, false).await.unwrap(),
+        ConfigWrite::Replaced(NET.into())
+    );
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.network.to_string(), "10.6.0.0/16");
+    drop(rx);
+    task.await.unwrap().unwrap();
+}

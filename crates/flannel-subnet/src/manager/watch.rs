@@ -1,0 +1,176 @@
+//! The lease watch and the config watch. The lease watch lists, sends the difference to what
+//! the consumer knew, then follows the changes; after any break (compaction, store restart,
+//! partition) it lists again, so a removal is never missed.
+
+use std::sync::atomic::Ordering;
+use tokio::time::Instant;
+
+use flannel_net::{LeaseBatch, NetworkConfig, SubnetKey};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::keep::Backoff;
+use super::{parse, LeaseManager};
+use crate::error::StoreError;
+use crate::lease_set::LeaseSet;
+use crate::store::{Change, Key, Store, Watched};
+use crate::SubnetError;
+
+impl<S: Store> LeaseManager<S> {
+    pub(super) async fn watch_leases_forever(
+        &self,
+        tx: mpsc::Sender<LeaseBatch>,
+    ) -> Result<(), SubnetError> {
+        let mut set = LeaseSet::default();
+        let mut backoff = Backoff::new();
+        let mut first = true;
+        loop {
+            let started = Instant::now();
+            if !std::mem::take(&mut first) {
+                self.stats.watch_resyncs.fetch_add(1, Ordering::Relaxed);
+            }
+            match self.watch_session(&mut set, &tx).await {
+                Ok(()) => backoff = Backoff::new(),
+                Err(SubnetError::Closed) => return Ok(()),
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        "lease watch interrupted: {e}; re-listing in {:?}",
+                        backoff.0
+                    );
+                    if !backoff.wait(started, tx.closed()).await {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// One life of the lease watch; `Ok` asks to list again at once.
+    async fn watch_session(
+        &self,
+        set: &mut LeaseSet,
+        tx: &mpsc::Sender<LeaseBatch>,
+    ) -> Result<(), SubnetError> {
+        let (records, revision) = self.store.list().await?;
+        let mut snapshot = Vec::with_capacity(records.len());
+        for record in &records {
+            match parse(record).lease {
+                Ok(lease) => snapshot.push(lease),
+                Err(e) => warn!(key = %record.name, "ignoring bad subnet lease: {e}"),
+            }
+        }
+        drop(records);
+        let events = set.reset(snapshot);
+        tx.send(LeaseBatch {
+            events,
+            snapshot: true,
+        })
+        .await
+        .map_err(|_| SubnetError::Closed)?;
+        let mut changes = self.store.watch(None, revision).await?;
+        loop {
+            let item = tokio::select! {
+                item = changes.next() => item,
+                () = tx.closed() => return Err(SubnetError::Closed),
+            };
+            let changes = match item {
+                None => {
+                    return Err(StoreError::transient("watching leases", "the watch ended").into())
+                }
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Watched::Reset)) => {
+                    info!(
+                        "{} watch for leases fell behind the store's history (compaction), re-listing and resuming",
+                        self.store.name()
+                    );
+                    return Ok(());
+                }
+                Some(Ok(Watched::Changes(changes))) => changes,
+            };
+            let mut events = Vec::new();
+            for change in changes {
+                match change {
+                    Change::Put(record) => match parse(&record).lease {
+                        Ok(lease) => events.extend(set.put(lease)),
+                        // Keep what we knew of that node: a broken update must not cut it off.
+                        Err(e) => warn!(key = %record.name, "ignoring bad subnet lease: {e}"),
+                    },
+                    Change::Delete(name) => {
+                        if let Ok(key) = name.parse::<SubnetKey>() {
+                            events.extend(set.remove(&key));
+                        }
+                    }
+                }
+            }
+            if !events.is_empty() {
+                tx.send(LeaseBatch {
+                    events,
+                    snapshot: false,
+                })
+                .await
+                .map_err(|_| SubnetError::Closed)?;
+            }
+        }
+    }
+
+    /// Sends the network config each time it is written (`Err` with the reason when the new
+    /// value does not parse or the key was deleted), until `tx` is closed.
+    pub(super) async fn watch_config_forever(
+        &self,
+        tx: mpsc::Sender<Result<NetworkConfig, String>>,
+    ) -> Result<(), SubnetError> {
+        let mut backoff = Backoff::new();
+        loop {
+            let started = Instant::now();
+            match self.watch_config_session(&tx).await {
+                Err(SubnetError::Closed) => return Ok(()),
+                Ok(()) => backoff = Backoff::new(),
+                Err(e) => {
+                    debug!("config watch: {e}; again in {:?}", backoff.0);
+                    if !backoff.wait(started, tx.closed()).await {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn watch_config_session(
+        &self,
+        tx: &mpsc::Sender<Result<NetworkConfig, String>>,
+    ) -> Result<(), SubnetError> {
+        let key = Key::Config;
+        let (_, revision) = self.store.get(&key).await?;
+        let mut changes = self.store.watch(Some(&key), revision).await?;
+        loop {
+            let item = tokio::select! {
+                item = changes.next() => item,
+                () = tx.closed() => return Err(SubnetError::Closed),
+            };
+            let changes = match item {
+                None => {
+                    return Err(StoreError::transient(
+                        format!("watching {}", self.store.describe(&key)),
+                        "the watch ended",
+                    )
+                    .into())
+                }
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Watched::Reset)) => return Ok(()),
+                Some(Ok(Watched::Changes(changes))) => changes,
+            };
+            for change in changes {
+                let msg = match change {
+                    Change::Put(record) => {
+                        NetworkConfig::from_etcd(&String::from_utf8_lossy(&record.value))
+                            .map_err(|e| e.to_string())
+                    }
+                    Change::Delete(_) => Err(format!("{} was deleted", self.store.describe(&key))),
+                };
+                tx.send(msg).await.map_err(|_| SubnetError::Closed)?;
+            }
+        }
+    }
+}

@@ -20,14 +20,14 @@ pub mod alloc;
 pub mod netlink;
 pub mod vxlan;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use flannel_net::{Lease, LeaseAttrs, LeaseBatch, NetworkConfig};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 
 use crate::netlink::Netlink;
@@ -76,15 +76,22 @@ pub struct ExtIface {
     pub index: u32,
     pub name: String,
     pub mtu: u32,
-    /// Its IPv4 addresses with prefix: a peer inside one of these is on the same L2
+    /// Its addresses with prefix: a peer inside one of these is on the same L2
     /// (DirectRouting).
-    pub ipv4: Vec<Ipv4Network>,
+    pub addresses: Vec<IpNetwork>,
 }
 
 impl ExtIface {
-    /// Whether `ip` is reachable without a router from this interface.
-    pub fn on_link(&self, ip: Ipv4Addr) -> bool {
-        self.ipv4.iter().any(|n| n.prefix() < 32 && n.contains(ip))
+    /// Whether `ip` is reachable without a router from this interface (a host route, /32 or
+    /// /128, says nothing about neighbours).
+    pub fn on_link(&self, ip: IpAddr) -> bool {
+        self.addresses.iter().any(|n| {
+            let host = match n {
+                IpNetwork::V4(_) => 32,
+                IpNetwork::V6(_) => 128,
+            };
+            n.prefix() < host && n.contains(ip)
+        })
     }
 }
 

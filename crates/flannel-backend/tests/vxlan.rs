@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use flannel_backend::netlink::Netlink;
+use flannel_backend::netlink::{Family, Netlink};
 use flannel_backend::vxlan::VxlanBackend;
 use flannel_backend::{Backend, ExtIface, NodeContext};
 use flannel_lab::netns::{self, bridge, ip, sysctl};
@@ -40,7 +40,7 @@ async fn ext_iface(nl: &Netlink, name: &str) -> ExtIface {
         index: link.index,
         name: link.name,
         mtu: link.mtu,
-        ipv4: nl.ipv4_addresses(link.index).await.unwrap(),
+        addresses: nl.addresses(link.index, Family::V4).await.unwrap(),
     }
 }
 
@@ -409,7 +409,7 @@ fn a_lease_overlapping_a_peer_is_skipped_until_that_peer_is_gone() {
         );
         assert_eq!(
             b.peers().map(|p| p.subnet).collect::<Vec<_>>(),
-            vec![inside.subnet]
+            vec![ipnetwork::IpNetwork::V4(inside.subnet)]
         );
     });
 }

@@ -7,14 +7,15 @@ use std::net::Ipv4Addr;
 
 use flannel_backend::netlink::link::Link;
 use flannel_backend::netlink::route::Route;
-use flannel_backend::netlink::Netlink;
+use flannel_backend::netlink::{Family, Netlink};
 use flannel_backend::{BackendError, ExtIface};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use tracing::info;
 
 use crate::options::Options;
 
-/// The links and IPv4 routes of the node, as seen at start.
+/// The links and IPv4 routes of the node, as seen at start (the external interface is found
+/// by its IPv4 address, as upstream does for the IPv4 side).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub links: Vec<(Link, Vec<Ipv4Network>)>,
@@ -25,12 +26,20 @@ impl Snapshot {
     pub async fn read(nl: &Netlink) -> Result<Snapshot, BackendError> {
         let mut links = Vec::new();
         for link in nl.links().await? {
-            let addrs = nl.ipv4_addresses(link.index).await?;
+            let addrs = nl
+                .addresses(link.index, Family::V4)
+                .await?
+                .into_iter()
+                .filter_map(|a| match a {
+                    IpNetwork::V4(a) => Some(a),
+                    IpNetwork::V6(_) => None,
+                })
+                .collect();
             links.push((link, addrs));
         }
         Ok(Snapshot {
             links,
-            routes: nl.ipv4_routes().await?,
+            routes: nl.routes(Family::V4).await?,
         })
     }
 
@@ -67,7 +76,7 @@ fn chosen(link: &Link, addrs: &[Ipv4Network], ip: Option<Ipv4Addr>) -> Result<Ch
             index: link.index,
             name: link.name.clone(),
             mtu: link.mtu,
-            ipv4: addrs.to_vec(),
+            addresses: addrs.iter().copied().map(IpNetwork::V4).collect(),
         },
         iface_addr,
     })
@@ -78,7 +87,7 @@ fn route_to(snapshot: &Snapshot, dst: Ipv4Addr) -> Option<u32> {
     snapshot
         .routes
         .iter()
-        .filter(|r| r.dst.contains(dst) && r.oif.is_some())
+        .filter(|r| r.dst.contains(dst.into()) && r.oif.is_some())
         .max_by_key(|r| r.dst.prefix())
         .and_then(|r| r.oif)
 }

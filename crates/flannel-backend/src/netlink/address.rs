@@ -1,17 +1,21 @@
-//! IPv4 addresses of a link.
+//! Addresses of a link.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use futures::TryStreamExt;
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use netlink_packet_route::address::AddressAttribute;
 
-use super::{is_gone, nl_err, Netlink};
+use super::{is_gone, nl_err, Family, Netlink};
 use crate::BackendError;
 
 impl Netlink {
-    /// The IPv4 addresses on a link, with their prefix length.
-    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Network>, BackendError> {
+    /// The addresses of `family` on a link, with their prefix length.
+    pub async fn addresses(
+        &self,
+        index: u32,
+        family: Family,
+    ) -> Result<Vec<IpNetwork>, BackendError> {
         let mut out = Vec::new();
         let mut addrs = self
             .handle()
@@ -24,20 +28,20 @@ impl Netlink {
             .await
             .map_err(nl_err(format!("listing addresses of link #{index}")))?
         {
-            if msg.header.index != index {
+            if msg.header.index != index || msg.header.family != family.netlink() {
                 continue;
             }
             // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer on p2p links).
             let local = msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                AddressAttribute::Local(ip) => Some(*ip),
                 _ => None,
             });
             let address = msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                AddressAttribute::Address(ip) => Some(*ip),
                 _ => None,
             });
             if let Some(ip) = local.or(address) {
-                if let Ok(net) = Ipv4Network::new(ip, msg.header.prefix_len) {
+                if let Ok(net) = IpNetwork::new(ip, msg.header.prefix_len) {
                     out.push(net);
                 }
             }
@@ -45,33 +49,23 @@ impl Netlink {
         Ok(out)
     }
 
-    pub async fn add_ipv4_address(
-        &self,
-        index: u32,
-        ip: Ipv4Addr,
-        prefix: u8,
-    ) -> Result<(), BackendError> {
+    /// `ip addr replace <addr> dev <index>`
+    pub async fn add_address(&self, index: u32, addr: IpNetwork) -> Result<(), BackendError> {
         self.handle()
             .address()
-            .add(index, IpAddr::V4(ip), prefix)
+            .add(index, addr.ip(), addr.prefix())
             .replace()
             .execute()
             .await
-            .map_err(nl_err(format!("adding {ip}/{prefix} to link #{index}")))
+            .map_err(nl_err(format!("adding {addr} to link #{index}")))
     }
 
-    pub async fn del_ipv4_address(
-        &self,
-        index: u32,
-        ip: Ipv4Addr,
-        prefix: u8,
-    ) -> Result<(), BackendError> {
-        let mut req = self.handle().address().add(index, IpAddr::V4(ip), prefix);
+    pub async fn del_address(&self, index: u32, addr: IpNetwork) -> Result<(), BackendError> {
+        let ip: IpAddr = addr.ip();
+        let mut req = self.handle().address().add(index, ip, addr.prefix());
         let msg = req.message_mut().clone();
         match self.handle().address().del(msg).execute().await {
-            Err(e) if !is_gone(&e) => {
-                Err(nl_err(format!("removing {ip}/{prefix} from link #{index}"))(e))
-            }
+            Err(e) if !is_gone(&e) => Err(nl_err(format!("removing {addr} from link #{index}"))(e)),
             _ => Ok(()),
         }
     }

@@ -1,7 +1,8 @@
 //! Links: find, create (vxlan), delete, set up / MTU / MAC.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
+use flannel_net::MacAddr;
 use futures::TryStreamExt;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -16,7 +17,7 @@ use crate::BackendError;
 pub struct Link {
     pub index: u32,
     pub name: String,
-    pub mac: Option<[u8; 6]>,
+    pub mac: Option<MacAddr>,
     pub mtu: u32,
     pub up: bool,
     pub kind: Option<String>,
@@ -29,7 +30,7 @@ pub struct VxlanAttrs {
     pub vni: u32,
     /// Underlay interface index (IFLA_VXLAN_LINK).
     pub link: Option<u32>,
-    pub local: Option<Ipv4Addr>,
+    pub local: Option<IpAddr>,
     /// UDP destination port; the kernel reports its default (8472) when none was given.
     pub port: Option<u16>,
     pub gbp: bool,
@@ -42,12 +43,11 @@ pub struct VxlanLinkSpec {
     pub name: String,
     pub vni: u32,
     pub underlay_index: u32,
-    pub local: Ipv4Addr,
+    pub local: IpAddr,
     /// 0: leave the port to the kernel (8472), as upstream.
     pub port: u16,
     pub learning: bool,
     pub gbp: bool,
-    pub mac: [u8; 6],
     pub mtu: u32,
 }
 
@@ -64,10 +64,8 @@ fn parse(msg: &LinkMessage) -> Link {
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => link.name = n.clone(),
-            LinkAttribute::Address(a) if a.len() == 6 => {
-                let mut mac = [0u8; 6];
-                mac.copy_from_slice(a);
-                link.mac = Some(mac);
+            LinkAttribute::Address(a) => {
+                link.mac = <[u8; 6]>::try_from(a.as_slice()).ok().map(MacAddr)
             }
             LinkAttribute::Mtu(m) => link.mtu = *m,
             LinkAttribute::LinkInfo(infos) => {
@@ -102,7 +100,8 @@ fn parse_vxlan(attrs: &[InfoVxlan]) -> VxlanAttrs {
         match a {
             InfoVxlan::Id(id) => v.vni = *id,
             InfoVxlan::Link(l) if *l != 0 => v.link = Some(*l),
-            InfoVxlan::Local(ip) => v.local = Some(*ip),
+            InfoVxlan::Local(ip) => v.local = Some(IpAddr::V4(*ip)),
+            InfoVxlan::Local6(ip) => v.local = Some(IpAddr::V6(*ip)),
             InfoVxlan::Port(p) if *p != 0 => v.port = Some(*p),
             InfoVxlan::Gbp => v.gbp = true,
             InfoVxlan::Learning(l) => v.learning = *l,
@@ -145,15 +144,22 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Creates the vxlan link, up. Returns the raw error so that the caller can tell EEXIST.
-    pub async fn create_vxlan(&self, spec: &VxlanLinkSpec) -> Result<(), rtnetlink::Error> {
-        let mut b = LinkVxlan::new(&spec.name, spec.vni)
-            .dev(spec.underlay_index)
-            .local(spec.local)
-            .learning(spec.learning)
-            .address(spec.mac.to_vec())
-            .mtu(spec.mtu)
-            .up();
+    /// Creates the vxlan link with `mac`, up. Returns the raw error so that the caller can
+    /// tell EEXIST.
+    pub async fn create_vxlan(
+        &self,
+        spec: &VxlanLinkSpec,
+        mac: MacAddr,
+    ) -> Result<(), rtnetlink::Error> {
+        let b = LinkVxlan::new(&spec.name, spec.vni).dev(spec.underlay_index);
+        let mut b = match spec.local {
+            IpAddr::V4(ip) => b.local(ip),
+            IpAddr::V6(ip) => b.local6(ip),
+        }
+        .learning(spec.learning)
+        .address(mac.octets().to_vec())
+        .mtu(spec.mtu)
+        .up();
         if spec.port != 0 {
             b = b.port(spec.port);
         }
@@ -188,12 +194,12 @@ impl Netlink {
             .map_err(nl_err(format!("setting MTU {mtu} on link #{index}")))
     }
 
-    pub async fn set_link_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), BackendError> {
+    pub async fn set_link_mac(&self, index: u32, mac: MacAddr) -> Result<(), BackendError> {
         self.handle()
             .link()
             .set(
                 LinkUnspec::new_with_index(index)
-                    .address(mac.to_vec())
+                    .address(mac.octets().to_vec())
                     .build(),
             )
             .execute()

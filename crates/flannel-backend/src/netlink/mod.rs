@@ -1,14 +1,41 @@
 //! The only place that speaks rtnetlink: one module per kernel object, each with the few verbs
-//! flannel needs. Errors say what was being done.
+//! flannel needs. Errors say what was being done. Addresses, routes, neighbours and FDB
+//! entries are family-neutral (`IpAddr`, `IpNetwork`); listings take the [`Family`] to ask for.
 
 pub mod address;
 pub mod link;
 pub mod neighbour;
 pub mod route;
 
+use std::net::IpAddr;
+
+use netlink_packet_route::AddressFamily;
 use rtnetlink::Handle;
 
 use crate::BackendError;
+
+/// An IP address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    pub(crate) fn netlink(self) -> AddressFamily {
+        match self {
+            Family::V4 => AddressFamily::Inet,
+            Family::V6 => AddressFamily::Inet6,
+        }
+    }
+}
 
 /// A route netlink socket in the network namespace of the thread that opened it.
 #[derive(Clone)]

@@ -1,96 +1,112 @@
-//! Neighbours: the permanent ARP entry and the bridge FDB entry (NTF_SELF) of each peer.
+//! Neighbours: the permanent ARP (IPv4) or NDP (IPv6) entry and the bridge FDB entry
+//! (NTF_SELF) of each peer.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use flannel_net::MacAddr;
 use futures::TryStreamExt;
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::AddressFamily;
 
-use super::{is_gone, nl_err, Netlink};
+use super::{is_gone, nl_err, Family, Netlink};
 use crate::BackendError;
 
-/// A permanent IPv4 neighbour (ARP) entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ArpEntry {
-    pub ip: Ipv4Addr,
-    pub mac: [u8; 6],
+/// A permanent neighbour entry: ARP for IPv4, NDP for IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NeighbourEntry {
+    pub ip: IpAddr,
+    pub mac: MacAddr,
 }
 
 /// A forwarding entry of a vxlan device: frames for `mac` go to `dst`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FdbEntry {
-    pub mac: [u8; 6],
-    pub dst: Ipv4Addr,
+    pub mac: MacAddr,
+    pub dst: IpAddr,
 }
 
-pub(crate) fn mac_of(msg: &NeighbourMessage) -> Option<[u8; 6]> {
+pub(crate) fn mac_of(msg: &NeighbourMessage) -> Option<MacAddr> {
     msg.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
-            let mut mac = [0u8; 6];
-            mac.copy_from_slice(l);
-            Some(mac)
+        NeighbourAttribute::LinkLayerAddress(l) => {
+            Some(MacAddr(<[u8; 6]>::try_from(l.as_slice()).ok()?))
         }
         _ => None,
     })
 }
 
-/// NDA_DST as IPv4. In AF_BRIDGE (FDB) messages the parser cannot know the address family
-/// and leaves it as raw bytes.
-pub(crate) fn ipv4_of(msg: &NeighbourMessage) -> Option<Ipv4Addr> {
+/// NDA_DST. In AF_BRIDGE (FDB) messages the parser cannot know the address family and
+/// leaves it as raw bytes: 4 of them are IPv4, 16 IPv6.
+pub(crate) fn ip_of(msg: &NeighbourMessage) -> Option<IpAddr> {
     msg.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
-        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
-            Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+            if let Ok(v4) = <[u8; 4]>::try_from(b.as_slice()) {
+                Some(IpAddr::V4(Ipv4Addr::from(v4)))
+            } else {
+                <[u8; 16]>::try_from(b.as_slice())
+                    .ok()
+                    .map(|v6| IpAddr::V6(Ipv6Addr::from(v6)))
+            }
         }
         _ => None,
     })
 }
 
 impl Netlink {
-    /// The permanent IPv4 neighbour entries on a link (learned ones are the kernel's business).
-    pub async fn arp_entries(&self, index: u32) -> Result<Vec<ArpEntry>, BackendError> {
+    /// The permanent neighbour entries of `family` on a link (learned ones are the kernel's
+    /// business).
+    pub async fn neighbour_entries(
+        &self,
+        index: u32,
+        family: Family,
+    ) -> Result<Vec<NeighbourEntry>, BackendError> {
         let mut out = Vec::new();
         let mut req = self
             .handle()
             .neighbours()
             .get()
-            .set_address_family(AddressFamily::Inet)
+            .set_address_family(family.netlink())
             .execute();
         while let Some(msg) = req
             .try_next()
             .await
-            .map_err(nl_err("listing ARP entries"))?
+            .map_err(nl_err("listing neighbour entries"))?
         {
             if msg.header.ifindex != index || msg.header.state != NeighbourState::Permanent {
                 continue;
             }
-            if let (Some(ip), Some(mac)) = (ipv4_of(&msg), mac_of(&msg)) {
-                out.push(ArpEntry { ip, mac });
+            if let (Some(ip), Some(mac)) = (ip_of(&msg), mac_of(&msg)) {
+                out.push(NeighbourEntry { ip, mac });
             }
         }
         Ok(out)
     }
 
     /// `ip neigh replace <ip> lladdr <mac> dev <index> nud permanent`
-    pub async fn replace_arp(&self, index: u32, entry: ArpEntry) -> Result<(), BackendError> {
+    pub async fn replace_neighbour(
+        &self,
+        index: u32,
+        entry: NeighbourEntry,
+    ) -> Result<(), BackendError> {
         self.handle()
             .neighbours()
-            .add(index, IpAddr::V4(entry.ip))
-            .link_layer_address(&entry.mac)
+            .add(index, entry.ip)
+            .link_layer_address(&entry.mac.octets())
             .state(NeighbourState::Permanent)
             .replace()
             .execute()
             .await
-            .map_err(nl_err(format!("adding ARP entry {}", entry.ip)))
+            .map_err(nl_err(format!("adding neighbour entry {}", entry.ip)))
     }
 
-    pub async fn del_arp(&self, index: u32, ip: Ipv4Addr) -> Result<(), BackendError> {
-        let mut req = self.handle().neighbours().add(index, IpAddr::V4(ip));
+    pub async fn del_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), BackendError> {
+        let mut req = self.handle().neighbours().add(index, ip);
         let msg = req.message_mut().clone();
         match self.handle().neighbours().del(msg).execute().await {
-            Err(e) if !is_gone(&e) => Err(nl_err(format!("deleting ARP entry {ip}"))(e)),
+            Err(e) if !is_gone(&e) => Err(nl_err(format!("deleting neighbour entry {ip}"))(e)),
             _ => Ok(()),
         }
     }
@@ -112,7 +128,7 @@ impl Netlink {
             if msg.header.ifindex != index || !msg.header.flags.contains(NeighbourFlags::Own) {
                 continue;
             }
-            if let (Some(mac), Some(dst)) = (mac_of(&msg), ipv4_of(&msg)) {
+            if let (Some(mac), Some(dst)) = (mac_of(&msg), ip_of(&msg)) {
                 out.push(FdbEntry { mac, dst });
             }
         }
@@ -123,8 +139,8 @@ impl Netlink {
     pub async fn replace_fdb(&self, index: u32, entry: FdbEntry) -> Result<(), BackendError> {
         self.handle()
             .neighbours()
-            .add_bridge(index, &entry.mac)
-            .destination(IpAddr::V4(entry.dst))
+            .add_bridge(index, &entry.mac.octets())
+            .destination(entry.dst)
             .flags(NeighbourFlags::Own)
             .state(NeighbourState::Permanent)
             .replace()
@@ -137,8 +153,8 @@ impl Netlink {
         let mut req = self
             .handle()
             .neighbours()
-            .add_bridge(index, &entry.mac)
-            .destination(IpAddr::V4(entry.dst))
+            .add_bridge(index, &entry.mac.octets())
+            .destination(entry.dst)
             .flags(NeighbourFlags::Own);
         let msg = req.message_mut().clone();
         match self.handle().neighbours().del(msg).execute().await {

@@ -1,67 +1,109 @@
-//! IPv4 routes of the main table.
+//! Routes of the main table.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::RouteMessageBuilder;
 
-use super::{is_gone, nl_err, Netlink};
+use super::{is_gone, nl_err, Family, Netlink};
 use crate::BackendError;
 
 const MAIN_TABLE: u32 = 254;
 
 /// A unicast route of the main table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Route {
-    pub dst: Ipv4Network,
-    pub gateway: Option<Ipv4Addr>,
+    pub dst: IpNetwork,
+    pub gateway: Option<IpAddr>,
     pub oif: Option<u32>,
     pub onlink: bool,
 }
 
-fn parse(msg: &RouteMessage) -> Option<Route> {
+fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    }
+}
+
+/// The destination of a route message, if it is an IP route.
+pub(crate) fn destination_of(msg: &RouteMessage) -> Option<IpNetwork> {
+    let dst = msg.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(d) => ip_of(d),
+        _ => None,
+    })?;
+    IpNetwork::new(dst, msg.header.destination_prefix_length).ok()
+}
+
+fn parse(msg: &RouteMessage, family: Family) -> Option<Route> {
     if msg.header.kind != RouteType::Unicast {
         return None;
     }
     let mut table = u32::from(msg.header.table);
-    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let unspecified = match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        Family::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let mut dst = unspecified;
     let mut gateway = None;
     let mut oif = None;
     for attr in &msg.attributes {
         match attr {
             RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
-            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
+            RouteAttribute::Destination(a) => dst = ip_of(a).unwrap_or(dst),
+            RouteAttribute::Gateway(a) => gateway = ip_of(a),
             RouteAttribute::Oif(i) => oif = Some(*i),
             _ => {}
         }
     }
-    if table != MAIN_TABLE {
+    if table != MAIN_TABLE || Family::of(dst) != family {
         return None;
     }
     Some(Route {
-        dst: Ipv4Network::new(dst, msg.header.destination_prefix_length).ok()?,
+        dst: IpNetwork::new(dst, msg.header.destination_prefix_length).ok()?,
         gateway,
         oif,
         onlink: msg.header.flags.contains(RouteFlags::Onlink),
     })
 }
 
+/// A route message for `route` with the given protocol (`replace` and `del` differ there).
+fn message(route: &Route, protocol: RouteProtocol) -> Result<RouteMessage, BackendError> {
+    fn invalid<E: std::fmt::Display>(route: &Route) -> impl FnOnce(E) -> BackendError + '_ {
+        move |e| BackendError::Device(format!("route to {}: {e}", route.dst))
+    }
+    let mut b = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(route.dst.network(), route.dst.prefix())
+        .map_err(invalid(route))?
+        .protocol(protocol);
+    if let Some(gw) = route.gateway {
+        b = b.gateway(gw).map_err(invalid(route))?;
+    }
+    if let Some(oif) = route.oif {
+        b = b.output_interface(oif);
+    }
+    if route.onlink {
+        b = b.onlink();
+    }
+    Ok(b.build())
+}
+
 impl Netlink {
-    /// Unicast IPv4 routes of the main table.
-    pub async fn ipv4_routes(&self) -> Result<Vec<Route>, BackendError> {
+    /// Unicast routes of `family` in the main table.
+    pub async fn routes(&self, family: Family) -> Result<Vec<Route>, BackendError> {
+        let filter = match family {
+            Family::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            Family::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        };
         let mut out = Vec::new();
-        let mut req = self
-            .handle()
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
+        let mut req = self.handle().route().get(filter).execute();
         while let Some(msg) = req.try_next().await.map_err(nl_err("listing routes"))? {
-            out.extend(parse(&msg));
+            out.extend(parse(&msg, family));
         }
         Ok(out)
     }
@@ -69,21 +111,9 @@ impl Netlink {
     /// `ip route replace <dst> via <gateway> [dev <oif>] [onlink]`, proto boot like iproute2
     /// and upstream (so `ip route` prints it exactly as for upstream flanneld).
     pub async fn replace_route(&self, route: Route) -> Result<(), BackendError> {
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(route.dst.network(), route.dst.prefix())
-            .protocol(RouteProtocol::Boot);
-        if let Some(gw) = route.gateway {
-            b = b.gateway(gw);
-        }
-        if let Some(oif) = route.oif {
-            b = b.output_interface(oif);
-        }
-        if route.onlink {
-            b = b.onlink();
-        }
         self.handle()
             .route()
-            .add(b.build())
+            .add(message(&route, RouteProtocol::Boot)?)
             .replace()
             .execute()
             .await
@@ -93,17 +123,13 @@ impl Netlink {
     pub async fn del_route(&self, route: Route) -> Result<(), BackendError> {
         // Like `ip route del`: any protocol, scope "nowhere", so the kernel matches whatever
         // protocol the route was added with.
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(route.dst.network(), route.dst.prefix())
-            .protocol(RouteProtocol::Unspec)
-            .scope(RouteScope::NoWhere);
-        if let Some(gw) = route.gateway {
-            b = b.gateway(gw);
-        }
-        if let Some(oif) = route.oif {
-            b = b.output_interface(oif);
-        }
-        match self.handle().route().del(b.build()).execute().await {
+        let any_flags = Route {
+            onlink: false,
+            ..route
+        };
+        let mut msg = message(&any_flags, RouteProtocol::Unspec)?;
+        msg.header.scope = RouteScope::NoWhere;
+        match self.handle().route().del(msg).execute().await {
             Err(e) if !is_gone(&e) => Err(nl_err(format!("deleting route to {}", route.dst))(e)),
             _ => Ok(()),
         }

@@ -2,7 +2,11 @@
 
 use serde_json::Value;
 
+use crate::netlink::Family;
 use crate::BackendError;
+
+/// The smallest `MTU` that leaves IPv4's minimum (68) after an IPv4 encapsulation.
+const MIN_MTU: u64 = 50 + 68;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanConfig {
@@ -30,8 +34,14 @@ impl Default for VxlanConfig {
     }
 }
 
-/// VXLAN adds 50 bytes (outer Ethernet 14, IPv4 20, UDP 8, VXLAN 8).
-pub const ENCAP_OVERHEAD: u32 = 50;
+/// What VXLAN adds to each packet over an underlay of `family`: outer Ethernet 14, IP (20
+/// for IPv4, 40 for IPv6), UDP 8, VXLAN 8.
+pub fn encap_overhead(family: Family) -> u32 {
+    match family {
+        Family::V4 => 50,
+        Family::V6 => 70,
+    }
+}
 
 fn config_error(message: String) -> BackendError {
     BackendError::Config {
@@ -70,7 +80,7 @@ impl VxlanConfig {
                 "mtu" => {
                     let mtu = v
                         .as_u64()
-                        .filter(|n| *n == 0 || (ENCAP_OVERHEAD as u64 + 68..=65535).contains(n))
+                        .filter(|n| *n == 0 || (MIN_MTU..=65535).contains(n))
                         .ok_or_else(|| bad("MTU", "0 or a number from 118 to 65535", v))?;
                     cfg.mtu = (mtu != 0).then_some(mtu as u32);
                 }

@@ -86,17 +86,13 @@ pub async fn ensure_device(
                         "{:?} already exists with incompatible configuration: {why}; recreating device",
                         spec.name
                     );
-                    mac = existing.mac.map(MacAddr);
+                    mac = existing.mac;
                     nl.delete_link(existing.index).await?;
                 }
             },
             None => {
                 let want = mac.or(mac_hint).unwrap_or_else(random_mac);
-                let create = VxlanLinkSpec {
-                    mac: want.octets(),
-                    ..spec.clone()
-                };
-                match nl.create_vxlan(&create).await {
+                match nl.create_vxlan(spec, want).await {
                     Ok(()) => {
                         let link = nl.link_by_name(&spec.name).await?.ok_or_else(|| {
                             BackendError::Device(format!(
@@ -135,14 +131,14 @@ async fn finish(
     if link.mtu != spec.mtu {
         nl.set_link_mtu(link.index, spec.mtu).await?;
     }
-    let mut mac = link.mac.map(MacAddr);
+    let mut mac = link.mac;
     if let Some(want) = want_mac {
         if mac != Some(want) {
             warn!(
                 "{}'s mac address wanted: {want}, but got: {mac:?}; setting it back",
                 spec.name
             );
-            nl.set_link_mac(link.index, want.octets()).await?;
+            nl.set_link_mac(link.index, want).await?;
             mac = Some(want);
         }
     }
@@ -184,7 +180,6 @@ mod tests {
             port: 0,
             learning: false,
             gbp: false,
-            mac: [0; 6],
             mtu: 1450,
         }
     }
@@ -193,7 +188,7 @@ mod tests {
         Link {
             index: 5,
             name: "flannel.1".into(),
-            mac: Some([2, 0, 0, 0, 0, 1]),
+            mac: Some(MacAddr([2, 0, 0, 0, 0, 1])),
             mtu: 1450,
             up: true,
             kind: Some("vxlan".into()),

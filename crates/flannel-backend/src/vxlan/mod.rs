@@ -15,17 +15,16 @@ mod peer_set;
 pub mod peers;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flannel_net::{Lease, LeaseAttrs, LeaseBatch, LeaseEvent, MacAddr, VxlanBackendData};
+use flannel_net::{Lease, LeaseAttrs, LeaseBatch, LeaseEvent, VxlanBackendData};
 use futures::StreamExt;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use netlink_packet_route::link::LinkFlags;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::MulticastGroup;
@@ -40,7 +39,7 @@ use peer_set::PeerSet;
 pub use peers::{Peer, Plan, Skip};
 
 use crate::netlink::link::VxlanLinkSpec;
-use crate::netlink::{neighbour, Netlink};
+use crate::netlink::{neighbour, route, Family, Netlink};
 use crate::{Backend, BackendError, BackendStats, ExtIface, NodeContext};
 
 /// How many netlink requests are in flight at once when many peers change.
@@ -91,20 +90,20 @@ impl VxlanBackend {
             "VXLAN config: VNI={} Port={} GBP={} Learning={} DirectRouting={}",
             config.vni, config.port, config.gbp, config.learning, config.direct_routing
         );
+        // the underlay is IPv4: the lease's PublicIP (an IPv6 underlay comes with PublicIPv6)
         let mtu = config
             .mtu
             .unwrap_or(ext.mtu)
-            .saturating_sub(config::ENCAP_OVERHEAD)
+            .saturating_sub(config::encap_overhead(Family::V4))
             .max(68);
         let spec = VxlanLinkSpec {
             name: config.device_name(),
             vni: config.vni,
             underlay_index: ext.index,
-            local: public_ip,
+            local: IpAddr::V4(public_ip),
             port: config.port,
             learning: config.learning,
             gbp: config.gbp,
-            mac: [0; 6],
             mtu,
         };
         let device = device::ensure_device(&nl, &spec, mac_hint).await?;
@@ -138,7 +137,7 @@ impl VxlanBackend {
     /// flannel network from it (upstream v0.10 crashlooped on those, #1060), and brings it up.
     pub async fn set_own_lease(&mut self, own: &Lease) -> Result<(), BackendError> {
         self.own = Some(own.subnet);
-        if self.peers.remove(&own.subnet).is_some() {
+        if self.peers.remove(&IpNetwork::V4(own.subnet)).is_some() {
             self.stats
                 .peers
                 .store(self.peers.len() as u64, Ordering::Relaxed);
@@ -149,23 +148,20 @@ impl VxlanBackend {
 
     async fn ensure_address(&self) -> Result<(), BackendError> {
         let Some(own) = self.own else { return Ok(()) };
-        let want =
-            Ipv4Network::new(own.network(), 32).map_err(|e| BackendError::Device(e.to_string()))?;
+        let want = IpNetwork::V4(
+            Ipv4Network::new(own.network(), 32).map_err(|e| BackendError::Device(e.to_string()))?,
+        );
         let mut present = false;
-        for addr in self.nl.ipv4_addresses(self.device.index).await? {
+        for addr in self.nl.addresses(self.device.index, Family::V4).await? {
             if addr == want {
                 present = true;
-            } else if self.network.contains(addr.ip()) {
+            } else if IpNetwork::V4(self.network).contains(addr.ip()) {
                 info!("removing stale address {addr} from {}", self.device.name);
-                self.nl
-                    .del_ipv4_address(self.device.index, addr.ip(), addr.prefix())
-                    .await?;
+                self.nl.del_address(self.device.index, addr).await?;
             }
         }
         if !present {
-            self.nl
-                .add_ipv4_address(self.device.index, want.ip(), 32)
-                .await?;
+            self.nl.add_address(self.device.index, want).await?;
         }
         Ok(())
     }
@@ -192,11 +188,11 @@ impl VxlanBackend {
         let any_removed = removed.clone().next().is_some();
         for lease in removed {
             self.shadowed.remove(&lease.subnet);
-            if let Some(old) = self.peers.remove(&lease.subnet) {
+            if let Some(old) = self.peers.remove(&IpNetwork::V4(lease.subnet)) {
                 debug!(subnet = %old.subnet, public_ip = %old.public_ip, "removing peer");
                 plan.del_routes.push(old.route(index));
                 plan.del_fdb.extend(old.fdb());
-                plan.del_arp.extend(old.arp().map(|a| a.ip));
+                plan.del_neighbours.extend(old.neighbour().map(|a| a.ip));
             }
         }
         // leases shadowed by a peer that is gone now get their turn
@@ -205,7 +201,7 @@ impl VxlanBackend {
         } else {
             self.shadowed
                 .values()
-                .filter(|l| self.peers.overlapping(l.subnet).is_none())
+                .filter(|l| self.peers.overlapping(IpNetwork::V4(l.subnet)).is_none())
                 .cloned()
                 .collect()
         };
@@ -250,13 +246,13 @@ impl VxlanBackend {
                 if old.fdb().is_some() && old.fdb() != peer.fdb() {
                     plan.del_fdb.extend(old.fdb());
                 }
-                if old.arp().is_some() && peer.arp().is_none() {
-                    plan.del_arp.extend(old.arp().map(|a| a.ip));
+                if old.neighbour().is_some() && peer.neighbour().is_none() {
+                    plan.del_neighbours.extend(old.neighbour().map(|a| a.ip));
                 }
             }
             debug!(subnet = %peer.subnet, public_ip = %peer.public_ip, vtep_mac = %peer.mac, "adding peer");
             plan.add.push(peers::PeerChange {
-                arp: peer.arp(),
+                neighbour: peer.neighbour(),
                 fdb: peer.fdb(),
                 route: Some(peer.route(index)),
             });
@@ -291,15 +287,16 @@ impl VxlanBackend {
         self.ensure_address().await?;
         let index = self.device.index;
         let observed = peers::Observed {
-            arp: self.nl.arp_entries(index).await?,
+            // IPv4: what the leases' IPv4 part asks for (their IPv6 part is not read yet)
+            neighbours: self.nl.neighbour_entries(index, Family::V4).await?,
             fdb: self.nl.fdb_entries(index).await?,
-            routes: self.nl.ipv4_routes().await?,
+            routes: self.nl.routes(Family::V4).await?,
         };
         let mut plan = peers::plan(
             self.peers.by_subnet(),
             &observed,
             index,
-            self.network,
+            IpNetwork::V4(self.network),
             self.config.direct_routing,
         );
         if !self.listed {
@@ -312,7 +309,7 @@ impl VxlanBackend {
                 "reconcile: {} stale routes, {} stale FDB, {} stale ARP entries to delete; {} peers to (re)program",
                 plan.del_routes.len(),
                 plan.del_fdb.len(),
-                plan.del_arp.len(),
+                plan.del_neighbours.len(),
                 plan.add.len()
             );
             self.stats.repairs.fetch_add(size as u64, Ordering::Relaxed);
@@ -342,17 +339,24 @@ impl VxlanBackend {
         };
         count(run_all(plan.del_routes.into_iter().map(|r| nl.del_route(r))).await);
         count(run_all(plan.del_fdb.into_iter().map(|f| nl.del_fdb(index, f))).await);
-        count(run_all(plan.del_arp.into_iter().map(|ip| nl.del_arp(index, ip))).await);
+        count(
+            run_all(
+                plan.del_neighbours
+                    .into_iter()
+                    .map(|ip| nl.del_neighbour(index, ip)),
+            )
+            .await,
+        );
         count(
             run_all(plan.add.into_iter().map(|change| async move {
-                if let Some(arp) = change.arp {
-                    nl.replace_arp(index, arp).await?;
+                if let Some(neighbour) = change.neighbour {
+                    nl.replace_neighbour(index, neighbour).await?;
                 }
                 if let Some(fdb) = change.fdb {
                     if let Err(e) = nl.replace_fdb(index, fdb).await {
                         // upstream: without the FDB entry the ARP entry is no use
-                        if let Some(arp) = change.arp {
-                            let _ = nl.del_arp(index, arp.ip).await;
+                        if let Some(neighbour) = change.neighbour {
+                            let _ = nl.del_neighbour(index, neighbour.ip).await;
                         }
                         return Err(e);
                     }
@@ -378,19 +382,16 @@ impl VxlanBackend {
             RouteNetlinkMessage::NewLink(l) => {
                 l.header.index == index && !l.header.flags.contains(LinkFlags::Up)
             }
-            RouteNetlinkMessage::DelRoute(r) => r.attributes.iter().any(|a| match a {
-                RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
-                    Ipv4Network::new(*ip, r.header.destination_prefix_length)
-                        .is_ok_and(|dst| self.peers.contains(&dst))
-                }
-                _ => false,
-            }),
+            RouteNetlinkMessage::DelRoute(r) => {
+                route::destination_of(r).is_some_and(|dst| self.peers.contains(&dst))
+            }
             RouteNetlinkMessage::DelNeighbour(n) if n.header.ifindex == index => {
-                let Some(ip) = neighbour::ipv4_of(n) else {
+                let Some(ip) = neighbour::ip_of(n) else {
                     return false;
                 };
-                let mac = neighbour::mac_of(n).map(MacAddr);
-                self.peers.needs_arp(ip, mac) || mac.is_some_and(|m| self.peers.needs_fdb(m, ip))
+                let mac = neighbour::mac_of(n);
+                self.peers.needs_neighbour(ip, mac)
+                    || mac.is_some_and(|m| self.peers.needs_fdb(m, ip))
             }
             _ => false,
         }

@@ -5,32 +5,39 @@
 //!
 //! B-trees, not hash tables: under churn a hash table's tombstones make it double its memory
 //! once; a B-tree's memory follows the live peers.
+//!
+//! Family-neutral: subnets are `IpNetwork`s, which order IPv4 before IPv6, so each family's
+//! peers are one contiguous range of the subnet index; prefix lengths are counted per family.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use flannel_net::MacAddr;
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use super::peers::Peer;
+use crate::netlink::Family;
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct PeerSet {
-    by_subnet: BTreeMap<Ipv4Network, Peer>,
+    by_subnet: BTreeMap<IpNetwork, Peer>,
     /// (VTEP MAC, PublicIP) of the peers that need an FDB entry, with how many do.
-    fdb: BTreeMap<(MacAddr, Ipv4Addr), u32>,
-    /// How many peers have each prefix length.
-    prefixes: [u32; 33],
+    fdb: BTreeMap<(MacAddr, IpAddr), u32>,
+    /// How many peers have each (family, prefix length).
+    prefixes: BTreeMap<(Family, u8), u32>,
 }
 
-impl Default for PeerSet {
-    fn default() -> Self {
-        PeerSet {
-            by_subnet: BTreeMap::new(),
-            fdb: BTreeMap::new(),
-            prefixes: [0; 33],
-        }
-    }
+/// The smallest and the largest subnet key whose network address is `ip`.
+fn key_range(ip: IpAddr) -> Option<(IpNetwork, IpNetwork)> {
+    let max = match ip {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    };
+    Some((IpNetwork::new(ip, 0).ok()?, IpNetwork::new(ip, max).ok()?))
+}
+
+fn family(n: &IpNetwork) -> Family {
+    Family::of(n.ip())
 }
 
 impl PeerSet {
@@ -38,7 +45,7 @@ impl PeerSet {
         self.by_subnet.len()
     }
 
-    pub fn contains(&self, subnet: &Ipv4Network) -> bool {
+    pub fn contains(&self, subnet: &IpNetwork) -> bool {
         self.by_subnet.contains_key(subnet)
     }
 
@@ -48,7 +55,7 @@ impl PeerSet {
     }
 
     /// The peers by subnet (what the reconcile plan reads).
-    pub fn by_subnet(&self) -> &BTreeMap<Ipv4Network, Peer> {
+    pub fn by_subnet(&self) -> &BTreeMap<IpNetwork, Peer> {
         &self.by_subnet
     }
 
@@ -62,22 +69,28 @@ impl PeerSet {
         old
     }
 
-    pub fn remove(&mut self, subnet: &Ipv4Network) -> Option<Peer> {
+    pub fn remove(&mut self, subnet: &IpNetwork) -> Option<Peer> {
         let old = self.by_subnet.remove(subnet)?;
         self.unindex(&old);
         Some(old)
     }
 
     fn index(&mut self, peer: &Peer) {
-        self.prefixes[usize::from(peer.subnet.prefix())] += 1;
+        let key = (family(&peer.subnet), peer.subnet.prefix());
+        *self.prefixes.entry(key).or_default() += 1;
         if !peer.direct {
             *self.fdb.entry((peer.mac, peer.public_ip)).or_default() += 1;
         }
     }
 
     fn unindex(&mut self, peer: &Peer) {
-        let count = &mut self.prefixes[usize::from(peer.subnet.prefix())];
-        *count = count.saturating_sub(1);
+        let key = (family(&peer.subnet), peer.subnet.prefix());
+        if let Some(n) = self.prefixes.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.prefixes.remove(&key);
+            }
+        }
         if !peer.direct {
             let key = (peer.mac, peer.public_ip);
             if let Some(n) = self.fdb.get_mut(&key) {
@@ -90,27 +103,28 @@ impl PeerSet {
     }
 
     /// A peer other than `subnet` itself whose subnet overlaps `subnet`.
-    pub fn overlapping(&self, subnet: Ipv4Network) -> Option<Ipv4Network> {
+    pub fn overlapping(&self, subnet: IpNetwork) -> Option<IpNetwork> {
         // peers inside `subnet`: their network addresses lie between its first and last
         let (first, last) = (subnet.network(), subnet.broadcast());
-        let lo = Ipv4Network::new(first, 0).ok()?;
-        let hi = Ipv4Network::new(last, 32).ok()?;
+        let (lo, _) = key_range(first)?;
+        let (_, hi) = key_range(last)?;
         if let Some((&inside, _)) = self.by_subnet.range(lo..=hi).find(|(&s, _)| s != subnet) {
             return Some(inside);
         }
         // peers containing `subnet`: at most one per shorter prefix length in use
-        (0..subnet.prefix())
-            .filter(|&p| self.prefixes[usize::from(p)] > 0)
-            .filter_map(|p| {
-                let n = Ipv4Network::new(first, p).ok()?;
-                Ipv4Network::new(n.network(), p).ok()
+        let fam = family(&subnet);
+        self.prefixes
+            .range((fam, 0)..(fam, subnet.prefix()))
+            .filter_map(|(&(_, p), _)| {
+                let n = IpNetwork::new(first, p).ok()?;
+                IpNetwork::new(n.network(), p).ok()
             })
             .find(|n| self.by_subnet.contains_key(n))
     }
 
-    /// Whether a peer needs the ARP entry `ip` (its gateway) with `mac` (any MAC when `None`).
-    pub fn needs_arp(&self, ip: Ipv4Addr, mac: Option<MacAddr>) -> bool {
-        let (Ok(lo), Ok(hi)) = (Ipv4Network::new(ip, 0), Ipv4Network::new(ip, 32)) else {
+    /// Whether a peer needs the neighbour (ARP/NDP) entry `ip` (its gateway) with `mac` (any MAC when `None`).
+    pub fn needs_neighbour(&self, ip: IpAddr, mac: Option<MacAddr>) -> bool {
+        let Some((lo, hi)) = key_range(ip) else {
             return false;
         };
         self.by_subnet
@@ -119,7 +133,7 @@ impl PeerSet {
     }
 
     /// Whether a peer needs the FDB entry `mac dst ip`.
-    pub fn needs_fdb(&self, mac: MacAddr, ip: Ipv4Addr) -> bool {
+    pub fn needs_fdb(&self, mac: MacAddr, ip: IpAddr) -> bool {
         self.fdb.contains_key(&(mac, ip))
     }
 }
@@ -131,7 +145,7 @@ mod tests {
     fn peer(subnet: &str, ip: [u8; 4], mac: u8, direct: bool) -> Peer {
         Peer {
             subnet: subnet.parse().unwrap(),
-            public_ip: ip.into(),
+            public_ip: IpAddr::from(ip),
             mac: MacAddr([2, 0, 0, 0, 0, mac]),
             direct,
         }
@@ -142,10 +156,10 @@ mod tests {
         let mut set = PeerSet::default();
         let a = peer("10.200.2.0/24", [192, 168, 77, 2], 2, false);
         assert_eq!(set.insert(a), None);
-        assert!(set.needs_arp([10, 200, 2, 0].into(), Some(a.mac)));
-        assert!(set.needs_arp([10, 200, 2, 0].into(), None));
-        assert!(!set.needs_arp([10, 200, 2, 0].into(), Some(MacAddr([9; 6]))));
-        assert!(!set.needs_arp([10, 200, 3, 0].into(), None));
+        assert!(set.needs_neighbour(IpAddr::from([10, 200, 2, 0]), Some(a.mac)));
+        assert!(set.needs_neighbour(IpAddr::from([10, 200, 2, 0]), None));
+        assert!(!set.needs_neighbour(IpAddr::from([10, 200, 2, 0]), Some(MacAddr([9; 6]))));
+        assert!(!set.needs_neighbour(IpAddr::from([10, 200, 3, 0]), None));
         assert!(set.needs_fdb(a.mac, a.public_ip));
         // a new MAC for the same subnet: the old FDB entry is no longer needed
         let a2 = peer("10.200.2.0/24", [192, 168, 77, 2], 22, false);
@@ -155,20 +169,20 @@ mod tests {
         // direct peers need neither
         let d = peer("10.200.4.0/24", [192, 168, 77, 4], 4, true);
         set.insert(d);
-        assert!(!set.needs_arp([10, 200, 4, 0].into(), None));
+        assert!(!set.needs_neighbour(IpAddr::from([10, 200, 4, 0]), None));
         assert!(!set.needs_fdb(d.mac, d.public_ip));
         assert_eq!(set.remove(&a2.subnet), Some(a2));
         assert!(!set.needs_fdb(a2.mac, a2.public_ip));
-        assert!(!set.needs_arp([10, 200, 2, 0].into(), None));
+        assert!(!set.needs_neighbour(IpAddr::from([10, 200, 2, 0]), None));
         assert_eq!(set.len(), 1);
-        assert_eq!(set.prefixes.iter().sum::<u32>(), 1);
+        assert_eq!(set.prefixes.values().sum::<u32>(), 1);
     }
 
     #[test]
     fn overlap_is_found_inside_and_around() {
         let mut set = PeerSet::default();
         set.insert(peer("10.200.2.0/24", [192, 168, 77, 2], 2, false));
-        let s = |t: &str| t.parse::<Ipv4Network>().unwrap();
+        let s = |t: &str| t.parse::<IpNetwork>().unwrap();
         assert_eq!(set.overlapping(s("10.200.2.0/24")), None);
         assert_eq!(set.overlapping(s("10.200.3.0/24")), None);
         assert_eq!(

@@ -2,20 +2,20 @@
 //! Pure: the kernel's entries come in as lists, the plan goes out as lists.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use flannel_net::{Lease, MacAddr};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 
-use crate::netlink::neighbour::{ArpEntry, FdbEntry};
+use crate::netlink::neighbour::{FdbEntry, NeighbourEntry};
 use crate::netlink::route::Route;
 use crate::ExtIface;
 
 /// A remote node as the data path needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Peer {
-    pub subnet: Ipv4Network,
-    pub public_ip: Ipv4Addr,
+    pub subnet: IpNetwork,
+    pub public_ip: IpAddr,
     pub mac: MacAddr,
     /// DirectRouting and on the same L2: a plain route via the PublicIP, no ARP or FDB entry.
     pub direct: bool,
@@ -23,20 +23,21 @@ pub struct Peer {
 
 impl Peer {
     /// The peer's VTEP address: its subnet's network address (`10.5.34.0`).
-    pub fn gateway(&self) -> Ipv4Addr {
+    pub fn gateway(&self) -> IpAddr {
         self.subnet.network()
     }
 
-    pub fn arp(&self) -> Option<ArpEntry> {
-        (!self.direct).then(|| ArpEntry {
+    /// The permanent ARP (IPv4) or NDP (IPv6) entry of its VTEP address.
+    pub fn neighbour(&self) -> Option<NeighbourEntry> {
+        (!self.direct).then_some(NeighbourEntry {
             ip: self.gateway(),
-            mac: self.mac.octets(),
+            mac: self.mac,
         })
     }
 
     pub fn fdb(&self) -> Option<FdbEntry> {
-        (!self.direct).then(|| FdbEntry {
-            mac: self.mac.octets(),
+        (!self.direct).then_some(FdbEntry {
+            mac: self.mac,
             dst: self.public_ip,
         })
     }
@@ -73,6 +74,7 @@ pub enum Skip {
 }
 
 /// Checks a lease from etcd and makes it a peer. `own` is this node's subnet and PublicIP.
+/// The lease's IPv4 part only: the IPv6 part (`ipv6_subnet`, `PublicIPv6`) is not read yet.
 pub fn peer_from_lease(
     lease: &Lease,
     network: Ipv4Network,
@@ -122,10 +124,10 @@ pub fn peer_from_lease(
         None => return Err(Skip::NotVxlan(attrs.backend_type.clone())),
     };
     Ok(Peer {
-        subnet: lease.subnet,
-        public_ip: ip,
+        subnet: IpNetwork::V4(lease.subnet),
+        public_ip: IpAddr::V4(ip),
         mac: data.vtep_mac,
-        direct: direct_routing && ext.on_link(ip),
+        direct: direct_routing && ext.on_link(IpAddr::V4(ip)),
     })
 }
 
@@ -133,25 +135,26 @@ pub fn peer_from_lease(
 /// DirectRouting) routes inside the flannel network that go via a gateway elsewhere.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
-    pub arp: Vec<ArpEntry>,
+    pub neighbours: Vec<NeighbourEntry>,
     pub fdb: Vec<FdbEntry>,
     pub routes: Vec<Route>,
 }
 
-/// Changes, to be done in this order: deletions (routes, FDB, ARP), then additions per peer
-/// (ARP, FDB, route: the route last, so the kernel never ARPs for a gateway it should know).
+/// Changes, to be done in this order: deletions (routes, FDB, neighbours), then additions per
+/// peer (neighbour, FDB, route: the route last, so the kernel never ARPs for a gateway it
+/// should know).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     pub del_routes: Vec<Route>,
     pub del_fdb: Vec<FdbEntry>,
-    pub del_arp: Vec<Ipv4Addr>,
+    pub del_neighbours: Vec<IpAddr>,
     pub add: Vec<PeerChange>,
 }
 
 /// The entries one peer is missing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerChange {
-    pub arp: Option<ArpEntry>,
+    pub neighbour: Option<NeighbourEntry>,
     pub fdb: Option<FdbEntry>,
     pub route: Option<Route>,
 }
@@ -161,13 +164,13 @@ impl Plan {
     pub fn keep_stale(&mut self) {
         self.del_routes.clear();
         self.del_fdb.clear();
-        self.del_arp.clear();
+        self.del_neighbours.clear();
     }
 
     pub fn is_empty(&self) -> bool {
         self.del_routes.is_empty()
             && self.del_fdb.is_empty()
-            && self.del_arp.is_empty()
+            && self.del_neighbours.is_empty()
             && self.add.is_empty()
     }
 
@@ -175,12 +178,12 @@ impl Plan {
     pub fn size(&self) -> usize {
         self.del_routes.len()
             + self.del_fdb.len()
-            + self.del_arp.len()
+            + self.del_neighbours.len()
             + self
                 .add
                 .iter()
                 .map(|c| {
-                    usize::from(c.arp.is_some())
+                    usize::from(c.neighbour.is_some())
                         + usize::from(c.fdb.is_some())
                         + usize::from(c.route.is_some())
                 })
@@ -193,7 +196,7 @@ impl Plan {
 pub fn is_flannel_route(
     route: &Route,
     device: u32,
-    network: Ipv4Network,
+    network: IpNetwork,
     direct_routing: bool,
 ) -> bool {
     route.oif == Some(device)
@@ -212,20 +215,20 @@ fn same_route(have: &Route, want: &Route) -> bool {
 
 /// The plan that makes `observed` equal to `desired`.
 pub fn plan(
-    desired: &BTreeMap<Ipv4Network, Peer>,
+    desired: &BTreeMap<IpNetwork, Peer>,
     observed: &Observed,
     device: u32,
-    network: Ipv4Network,
+    network: IpNetwork,
     direct_routing: bool,
 ) -> Plan {
     let mut plan = Plan::default();
-    let want_arp: HashMap<Ipv4Addr, ArpEntry> = desired
+    let want_neighbours: HashMap<IpAddr, NeighbourEntry> = desired
         .values()
-        .filter_map(|p| p.arp())
+        .filter_map(|p| p.neighbour())
         .map(|a| (a.ip, a))
         .collect();
     let want_fdb: HashSet<FdbEntry> = desired.values().filter_map(|p| p.fdb()).collect();
-    let have_arp: HashSet<ArpEntry> = observed.arp.iter().copied().collect();
+    let have_neighbours: HashSet<NeighbourEntry> = observed.neighbours.iter().copied().collect();
     let have_fdb: HashSet<FdbEntry> = observed.fdb.iter().copied().collect();
 
     for route in &observed.routes {
@@ -245,10 +248,10 @@ pub fn plan(
         .filter(|f| !want_fdb.contains(f))
         .copied()
         .collect();
-    plan.del_arp = observed
-        .arp
+    plan.del_neighbours = observed
+        .neighbours
         .iter()
-        .filter(|a| !want_arp.contains_key(&a.ip))
+        .filter(|a| !want_neighbours.contains_key(&a.ip))
         .map(|a| a.ip)
         .collect();
 
@@ -266,7 +269,7 @@ pub fn plan(
     for peer in desired.values() {
         let route = peer.route(device);
         let change = PeerChange {
-            arp: peer.arp().filter(|a| !have_arp.contains(a)),
+            neighbour: peer.neighbour().filter(|a| !have_neighbours.contains(a)),
             fdb: peer.fdb().filter(|f| !have_fdb.contains(f)),
             route: (!has_route(&route)).then_some(route),
         };
@@ -287,7 +290,7 @@ mod tests {
             index: 2,
             name: "eth0".into(),
             mtu: 1500,
-            ipv4: vec!["192.168.77.1/24".parse().unwrap()],
+            addresses: vec!["192.168.77.1/24".parse().unwrap()],
         }
     }
 
@@ -325,12 +328,12 @@ mod tests {
     fn entries_match_upstream_form() {
         let p = peer_of(&lease("10.200.2.0/24", "192.168.77.2", "6a:02:fc:e4:63:47")).unwrap();
         assert_eq!(
-            p.arp().unwrap().ip,
-            "10.200.2.0".parse::<Ipv4Addr>().unwrap()
+            p.neighbour().unwrap().ip,
+            "10.200.2.0".parse::<IpAddr>().unwrap()
         );
         assert_eq!(
             p.fdb().unwrap().dst,
-            "192.168.77.2".parse::<Ipv4Addr>().unwrap()
+            "192.168.77.2".parse::<IpAddr>().unwrap()
         );
         let r = p.route(3);
         assert_eq!(r.gateway, Some("10.200.2.0".parse().unwrap()));
@@ -383,7 +386,7 @@ mod tests {
         let l = lease("10.200.2.0/24", "192.168.77.2", "6a:02:fc:e4:63:47");
         let p = peer_from_lease(&l, NET.parse().unwrap(), None, true, &ext()).unwrap();
         assert!(p.direct);
-        assert!(p.arp().is_none() && p.fdb().is_none());
+        assert!(p.neighbour().is_none() && p.fdb().is_none());
         assert_eq!(p.route(3).gateway, Some("192.168.77.2".parse().unwrap()));
         let far = lease("10.200.3.0/24", "192.168.99.3", "6a:02:fc:e4:63:48");
         assert!(
@@ -395,13 +398,13 @@ mod tests {
 
     #[test]
     fn plan_adds_missing_and_deletes_stale_and_old_macs() {
-        let net: Ipv4Network = NET.parse().unwrap();
+        let net: IpNetwork = NET.parse().unwrap();
         let a = peer_of(&lease("10.200.2.0/24", "192.168.77.2", "6a:02:fc:e4:63:47")).unwrap();
         let b = peer_of(&lease("10.200.3.0/24", "192.168.77.3", "2a:c1:a4:5c:d1:7b")).unwrap();
         let desired: BTreeMap<_, _> = [(a.subnet, a), (b.subnet, b)].into_iter().collect();
         let stale = peer_of(&lease("10.200.9.0/24", "192.168.77.9", "02:00:00:00:00:09")).unwrap();
         let old_mac_fdb = FdbEntry {
-            mac: [2, 0, 0, 0, 0, 0x47],
+            mac: MacAddr([2, 0, 0, 0, 0, 0x47]),
             dst: a.public_ip,
         };
         let foreign_route = Route {
@@ -411,7 +414,7 @@ mod tests {
             onlink: false,
         };
         let observed = Observed {
-            arp: vec![a.arp().unwrap(), stale.arp().unwrap()],
+            neighbours: vec![a.neighbour().unwrap(), stale.neighbour().unwrap()],
             fdb: vec![a.fdb().unwrap(), old_mac_fdb, stale.fdb().unwrap()],
             routes: vec![a.route(3), stale.route(3), foreign_route],
         };
@@ -424,11 +427,11 @@ mod tests {
         let mut del_fdb = p.del_fdb.clone();
         del_fdb.sort_by_key(|f| f.mac);
         assert_eq!(del_fdb, vec![stale.fdb().unwrap(), old_mac_fdb]);
-        assert_eq!(p.del_arp, vec![stale.gateway()]);
+        assert_eq!(p.del_neighbours, vec![stale.gateway()]);
         assert_eq!(
             p.add,
             vec![PeerChange {
-                arp: b.arp(),
+                neighbour: b.neighbour(),
                 fdb: b.fdb(),
                 route: Some(b.route(3))
             }]
@@ -436,7 +439,7 @@ mod tests {
         assert_eq!(p.size(), 7);
         // once applied, nothing left to do
         let done = Observed {
-            arp: vec![a.arp().unwrap(), b.arp().unwrap()],
+            neighbours: vec![a.neighbour().unwrap(), b.neighbour().unwrap()],
             fdb: vec![a.fdb().unwrap(), b.fdb().unwrap()],
             routes: vec![a.route(3), b.route(3), foreign_route],
         };

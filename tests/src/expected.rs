@@ -1,5 +1,6 @@
 //! Upstream flanneld's rules as `iptables -S` lists them in a namespace that holds nothing
-//! else (spec §4.1, §4.2; ../shared/reference): what the masq and end-to-end tests compare
+//! else (upstream v0.28.9's `pkg/trafficmngr`, as v0.20.2 wrote them in a 3-host lab): what
+//! the masq and end-to-end tests compare
 //! the kernel with, spelled once.
 
 /// `iptables -t nat -S` with upstream's masquerade rules for `network` and this node's

@@ -45,7 +45,8 @@ mod tests {
 
     #[test]
     fn role_content_multi_line() {
-        // ../shared/spec/ansible-role.md §2.3 with the default name and cniVersion 0.3.1
+        // the role's conflist (`templates/10-flannel.conflist.j2`) with the default name and
+        // cniVersion 0.3.1
         let expected = r#"{
   "name": "cni0",
   "cniVersion": "0.3.1",

@@ -1,5 +1,7 @@
 //! The installer behind `flanneld-rs install`: what the Ansible role githubixx.flanneld lays
-//! down on a node, idempotently and without its pitfalls (../shared/spec/ansible-role.md §9).
+//! down on a node, idempotently and without its pitfalls (the etcd config write skipped
+//! silently on any error, the CA's private key copied to every node, no restart when the
+//! binary or certificates changed, the `flannel` CNI plugin not installed at all).
 //!
 //! [`plan`] computes every file (binary, unit, CNI conflist and plugin, etcd certificates)
 //! and compares it with what is on disk; [`Plan::diff`] shows the changes (`--dry-run`);

@@ -76,7 +76,8 @@ impl UnitSpec {
 mod tests {
     use super::*;
 
-    /// ../shared/spec/ansible-role.md §2.2, byte for byte.
+    /// The unit the Ansible role githubixx.flanneld renders (its `templates/flanneld.service.j2`
+    /// with the role's defaults), byte for byte.
     const ROLE_UNIT: &str = "[Unit]
 Description=Network fabric for containers
 After=network.target

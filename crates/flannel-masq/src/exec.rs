@@ -67,12 +67,12 @@ pub(crate) async fn run(
     let out = child
         .wait_with_output()
         .await
-        .map_err(|source| MasqError::Spawn {
+        .map_err(|source| MasqError::Pipe {
             command: command.clone(),
             source,
         })?;
     if let (true, Some(source)) = (out.status.success(), write_error) {
-        return Err(MasqError::Spawn { command, source });
+        return Err(MasqError::Pipe { command, source });
     }
     if !out.status.success() {
         return Err(MasqError::Failed {
@@ -118,5 +118,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/iptables -S"), "{err}");
+        assert!(
+            err.contains("is the iptables/nftables package installed?"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_input_pipe_is_not_blamed_on_a_missing_package() {
+        // `true` exits without reading: the payload meets a closed pipe
+        let payload = "x".repeat(4 << 20);
+        let err = run(&"/bin/true".into(), &[], Some(&payload))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("talking to `/bin/true"), "{err}");
+        assert!(!err.contains("installed"), "{err}");
     }
 }

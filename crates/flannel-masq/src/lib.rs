@@ -29,6 +29,13 @@ pub enum MasqError {
         #[source]
         source: std::io::Error,
     },
+    /// It started, but its input or output broke (not a missing package).
+    #[error("talking to `{command}`: {source}")]
+    Pipe {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("`{command}` failed with status {status}: {stderr}")]
     Failed {
         command: String,

@@ -281,7 +281,7 @@ mod tests {
 
     #[test]
     fn iptables_listing_is_upstream_v0_28_9() {
-        // spec §4.1 with N = 10.244.0.0/16, P = 10.244.1.0/24
+        // upstream v0.28.9 `pkg/trafficmngr/iptables` rules with N = 10.244.0.0/16, P = 10.244.1.0/24
         let expected = r#"-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
 -N FLANNEL-POSTRTG
 -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN

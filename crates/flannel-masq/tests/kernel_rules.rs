@@ -389,7 +389,7 @@ fn nftables_rules_exact_resynced_and_mode_switch_cleans_the_other() {
         );
 
         assert_eq!(nft.ensure().await.unwrap(), 1);
-        // spec §4.2, N = 10.244.0.0/16, P = 10.244.1.0/24
+        // upstream v0.28.9 `pkg/trafficmngr/nftables` rules, N = 10.244.0.0/16, P = 10.244.1.0/24
         assert_eq!(
             run_cmd("nft", &["list", "chain", "ip", "flannel-ipv4", "postrtg"]),
             "table ip flannel-ipv4 {

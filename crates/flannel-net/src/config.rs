@@ -141,24 +141,24 @@ impl NetworkConfig {
             backend_type: String::new(),
             backend: None,
         };
-        if let Some(v) = f[0] {
+        if let Some(v) = f.get("EnableIPv4") {
             config.enable_ipv4 = bool_field(v, "EnableIPv4")?.unwrap_or(config.enable_ipv4);
         }
-        if let Some(v) = f[1] {
+        if let Some(v) = f.get("EnableIPv6") {
             config.enable_ipv6 = bool_field(v, "EnableIPv6")?.unwrap_or(config.enable_ipv6);
         }
-        if let Some(v) = f[2] {
+        if let Some(v) = f.get("EnableNFTables") {
             config.enable_nftables =
                 bool_field(v, "EnableNFTables")?.unwrap_or(config.enable_nftables);
         }
-        if let Some(v) = f[3] {
+        if let Some(v) = f.get("Network") {
             config.network =
                 parse_cidr_v4(&gojson::text(v)).map_err(|message| ConfigError::Value {
                     field: "Network",
                     message,
                 })?;
         }
-        if let Some(v) = f[4] {
+        if let Some(v) = f.get("IPv6Network") {
             config.ipv6_network =
                 Some(
                     parse_cidr_v6(&gojson::text(v)).map_err(|message| ConfigError::Value {
@@ -167,27 +167,27 @@ impl NetworkConfig {
                     })?,
                 );
         }
-        if let Some(v) = f[5] {
+        if let Some(v) = f.get("SubnetMin") {
             config.subnet_min = parse_ip4(v, "SubnetMin")?;
         }
-        if let Some(v) = f[6] {
+        if let Some(v) = f.get("SubnetMax") {
             config.subnet_max = parse_ip4(v, "SubnetMax")?;
         }
-        if let Some(v) = f[7] {
+        if let Some(v) = f.get("IPv6SubnetMin") {
             config.ipv6_subnet_min = parse_ip6(v, "IPv6SubnetMin")?;
         }
-        if let Some(v) = f[8] {
+        if let Some(v) = f.get("IPv6SubnetMax") {
             config.ipv6_subnet_max = parse_ip6(v, "IPv6SubnetMax")?;
         }
-        if let Some(v) = f[9] {
+        if let Some(v) = f.get("SubnetLen") {
             config.subnet_len = uint_field(v, "SubnetLen")?.unwrap_or(0);
         }
-        if let Some(v) = f[10] {
+        if let Some(v) = f.get("IPv6SubnetLen") {
             config.ipv6_subnet_len = uint_field(v, "IPv6SubnetLen")?.unwrap_or(0);
         }
-        config.backend = f[11].cloned();
+        config.backend = f.get("Backend").cloned();
         config.backend_type = backend_type(config.backend.as_ref())?;
-        // f[12], "Networks", is the multi-cluster-CIDR list of v0.21-v0.22 (kube mode only):
+        // "Networks" is the multi-cluster-CIDR list of v0.21-v0.22 (kube mode only):
         // accepted and ignored.
         Ok(config)
     }
@@ -307,7 +307,8 @@ impl NetworkConfig {
             && u32::from(subnet.prefix()) == self.subnet_len
     }
 
-    /// The IPv6 counterpart of [`NetworkConfig::is_compatible`].
+    /// The IPv6 counterpart of [`NetworkConfig::is_compatible`], for the dual-stack acquire
+    /// (not wired yet: leases are IPv4 today).
     pub fn is_compatible_ipv6(&self, subnet: Ipv6Network) -> bool {
         match (self.ipv6_subnet_min, self.ipv6_subnet_max) {
             (Some(min), Some(max)) => {
@@ -441,7 +442,7 @@ fn backend_type(backend: Option<&Value>) -> Result<String, ConfigError> {
     match backend {
         None => Ok("udp".to_string()),
         Some(Value::Null) => Ok(String::new()),
-        Some(Value::Object(obj)) => match gojson::fields(obj, &["Type"])[0] {
+        Some(Value::Object(obj)) => match gojson::fields(obj, &["Type"]).get("Type") {
             None | Some(Value::Null) => Ok(String::new()),
             Some(Value::String(t)) => Ok(t.clone()),
             Some(other) => Err(ConfigError::Backend(format!(

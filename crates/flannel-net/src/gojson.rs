@@ -16,16 +16,38 @@ pub(crate) fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// Collects, for each of `fields`, the value of the last key that matches it.
-/// The result is indexed like `fields`.
-pub(crate) fn fields<'a>(obj: &'a Map<String, Value>, fields: &[&str]) -> Vec<Option<&'a Value>> {
-    let mut found = vec![None; fields.len()];
-    for (key, value) in obj {
-        if let Some(i) = fields.iter().position(|f| f.eq_ignore_ascii_case(key)) {
-            found[i] = Some(value);
-        }
+/// The fields of a Go struct read from a JSON object: for each field name, the value of the
+/// last key that matches it case-insensitively.
+pub(crate) struct Fields<'a> {
+    names: &'a [&'static str],
+    found: Vec<(&'static str, &'a Value)>,
+}
+
+impl<'a> Fields<'a> {
+    /// The value of field `name` (one of the names given to [`fields`]), if the object has it.
+    pub(crate) fn get(&self, name: &str) -> Option<&'a Value> {
+        debug_assert!(
+            self.names.contains(&name),
+            "{name} is not a field asked for"
+        );
+        self.found
+            .iter()
+            .rev()
+            .find(|(f, _)| *f == name)
+            .map(|(_, v)| *v)
     }
-    found
+}
+
+/// Reads the keys of `obj` that match one of `names` (Go's field names); others are ignored.
+pub(crate) fn fields<'a>(obj: &'a Map<String, Value>, names: &'a [&'static str]) -> Fields<'a> {
+    let found = obj
+        .iter()
+        .filter_map(|(key, value)| {
+            let name = names.iter().find(|f| f.eq_ignore_ascii_case(key))?;
+            Some((*name, value))
+        })
+        .collect();
+    Fields { names, found }
 }
 
 /// A JSON string's content, or the raw JSON text otherwise. Upstream's IP and CIDR types

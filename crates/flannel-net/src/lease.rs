@@ -117,7 +117,7 @@ impl LeaseAttrs {
                 "BackendV6Data",
             ],
         );
-        let public_ip = match f[0] {
+        let public_ip = match f.get("PublicIP") {
             None => Ipv4Addr::UNSPECIFIED,
             Some(v) => {
                 let text = gojson::text(v);
@@ -127,7 +127,7 @@ impl LeaseAttrs {
                 })?
             }
         };
-        let public_ipv6 = match f[1] {
+        let public_ipv6 = match f.get("PublicIPv6") {
             None | Some(Value::Null) => None,
             Some(v) => {
                 let text = gojson::text(v);
@@ -137,7 +137,7 @@ impl LeaseAttrs {
                 })?)
             }
         };
-        let backend_type = match f[2] {
+        let backend_type = match f.get("BackendType") {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(s)) => s.clone(),
             Some(other) => {
@@ -151,8 +151,8 @@ impl LeaseAttrs {
             public_ip,
             public_ipv6,
             backend_type,
-            backend_data: f[3].cloned(),
-            backend_v6_data: f[4].cloned(),
+            backend_data: f.get("BackendData").cloned(),
+            backend_v6_data: f.get("BackendV6Data").cloned(),
         })
     }
 
@@ -218,7 +218,7 @@ impl VxlanBackendData {
             }
         };
         let f = gojson::fields(obj, &["VNI", "VtepMAC"]);
-        let vni = match f[0] {
+        let vni = match f.get("VNI") {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => Some(
                 n.as_u64()
@@ -235,7 +235,7 @@ impl VxlanBackendData {
                 })
             }
         };
-        let vtep_mac = match f[1] {
+        let vtep_mac = match f.get("VtepMAC") {
             Some(Value::String(s)) => s.parse().map_err(|_| LeaseError::Field {
                 field: "BackendData.VtepMAC",
                 message: format!("not a MAC address: {s:?}"),

@@ -43,7 +43,8 @@ pub fn free_subnets(
     .collect()
 }
 
-/// The IPv6 counterpart of [`free_subnets`].
+/// The IPv6 counterpart of [`free_subnets`], for the dual-stack acquire (not wired yet:
+/// leases are IPv4 today).
 pub fn free_ipv6_subnets(
     config: &NetworkConfig,
     taken: &[Ipv6Network],

@@ -1,8 +1,10 @@
-//! `flanneld-rs`: a drop-in replacement for upstream flanneld (VXLAN backend, etcd).
+//! `flanneld-rs`: a drop-in replacement for upstream flanneld (etcd v3 or v2; the vxlan and
+//! alloc backends).
 //!
-//! `flanneld-rs [flags]` runs the daemon with upstream's flags and `FLANNELD_*` environment;
-//! `flanneld-rs lease show` lists the leases. Installed or linked as `flanneld`, it behaves
-//! the same.
+//! `flanneld-rs [flags]` runs the daemon with upstream's flags and `FLANNELD_*` environment.
+//! Subcommands: `lease show` lists the leases, `install` / `uninstall` lay down (or remove)
+//! what the Ansible role did, `migrate --from v2 --to v3` copies a v2 cluster's data.
+//! Installed or linked as `flanneld`, it behaves the same.
 
 mod cli;
 mod daemon;

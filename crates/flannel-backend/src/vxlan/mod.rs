@@ -406,13 +406,7 @@ impl VxlanBackend {
         synced: watch::Sender<bool>,
         resync: Duration,
     ) -> Result<(), BackendError> {
-        let (conn, _handle, mut kernel) = rtnetlink::new_multicast_connection(&[
-            MulticastGroup::Link,
-            MulticastGroup::Neigh,
-            MulticastGroup::Ipv4Route,
-        ])
-        .map_err(BackendError::Socket)?;
-        tokio::spawn(conn);
+        let mut kernel = subscribe()?;
         let mut pending_sync = false;
         let mut repair_at: Option<Instant> = None;
         match self.reconcile().await {
@@ -446,13 +440,21 @@ impl VxlanBackend {
                         synced.send_replace(true);
                     }
                 }
-                Some((msg, _)) = kernel.next() => {
-                    if let NetlinkPayload::InnerMessage(inner) = msg.payload {
-                        if self.is_damage(&inner) && repair_at.is_none() {
-                            repair_at = Some(Instant::now() + REPAIR_DELAY);
+                msg = kernel.next() => match msg {
+                    Some((msg, _)) => {
+                        if let NetlinkPayload::InnerMessage(inner) = msg.payload {
+                            if self.is_damage(&inner) && repair_at.is_none() {
+                                repair_at = Some(Instant::now() + REPAIR_DELAY);
+                            }
                         }
                     }
-                }
+                    None => {
+                        // what was deleted meanwhile went unseen: reconcile once subscribed
+                        warn!("the kernel's netlink notifications stopped; subscribing again");
+                        kernel = subscribe()?;
+                        repair_at = Some(Instant::now());
+                    }
+                },
                 () = repair => {
                     repair_at = None;
                     match self.reconcile().await {
@@ -523,6 +525,24 @@ impl Backend for VxlanBackend {
         self.serve(events, synced, resync).await
     }
 }
+
+/// The kernel's notifications of links, neighbours and IPv4 routes (what a peer's entries
+/// and the device are made of).
+fn subscribe() -> Result<KernelEvents, BackendError> {
+    let (conn, _handle, events) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Neigh,
+        MulticastGroup::Ipv4Route,
+    ])
+    .map_err(BackendError::Socket)?;
+    tokio::spawn(conn);
+    Ok(events)
+}
+
+type KernelEvents = futures::channel::mpsc::UnboundedReceiver<(
+    rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>,
+    rtnetlink::sys::SocketAddr,
+)>;
 
 /// Runs the futures with at most [`PIPELINE_DEPTH`] in flight.
 async fn run_all<F>(futures: impl Iterator<Item = F>) -> Vec<Result<(), BackendError>>

@@ -41,6 +41,9 @@ pub enum BackendError {
         backend: &'static str,
         message: String,
     },
+    /// The config has no `Backend` at all (upstream then runs udp, which it dropped in v0.13).
+    #[error("the network config has no \"Backend\": upstream then uses the udp backend, which flanneld-rs does not implement; add \"Backend\": {{\"Type\": \"vxlan\"}} to the network config")]
+    NoBackend,
     /// `Backend.Type` names no backend flanneld-rs has.
     #[error("unknown backend type: {0} (flanneld-rs implements the alloc and vxlan backends)")]
     UnknownType(String),
@@ -137,11 +140,25 @@ pub trait Backend: Send {
     ) -> Result<(), BackendError>;
 }
 
+/// Whether flanneld-rs can run the backend `config` asks for, with its settings (the
+/// installer checks a config with this before writing it).
+pub fn check_backend(config: &NetworkConfig) -> Result<(), BackendError> {
+    if config.backend.is_none() {
+        return Err(BackendError::NoBackend);
+    }
+    match config.backend_kind().as_str() {
+        "vxlan" => vxlan::VxlanConfig::from_backend(config.backend.as_ref()).map(|_| ()),
+        "alloc" => Ok(()),
+        _ => Err(BackendError::UnknownType(config.backend_type.clone())),
+    }
+}
+
 /// The backend `config`'s `Backend.Type` names.
 pub async fn new_backend(
     config: &NetworkConfig,
     node: NodeContext,
 ) -> Result<Box<dyn Backend>, BackendError> {
+    check_backend(config)?;
     match config.backend_kind().as_str() {
         "vxlan" => Ok(Box::new(
             vxlan::VxlanBackend::new(config.backend.as_ref(), config.network, node).await?,

@@ -682,3 +682,14 @@ fn two_hosts_ping_across_vxlan() {
     });
     host_b.join().unwrap();
 }
+
+#[test]
+fn vni_0_makes_flannel_0_as_upstream() {
+    netns::run(|| async {
+        underlay("192.168.77.1/24", 1500);
+        let b = backend(json!({"Type":"vxlan","VNI":0}), "192.168.77.1", None).await;
+        assert_eq!(b.device().name, "flannel.0");
+        let link = ip(&["-d", "link", "show", "flannel.0"]);
+        assert!(link.contains("vxlan id 0 "), "{link}");
+    });
+}

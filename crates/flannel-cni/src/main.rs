@@ -13,7 +13,7 @@ use std::process::{Command, ExitCode, Stdio};
 use netconf::{CniError, NetConf, ERR_INTERNAL, ERR_INVALID_ENV, ERR_IO};
 use serde_json::{json, Value};
 
-const SUPPORTED: [&str; 6] = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+const SUPPORTED: [&str; 6] = flannel_net::cni::CNI_VERSIONS;
 
 fn env(key: &str) -> Option<String> {
     std::env::var(key).ok().filter(|v| !v.is_empty())

@@ -115,9 +115,21 @@ pub struct FlannelEnv {
     pub ip_masq: bool,
 }
 
-/// Reads subnet.env text; the message names every missing key, as upstream.
+/// Reads subnet.env text; the message names every missing key, as upstream, and every key
+/// whose value is there but invalid (`FLANNEL_SUBNET is not an IPv4 CIDR: "notacidr"`).
 pub fn load_env(path: &str, text: &str) -> Result<FlannelEnv, CniError> {
-    let (env, _) = SubnetEnv::parse(text);
+    let (env, warnings) = SubnetEnv::parse(text);
+    let invalid: Vec<&String> = warnings
+        .iter()
+        .filter(|w| w.contains(" FLANNEL_"))
+        .collect();
+    if !invalid.is_empty() {
+        let list: Vec<&str> = invalid.iter().map(|w| w.as_str()).collect();
+        return Err(CniError::new(
+            ERR_INTERNAL,
+            format!("{path} has invalid values: {}", list.join("; ")),
+        ));
+    }
     let has = |key: &str| {
         text.lines().any(|l| {
             l.trim()
@@ -302,6 +314,14 @@ mod tests {
                 .code,
             ERR_INVALID_CONFIG
         );
+        let bad = "FLANNEL_NETWORK=10.200.0.0/16\nFLANNEL_SUBNET=notacidr\nFLANNEL_MTU=abc\nFLANNEL_IPMASQ=true\n";
+        let e = load_env("/run/flannel/subnet.env", bad).unwrap_err();
+        assert!(
+            e.msg.contains("invalid values: line 2: FLANNEL_SUBNET is not an IPv4 CIDR: \"notacidr\"; line 3: FLANNEL_MTU is not a number: \"abc\""),
+            "{}",
+            e.msg
+        );
+        assert!(!e.msg.contains("missing"), "{}", e.msg);
         let e = load_env("/run/flannel/subnet.env", "FLANNEL_MTU=1450\n").unwrap_err();
         assert_eq!(
             e.msg,

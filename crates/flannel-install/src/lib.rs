@@ -322,12 +322,18 @@ fn read_manifest(path: &Path) -> Result<Vec<PathBuf>, InstallError> {
 }
 
 /// Removes what [`Plan::apply`] laid down (never the etcd config or the leases). Returns
-/// the files removed.
-pub fn uninstall(root: &Path) -> Result<Vec<PathBuf>, InstallError> {
+/// the files removed; with `dry_run`, those that would be, touching nothing.
+pub fn uninstall(root: &Path, dry_run: bool) -> Result<Vec<PathBuf>, InstallError> {
     let manifest = under(root, Path::new(MANIFEST));
     let mut removed = Vec::new();
     for path in read_manifest(&manifest)? {
         let target = under(root, &path);
+        if dry_run {
+            if target.exists() {
+                removed.push(path);
+            }
+            continue;
+        }
         match fs::remove_file(&target) {
             Ok(()) => removed.push(path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -338,6 +344,9 @@ pub fn uninstall(root: &Path) -> Result<Vec<PathBuf>, InstallError> {
                 })
             }
         }
+    }
+    if dry_run {
+        return Ok(removed);
     }
     match fs::remove_file(&manifest) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {

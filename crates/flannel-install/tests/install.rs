@@ -137,7 +137,14 @@ fn install_twice_then_uninstall() {
     assert_eq!(mode(&at("/var/lib/kubernetes/cert-etcd-key.pem")), 0o600);
 
     // uninstall leaves nothing of ours
-    let removed = uninstall(root.path()).unwrap();
+    let would = uninstall(root.path(), true).unwrap();
+    assert!(!would.is_empty());
+    assert!(
+        would.iter().all(|p| under(root.path(), p).exists()),
+        "a dry run removes nothing"
+    );
+    let removed = uninstall(root.path(), false).unwrap();
+    assert_eq!(removed, would);
     assert_eq!(removed.len(), 7);
     let left: Vec<PathBuf> = walk(root.path())
         .into_iter()

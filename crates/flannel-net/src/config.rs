@@ -50,6 +50,9 @@ pub enum ConfigError {
     SubnetMinUnaligned(Ipv4Addr),
     #[error("SubnetMax is not on a SubnetLen boundary: {0}")]
     SubnetMaxUnaligned(Ipv4Addr),
+    /// Upstream finds no subnet and says `out of subnets` for ever.
+    #[error("SubnetMin ({min}) is greater than SubnetMax ({max}): no subnet fits between them")]
+    SubnetRangeEmpty { min: Ipv4Addr, max: Ipv4Addr },
     #[error("please define a correct IPv6Network parameter in the flannel config")]
     NoIpv6Network,
     #[error("SubnetLen must be less than /127")]
@@ -243,6 +246,12 @@ impl NetworkConfig {
         }
         if u32::from(self.subnet_max) & mask != u32::from(self.subnet_max) {
             return Err(ConfigError::SubnetMaxUnaligned(self.subnet_max));
+        }
+        if self.subnet_min > self.subnet_max {
+            return Err(ConfigError::SubnetRangeEmpty {
+                min: self.subnet_min,
+                max: self.subnet_max,
+            });
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 mod gojson;
 
 pub mod cert_validity;
+pub mod cni;
 pub mod config;
 pub mod event;
 pub mod lease;

@@ -44,6 +44,38 @@ impl StoreError {
     }
 }
 
+/// Why a request failed, in an operator's words: the innermost cause of `e`, with an I/O
+/// error's kind spelled out (`connection refused`), instead of a chain of library types.
+pub fn reason(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost = e;
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            let words = match io.kind() {
+                K::ConnectionRefused => "connection refused",
+                K::ConnectionReset => "connection reset",
+                K::ConnectionAborted => "connection aborted",
+                K::TimedOut => "timed out",
+                K::HostUnreachable => "no route to host",
+                K::NetworkUnreachable => "network unreachable",
+                K::AddrNotAvailable => "address not available",
+                // TLS and other errors carried as I/O errors: their own text says it
+                _ => return io.to_string(),
+            };
+            return words.to_string();
+        }
+        innermost = err;
+        current = err.source();
+    }
+    let text = innermost.to_string();
+    if text.is_empty() {
+        e.to_string()
+    } else {
+        text
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SubnetError {
     /// Upstream's text, logged every second while flanneld waits for the config.
@@ -51,6 +83,9 @@ pub enum SubnetError {
         "flannel config not found in etcd store. Did you create your config using etcdv3 API?"
     )]
     ConfigNotFound,
+    /// The same, for a store whose users never heard of etcdv3 (the v2 keys API).
+    #[error("flannel config not found at {key} in the {store} keyspace")]
+    NoConfigAt { key: String, store: &'static str },
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("out of subnets")]
@@ -84,7 +119,7 @@ impl SubnetError {
     pub fn is_transient(&self) -> bool {
         match self {
             SubnetError::Store(e) => e.kind == ErrorKind::Transient,
-            SubnetError::ConfigNotFound => true,
+            SubnetError::ConfigNotFound | SubnetError::NoConfigAt { .. } => true,
             _ => false,
         }
     }

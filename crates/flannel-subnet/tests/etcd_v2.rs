@@ -364,3 +364,69 @@ async fn migrate_copies_leases_and_reservations_then_v3_reuses_the_subnet() {
         .to_string();
     assert!(err.contains("holds a different network config"), "{err}");
 }
+
+#[tokio::test]
+async fn migrate_refuses_an_invalid_config_and_skips_keys_that_are_no_lease() {
+    let etcd = etcd();
+    let c = v2(&etcd).store().client().clone();
+    c.put(&format!("{PREFIX}/config"), "{bad json", None, Cond::Always)
+        .await
+        .unwrap();
+    let err = migrate_v2_to_v3(&cfg(&etcd), false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not valid"), "{err}");
+    assert!(err.contains("fix it there before migrating"), "{err}");
+    assert_eq!(etcd.ctl(&["get", "--prefix", PREFIX]), "", "nothing copied");
+
+    put_config(&c).await;
+    c.put(
+        &key("10.200.7.0/24"),
+        &attrs(7).to_json(),
+        Some(600),
+        Cond::Always,
+    )
+    .await
+    .unwrap();
+    c.put(&key("10.200.8.0/24"), "garbage", Some(600), Cond::Always)
+        .await
+        .unwrap();
+    c.put(
+        &format!("{PREFIX}/subnets/not-a-subnet"),
+        "{}",
+        None,
+        Cond::Always,
+    )
+    .await
+    .unwrap();
+    let done = migrate_v2_to_v3(&cfg(&etcd), false).await.unwrap();
+    assert_eq!(
+        (done.copied, done.skipped),
+        (2, 2),
+        "the config and one lease copied: {:?}",
+        done.lines
+    );
+    let warnings: Vec<&String> = done
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("warning: skipped"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{:?}", done.lines);
+    assert!(warnings
+        .iter()
+        .any(|l| l.contains("10.200.8.0-24") && l.contains("not a lease")));
+    assert!(warnings.iter().any(|l| l.contains("not-a-subnet")));
+    assert_eq!(
+        etcd.ctl(&[
+            "get",
+            "--prefix",
+            "--keys-only",
+            &format!("{PREFIX}/subnets/")
+        ])
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count(),
+        1
+    );
+}

@@ -259,6 +259,15 @@ pub fn usage(program: &str, flags: &[Flag]) -> String {
     out
 }
 
+/// Printed after the daemon's usage: what else the binary does.
+pub const SUBCOMMANDS: &str = "
+Subcommands (each with -h):
+  lease show    list the leases in etcd, marking this node's
+  install       lay down what the Ansible role githubixx.flanneld did (unit, CNI, network config)
+  uninstall     remove what install laid down
+  migrate       copy a cluster's network config and leases from etcd v2 to v3
+";
+
 /// upstream v0.28.9's flags (`main.go` `init()`), with its usage strings.
 pub const DAEMON_FLAGS: &[Flag] = &[
     flag("etcd-endpoints", Kind::Str, "http://127.0.0.1:4001,http://127.0.0.1:2379", "a comma-delimited list of etcd endpoints"),
@@ -287,7 +296,7 @@ pub const DAEMON_FLAGS: &[Flag] = &[
     flag("healthz-port", Kind::Int, "0", "the port for healthz server to listen(0 to disable)"),
     flag("iptables-resync", Kind::Int, "5", "resync period for iptables rules, in seconds"),
     flag("iptables-forward-rules", Kind::Bool, "true", "add default accept rules to FORWARD chain in iptables"),
-    flag("ip-blackhole-route", Kind::Bool, "false", "add blackroute route ont the node for the local podCIDR"),
+    flag("ip-blackhole-route", Kind::Bool, "false", "add blackroute route ont the node for the local podCIDR (not supported yet by flanneld-rs)"),
     flag("net-config-path", Kind::Str, "/etc/kube-flannel/net-conf.json", "path to the network configuration file"),
     flag("set-node-network-unavailable", Kind::Bool, "true", "set NodeNetworkUnavailable after ready"),
     flag("v", Kind::Int, "0", "number for the log level verbosity"),

@@ -1,6 +1,6 @@
 //! The daemon: upstream's start-up order (`main.go` at v0.20.2), then the steady state.
 //!
-//! previous subnet.env → healthz → subnet manager → network config (retried every second)
+//! instance lock → previous subnet.env → healthz → subnet manager → network config (retried every second)
 //! → external interface → ip_forward → backend (VXLAN: the device) → lease → backend
 //! configured with it (device address) → traffic rules → subnet.env → lease watch feeding
 //! the backend (ready once the peers known at start are programmed) → keep the lease,
@@ -33,7 +33,10 @@ const BACKEND_RESYNC: Duration = Duration::from_secs(10);
 
 /// Runs until an unrecoverable error; the caller ends it on SIGTERM/SIGINT.
 pub async fn run(opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
+    // before anything is touched: a second instance would undo the first one's work
+    let _lock = crate::lock::acquire(&opts.subnet_file)?;
     let previous = read_previous(&opts.subnet_file);
+    opts.etcd.insecure_warning();
     // Liveness answers while flanneld waits for etcd and the config, as upstream.
     if let Some(addr) = opts.healthz {
         health::start(addr, shared.clone())

@@ -12,7 +12,7 @@ use flannel_backend::{BackendError, ExtIface};
 use ipnetwork::{IpNetwork, Ipv4Network};
 use tracing::info;
 
-use crate::options::Options;
+use crate::options::{check_node_address, Options};
 
 /// The links and IPv4 routes of the node, as seen at start (the external interface is found
 /// by its IPv4 address, as upstream does for the IPv4 side).
@@ -52,6 +52,23 @@ impl Snapshot {
     fn by_index(&self, index: u32) -> Option<&(Link, Vec<Ipv4Network>)> {
         self.links.iter().find(|(l, _)| l.index == index)
     }
+
+    /// `eth0 (192.168.77.1/24), eth1 (none)`: what an operator can choose from.
+    fn describe(&self) -> String {
+        self.links
+            .iter()
+            .map(|(l, addrs)| {
+                let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                let addrs = if addrs.is_empty() {
+                    "no IPv4 address".to_string()
+                } else {
+                    addrs.join(", ")
+                };
+                format!("{} ({addrs})", l.name)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// The chosen interface and the address flannel uses on it.
@@ -61,9 +78,21 @@ pub struct Chosen {
     pub iface_addr: Ipv4Addr,
 }
 
+/// The interface `link` with `ip` (or its first usable address): loopback, unspecified,
+/// broadcast and multicast addresses cannot carry traffic from other nodes.
 fn chosen(link: &Link, addrs: &[Ipv4Network], ip: Option<Ipv4Addr>) -> Result<Chosen, String> {
-    let iface_addr = match ip.or_else(|| addrs.first().map(|a| a.ip())) {
+    if let Some(ip) = ip {
+        check_node_address(ip)?;
+    }
+    let usable = || {
+        addrs
+            .iter()
+            .map(|a| a.ip())
+            .find(|a| check_node_address(*a).is_ok())
+    };
+    let iface_addr = match ip.or_else(usable) {
         Some(ip) => ip,
+        // upstream's words
         None => {
             return Err(format!(
                 "failed to find IPv4 address for interface {}",
@@ -113,31 +142,50 @@ pub fn select(snapshot: &Snapshot, opts: &Options) -> Result<Chosen, String> {
     }
     for re in &opts.iface_regex {
         for (link, addrs) in &snapshot.links {
-            if let Some(a) = addrs.iter().find(|a| re.is_match(&a.ip().to_string())) {
+            let usable = |a: &&Ipv4Network| check_node_address(a.ip()).is_ok();
+            if let Some(a) = addrs
+                .iter()
+                .filter(usable)
+                .find(|a| re.is_match(&a.ip().to_string()))
+            {
                 return chosen(link, addrs, Some(a.ip()));
             }
-            if re.is_match(&link.name) && !addrs.is_empty() {
+            if re.is_match(&link.name) && addrs.iter().any(|a| usable(&a)) {
                 return chosen(link, addrs, None);
             }
         }
-        info!("Could not find valid interface matching {}", re.as_str());
-    }
-    if let Some(dst) = opts.iface_can_reach {
-        if let Some((link, addrs)) = route_to(snapshot, dst).and_then(|i| snapshot.by_index(i)) {
-            return chosen(link, addrs, None);
-        }
-        info!("Could not find an interface that can reach {dst}");
-    }
-    if !opts.iface.is_empty() || !opts.iface_regex.is_empty() || opts.iface_can_reach.is_some() {
-        return Err(
-            "Failed to find interface to use that matches the interfaces and/or regexes provided"
-                .into(),
+        info!(
+            "Could not find valid interface matching {} (interfaces here: {})",
+            re.as_str(),
+            snapshot.describe()
         );
     }
-    if let Some(ip) = opts.public_ip {
-        if let Some((link, addrs)) = snapshot.by_ip(ip) {
-            return chosen(link, addrs, Some(ip));
+    if let Some(dst) = opts.iface_can_reach {
+        match route_to(snapshot, dst).and_then(|i| snapshot.by_index(i)) {
+            Some((link, addrs)) => return chosen(link, addrs, None),
+            None => info!(
+                "Could not find valid interface matching ifaceCanReach: {dst}: no route to {dst} in the main table (network is unreachable)"
+            ),
         }
+    }
+    if !opts.iface.is_empty() || !opts.iface_regex.is_empty() || opts.iface_can_reach.is_some() {
+        // upstream's words; with regexes, what there was to match
+        let mut e =
+            "Failed to find interface to use that matches the interfaces and/or regexes provided"
+                .to_string();
+        if !opts.iface_regex.is_empty() {
+            e += &format!(" (interfaces here: {})", snapshot.describe());
+        }
+        return Err(e);
+    }
+    if let Some(ip) = opts.public_ip {
+        // upstream: without -iface, -public-ip must be an address of this host
+        let (link, addrs) = snapshot.by_ip(ip).ok_or_else(|| {
+            format!(
+                "Failed to find any valid interface to use: error looking up interface {ip}: no interface has that address (a public IP that is not on this host, behind NAT, needs -iface too)"
+            )
+        })?;
+        return chosen(link, addrs, Some(ip));
     }
     let default = snapshot
         .routes
@@ -275,6 +323,48 @@ mod tests {
             pick(&["-iface=nope"]).unwrap_err(),
             "Failed to find interface to use that matches the interfaces and/or regexes provided"
         );
+    }
+
+    #[test]
+    fn loopback_and_other_unusable_addresses_are_refused() {
+        assert_eq!(
+            pick(&["-iface=lo"]).unwrap_err(),
+            "Failed to find interface to use that matches the interfaces and/or regexes provided"
+        );
+        let lo = select(&snapshot(), &opts(&["-iface=lo"]));
+        assert!(lo.is_err());
+        let err = chosen(&link(1, "lo"), &["127.0.0.1/8".parse().unwrap()], None).unwrap_err();
+        assert_eq!(err, "failed to find IPv4 address for interface lo");
+        let err = chosen(
+            &link(1, "lo"),
+            &["127.0.0.1/8".parse().unwrap()],
+            Some("127.0.0.1".parse().unwrap()),
+        )
+        .unwrap_err();
+        assert!(err.contains("127.0.0.1 is a loopback address"), "{err}");
+        // a regex that matches lo's name or address does not pick it
+        let err = pick(&["-iface-regex=^lo$", "-iface-regex=^127\\."]).unwrap_err();
+        assert!(
+            err.contains("interfaces here: lo (127.0.0.1/8), eth0 (192.168.77.1/24)"),
+            "{err}"
+        );
+        assert!(err.contains("bare0 (no IPv4 address)"), "{err}");
+    }
+
+    #[test]
+    fn a_public_ip_not_on_this_host_needs_iface() {
+        let err = pick(&["-public-ip=203.0.113.5"]).unwrap_err();
+        assert!(
+            err.contains("error looking up interface 203.0.113.5: no interface has that address"),
+            "{err}"
+        );
+        // behind NAT: with -iface the public IP is advertised as given
+        let c = select(
+            &snapshot(),
+            &opts(&["-iface=eth0", "-public-ip=203.0.113.5"]),
+        )
+        .unwrap();
+        assert_eq!(c.ext.name, "eth0");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use flannel_subnet::etcd::EtcdV3Store;
 use flannel_subnet::store::{Key, Store};
 use flannel_subnet::{write_config, ConfigWrite};
 
-use crate::cli::{self, Flag, Kind, Parsed, Values, DAEMON_FLAGS};
+use crate::cli::{self, CliError, Flag, Kind, Parsed, Values, DAEMON_FLAGS};
 use crate::options::{etcd_config, Options};
 
 const fn flag(name: &'static str, kind: Kind, default: &'static str, usage: &'static str) -> Flag {
@@ -160,10 +160,10 @@ fn parse(args: &[String], program: &str, flags: &[Flag]) -> anyhow::Result<Optio
     match cli::parse(flags, args, &|_| None) {
         Ok(Parsed::Run(v)) => Ok(Some(v)),
         Ok(Parsed::Help) => {
-            eprint!("{}", cli::usage(program, flags));
+            err_print!("{}", cli::usage(program, flags));
             Ok(None)
         }
-        Err(e) => Err(anyhow!("{e}\n{}", cli::usage(program, flags))),
+        Err(e) => Err(CliError(format!("{e}\n{}", cli::usage(program, flags))).into()),
     }
 }
 
@@ -179,7 +179,7 @@ fn systemctl(args: &[&str]) -> anyhow::Result<()> {
     if !status.success() {
         bail!("systemctl {} failed with {status}", args.join(" "));
     }
-    println!("ran systemctl {}", args.join(" "));
+    outln!("ran systemctl {}", args.join(" "));
     Ok(())
 }
 
@@ -211,25 +211,31 @@ fn unit_flags(v: &Values) -> anyhow::Result<BTreeMap<String, String>> {
     let settings = v.string(f, "settings");
     if !settings.is_empty() {
         let text = std::fs::read_to_string(&settings)
-            .with_context(|| format!("reading the settings file {settings}"))?;
-        flags.extend(flannel_install::parse_settings(&text)?);
+            .map_err(|e| CliError(format!("-settings {settings}: {e}")))?;
+        flags.extend(
+            flannel_install::parse_settings(&text)
+                .map_err(|e| CliError(format!("-settings {settings}: {e}")))?,
+        );
     }
     for item in v.list("flag") {
-        let (k, val) = flannel_install::parse_flag(&item).map_err(|e| anyhow!("-flag {e}"))?;
+        let (k, val) =
+            flannel_install::parse_flag(&item).map_err(|e| CliError(format!("-flag {e}")))?;
         flags.insert(k, val);
     }
     for k in flags.keys() {
         if !DAEMON_FLAGS.iter().any(|d| d.name == k && !d.hidden) || k == "version" {
-            bail!("-flag {k}: flanneld has no such flag");
+            return Err(CliError(format!("-flag {k}: flanneld has no such flag")).into());
         }
     }
     if !flags.contains_key("etcd-endpoints") {
-        bail!(
+        return Err(CliError(
             "give the etcd endpoints: -flag etcd-endpoints=https://ETCD1:2379,https://ETCD2:2379"
-        );
+                .into(),
+        )
+        .into());
     }
     Options::from_values(&daemon_values(&flags)?)
-        .map_err(|e| anyhow!("the flanneld flags are not valid: {e}"))?;
+        .map_err(|e| CliError(format!("the flanneld flags are not valid: {e}")))?;
     Ok(flags)
 }
 
@@ -238,8 +244,8 @@ fn daemon_values(flags: &BTreeMap<String, String>) -> anyhow::Result<Values> {
     let args: Vec<String> = flags.iter().map(|(k, v)| format!("-{k}={v}")).collect();
     match cli::parse(DAEMON_FLAGS, &args, &|_| None) {
         Ok(Parsed::Run(v)) => Ok(v),
-        Ok(Parsed::Help) => bail!("unexpected help flag"),
-        Err(e) => bail!("the flanneld flags are not valid: {e}"),
+        Ok(Parsed::Help) => Err(CliError("unexpected help flag".into()).into()),
+        Err(e) => Err(CliError(format!("the flanneld flags are not valid: {e}")).into()),
     }
 }
 
@@ -255,10 +261,28 @@ pub async fn install(program: &str, args: &[String]) -> anyhow::Result<i32> {
         s if s.is_empty() => std::env::current_exe().context("finding this binary")?,
         s => PathBuf::from(s),
     };
+    if !binary_source.is_file() {
+        return Err(CliError(format!("-binary {}: no such file", binary_source.display())).into());
+    }
     let cni_plugin_source = match v.string(f, "cni-plugin") {
         s if s.is_empty() => binary_source.with_file_name("flannel"),
         s => PathBuf::from(s),
     };
+    if !cni_plugin_source.is_file() {
+        return Err(CliError(format!(
+            "-cni-plugin {}: no such file (the flannel CNI plugin; by default it is looked for next to the binary)",
+            cni_plugin_source.display()
+        ))
+        .into());
+    }
+    let cni_version = v.string(f, "cni-version");
+    if !flannel_net::cni::CNI_VERSIONS.contains(&cni_version.as_str()) {
+        return Err(CliError(format!(
+            "-cni-version {cni_version:?}: the flannel CNI plugin speaks {}",
+            flannel_net::cni::CNI_VERSIONS.join(", ")
+        ))
+        .into());
+    }
     let flags = if cni_only {
         BTreeMap::new()
     } else {
@@ -279,7 +303,7 @@ pub async fn install(program: &str, args: &[String]) -> anyhow::Result<i32> {
         unit_path: "/etc/systemd/system/flanneld.service".into(),
         cni_conf_dir: v.string(f, "cni-conf-dir").into(),
         cni_name: v.string(f, "cni-name"),
-        cni_version: v.string(f, "cni-version"),
+        cni_version,
         cni_bin_dir: v.string(f, "cni-bin-dir").into(),
         cni_plugin_source,
         certs_from: Some(v.string(f, "certs-from"))
@@ -290,16 +314,16 @@ pub async fn install(program: &str, args: &[String]) -> anyhow::Result<i32> {
     };
     let plan = plan(&spec)?;
     for note in &plan.notes {
-        println!("note: {note}");
+        outln!("note: {note}");
     }
     for stale in &plan.stale {
-        println!(
+        outln!(
             "warning: {} is left from an older install; it may shadow the new config: remove it",
             stale.display()
         );
     }
     if dry_run {
-        print!("{}", plan.diff());
+        out_print!("{}", plan.diff());
     } else {
         plan.apply()?;
     }
@@ -314,7 +338,7 @@ pub async fn install(program: &str, args: &[String]) -> anyhow::Result<i32> {
         } else {
             what.to_string()
         };
-        println!("{what}: {}", under(&root, &file.path).display());
+        outln!("{what}: {}", under(&root, &file.path).display());
     }
 
     let network_changed = match &network {
@@ -322,7 +346,7 @@ pub async fn install(program: &str, args: &[String]) -> anyhow::Result<i32> {
         None => false,
     };
     if plan.is_unchanged() && !network_changed {
-        println!("nothing changed");
+        outln!("nothing changed");
     }
     if !dry_run && plan.needs_restart() && !v.bool(f, "no-restart") {
         if systemd_running(&root) {
@@ -330,7 +354,7 @@ pub async fn install(program: &str, args: &[String]) -> anyhow::Result<i32> {
             systemctl(&["enable", "flanneld.service"])?;
             systemctl(&["restart", "flanneld.service"])?;
         } else {
-            println!(
+            outln!(
                 "note: systemd is not running here: skipped daemon-reload and restart of flanneld"
             );
         }
@@ -344,19 +368,30 @@ fn wanted_network(v: &Values) -> anyhow::Result<Option<String>> {
     let json = match (v.string(f, "network"), v.string(f, "network-config")) {
         (n, c) if n.is_empty() && c.is_empty() => return Ok(None),
         (n, c) if !n.is_empty() && !c.is_empty() => {
-            bail!("give -network or -network-config, not both")
+            return Err(CliError("give -network or -network-config, not both".into()).into())
         }
         (n, _) if !n.is_empty() => {
             serde_json::json!({"Network": n, "Backend": {"Type": v.string(f, "backend")}})
                 .to_string()
         }
-        (_, c) => std::fs::read_to_string(&c)
-            .with_context(|| format!("reading {c}"))?
-            .trim()
-            .to_string(),
+        (_, c) => {
+            let json = std::fs::read_to_string(&c)
+                .map_err(|e| CliError(format!("-network-config {c}: {e}")))?
+                .trim()
+                .to_string();
+            let config = NetworkConfig::from_etcd(&json).map_err(|e| {
+                CliError(format!(
+                    "-network-config {c}: not a valid network config: {e}"
+                ))
+            })?;
+            flannel_backend::check_backend(&config)
+                .map_err(|e| CliError(format!("-network-config {c}: {e}")))?;
+            return Ok(Some(json));
+        }
     };
-    NetworkConfig::from_etcd(&json)
-        .map_err(|e| anyhow!("the network config {json} is not valid: {e}"))?;
+    let config = NetworkConfig::from_etcd(&json)
+        .map_err(|e| CliError(format!("the network config {json} is not valid: {e}")))?;
+    flannel_backend::check_backend(&config).map_err(|e| CliError(format!("-backend: {e}")))?;
     Ok(Some(json))
 }
 
@@ -381,25 +416,25 @@ async fn put_network(
     let key = store.describe(&Key::Config);
     match write_config(&store, json, v.bool(f, "force-network-config"), dry_run).await? {
         ConfigWrite::Created => {
-            println!("created: etcd {key} = {json}");
+            outln!("created: etcd {key} = {json}");
             Ok(true)
         }
         ConfigWrite::WouldCreate => {
-            println!("would be created: etcd {key} = {json}");
+            outln!("would be created: etcd {key} = {json}");
             Ok(true)
         }
         ConfigWrite::Unchanged => {
-            println!("unchanged: etcd {key}");
+            outln!("unchanged: etcd {key}");
             Ok(false)
         }
         ConfigWrite::Differs(old) => {
-            println!(
+            outln!(
                 "warning: etcd {key} holds a different network config, left as it is:\n  stored: {old}\n  wanted: {json}\n  (-force-network-config replaces it)"
             );
             Ok(false)
         }
         ConfigWrite::Replaced(old) => {
-            println!("updated: etcd {key} = {json} (was {old})");
+            outln!("updated: etcd {key} = {json} (was {old})");
             Ok(true)
         }
     }
@@ -409,26 +444,32 @@ pub fn uninstall(program: &str, args: &[String]) -> anyhow::Result<i32> {
     let flags: Vec<Flag> = INSTALL_FLAGS
         .iter()
         .copied()
-        .filter(|f| matches!(f.name, "root" | "no-restart"))
+        .filter(|f| matches!(f.name, "root" | "no-restart" | "dry-run"))
         .collect();
     let Some(v) = parse(args, &format!("{program} uninstall"), &flags)? else {
         return Ok(0);
     };
     let root = PathBuf::from(v.string(&flags, "root"));
-    let systemd = systemd_running(&root) && !v.bool(&flags, "no-restart");
+    let dry_run = v.bool(&flags, "dry-run");
+    let systemd = systemd_running(&root) && !v.bool(&flags, "no-restart") && !dry_run;
     if systemd {
         systemctl(&["disable", "--now", "flanneld.service"])?;
     }
-    let removed = flannel_install::uninstall(&root)?;
+    let removed = flannel_install::uninstall(&root, dry_run)?;
+    let verb = if dry_run {
+        "would be removed"
+    } else {
+        "removed"
+    };
     for p in &removed {
-        println!("removed: {}", under(&root, p).display());
+        outln!("{verb}: {}", under(&root, p).display());
     }
     if removed.is_empty() {
-        println!("nothing to remove");
+        outln!("nothing to remove");
     }
     if systemd {
         systemctl(&["daemon-reload"])?;
     }
-    println!("note: the network config and the leases in etcd are left as they are");
+    outln!("note: the network config and the leases in etcd are left as they are");
     Ok(0)
 }

@@ -11,8 +11,8 @@ use flannel_subnet::LeaseEntry;
 use ipnetwork::Ipv4Network;
 use serde_json::{json, Value};
 
-use crate::cli::{self, Flag, Kind, Parsed, DAEMON_FLAGS};
-use crate::options::etcd_config;
+use crate::cli::{self, CliError, Flag, Kind, Parsed, DAEMON_FLAGS};
+use crate::options::checked_etcd_config;
 
 fn flags() -> Vec<Flag> {
     let mut flags: Vec<Flag> = DAEMON_FLAGS
@@ -70,31 +70,42 @@ pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
     let values = match cli::parse(&flags, args, &|k| std::env::var(k).ok()) {
         Ok(Parsed::Run(v)) => v,
         Ok(Parsed::Help) => {
-            eprint!("{}", cli::usage(&format!("{program} lease show"), &flags));
+            err_print!("{}", cli::usage(&format!("{program} lease show"), &flags));
             return Ok(0);
         }
         Err(e) => {
-            eprintln!("{e}");
-            eprint!("{}", cli::usage(&format!("{program} lease show"), &flags));
+            errln!("{e}");
+            err_print!("{}", cli::usage(&format!("{program} lease show"), &flags));
             return Ok(2);
         }
     };
     let json_out = values.bool(&flags, "json");
     let only: Option<Ipv4Network> = match values.string(&flags, "subnet") {
         s if s.is_empty() => None,
-        s => Some(
-            s.parse()
-                .with_context(|| format!("--subnet {s:?} is not a CIDR"))?,
-        ),
+        s => {
+            let net: Ipv4Network = s
+                .parse()
+                .map_err(|_| CliError(format!("--subnet {s:?} is not a CIDR")))?;
+            if net.ip() != net.network() {
+                return Err(CliError(format!(
+                    "--subnet {s} has host bits set: leases are subnets like {}/{}",
+                    net.network(),
+                    net.prefix()
+                ))
+                .into());
+            }
+            Some(net)
+        }
     };
     let ours: Vec<Ipv4Addr> = match values.string(&flags, "public-ip") {
         s if s.is_empty() => local_addresses().await,
         s => vec![s
             .parse()
-            .with_context(|| format!("--public-ip {s:?} is not an IPv4 address"))?],
+            .map_err(|_| CliError(format!("--public-ip {s:?} is not an IPv4 address")))?],
     };
-    let cfg = etcd_config(&values).map_err(|e| anyhow::anyhow!(e.0))?;
-    let api = match crate::options::etcd_api(&values, &flags).map_err(|e| anyhow::anyhow!(e.0))? {
+    let cfg = checked_etcd_config(&values)?;
+    cfg.insecure_warning();
+    let api = match crate::options::etcd_api(&values, &flags)? {
         Some(api) => api,
         None => flannel_subnet::detect_api(&cfg)
             .await?
@@ -104,16 +115,29 @@ pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
         flannel_subnet::manager(api, &cfg, flannel_subnet::LeasePolicy::default(), None).await?;
     let config = sm.get_network_config().await;
     let mut entries = sm.list_leases().await.context("listing leases")?;
+    let prefix = cfg.prefix.trim_end_matches('/');
+    if entries.is_empty() && config.as_ref().is_err_and(|e| e.is_transient()) {
+        // nothing at all: most likely the wrong place
+        errln!(
+            "nothing under {prefix} in the etcd {api} keyspace: no network config ({}) and no lease; check -etcd-prefix{}",
+            config.as_ref().err().map(ToString::to_string).unwrap_or_default(),
+            if matches!(api, flannel_subnet::EtcdApi::V2) { " and -etcd-api (v3 clusters keep their data in the v3 keyspace)" } else { " and -etcd-api" }
+        );
+        return Ok(1);
+    }
     if let Some(only) = only {
         entries.retain(|e| e.lease.as_ref().is_ok_and(|l| l.subnet == only));
+        if entries.is_empty() {
+            errln!("no lease for subnet {only} under {prefix}/subnets (etcd {api} keyspace)");
+        }
     }
     if json_out {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&to_json(&config, &entries, &ours))?
         );
     } else {
-        print!("{}", to_table(&config, &entries, &ours));
+        out_print!("{}", to_table(&config, &entries, &ours));
     }
     Ok(if only.is_some() && entries.is_empty() {
         1

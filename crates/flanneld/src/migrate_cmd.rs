@@ -1,13 +1,12 @@
 //! `flanneld-rs migrate --from v2 --to v3`: copies the network config and every lease of
 //! the etcd v2 keyspace (clusters the Ansible role built with flannel v0.10 / v0.16) to v3.
 
-use anyhow::{anyhow, bail};
 use flannel_subnet::etcd::EtcdV3Store;
 use flannel_subnet::etcd2::migrate::migrate;
 use flannel_subnet::etcd2::EtcdV2Store;
 
-use crate::cli::{self, Flag, Kind, Parsed, DAEMON_FLAGS};
-use crate::options::etcd_config;
+use crate::cli::{self, CliError, Flag, Kind, Parsed, DAEMON_FLAGS};
+use crate::options::checked_etcd_config;
 
 fn flags() -> Vec<Flag> {
     let mut flags: Vec<Flag> = DAEMON_FLAGS
@@ -42,26 +41,28 @@ pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
     let values = match cli::parse(&flags, args, &|k| std::env::var(k).ok()) {
         Ok(Parsed::Run(v)) => v,
         Ok(Parsed::Help) => {
-            eprint!("{}", usage());
+            err_print!("{}", usage());
             return Ok(0);
         }
-        Err(e) => bail!("{e}\n{}", usage()),
+        Err(e) => return Err(CliError(format!("{e}\n{}", usage())).into()),
     };
     if values.string(&flags, "from") != "v2" || values.string(&flags, "to") != "v3" {
-        bail!("only --from v2 --to v3 is supported\n{}", usage());
+        return Err(CliError(format!("only --from v2 --to v3 is supported\n{}", usage())).into());
     }
-    let cfg = etcd_config(&values).map_err(|e| anyhow!(e.0))?;
+    let cfg = checked_etcd_config(&values)?;
+    cfg.insecure_warning();
     let from = EtcdV2Store::new(&cfg)?;
     let to = EtcdV3Store::new(&cfg).await?;
     let report = migrate(&from, &to, values.bool(&flags, "dry-run")).await?;
     for line in &report.lines {
-        println!("{line}");
+        outln!("{line}");
     }
-    println!(
-        "{} copied, {} unchanged, {} conflicts{}",
+    outln!(
+        "{} copied, {} unchanged, {} conflicts, {} skipped{}",
         report.copied,
         report.unchanged,
         report.conflicts,
+        report.skipped,
         if values.bool(&flags, "dry-run") {
             " (dry run: nothing written)"
         } else {
@@ -69,7 +70,7 @@ pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
         }
     );
     if report.conflicts == 0 && !values.bool(&flags, "dry-run") {
-        println!("restart the nodes one by one with -etcd-api=v3 (or auto): each keeps its subnet");
+        outln!("restart the nodes one by one with -etcd-api=v3 (or auto): each keeps its subnet");
     }
     Ok(if report.conflicts > 0 { 1 } else { 0 })
 }

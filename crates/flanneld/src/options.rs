@@ -52,14 +52,14 @@ pub fn etcd_api(v: &Values, flags: &[crate::cli::Flag]) -> Result<Option<EtcdApi
     }
 }
 
-/// Settings for etcd from the `--etcd-*` flags (shared with `lease show`).
+/// Settings for etcd from the `--etcd-*` flags (shared with the subcommands); the endpoints
+/// checked. The certificate files are checked by [`check_etcd_files`] (the installer names
+/// files it has not laid down yet).
 pub fn etcd_config(v: &Values) -> Result<EtcdConfig, CliError> {
     let f = DAEMON_FLAGS;
-    let endpoints = EtcdConfig::parse_endpoints(&v.string(f, "etcd-endpoints"));
-    if endpoints.is_empty() {
-        return Err(CliError("-etcd-endpoints: no endpoint given".into()));
-    }
-    Ok(EtcdConfig {
+    let endpoints = EtcdConfig::parse_endpoints(&v.string(f, "etcd-endpoints"))
+        .map_err(|e| CliError(format!("-etcd-endpoints: {e}")))?;
+    let cfg = EtcdConfig {
         endpoints,
         prefix: v.string(f, "etcd-prefix"),
         ca_file: path(v, "etcd-cafile"),
@@ -67,7 +67,42 @@ pub fn etcd_config(v: &Values) -> Result<EtcdConfig, CliError> {
         key_file: path(v, "etcd-keyfile"),
         username: opt(v, "etcd-username"),
         password: opt(v, "etcd-password"),
-    })
+    };
+    Ok(cfg)
+}
+
+/// A certificate file or combination that can never work (https without a CA, a missing or
+/// non-PEM file, a certificate without its key, http and https mixed) is an error here,
+/// before anything is touched, not a retry every second.
+pub fn check_etcd_files(cfg: &EtcdConfig) -> Result<(), CliError> {
+    cfg.connect_options()
+        .map(|_| ())
+        .map_err(|e| CliError(e.to_string()))
+}
+
+/// [`etcd_config`] and [`check_etcd_files`]: for the commands that connect now.
+pub fn checked_etcd_config(v: &Values) -> Result<EtcdConfig, CliError> {
+    let cfg = etcd_config(v)?;
+    check_etcd_files(&cfg)?;
+    Ok(cfg)
+}
+
+/// An address other nodes could send to: not loopback, unspecified, broadcast or multicast.
+pub fn check_node_address(ip: Ipv4Addr) -> Result<(), String> {
+    let what = if ip.is_loopback() {
+        "a loopback address"
+    } else if ip.is_unspecified() {
+        "the unspecified address"
+    } else if ip.is_broadcast() {
+        "the broadcast address"
+    } else if ip.is_multicast() {
+        "a multicast address"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "{ip} is {what}: other nodes cannot reach this one there"
+    ))
 }
 
 impl Options {
@@ -123,10 +158,13 @@ impl Options {
         }
         let public_ip = match opt(v, "public-ip") {
             None => None,
-            Some(s) => Some(
-                s.parse()
-                    .map_err(|_| CliError(format!("-public-ip {s:?}: not an IPv4 address")))?,
-            ),
+            Some(s) => {
+                let ip: Ipv4Addr = s
+                    .parse()
+                    .map_err(|_| CliError(format!("-public-ip {s:?}: not an IPv4 address")))?;
+                check_node_address(ip).map_err(|e| CliError(format!("-public-ip {e}")))?;
+                Some(ip)
+            }
         };
         let iface_can_reach =
             match opt(v, "iface-can-reach") {
@@ -202,6 +240,17 @@ mod tests {
             (vec!["-healthz-ip=nope"], "not an IP address"),
             (vec!["-iptables-resync=0"], "expected 1 to 86400"),
             (vec!["-public-ip=10.0.0.300"], "not an IPv4 address"),
+            (
+                vec!["-public-ip=127.0.0.1"],
+                "-public-ip 127.0.0.1 is a loopback address",
+            ),
+            (vec!["-public-ip=0.0.0.0"], "the unspecified address"),
+            (vec!["-public-ip=255.255.255.255"], "the broadcast address"),
+            (vec!["-public-ip=224.0.0.5"], "a multicast address"),
+            (
+                vec!["-etcd-endpoints=http://127.0.0.1:99999"],
+                "-etcd-endpoints: \"http://127.0.0.1:99999\"",
+            ),
             (vec!["-iface-regex=("], "-iface-regex"),
             (vec!["-etcd-endpoints=,"], "no endpoint"),
             (vec!["-kube-subnet-mgr"], "not supported yet by flanneld-rs"),

@@ -95,17 +95,159 @@ fn lease_subcommand_usage() {
     let o = flanneld(&["lease", "show", "-h"], &[]);
     assert_eq!(o.status.code(), Some(0));
     assert!(stderr(&o).contains("-json"));
-    // etcd unreachable: a clear error and exit 1
+    // `lease --help` is help, not a mistake
+    let o = flanneld(&["lease", "--help"], &[]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("lease show"));
+    // etcd unreachable: said once, in words, and exit 1
     let o = flanneld(
         &["lease", "show", "-etcd-endpoints=http://127.0.0.1:1"],
         &[],
     );
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("error:"), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("cannot reach etcd at http://127.0.0.1:1: connection refused"),
+        "{err}"
+    );
+    assert_eq!(err.matches("connection refused").count(), 1, "{err}");
+    assert_eq!(err.matches("This is insecure").count(), 1, "{err}");
+    for internal in ["tonic", "Os {", "grpc request error", "transport error"] {
+        assert!(!err.contains(internal), "{err}");
+    }
 }
 
 #[test]
-fn an_expired_client_certificate_is_named_and_exits_1() {
+fn arguments_that_are_not_utf8_are_named_not_a_crash() {
+    use std::os::unix::ffi::OsStrExt;
+    for sub in [&[][..], &["lease", "show"][..]] {
+        let o = Command::new(env!("CARGO_BIN_EXE_flanneld-rs"))
+            .args(sub)
+            .arg(std::ffi::OsStr::from_bytes(b"-etcd-prefix=\xff\xfe"))
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("is not valid UTF-8"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn a_closed_stderr_does_not_kill_the_daemon() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let subnet_file = format!("-subnet-file={}", dir.path().join("subnet.env").display());
+    // no etcd there: the daemon logs a line every second while it waits
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flanneld-rs"))
+        .args(["-etcd-endpoints=http://127.0.0.1:1", &subnet_file])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // the reader is gone (`2>&1 | head -1`); the next lines meet a closed pipe
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let status = child.try_wait().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, None, "the daemon died with a closed stderr");
+}
+
+#[test]
+fn endpoints_and_certificates_that_can_never_work_exit_2_naming_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("ca.txt");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let not_pem = format!("-etcd-cafile={}", not_pem.display());
+    for (args, want) in [
+        (vec!["-etcd-endpoints=garbage"], "\"garbage\""),
+        (vec!["-etcd-endpoints=ftp://10.0.0.1:2379"], "scheme ftp://"),
+        (
+            vec!["-etcd-endpoints=http://10.0.0.1:99999"],
+            "port \"99999\"",
+        ),
+        (vec!["-etcd-endpoints=http://10.0.0.1:abc"], "port \"abc\""),
+        (
+            vec!["-etcd-endpoints=http://10.0.0.1:65536"],
+            "port \"65536\"",
+        ),
+        (vec!["-etcd-endpoints=http://10.0.0.1:"], "port \"\""),
+        (
+            vec!["-etcd-endpoints=https://10.0.0.1:2379"],
+            "--etcd-cafile",
+        ),
+        (
+            vec![
+                "-etcd-endpoints=https://10.0.0.1:2379",
+                "-etcd-cafile=/nonexistent/ca.pem",
+            ],
+            "/nonexistent/ca.pem",
+        ),
+        (
+            vec!["-etcd-endpoints=https://10.0.0.1:2379", &not_pem],
+            "is not in PEM format",
+        ),
+        (
+            vec![
+                "-etcd-endpoints=http://10.0.0.1:2379",
+                "-etcd-certfile=/x.pem",
+            ],
+            "both --etcd-certfile and --etcd-keyfile",
+        ),
+        (
+            vec!["-etcd-endpoints=http://10.0.0.1:2379,https://10.0.0.2:2379"],
+            "mix http:// and https://",
+        ),
+    ] {
+        for sub in [
+            &[][..],
+            &["lease", "show"][..],
+            &["migrate", "--from", "v2", "--to", "v3"][..],
+        ] {
+            let mut all: Vec<&str> = sub.to_vec();
+            all.extend(&args);
+            let o = flanneld(&all, &[]);
+            assert_eq!(o.status.code(), Some(2), "{all:?}: {}", stderr(&o));
+            assert!(stderr(&o).contains(want), "{all:?}: {}", stderr(&o));
+        }
+    }
+}
+
+#[test]
+fn help_lists_the_subcommands_and_usage_errors_exit_2_everywhere() {
+    let o = flanneld(&["-h"], &[]);
+    let usage = stderr(&o);
+    for sub in ["lease show", "install", "uninstall", "migrate"] {
+        assert!(usage.contains(&format!("\n  {sub} ")), "{usage}");
+    }
+    assert!(usage.contains("-ip-blackhole-route\n    \tadd blackroute route ont the node for the local podCIDR (not supported yet by flanneld-rs)"));
+    for args in [
+        vec!["migrate", "--bogus"],
+        vec!["migrate", "--from", "v3", "--to", "v2"],
+        vec!["install", "--bogus"],
+        vec!["uninstall", "--bogus"],
+        vec!["lease", "show", "--subnet", "nope"],
+        vec!["lease", "show", "--subnet", "10.5.1.1/24"],
+    ] {
+        let o = flanneld(&args, &[]);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+    let o = flanneld(&["lease", "show", "--subnet", "10.5.1.1/24"], &[]);
+    assert!(stderr(&o).contains("has host bits set: leases are subnets like 10.5.1.0/24"));
+    // uninstall --dry-run touches nothing
+    let root = tempfile::tempdir().unwrap();
+    let root_flag = format!("--root={}", root.path().display());
+    let o = flanneld(&["uninstall", "--dry-run", &root_flag], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("nothing to remove"));
+}
+
+#[test]
+fn an_expired_client_certificate_is_named_and_exits_2() {
     let certs = flannel_lab::tls::TestCerts::generate();
     let dir = tempfile::tempdir().unwrap();
     let subnet_file = dir.path().join("subnet.env");
@@ -121,17 +263,17 @@ fn an_expired_client_certificate_is_named_and_exits_1() {
         "the etcd client certificate {} (--etcd-certfile) expired on 2021-01-01T00:00:00Z: renew it",
         certs.expired_client_cert.display()
     );
-    // the daemon, before it touches the kernel
+    // the daemon, before it touches anything: a value that can never work (exit 2)
     let mut args = vec!["-etcd-endpoints=https://127.0.0.1:1", "-etcd-api=v3"];
     args.extend(&tls);
     let o = flanneld(&args, &[]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains(&want), "{}", stderr(&o));
     assert!(!subnet_file.exists());
     // and lease show
     let mut args = vec!["lease", "show", "-etcd-endpoints=https://127.0.0.1:1"];
     args.extend(&tls[..3]);
     let o = flanneld(&args, &[]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains(&want), "{}", stderr(&o));
 }

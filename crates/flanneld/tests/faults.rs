@@ -525,3 +525,87 @@ fn partition_with_compaction_then_heal_applies_every_change() {
     );
     assert!(lab.running(1));
 }
+
+#[test]
+fn bad_interfaces_and_public_ips_a_second_instance_credentials_and_no_backend() {
+    let (mut lab, _dir) = lab('m', 2, Some(DEFAULT_CONFIG));
+    let bin = lab.spec.flanneld.display().to_string();
+    let ns = lab.hosts[0].ns.clone();
+    // each refused start ends by itself; `timeout` only guards the test against a daemon
+    // that wrongly keeps running
+    let run = |lab: &flannel_lab::lab::Lab, drop_iface: bool, extra: &[&str]| {
+        let mut args = vec!["timeout".to_string(), "20".into(), bin.clone()];
+        args.extend(
+            lab.flags(1)
+                .into_iter()
+                .filter(|f| !(drop_iface && f == "-iface=eth0")),
+        );
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        try_nsexec(&ns, &args)
+    };
+    // interfaces and public IPs other nodes could never reach: refused, no subnet used up
+    for (extra, want) in [
+        (
+            vec!["-iface=lo"],
+            "failed to find IPv4 address for interface lo",
+        ),
+        (vec!["-iface=127.0.0.1"], "127.0.0.1 is a loopback address"),
+        (
+            vec!["-public-ip=192.168.99.99"],
+            "error looking up interface 192.168.99.99: no interface has that address",
+        ),
+    ] {
+        let (ok, out) = run(&lab, true, &extra);
+        assert!(!ok, "{extra:?} was accepted: {out}");
+        assert!(out.contains(want), "{extra:?}: {out}");
+    }
+    let (ok, out) = run(&lab, true, &["-public-ip=127.0.0.1"]);
+    assert!(
+        !ok && out.contains("-public-ip 127.0.0.1 is a loopback address"),
+        "{out}"
+    );
+    assert!(leases(&lab).is_empty(), "a refused start took a subnet");
+
+    // credentials for an etcd without authentication: a warning, and it runs; the password
+    // is not logged
+    lab.start(1);
+    lab.start_with_flags(2, &["-etcd-username=flannel", "-etcd-password=s3cret"]);
+    lab.wait_ready(LONG);
+    wait_converged(&lab);
+    assert!(
+        lab.log(2).contains("etcd has authentication disabled"),
+        "{}",
+        lab.log(2)
+    );
+    assert!(!lab.log(2).contains("s3cret"));
+
+    // a second instance on host 1 is refused before it touches anything
+    let pid = lab.pid(1).unwrap();
+    let (ok, out) = run(&lab, false, &[]);
+    assert!(!ok, "a second instance started: {out}");
+    assert!(
+        out.contains(&format!(
+            "another flanneld-rs (PID {pid}) is already running on this node"
+        )),
+        "{out}"
+    );
+    assert!(lab.running(1));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(converged(&lab), "the first instance's state was disturbed");
+
+    // a config without Backend says so, instead of naming udp
+    lab.stop(1, "TERM");
+    lab.stop(2, "TERM");
+    lab.etcd().ctl(&[
+        "put",
+        &format!("{DEFAULT_PREFIX}/config"),
+        r#"{"Network":"10.200.0.0/16"}"#,
+    ]);
+    let (ok, out) = run(&lab, false, &[]);
+    assert!(!ok);
+    assert!(
+        out.contains(r#"the network config has no "Backend""#),
+        "{out}"
+    );
+}

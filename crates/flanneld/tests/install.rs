@@ -196,7 +196,8 @@ fn bad_input_is_refused_before_anything_is_written() {
         a.extend(args.iter().copied());
         let o = run(&a);
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        // bad input exits 2, as the daemon's (README: exit codes)
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
         assert!(files(root.path()).is_empty(), "{args:?} wrote files");
     }
@@ -226,4 +227,57 @@ fn cni_only_lays_down_the_cni_part() {
             "var/lib/flanneld-rs/installed"
         ]
     );
+}
+
+#[test]
+fn bad_inputs_are_refused_naming_the_flag() {
+    let root = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let plugin = src.path().join("flannel");
+    std::fs::write(&plugin, "cni plugin").unwrap();
+    let secret = src.path().join("net.json");
+    std::fs::write(&secret, "not json but private\n").unwrap();
+    let bogus_type = src.path().join("bogus.json");
+    std::fs::write(
+        &bogus_type,
+        r#"{"Network":"10.200.0.0/16","Backend":{"Type":"bogus"}}"#,
+    )
+    .unwrap();
+    let root_arg = format!("--root={}", root.path().display());
+    let plugin_arg = format!("--cni-plugin={}", plugin.display());
+    let secret_arg = format!("--network-config={}", secret.display());
+    let bogus_arg = format!("--network-config={}", bogus_type.display());
+    // etcd is never reached: every one is refused first
+    let endpoints = "etcd-endpoints=http://127.0.0.1:1";
+    for (extra, want) in [
+        (
+            vec!["--network=10.200.0.0/16", "--backend=bogus"],
+            "-backend: unknown backend type: bogus",
+        ),
+        (vec![bogus_arg.as_str()], "unknown backend type: bogus"),
+        (vec![secret_arg.as_str()], "not a valid network config"),
+        (
+            vec!["--cni-version=9.9.9"],
+            "-cni-version \"9.9.9\": the flannel CNI plugin speaks",
+        ),
+        (
+            vec!["--binary=/nonexistent/flanneld"],
+            "-binary /nonexistent/flanneld: no such file",
+        ),
+    ] {
+        let mut args = vec!["install", &root_arg, &plugin_arg, "--flag", endpoints];
+        args.extend(extra.iter().copied());
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(want), "{extra:?}: {err}");
+        assert!(
+            !err.contains("private"),
+            "the file's content was printed: {err}"
+        );
+        assert!(
+            std::fs::read_dir(root.path()).unwrap().next().is_none(),
+            "{extra:?} wrote something"
+        );
+    }
 }

@@ -65,10 +65,11 @@ impl VxlanConfig {
         for (key, v) in obj {
             match key.to_ascii_lowercase().as_str() {
                 "vni" => {
+                    // 0 is a VNI too: upstream makes flannel.0 for it
                     cfg.vni = v
                         .as_u64()
-                        .filter(|n| (1..=0xff_ffff).contains(n))
-                        .ok_or_else(|| bad("VNI", "a number from 1 to 16777215", v))?
+                        .filter(|n| *n <= 0xff_ffff)
+                        .ok_or_else(|| bad("VNI", "a number from 0 to 16777215", v))?
                         as u32
                 }
                 "port" => {
@@ -97,6 +98,14 @@ impl VxlanConfig {
                 }
                 _ => {}
             }
+        }
+        // the kernel's IFNAMSIZ: 15 characters and the NUL
+        let name = cfg.device_name();
+        if name.len() > 15 {
+            return Err(config_error(format!(
+                "VNI {}: the device name {name} would be longer than the 15 characters an interface name may have; use a VNI below 10000000",
+                cfg.vni
+            )));
         }
         Ok(cfg)
     }
@@ -146,10 +155,25 @@ mod tests {
     }
 
     #[test]
+    fn vni_0_is_a_vni_and_names_longer_than_the_kernel_allows_are_refused() {
+        let c = parse(r#"{"VNI":0}"#).unwrap();
+        assert_eq!((c.vni, c.device_name()), (0, "flannel.0".to_string()));
+        assert_eq!(
+            parse(r#"{"VNI":9999999}"#).unwrap().device_name(),
+            "flannel.9999999"
+        );
+        let e = parse(r#"{"VNI":10000000}"#).unwrap_err().to_string();
+        assert!(
+            e.contains("the device name flannel.10000000 would be longer than the 15 characters"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn bad_values_are_clear_errors() {
         for (json, field) in [
             (r#"{"VNI":"1"}"#, "VNI"),
-            (r#"{"VNI":0}"#, "VNI"),
+            (r#"{"VNI":-1}"#, "VNI"),
             (r#"{"VNI":16777216}"#, "VNI"),
             (r#"{"Port":70000}"#, "Port"),
             (r#"{"Port":-1}"#, "Port"),

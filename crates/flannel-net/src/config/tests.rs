@@ -101,6 +101,8 @@ fn every_upstream_validation_message() {
         (r#"{"Network":"10.0.0.0/16","SubnetMax":"10.1.0.0"}"#, "SubnetMax is not in the range of the Network"),
         (r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.1.1"}"#, "SubnetMin is not on a SubnetLen boundary: 10.0.1.1"),
         (r#"{"Network":"10.0.0.0/16","SubnetMax":"10.0.9.7"}"#, "SubnetMax is not on a SubnetLen boundary: 10.0.9.7"),
+        // flanneld-rs: upstream says "out of subnets" for ever instead
+        (r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.200.0","SubnetMax":"10.0.10.0"}"#, "SubnetMin (10.0.200.0) is greater than SubnetMax (10.0.10.0): no subnet fits between them"),
         (r#"{"Network":"10.0.0.0/16","EnableIPv6":true}"#, "please define a correct IPv6Network parameter in the flannel config"),
         (r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":127}"#, "SubnetLen must be less than /127"),
         (r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":49}"#, "network must be able to accommodate at least four subnets"),
@@ -221,6 +223,7 @@ proptest! {
         if let Ok(c) = NetworkConfig::from_etcd(&json) {
             prop_assert!(c.subnet_len <= 30 && c.subnet_len >= u32::from(c.network.prefix()) + 2);
             prop_assert!(c.network.contains(c.subnet_min) && c.network.contains(c.subnet_max));
+            prop_assert!(c.subnet_min <= c.subnet_max);
         }
     }
 }

@@ -39,13 +39,35 @@ impl Default for EtcdConfig {
 }
 
 impl EtcdConfig {
-    /// Parses `--etcd-endpoints`: a comma-delimited list.
-    pub fn parse_endpoints(list: &str) -> Vec<String> {
-        list.split(',')
+    /// Parses `--etcd-endpoints`: a comma-delimited list of `http://host:port` or
+    /// `https://host:port` (a trailing path is kept). `host:port` without a scheme is http,
+    /// as upstream's client takes it. An endpoint that can never work is an error naming it.
+    pub fn parse_endpoints(list: &str) -> Result<Vec<String>, String> {
+        let endpoints: Vec<String> = list
+            .split(',')
             .map(str::trim)
             .filter(|e| !e.is_empty())
-            .map(String::from)
-            .collect()
+            .map(parse_endpoint)
+            .collect::<Result<_, _>>()?;
+        if endpoints.is_empty() {
+            return Err("no endpoint given".into());
+        }
+        Ok(endpoints)
+    }
+
+    /// Says, once per process, that the connection is not encrypted (upstream's warning,
+    /// word for word), or that certificate files go unused.
+    pub fn insecure_warning(&self) {
+        if self.endpoints.iter().any(|e| e.starts_with("https://")) {
+            return;
+        }
+        if self.cert_file.is_some() || self.key_file.is_some() || self.ca_file.is_some() {
+            warn!(
+                "etcd certificate files are given but the endpoints are http://: they are not used"
+            );
+        } else {
+            warn!("no certificate provided: connecting to etcd with http. This is insecure");
+        }
     }
 
     /// Checks the settings and builds the client options, reading the certificate files.
@@ -94,12 +116,6 @@ impl EtcdConfig {
             }
         };
         if https == 0 {
-            if identity.is_some() || self.ca_file.is_some() {
-                warn!("etcd certificate files are given but the endpoints are http://: they are not used");
-            } else {
-                // upstream's warning, word for word
-                warn!("no certificate provided: connecting to etcd with http. This is insecure");
-            }
             return Ok(opts);
         }
         let Some(ca) = &self.ca_file else {
@@ -119,19 +135,72 @@ impl EtcdConfig {
         Ok(opts.with_tls(tls))
     }
 
-    /// A client; lazy unless a username is set (then it logs in now).
+    /// A client; lazy unless a username is set (then it logs in now). Credentials for an
+    /// etcd without authentication are dropped with a warning, as upstream's client does.
     pub async fn connect(&self) -> Result<Client, SubnetError> {
-        let opts = self.connect_options()?;
-        Client::connect(&self.endpoints, Some(opts))
-            .await
-            .map_err(|e| {
-                crate::StoreError::transient(
-                    format!("connecting to etcd at {}", self.endpoints.join(",")),
-                    e.to_string(),
-                )
-                .into()
-            })
+        let endpoints = self.endpoints.join(",");
+        let failed = |e: etcd_client::Error| -> SubnetError {
+            crate::StoreError::transient(
+                "connecting to etcd",
+                super::store::describe(&e, &endpoints),
+            )
+            .into()
+        };
+        match Client::connect(&self.endpoints, Some(self.connect_options()?)).await {
+            Ok(client) => Ok(client),
+            Err(e)
+                if self.username.is_some()
+                    && e.to_string().contains("authentication is not enabled") =>
+            {
+                warn!("etcd has authentication disabled: -etcd-username and -etcd-password are not used");
+                let anonymous = EtcdConfig {
+                    username: None,
+                    password: None,
+                    ..self.clone()
+                };
+                Client::connect(&self.endpoints, Some(anonymous.connect_options()?))
+                    .await
+                    .map_err(failed)
+            }
+            Err(e) => Err(failed(e)),
+        }
     }
+}
+
+/// One endpoint, checked and with a scheme.
+fn parse_endpoint(e: &str) -> Result<String, String> {
+    let bad = |why: &str| Err(format!("{e:?}: {why}"));
+    let (scheme, rest) = match e.split_once("://") {
+        Some((s, rest)) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {
+            (s.to_ascii_lowercase(), rest)
+        }
+        Some((s, _)) => return bad(&format!("scheme {s}:// is neither http:// nor https://")),
+        // upstream's client reads `host:port` as plain http; a bare word is a typo
+        None if e.contains(':') => ("http".to_string(), e),
+        None => return bad("expected http://host:port, https://host:port or host:port"),
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((h, p)) => (h, p.strip_prefix(':')),
+            None => return bad("unclosed [ in the host"),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return bad("no host");
+    }
+    if let Some(port) = port {
+        match port.parse::<u32>() {
+            Ok(1..=65535) if port.bytes().all(|b| b.is_ascii_digit()) => {}
+            _ => return bad(&format!("port {port:?} is not a number from 1 to 65535")),
+        }
+    }
+    Ok(format!("{scheme}://{rest}"))
 }
 
 /// Refuses a client certificate (the first of `--etcd-certfile`, when `client`) that is
@@ -221,9 +290,37 @@ mod tests {
     #[test]
     fn endpoints_list_is_comma_delimited() {
         assert_eq!(
-            EtcdConfig::parse_endpoints("http://a:2379, http://b:2379,,"),
+            EtcdConfig::parse_endpoints("http://a:2379, http://b:2379,,").unwrap(),
             vec!["http://a:2379".to_string(), "http://b:2379".to_string()]
         );
+    }
+
+    #[test]
+    fn endpoints_without_scheme_are_http_and_bad_ones_are_named() {
+        let ok = |list: &str| EtcdConfig::parse_endpoints(list).unwrap();
+        assert_eq!(ok("10.0.0.1:2379"), vec!["http://10.0.0.1:2379"]);
+        assert_eq!(
+            ok("HTTPS://etcd.example:2379/"),
+            vec!["https://etcd.example:2379/"]
+        );
+        assert_eq!(ok("http://[fd00::1]:2379"), vec!["http://[fd00::1]:2379"]);
+        assert_eq!(ok("http://etcd"), vec!["http://etcd"]);
+        for (list, why) in [
+            ("garbage", "expected http://host:port"),
+            ("ftp://10.0.0.1:2379", "scheme ftp://"),
+            ("http://10.0.0.1:99999", "port \"99999\""),
+            ("http://10.0.0.1:65536", "port \"65536\""),
+            ("http://10.0.0.1:abc", "port \"abc\""),
+            ("http://10.0.0.1:", "port \"\""),
+            ("10.0.0.1:0", "port \"0\""),
+            ("http://:2379", "no host"),
+            ("http://[fd00::1:2379", "unclosed ["),
+            ("http://a:1,http://b:x", "\"http://b:x\""),
+            (" , ", "no endpoint"),
+        ] {
+            let err = EtcdConfig::parse_endpoints(list).unwrap_err();
+            assert!(err.contains(why), "{list}: {err}");
+        }
     }
 
     #[test]

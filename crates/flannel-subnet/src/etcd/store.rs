@@ -15,7 +15,7 @@ use futures::StreamExt;
 use tracing::debug;
 
 use super::EtcdConfig;
-use crate::error::StoreError;
+use crate::error::{reason, StoreError};
 use crate::store::{Change, Cond, Key, KeyPaths, Life, Record, Revision, Store, Watched};
 use crate::SubnetError;
 
@@ -25,18 +25,46 @@ const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct EtcdV3Store {
     client: Client,
+    /// For messages: `http://10.0.0.1:2379,http://10.0.0.2:2379`.
+    endpoints: String,
     keys: KeyPaths,
     /// `<prefix>/subnets/`, with the trailing slash so that `subnets-x/` never matches.
     subnets_prefix: String,
 }
 
+/// Why an etcd request failed, in an operator's words: `cannot reach etcd at <endpoints>:
+/// connection refused`, or etcd's own message (`etcdserver: permission denied`).
+pub(crate) fn describe(e: &etcd_client::Error, endpoints: &str) -> String {
+    use etcd_client::Error as E;
+    let unreachable = |why: String| format!("cannot reach etcd at {endpoints}: {why}");
+    match e {
+        E::GRpcStatus(s) if s.code() == tonic::Code::Unavailable => {
+            let why = reason(s);
+            // tonic's own words when there is no deeper cause
+            unreachable(if why == s.to_string() {
+                s.message().to_string()
+            } else {
+                why
+            })
+        }
+        E::GRpcStatus(s) => s.message().to_string(),
+        E::TransportError(t) => unreachable(reason(t)),
+        E::IoError(io) => unreachable(reason(io)),
+        E::LeaseKeepAliveError(m) | E::WatchError(m) | E::InvalidArgs(m) | E::Internal(m) => {
+            m.clone()
+        }
+        other => other.to_string(),
+    }
+}
+
 /// An etcd request that failed. Every one is worth retrying: etcd unreachable, a leader
 /// election, a member restarting.
-pub(crate) fn etcd_err(
+pub(crate) fn etcd_err<'a>(
     context: impl Into<String>,
-) -> impl FnOnce(etcd_client::Error) -> StoreError {
+    endpoints: &'a str,
+) -> impl FnOnce(etcd_client::Error) -> StoreError + 'a {
     let context = context.into();
-    move |e| StoreError::transient(context, e.to_string())
+    move |e| StoreError::transient(context, describe(&e, endpoints))
 }
 
 impl EtcdV3Store {
@@ -45,6 +73,7 @@ impl EtcdV3Store {
         let keys = KeyPaths::new(&cfg.prefix);
         Ok(EtcdV3Store {
             client: cfg.connect().await?,
+            endpoints: cfg.endpoints.join(","),
             subnets_prefix: format!("{}/", keys.subnets),
             keys,
         })
@@ -75,7 +104,7 @@ impl EtcdV3Store {
             .clone()
             .lease_grant(ttl.as_secs().max(1) as i64, None)
             .await
-            .map_err(etcd_err("granting an etcd lease"))?
+            .map_err(etcd_err("granting an etcd lease", &self.endpoints))?
             .id())
     }
 
@@ -125,7 +154,7 @@ impl Store for EtcdV3Store {
             .clone()
             .get(path.as_str(), None)
             .await
-            .map_err(etcd_err(format!("reading {path}")))?;
+            .map_err(etcd_err(format!("reading {path}"), &self.endpoints))?;
         let revision = resp.header().map_or(0, |h| h.revision()).max(0) as u64;
         Ok((resp.kvs().first().and_then(|kv| self.record(kv)), revision))
     }
@@ -139,7 +168,7 @@ impl Store for EtcdV3Store {
                 Some(GetOptions::new().with_prefix()),
             )
             .await
-            .map_err(etcd_err("listing leases"))?;
+            .map_err(etcd_err("listing leases", &self.endpoints))?;
         let revision = resp.header().map_or(0, |h| h.revision()).max(0) as u64;
         Ok((
             resp.kvs().iter().filter_map(|kv| self.record(kv)).collect(),
@@ -175,7 +204,7 @@ impl Store for EtcdV3Store {
             .clone()
             .txn(txn)
             .await
-            .map_err(etcd_err(format!("writing {path}")))?
+            .map_err(etcd_err(format!("writing {path}"), &self.endpoints))?
             .succeeded();
         if !written && granted {
             self.revoke(lease).await;
@@ -197,7 +226,7 @@ impl Store for EtcdV3Store {
             .clone()
             .txn(txn)
             .await
-            .map_err(etcd_err(format!("deleting {path}")))?
+            .map_err(etcd_err(format!("deleting {path}"), &self.endpoints))?
             .succeeded())
     }
 
@@ -221,7 +250,7 @@ impl Store for EtcdV3Store {
             Ok(Ok(ttl)) => ttl,
             Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) if e.contains("not found") => 0,
             Ok(Err(etcd_client::Error::GRpcStatus(s))) if s.code() == tonic::Code::NotFound => 0,
-            Ok(Err(e)) => return Err(etcd_err("renewing the etcd lease")(e)),
+            Ok(Err(e)) => return Err(etcd_err("renewing the etcd lease", &self.endpoints)(e)),
             Err(_) => {
                 return Err(StoreError::transient(
                     "renewing the etcd lease",
@@ -245,7 +274,7 @@ impl Store for EtcdV3Store {
             .clone()
             .lease_time_to_live(record.ttl_handle, None)
             .await
-            .map_err(etcd_err("reading an etcd lease's TTL"))?;
+            .map_err(etcd_err("reading an etcd lease's TTL", &self.endpoints))?;
         Ok((resp.ttl() > 0).then(|| Duration::from_secs(resp.ttl() as u64)))
     }
 
@@ -267,12 +296,12 @@ impl Store for EtcdV3Store {
             .clone()
             .watch(path.as_str(), Some(opts))
             .await
-            .map_err(etcd_err(format!("watching {path}")))?;
+            .map_err(etcd_err(format!("watching {path}"), &self.endpoints))?;
         let this = self.clone();
         Ok(stream
             .map(move |item| match item {
                 Ok(resp) => Ok(this.changes(&resp)),
-                Err(e) => Err(etcd_err(format!("watching {path}"))(e)),
+                Err(e) => Err(etcd_err(format!("watching {path}"), &this.endpoints)(e)),
             })
             .boxed())
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::error::StoreError;
+use crate::error::{reason, StoreError};
 use crate::etcd::EtcdConfig;
 use crate::SubnetError;
 
@@ -98,22 +98,6 @@ pub struct V2Client {
     http: reqwest::Client,
     endpoints: Vec<String>,
     auth: Option<(String, String)>,
-}
-
-/// An error and its causes: reqwest's own text ("error sending request ...") hides the reason
-/// (refused, TLS certificate expired, ...) in its sources.
-fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let line = s.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// Percent-encodes a form value (everything but unreserved characters).
@@ -247,7 +231,12 @@ impl V2Client {
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    last = V2Error::Transport(format!("{url}: {}", with_sources(&e)));
+                    let why = if e.is_timeout() {
+                        "timed out".to_string()
+                    } else {
+                        reason(&e)
+                    };
+                    last = V2Error::Transport(format!("cannot reach etcd at {endpoint}: {why}"));
                     continue;
                 }
             };
@@ -261,7 +250,12 @@ impl V2Client {
             let text = match resp.text().await {
                 Ok(t) => t,
                 Err(e) => {
-                    last = V2Error::Transport(format!("{url}: {}", with_sources(&e)));
+                    let why = if e.is_timeout() {
+                        "timed out".to_string()
+                    } else {
+                        reason(&e)
+                    };
+                    last = V2Error::Transport(format!("reading etcd's answer from {url}: {why}"));
                     continue;
                 }
             };

@@ -15,6 +15,9 @@ pub struct MigrateReport {
     pub unchanged: usize,
     /// Keys that exist in v3 with another value: left alone.
     pub conflicts: usize,
+    /// Keys left in v2 because they are no lease (not a subnet key, a value that does not
+    /// parse): each has a line saying why.
+    pub skipped: usize,
 }
 
 pub async fn migrate(
@@ -33,6 +36,12 @@ pub async fn migrate(
         )));
     };
     let config_text = String::from_utf8_lossy(&config.value).into_owned();
+    if let Err(e) = flannel_net::NetworkConfig::from_etcd(&config_text) {
+        return Err(SubnetError::Setup(format!(
+            "the network config at {config_key} in the {} keyspace is not valid ({e}): {config_text}; fix it there before migrating",
+            from.name()
+        )));
+    }
     match to.get(&Key::Config).await?.0 {
         Some(v) if v.value == config.value => {
             report.unchanged += 1;
@@ -59,6 +68,21 @@ pub async fn migrate(
     for record in records {
         let key = Key::Subnet(record.name.clone());
         let name = to.describe(&key);
+        let why = match record.name.parse::<flannel_net::SubnetKey>() {
+            Err(e) => Some(e.to_string()),
+            Ok(_) => flannel_net::LeaseAttrs::from_json(&record.value)
+                .err()
+                .map(|e| e.to_string()),
+        };
+        if let Some(why) = why {
+            report.skipped += 1;
+            report.lines.push(format!(
+                "warning: skipped {}: not a lease ({why}); left in the {} keyspace",
+                from.describe(&key),
+                from.name()
+            ));
+            continue;
+        }
         if let Some(current) = to.get(&key).await?.0 {
             if current.value == record.value {
                 report.unchanged += 1;

@@ -270,7 +270,7 @@ async fn config_written_only_when_absent_or_forced_and_changes_are_watched() {
     let m = manager(&store);
     assert!(matches!(
         m.get_network_config().await,
-        Err(SubnetError::ConfigNotFound)
+        Err(SubnetError::NoConfigAt { .. })
     ));
     assert_eq!(
         write_config(&store, NET, false, true).await.unwrap(),

@@ -23,6 +23,8 @@ pub struct TestEtcd {
     peer_port: u16,
     tls: Option<TlsFiles>,
     extra_args: Vec<String>,
+    /// A member of a cluster: its name and `--initial-cluster` (peers on their hosts' 2380).
+    member: Option<(String, String)>,
 }
 
 /// Which certificate a TLS etcd serves.
@@ -117,6 +119,7 @@ impl TestEtcd {
             peer_port: 0,
             tls,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
+            member: None,
         };
         // Another test may grab a port between our probe and etcd's bind: try fresh ports.
         for attempt in 0..5 {
@@ -190,14 +193,24 @@ impl TestEtcd {
         } else {
             format!("{client},{}", self.local_endpoint())
         };
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let (name, peer, cluster) = match &self.member {
+            Some((name, cluster)) => (
+                name.clone(),
+                format!("http://{}:{}", self.host, self.peer_port),
+                cluster.clone(),
+            ),
+            None => {
+                let peer = format!("http://127.0.0.1:{}", self.peer_port);
+                ("t".to_string(), peer.clone(), format!("t={peer}"))
+            }
+        };
         let log = File::options()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("etcd log file");
         let mut cmd = self.command("etcd");
-        cmd.args(["--name", "t", "--data-dir"])
+        cmd.args(["--name", &name, "--data-dir"])
             .arg(self.data_dir())
             .args([
                 "--listen-client-urls",
@@ -211,7 +224,7 @@ impl TestEtcd {
                 "--initial-advertise-peer-urls",
                 &peer,
             ])
-            .args(["--initial-cluster", &format!("t={peer}")])
+            .args(["--initial-cluster", &cluster])
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -226,6 +239,10 @@ impl TestEtcd {
                 .arg(&tls.server_key);
         }
         self.child = Some(cmd.spawn().expect("spawn etcd"));
+        if self.member.is_some() {
+            // a member alone has no quorum: the cluster waits for all of them
+            return true;
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(child) = self.child.as_mut() {
@@ -274,6 +291,65 @@ impl TestEtcd {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A cluster of members, member `i` in namespace `members[i].0` at address
+    /// `members[i].1` (standard ports), each with `args`; returns once every member is
+    /// healthy.
+    pub fn start_cluster(members: &[(&str, &str)], args: &[&str]) -> Vec<TestEtcd> {
+        crate::require_program("etcd", "etcd-server");
+        crate::require_program("etcdctl", "etcd-client");
+        let initial: Vec<String> = members
+            .iter()
+            .enumerate()
+            .map(|(i, (_, ip))| format!("m{}=http://{ip}:2380", i + 1))
+            .collect();
+        let initial = initial.join(",");
+        let mut cluster: Vec<TestEtcd> = members
+            .iter()
+            .enumerate()
+            .map(|(i, (ns, ip))| {
+                let mut etcd = TestEtcd {
+                    child: None,
+                    netns: Some(ns.to_string()),
+                    host: ip.to_string(),
+                    dir: tempfile::tempdir().expect("temp dir for etcd"),
+                    client_port: 2379,
+                    peer_port: 2380,
+                    tls: None,
+                    extra_args: args.iter().map(|s| s.to_string()).collect(),
+                    member: Some((format!("m{}", i + 1), initial.clone())),
+                };
+                etcd.spawn_and_wait();
+                etcd
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for etcd in &mut cluster {
+            while !etcd.etcdctl(&["endpoint", "health"]).status.success() {
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd cluster did not come up; log:\n{}",
+                    etcd.log()
+                );
+                sleep(Duration::from_millis(100));
+            }
+        }
+        cluster
+    }
+
+    /// Whether this member is the cluster's leader now.
+    pub fn is_leader(&self) -> bool {
+        let out = self.etcdctl(&["endpoint", "status", "-w", "json"]);
+        let status: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        let s = &status[0]["Status"];
+        s["leader"].as_u64().is_some() && s["leader"] == s["header"]["member_id"]
+    }
+
+    /// The etcd process's PID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills etcd (SIGKILL) and waits for it; the data directory stays.

@@ -8,6 +8,8 @@
 //! ```text
 //!   <lab>-br     bridge br0, one veth port per host and one for etcd
 //!   <lab>-etcd   eth0 192.168.77.254/24, etcd on :2379
+//!   <lab>-e1, -e2 with a 3-member cluster ([`Lab::create_with_etcd_cluster`]): the other
+//!                members, eth0 192.168.77.252 and .253 (member 3 is <lab>-etcd)
 //!   <lab>-h1..   eth0 192.168.77.N/24, flanneld, cni0, pods
 //!   <lab>-h1p1.. a pod: eth0 with an address of its host's subnet
 //! ```
@@ -24,6 +26,13 @@ use crate::etcd::TestEtcd;
 /// The underlay's /24.
 pub const UNDERLAY: &str = "192.168.77";
 pub const ETCD_IP: &str = "192.168.77.254";
+/// The members of a 3-member cluster: namespace suffix and address; the last is the
+/// single-member lab's etcd.
+pub const ETCD_MEMBERS: [(&str, &str); 3] = [
+    ("e1", "192.168.77.252"),
+    ("e2", "192.168.77.253"),
+    ("etcd", ETCD_IP),
+];
 pub const HEALTHZ_PORT: u16 = 9090;
 pub const DEFAULT_CONFIG: &str =
     r#"{"Network":"10.200.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
@@ -67,6 +76,10 @@ pub struct Lab {
     pub spec: LabSpec,
     /// Always `Some` but in `drop` of a kept lab.
     etcd: Option<TestEtcd>,
+    /// With a 3-member cluster: the other two members (`etcd` is the third).
+    other_members: Vec<TestEtcd>,
+    /// `-etcd-endpoints` of the hosts.
+    etcd_endpoints: String,
     pub hosts: Vec<Host>,
     pub pods: Vec<Pod>,
     /// `lab up` leaves everything running for `lab down`.
@@ -150,6 +163,21 @@ impl Lab {
     /// The underlay, etcd (with `config` put, when given) and `hosts` host namespaces.
     /// flanneld is not started yet: see [`Lab::start`].
     pub fn create(spec: LabSpec, hosts: usize, config: Option<&str>) -> Lab {
+        Self::create_with_members(spec, hosts, config, 1)
+    }
+
+    /// The same with a 3-member etcd cluster (each member in a namespace of its own, see
+    /// [`ETCD_MEMBERS`]); every host gets all three endpoints.
+    pub fn create_with_etcd_cluster(spec: LabSpec, hosts: usize, config: Option<&str>) -> Lab {
+        Self::create_with_members(spec, hosts, config, 3)
+    }
+
+    fn create_with_members(
+        spec: LabSpec,
+        hosts: usize,
+        config: Option<&str>,
+        members: usize,
+    ) -> Lab {
         assert!(spec.name.len() <= 8, "lab name too long");
         crate::require_program("ip", "iproute2");
         destroy(&spec.name);
@@ -160,16 +188,42 @@ impl Lab {
         ipn(&br, &["link", "set", "lo", "up"]);
         ipn(&br, &["link", "add", "br0", "type", "bridge"]);
         ipn(&br, &["link", "set", "br0", "up"]);
-        crate::netns::run_cmd("ip", &["netns", "add", &etcd_ns]);
-        plug(&br, &etcd_ns, "port-etcd", ETCD_IP);
         let etcd_args: Vec<&str> = spec.etcd_args.iter().map(String::as_str).collect();
-        let etcd = TestEtcd::start_in_netns(&etcd_ns, ETCD_IP, &etcd_args);
+        let (etcd, other_members, etcd_endpoints) = if members == 1 {
+            crate::netns::run_cmd("ip", &["netns", "add", &etcd_ns]);
+            plug(&br, &etcd_ns, "port-etcd", ETCD_IP);
+            let etcd = TestEtcd::start_in_netns(&etcd_ns, ETCD_IP, &etcd_args);
+            (etcd, Vec::new(), format!("http://{ETCD_IP}:2379"))
+        } else {
+            let namespaces: Vec<(String, &str)> = ETCD_MEMBERS
+                .iter()
+                .map(|(suffix, ip)| (format!("{}-{suffix}", spec.name), *ip))
+                .collect();
+            for (ns, ip) in &namespaces {
+                crate::netns::run_cmd("ip", &["netns", "add", ns]);
+                let port = format!("port-{}", ns.rsplit('-').next().unwrap_or("etcd"));
+                plug(&br, ns, &port, ip);
+            }
+            let refs: Vec<(&str, &str)> = namespaces
+                .iter()
+                .map(|(ns, ip)| (ns.as_str(), *ip))
+                .collect();
+            let mut cluster = TestEtcd::start_cluster(&refs, &etcd_args);
+            let etcd = cluster.pop().expect("three members");
+            let endpoints: Vec<String> = ETCD_MEMBERS
+                .iter()
+                .map(|(_, ip)| format!("http://{ip}:2379"))
+                .collect();
+            (etcd, cluster, endpoints.join(","))
+        };
         if let Some(config) = config {
             etcd.ctl(&["put", &format!("{}/config", spec.prefix), config]);
         }
         let mut lab = Lab {
             spec,
             etcd: Some(etcd),
+            other_members,
+            etcd_endpoints,
             hosts: Vec::new(),
             pods: Vec::new(),
             keep: false,
@@ -186,6 +240,26 @@ impl Lab {
 
     pub fn etcd_mut(&mut self) -> &mut TestEtcd {
         self.etcd.as_mut().expect("etcd handle")
+    }
+
+    /// Member `i` (0, 1, 2) of a 3-member cluster; 2 is [`Lab::etcd`].
+    pub fn member(&self, i: usize) -> &TestEtcd {
+        match i {
+            0 | 1 => &self.other_members[i],
+            _ => self.etcd(),
+        }
+    }
+
+    pub fn member_mut(&mut self, i: usize) -> &mut TestEtcd {
+        match i {
+            0 | 1 => &mut self.other_members[i],
+            _ => self.etcd_mut(),
+        }
+    }
+
+    /// The namespace of member `i` of a 3-member cluster.
+    pub fn member_ns(&self, i: usize) -> String {
+        format!("{}-{}", self.spec.name, ETCD_MEMBERS[i].0)
     }
 
     fn br(&self) -> String {
@@ -216,7 +290,7 @@ impl Lab {
     pub fn flags(&self, index: usize) -> Vec<String> {
         let h = &self.hosts[index - 1];
         let mut flags = vec![
-            format!("-etcd-endpoints=http://{ETCD_IP}:2379"),
+            format!("-etcd-endpoints={}", self.etcd_endpoints),
             format!("-etcd-prefix={}", self.spec.prefix),
             "-iface=eth0".to_string(),
             "-ip-masq".to_string(),
@@ -508,6 +582,7 @@ impl Drop for Lab {
         if self.keep {
             // etcd keeps running, and its data directory stays
             std::mem::forget(self.etcd.take());
+            std::mem::forget(std::mem::take(&mut self.other_members));
             return;
         }
         for h in &mut self.hosts {
@@ -518,6 +593,9 @@ impl Drop for Lab {
         }
         if let Some(etcd) = self.etcd.as_mut() {
             etcd.stop();
+        }
+        for m in &mut self.other_members {
+            m.stop();
         }
         destroy(&self.spec.name);
     }

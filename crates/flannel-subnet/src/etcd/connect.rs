@@ -1,9 +1,8 @@
 //! Connecting to etcd: endpoints, TLS (CA, client certificate and key, via rustls), basic auth.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 use tracing::warn;
 
 use crate::SubnetError;
@@ -91,10 +90,11 @@ impl EtcdConfig {
                 "etcd endpoints mix http:// and https://; use one scheme for all".into(),
             ));
         }
+        let (ping, answer) = super::members::KEEPALIVE;
         let mut opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(10))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_connect_timeout(super::members::CONNECT_TIMEOUT)
+            .with_timeout(super::members::REQUEST_TIMEOUT)
+            .with_keep_alive(ping, answer)
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
         match (&self.username, &self.password) {
@@ -135,35 +135,28 @@ impl EtcdConfig {
         Ok(opts.with_tls(tls))
     }
 
-    /// A client; lazy unless a username is set (then it logs in now). Credentials for an
-    /// etcd without authentication are dropped with a warning, as upstream's client does.
-    pub async fn connect(&self) -> Result<Client, SubnetError> {
-        let endpoints = self.endpoints.join(",");
-        let failed = |e: etcd_client::Error| -> SubnetError {
-            crate::StoreError::transient(
-                "connecting to etcd",
-                super::store::describe(&e, &endpoints),
-            )
-            .into()
-        };
-        match Client::connect(&self.endpoints, Some(self.connect_options()?)).await {
-            Ok(client) => Ok(client),
-            Err(e)
-                if self.username.is_some()
-                    && e.to_string().contains("authentication is not enabled") =>
-            {
-                warn!("etcd has authentication disabled: -etcd-username and -etcd-password are not used");
-                let anonymous = EtcdConfig {
+    /// The members to talk to, one client each, with failover (see [`super::members`]).
+    /// Credentials are dropped with a warning for an etcd without authentication, as
+    /// upstream's client does.
+    pub(crate) fn members(&self) -> Result<super::members::Members, SubnetError> {
+        let options = self.connect_options()?;
+        let anonymous = self
+            .username
+            .is_some()
+            .then(|| {
+                EtcdConfig {
                     username: None,
                     password: None,
                     ..self.clone()
-                };
-                Client::connect(&self.endpoints, Some(anonymous.connect_options()?))
-                    .await
-                    .map_err(failed)
-            }
-            Err(e) => Err(failed(e)),
-        }
+                }
+                .connect_options()
+            })
+            .transpose()?;
+        Ok(super::members::Members::new(
+            &self.endpoints,
+            options,
+            anonymous,
+        ))
     }
 }
 

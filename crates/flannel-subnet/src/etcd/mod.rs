@@ -6,6 +6,7 @@
 //! an etcd lease with a 24 h TTL, or to none for a reservation.
 
 mod connect;
+mod members;
 mod store;
 
 pub use connect::EtcdConfig;

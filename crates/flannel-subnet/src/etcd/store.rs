@@ -1,30 +1,30 @@
 //! [`EtcdV3Store`]: the [`Store`] calls over etcd's v3 API. A key that expires is attached
 //! to an etcd lease (its TTL handle); a TTL write that names a record still alive keeps
 //! that record's etcd lease, so a node keeps one etcd lease for good. Conditional writes are
-//! transactions on the key's mod revision (or version 0: absent).
+//! transactions on the key's mod revision (or version 0: absent). Every request goes through
+//! [`Members`]: to the member that answered last, to the next at once when it fails.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
-    WatchOptions, WatchResponse,
+    Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp, WatchOptions,
+    WatchResponse,
 };
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use tracing::debug;
 
+use super::members::Members;
 use super::EtcdConfig;
 use crate::error::{reason, StoreError};
 use crate::store::{Change, Cond, Key, KeyPaths, Life, Record, Revision, Store, Watched};
 use crate::SubnetError;
 
-/// How long one renewal may take before it counts as failed.
-const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
-
 #[derive(Clone)]
 pub struct EtcdV3Store {
-    client: Client,
+    members: Arc<Members>,
     /// For messages: `http://10.0.0.1:2379,http://10.0.0.2:2379`.
     endpoints: String,
     keys: KeyPaths,
@@ -72,7 +72,7 @@ impl EtcdV3Store {
     pub async fn new(cfg: &EtcdConfig) -> Result<Self, SubnetError> {
         let keys = KeyPaths::new(&cfg.prefix);
         Ok(EtcdV3Store {
-            client: cfg.connect().await?,
+            members: Arc::new(cfg.members()?),
             endpoints: cfg.endpoints.join(","),
             subnets_prefix: format!("{}/", keys.subnets),
             keys,
@@ -99,19 +99,35 @@ impl EtcdV3Store {
     }
 
     async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
-        Ok(self
-            .client
-            .clone()
-            .lease_grant(ttl.as_secs().max(1) as i64, None)
+        let ttl = ttl.as_secs().max(1) as i64;
+        let (resp, _) = self
+            .members
+            .call(|mut c| async move { c.lease_grant(ttl, None).await })
             .await
-            .map_err(etcd_err("granting an etcd lease", &self.endpoints))?
-            .id())
+            .map_err(etcd_err("granting an etcd lease", &self.endpoints))?;
+        Ok(resp.id())
     }
 
     async fn revoke(&self, id: i64) {
-        if let Err(e) = self.client.clone().lease_revoke(id).await {
+        let revoked = self
+            .members
+            .call(|mut c| async move { c.lease_revoke(id).await })
+            .await;
+        if let Err(e) = revoked {
             debug!("revoking unused etcd lease {id:x}: {e}");
         }
+    }
+
+    async fn txn(&self, txn: Txn, context: String) -> Result<bool, StoreError> {
+        let (resp, _) = self
+            .members
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(etcd_err(context, &self.endpoints))?;
+        Ok(resp.succeeded())
     }
 
     fn changes(&self, resp: &WatchResponse) -> Watched {
@@ -149,10 +165,12 @@ impl Store for EtcdV3Store {
 
     async fn get(&self, key: &Key) -> Result<(Option<Record>, Revision), StoreError> {
         let path = self.path(key);
-        let resp = self
-            .client
-            .clone()
-            .get(path.as_str(), None)
+        let (resp, _) = self
+            .members
+            .call(|mut c| {
+                let path = path.clone();
+                async move { c.get(path, None).await }
+            })
             .await
             .map_err(etcd_err(format!("reading {path}"), &self.endpoints))?;
         let revision = resp.header().map_or(0, |h| h.revision()).max(0) as u64;
@@ -160,13 +178,13 @@ impl Store for EtcdV3Store {
     }
 
     async fn list(&self) -> Result<(Vec<Record>, Revision), StoreError> {
-        let resp = self
-            .client
-            .clone()
-            .get(
-                self.subnets_prefix.as_str(),
-                Some(GetOptions::new().with_prefix()),
-            )
+        let prefix = self.subnets_prefix.clone();
+        let (resp, _) = self
+            .members
+            .call(|mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
             .await
             .map_err(etcd_err("listing leases", &self.endpoints))?;
         let revision = resp.header().map_or(0, |h| h.revision()).max(0) as u64;
@@ -199,13 +217,7 @@ impl Store for EtcdV3Store {
         let txn = Txn::new()
             .when([compare])
             .and_then([TxnOp::put(path.as_str(), value, opts)]);
-        let written = self
-            .client
-            .clone()
-            .txn(txn)
-            .await
-            .map_err(etcd_err(format!("writing {path}"), &self.endpoints))?
-            .succeeded();
+        let written = self.txn(txn, format!("writing {path}")).await?;
         if !written && granted {
             self.revoke(lease).await;
         }
@@ -221,13 +233,7 @@ impl Store for EtcdV3Store {
                 revision as i64,
             )])
             .and_then([TxnOp::delete(path.as_str(), None)]);
-        Ok(self
-            .client
-            .clone()
-            .txn(txn)
-            .await
-            .map_err(etcd_err(format!("deleting {path}"), &self.endpoints))?
-            .succeeded())
+        self.txn(txn, format!("deleting {path}")).await
     }
 
     async fn renew(
@@ -241,22 +247,19 @@ impl Store for EtcdV3Store {
         }
         // etcd-client's keep_alive makes the first round trip itself and keeps its answer;
         // a second one tells the TTL.
-        let round_trips = async {
-            let (mut keeper, mut stream) = self.client.clone().lease_keep_alive(id).await?;
-            keeper.keep_alive().await?;
-            Ok::<_, etcd_client::Error>(stream.message().await?.map_or(0, |r| r.ttl()))
-        };
-        let ttl = match tokio::time::timeout(RENEW_TIMEOUT, round_trips).await {
-            Ok(Ok(ttl)) => ttl,
-            Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) if e.contains("not found") => 0,
-            Ok(Err(etcd_client::Error::GRpcStatus(s))) if s.code() == tonic::Code::NotFound => 0,
-            Ok(Err(e)) => return Err(etcd_err("renewing the etcd lease", &self.endpoints)(e)),
-            Err(_) => {
-                return Err(StoreError::transient(
-                    "renewing the etcd lease",
-                    format!("no answer within {RENEW_TIMEOUT:?}"),
-                ))
-            }
+        let renewed = self
+            .members
+            .call(|mut c| async move {
+                let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
+                keeper.keep_alive().await?;
+                Ok(stream.message().await?.map_or(0, |r| r.ttl()))
+            })
+            .await;
+        let ttl = match renewed {
+            Ok((ttl, _)) => ttl,
+            Err(etcd_client::Error::LeaseKeepAliveError(e)) if e.contains("not found") => 0,
+            Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => 0,
+            Err(e) => return Err(etcd_err("renewing the etcd lease", &self.endpoints)(e)),
         };
         if ttl <= 0 {
             record.ttl_handle = 0;
@@ -266,13 +269,13 @@ impl Store for EtcdV3Store {
     }
 
     async fn time_to_live(&self, record: &Record) -> Result<Option<Duration>, StoreError> {
-        if record.ttl_handle == 0 {
+        let id = record.ttl_handle;
+        if id == 0 {
             return Ok(None);
         }
-        let resp = self
-            .client
-            .clone()
-            .lease_time_to_live(record.ttl_handle, None)
+        let (resp, _) = self
+            .members
+            .call(|mut c| async move { c.lease_time_to_live(id, None).await })
             .await
             .map_err(etcd_err("reading an etcd lease's TTL", &self.endpoints))?;
         Ok((resp.ttl() > 0).then(|| Duration::from_secs(resp.ttl() as u64)))
@@ -291,17 +294,25 @@ impl Store for EtcdV3Store {
             ),
         };
         let opts = opts.with_start_revision(after as i64 + 1);
-        let stream = self
-            .client
-            .clone()
-            .watch(path.as_str(), Some(opts))
+        let (stream, member) = self
+            .members
+            .call(|mut c| {
+                let (path, opts) = (path.clone(), opts.clone());
+                async move { c.watch(path, Some(opts)).await }
+            })
             .await
             .map_err(etcd_err(format!("watching {path}"), &self.endpoints))?;
         let this = self.clone();
         Ok(stream
             .map(move |item| match item {
                 Ok(resp) => Ok(this.changes(&resp)),
-                Err(e) => Err(etcd_err(format!("watching {path}"), &this.endpoints)(e)),
+                Err(e) => {
+                    // the next session starts on another member
+                    if super::members::member_failed(&e) {
+                        this.members.failed(member);
+                    }
+                    Err(etcd_err(format!("watching {path}"), &this.endpoints)(e))
+                }
             })
             .boxed())
     }

@@ -1,6 +1,7 @@
 //! A small client of etcd's v2 keys API (`/v2/keys/...`): get, long-poll watch, put with
 //! conditions and TTL, delete. HTTP by reqwest, TLS by rustls (CA, client certificate),
-//! basic auth; endpoints tried in order.
+//! basic auth. Requests go to the endpoint that answered last; one that does not answer
+//! (no connection within 1 s, no answer within 1.5 s) is left for the next at once.
 
 use std::time::Duration;
 
@@ -98,7 +99,19 @@ pub struct V2Client {
     http: reqwest::Client,
     endpoints: Vec<String>,
     auth: Option<(String, String)>,
+    /// The endpoint that answered last (shared by the clones).
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The last health check that passed (endpoint, when): the watches of one node share it.
+    healthy: std::sync::Arc<std::sync::Mutex<Option<(usize, std::time::Instant)>>>,
 }
+
+/// How long a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// The endpoint that answered last in this process: a new client (the daemon makes one to
+/// detect the API, then the store's own) starts there instead of at a dead first endpoint.
+static LAST_GOOD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// How long a request (not a watch) may take before the member counts as not answering.
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Percent-encodes a form value (everything but unreserved characters).
 fn encode(s: &str) -> String {
@@ -184,7 +197,7 @@ impl V2Client {
             .with_no_client_auth()
         };
         let builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(CONNECT_TIMEOUT)
             .tls_backend_preconfigured(tls);
         let http = builder
             .build()
@@ -202,6 +215,10 @@ impl V2Client {
                 .map(|e| e.trim_end_matches('/').to_string())
                 .collect(),
             auth,
+            current: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(
+                LAST_GOOD.load(std::sync::atomic::Ordering::Relaxed),
+            )),
+            healthy: Default::default(),
         })
     }
 
@@ -213,8 +230,15 @@ impl V2Client {
         body: Option<String>,
         timeout: Option<Duration>,
     ) -> Result<Response, V2Error> {
+        use std::sync::atomic::Ordering;
         let mut last = V2Error::Transport("no etcd endpoint".into());
-        for endpoint in &self.endpoints {
+        let n = self.endpoints.len();
+        let start = self.current.load(Ordering::Relaxed) % n.max(1);
+        // a watch's long poll ends by its timeout in the normal course: not a failure
+        let is_watch = query.contains("wait=true");
+        for k in 0..n {
+            let i = (start + k) % n;
+            let endpoint = &self.endpoints[i];
             let url = format!("{endpoint}/v2/keys{key}{query}");
             let mut req = self.http.request(method.clone(), &url);
             if let Some(t) = timeout {
@@ -230,6 +254,9 @@ impl V2Client {
             }
             let resp = match req.send().await {
                 Ok(r) => r,
+                Err(e) if is_watch && e.is_timeout() => {
+                    return Err(V2Error::Transport(format!("{url}: timed out")))
+                }
                 Err(e) => {
                     let why = if e.is_timeout() {
                         "timed out".to_string()
@@ -249,6 +276,9 @@ impl V2Client {
             let status = resp.status();
             let text = match resp.text().await {
                 Ok(t) => t,
+                Err(e) if is_watch && e.is_timeout() => {
+                    return Err(V2Error::Transport(format!("{url}: timed out")))
+                }
                 Err(e) => {
                     let why = if e.is_timeout() {
                         "timed out".to_string()
@@ -279,6 +309,8 @@ impl V2Client {
             if !status.is_success() {
                 return Err(V2Error::Transport(format!("{url}: HTTP {status}")));
             }
+            self.current.store(i, Ordering::Relaxed);
+            LAST_GOOD.store(i, Ordering::Relaxed);
             return Ok(Response {
                 action: json["action"].as_str().unwrap_or_default().to_string(),
                 node: Node::from_json(&json["node"]),
@@ -286,6 +318,52 @@ impl V2Client {
             });
         }
         Err(last)
+    }
+
+    /// The endpoint requests go to now.
+    pub fn current(&self) -> usize {
+        self.current.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Leaves endpoint `i` for the next one (it stopped answering).
+    pub fn failed(&self, i: usize) {
+        let next = (i + 1) % self.endpoints.len().max(1);
+        LAST_GOOD.store(next, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.current.compare_exchange(
+            i,
+            next,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Whether endpoint `i` answers its `/health` within a second (a frozen member's kernel
+    /// still holds the TCP connection of a long poll; only an answer tells it is alive).
+    /// One check per second at most, however many watches ask.
+    pub async fn alive(&self, i: usize) -> bool {
+        let recent = |h: &Option<(usize, std::time::Instant)>| {
+            h.is_some_and(|(e, at)| e == i && at.elapsed() < Duration::from_millis(900))
+        };
+        if self.healthy.lock().is_ok_and(|h| recent(&h)) {
+            return true;
+        }
+        let Some(endpoint) = self.endpoints.get(i) else {
+            return false;
+        };
+        let mut req = self
+            .http
+            .get(format!("{endpoint}/health"))
+            .timeout(Duration::from_secs(1));
+        if let Some((u, p)) = &self.auth {
+            req = req.basic_auth(u, Some(p));
+        }
+        let ok = matches!(req.send().await, Ok(r) if r.status().is_success());
+        if ok {
+            if let Ok(mut h) = self.healthy.lock() {
+                *h = Some((i, std::time::Instant::now()));
+            }
+        }
+        ok
     }
 
     /// A quorum read of a key or (recursive) directory.
@@ -300,7 +378,7 @@ impl V2Client {
             key,
             query,
             None,
-            Some(Duration::from_secs(10)),
+            Some(REQUEST_TIMEOUT),
         )
         .await
     }
@@ -351,7 +429,7 @@ impl V2Client {
             key,
             "",
             Some(body),
-            Some(Duration::from_secs(10)),
+            Some(REQUEST_TIMEOUT),
         )
         .await
     }
@@ -364,7 +442,7 @@ impl V2Client {
             key,
             "",
             Some(body),
-            Some(Duration::from_secs(10)),
+            Some(REQUEST_TIMEOUT),
         )
         .await
     }
@@ -376,7 +454,7 @@ impl V2Client {
             key,
             &query,
             None,
-            Some(Duration::from_secs(10)),
+            Some(REQUEST_TIMEOUT),
         )
         .await
     }

@@ -17,6 +17,8 @@ use crate::SubnetError;
 
 /// How long one long poll of a watch lasts before it is asked again.
 const WATCH_POLL: Duration = Duration::from_secs(300);
+/// How often a member holding a long poll is asked whether it is alive.
+const HEALTH_PERIOD: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct EtcdV2Store {
@@ -75,7 +77,25 @@ impl EtcdV2Store {
         after: Revision,
     ) -> Result<(Watched, Revision), StoreError> {
         loop {
-            match self.client.watch(path, after + 1, WATCH_POLL).await {
+            // the long poll, while the member it went to keeps answering its health check
+            let member = self.client.current();
+            let poll = self.client.watch(path, after + 1, WATCH_POLL);
+            tokio::pin!(poll);
+            let polled = loop {
+                tokio::select! {
+                    r = &mut poll => break r,
+                    () = tokio::time::sleep(HEALTH_PERIOD) => {
+                        if !self.client.alive(member).await {
+                            self.client.failed(member);
+                            return Err(StoreError::transient(
+                                format!("watching {path} (etcd v2)"),
+                                "the etcd member stopped answering",
+                            ));
+                        }
+                    }
+                }
+            };
+            match polled {
                 Ok(None) => continue,
                 Ok(Some(resp)) => {
                     let changes = self.change(&resp).into_iter().collect();

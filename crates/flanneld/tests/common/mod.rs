@@ -21,6 +21,22 @@ pub fn lab_with_etcd(
     config: Option<&str>,
     etcd_args: &[&str],
 ) -> (Lab, tempfile::TempDir) {
+    let (spec, dir) = spec(tag, etcd_args);
+    (Lab::create(spec, hosts, config), dir)
+}
+
+/// A lab whose etcd is a 3-member cluster (every host gets the three endpoints).
+pub fn lab_with_etcd_cluster(
+    tag: char,
+    hosts: usize,
+    config: Option<&str>,
+    etcd_args: &[&str],
+) -> (Lab, tempfile::TempDir) {
+    let (spec, dir) = spec(tag, etcd_args);
+    (Lab::create_with_etcd_cluster(spec, hosts, config), dir)
+}
+
+fn spec(tag: char, etcd_args: &[&str]) -> (LabSpec, tempfile::TempDir) {
     assert!(nix_is_root(), "the lab tests need root (CI runs as root)");
     let dir = tempfile::tempdir().unwrap();
     let spec = LabSpec {
@@ -33,7 +49,7 @@ pub fn lab_with_etcd(
         dir: dir.path().to_path_buf(),
         etcd_args: etcd_args.iter().map(|s| s.to_string()).collect(),
     };
-    (Lab::create(spec, hosts, config), dir)
+    (spec, dir)
 }
 
 pub fn nix_is_root() -> bool {

@@ -176,6 +176,9 @@ pub fn select(snapshot: &Snapshot, opts: &Options) -> Result<Chosen, String> {
         if !opts.iface_regex.is_empty() {
             e += &format!(" (interfaces here: {})", snapshot.describe());
         }
+        if let Some(dst) = opts.iface_can_reach {
+            e += &format!(" (-iface-can-reach {dst}: no route to it in the main table: network is unreachable)");
+        }
         return Err(e);
     }
     if let Some(ip) = opts.public_ip {
@@ -349,6 +352,17 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("bare0 (no IPv4 address)"), "{err}");
+    }
+
+    #[test]
+    fn iface_can_reach_without_a_route_says_so() {
+        let mut s = snapshot();
+        s.routes.retain(|r| r.dst.prefix() != 0);
+        let err = select(&s, &opts(&["-iface-can-reach=8.8.8.8"])).unwrap_err();
+        assert!(
+            err.contains("-iface-can-reach 8.8.8.8: no route to it in the main table"),
+            "{err}"
+        );
     }
 
     #[test]

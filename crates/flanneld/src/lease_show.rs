@@ -114,7 +114,10 @@ pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
     let sm =
         flannel_subnet::manager(api, &cfg, flannel_subnet::LeasePolicy::default(), None).await?;
     let config = sm.get_network_config().await;
-    let mut entries = sm.list_leases().await.context("listing leases")?;
+    let mut entries = sm.list_leases().await.with_context(|| match api {
+        flannel_subnet::EtcdApi::V2 => "listing leases in the etcd v2 keyspace (is etcd's v2 API enabled, --enable-v2? clusters of flannel v0.18 and later keep their data in v3: -etcd-api=v3 or auto)",
+        flannel_subnet::EtcdApi::V3 => "listing leases",
+    })?;
     let prefix = cfg.prefix.trim_end_matches('/');
     if entries.is_empty() && config.as_ref().is_err_and(|e| e.is_transient()) {
         // nothing at all: most likely the wrong place

@@ -277,3 +277,29 @@ fn an_expired_client_certificate_is_named_and_exits_2() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains(&want), "{}", stderr(&o));
 }
+
+#[test]
+fn sighup_is_logged_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let subnet_file = format!("-subnet-file={}", dir.path().join("subnet.env").display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flanneld-rs"))
+        .args(["-etcd-endpoints=http://127.0.0.1:1", &subnet_file])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let status = child.try_wait().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, None, "SIGHUP ended the daemon");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("Received SIGHUP; flanneld-rs reloads nothing"),
+        "{text}"
+    );
+}

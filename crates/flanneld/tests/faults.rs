@@ -609,3 +609,49 @@ fn bad_interfaces_and_public_ips_a_second_instance_credentials_and_no_backend() 
         "{out}"
     );
 }
+
+#[test]
+fn lease_show_says_what_it_looked_for_and_where() {
+    let (lab, _dir) = lab('o', 1, Some(DEFAULT_CONFIG));
+    let value = r#"{"PublicIP":"192.168.77.9","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:09"}}"#;
+    lab.etcd().ctl(&["put", &lease_key("10.200.9.0/24"), value]);
+    let bin = env!("CARGO_BIN_EXE_flanneld-rs");
+    let endpoint = format!("-etcd-endpoints=http://{ETCD_IP}:2379");
+    let show = |extra: &[&str]| {
+        let mut args = vec![bin, "lease", "show", endpoint.as_str()];
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.hosts[0].ns])
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let prefix = format!("-etcd-prefix={DEFAULT_PREFIX}");
+    let (code, err) = show(&[&prefix, "--subnet", "10.200.77.0/24"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "no lease for subnet 10.200.77.0/24 under {DEFAULT_PREFIX}/subnets (etcd v3 keyspace)"
+        )),
+        "{err}"
+    );
+    let (code, err) = show(&["-etcd-prefix=/coreos.com/network"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("nothing under /coreos.com/network in the etcd v3 keyspace"),
+        "{err}"
+    );
+    assert!(err.contains("check -etcd-prefix"), "{err}");
+    // v2 asked of a cluster whose data is in v3 (and whose v2 API is off)
+    let (code, err) = show(&[&prefix, "-etcd-api=v2"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("-etcd-api=v3"), "{err}");
+    assert!(
+        !err.contains("Did you create your config using etcdv3"),
+        "{err}"
+    );
+}

@@ -85,14 +85,6 @@ pub async fn detect_api(cfg: &etcd::EtcdConfig) -> Result<Option<EtcdApi>, Subne
     }
 }
 
-/// The store of `api`, as a trait object (config writes, migration).
-pub async fn store(api: EtcdApi, cfg: &etcd::EtcdConfig) -> Result<Box<dyn Store>, SubnetError> {
-    Ok(match api {
-        EtcdApi::V3 => Box::new(etcd::EtcdV3Store::new(cfg).await?),
-        EtcdApi::V2 => Box::new(etcd2::EtcdV2Store::new(cfg)?),
-    })
-}
-
 /// The lease manager over the store of `api`.
 pub async fn manager(
     api: EtcdApi,

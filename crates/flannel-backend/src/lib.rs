@@ -18,6 +18,7 @@
 
 pub mod alloc;
 pub mod netlink;
+mod reconciler;
 pub mod vxlan;
 
 use std::net::{IpAddr, Ipv4Addr};

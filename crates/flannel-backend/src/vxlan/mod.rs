@@ -7,7 +7,8 @@
 //!   add what is missing, delete what no lease explains, re-create the device if it is gone.
 //!
 //! Many peers are programmed concurrently over one netlink socket (requests are pipelined),
-//! each peer's own entries in upstream's order: ARP, FDB, route.
+//! each peer's own entries in upstream's order: ARP, FDB, route. The run loop around `apply` and
+//! `reconcile` is the crate's `reconciler`, shared by every backend that programs the kernel.
 
 pub mod config;
 pub mod device;
@@ -26,11 +27,8 @@ use futures::StreamExt;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use netlink_packet_route::link::LinkFlags;
 use netlink_packet_route::RouteNetlinkMessage;
-use rtnetlink::packet_core::NetlinkPayload;
-use rtnetlink::MulticastGroup;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 pub use config::VxlanConfig;
@@ -40,12 +38,11 @@ pub use peers::{Peer, Plan, Skip};
 
 use crate::netlink::link::VxlanLinkSpec;
 use crate::netlink::{neighbour, route, Family, Netlink};
+use crate::reconciler::Reconciler;
 use crate::{Backend, BackendError, BackendStats, ExtIface, NodeContext};
 
 /// How many netlink requests are in flight at once when many peers change.
 const PIPELINE_DEPTH: usize = 128;
-/// How soon after the kernel reports damage the repair runs (deletions come in bursts).
-const REPAIR_DELAY: Duration = Duration::from_millis(20);
 
 pub struct VxlanBackend {
     nl: Netlink,
@@ -396,94 +393,24 @@ impl VxlanBackend {
             _ => false,
         }
     }
+}
 
-    /// The backend's life after start-up: apply lease events as they come, repair damage the
-    /// kernel reports, reconcile fully every `resync`. `synced` turns true once a complete
-    /// listing has been programmed without error. Ends when `events` closes.
-    async fn serve(
-        mut self,
-        mut events: mpsc::Receiver<LeaseBatch>,
-        synced: watch::Sender<bool>,
-        resync: Duration,
-    ) -> Result<(), BackendError> {
-        let mut kernel = subscribe()?;
-        let mut pending_sync = false;
-        let mut repair_at: Option<Instant> = None;
-        match self.reconcile().await {
-            Ok(n) => debug!("initial reconcile: {n} entries repaired"),
-            Err(e) => {
-                warn!("initial reconcile: {e}");
-                repair_at = Some(Instant::now() + Duration::from_secs(1));
-            }
-        }
-        let mut tick = tokio::time::interval_at(Instant::now() + resync, resync);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let repair = async {
-                match repair_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                batch = events.recv() => {
-                    let Some(batch) = batch else { return Ok(()) };
-                    pending_sync |= batch.snapshot;
-                    let first_listing = batch.snapshot && !self.listed;
-                    if self.apply(&batch).await > 0 {
-                        repair_at.get_or_insert(Instant::now() + Duration::from_secs(1));
-                    } else if first_listing {
-                        // now the stale entries (nodes gone while we were down) can go
-                        repair_at = Some(Instant::now());
-                    } else if pending_sync {
-                        pending_sync = false;
-                        synced.send_replace(true);
-                    }
-                }
-                msg = kernel.next() => match msg {
-                    Some((msg, _)) => {
-                        if let NetlinkPayload::InnerMessage(inner) = msg.payload {
-                            if self.is_damage(&inner) && repair_at.is_none() {
-                                repair_at = Some(Instant::now() + REPAIR_DELAY);
-                            }
-                        }
-                    }
-                    None => {
-                        // what was deleted meanwhile went unseen: reconcile once subscribed
-                        warn!("the kernel's netlink notifications stopped; subscribing again");
-                        kernel = subscribe()?;
-                        repair_at = Some(Instant::now());
-                    }
-                },
-                () = repair => {
-                    repair_at = None;
-                    match self.reconcile().await {
-                        Ok(n) => {
-                            if n > 0 {
-                                info!("repaired {n} kernel entries");
-                            }
-                            if pending_sync {
-                                pending_sync = false;
-                                synced.send_replace(true);
-                            }
-                        }
-                        Err(e) => {
-                            warn!("repair failed: {e}; trying again in 1 s");
-                            repair_at = Some(Instant::now() + Duration::from_secs(1));
-                        }
-                    }
-                }
-                _ = tick.tick() => {
-                    if let Err(e) = self.reconcile().await {
-                        warn!("periodic reconcile: {e}");
-                        repair_at.get_or_insert(Instant::now() + Duration::from_secs(1));
-                    } else if pending_sync {
-                        pending_sync = false;
-                        synced.send_replace(true);
-                    }
-                }
-            }
-        }
+#[async_trait]
+impl Reconciler for VxlanBackend {
+    async fn apply(&mut self, batch: &LeaseBatch) -> usize {
+        VxlanBackend::apply(self, batch).await
+    }
+
+    async fn reconcile(&mut self) -> Result<usize, BackendError> {
+        VxlanBackend::reconcile(self).await
+    }
+
+    fn is_damage(&self, msg: &RouteNetlinkMessage) -> bool {
+        VxlanBackend::is_damage(self, msg)
+    }
+
+    fn listed(&self) -> bool {
+        self.listed
     }
 }
 
@@ -522,27 +449,9 @@ impl Backend for VxlanBackend {
         synced: watch::Sender<bool>,
         resync: Duration,
     ) -> Result<(), BackendError> {
-        self.serve(events, synced, resync).await
+        crate::reconciler::serve(*self, events, synced, resync).await
     }
 }
-
-/// The kernel's notifications of links, neighbours and IPv4 routes (what a peer's entries
-/// and the device are made of).
-fn subscribe() -> Result<KernelEvents, BackendError> {
-    let (conn, _handle, events) = rtnetlink::new_multicast_connection(&[
-        MulticastGroup::Link,
-        MulticastGroup::Neigh,
-        MulticastGroup::Ipv4Route,
-    ])
-    .map_err(BackendError::Socket)?;
-    tokio::spawn(conn);
-    Ok(events)
-}
-
-type KernelEvents = futures::channel::mpsc::UnboundedReceiver<(
-    rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>,
-    rtnetlink::sys::SocketAddr,
-)>;
 
 /// Runs the futures with at most [`PIPELINE_DEPTH`] in flight.
 async fn run_all<F>(futures: impl Iterator<Item = F>) -> Vec<Result<(), BackendError>>

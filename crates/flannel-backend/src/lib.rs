@@ -6,6 +6,8 @@
 //! - `vxlan` ([`vxlan::VxlanBackend`]): a `flannel.<VNI>` device and, per remote node, a
 //!   permanent ARP entry, a bridge FDB entry and an onlink route, programmed over rtnetlink
 //!   ([`netlink`]) and reconciled rather than replayed;
+//! - `host-gw` ([`hostgw::HostGwBackend`]): a route to each node's subnet via its PublicIP,
+//!   for nodes on one L2 segment;
 //! - `alloc` ([`alloc::AllocBackend`]): a subnet and nothing else (no data path).
 //!
 //! Rules every backend keeps:
@@ -17,6 +19,8 @@
 //! - `synced` turns true once a complete listing is programmed (readyz).
 
 pub mod alloc;
+pub mod hostgw;
+mod lease_check;
 pub mod netlink;
 mod reconciler;
 pub mod vxlan;
@@ -46,7 +50,9 @@ pub enum BackendError {
     #[error("the network config has no \"Backend\": upstream then uses the udp backend, which flanneld-rs does not implement; add \"Backend\": {{\"Type\": \"vxlan\"}} to the network config")]
     NoBackend,
     /// `Backend.Type` names no backend flanneld-rs has.
-    #[error("unknown backend type: {0} (flanneld-rs implements the alloc and vxlan backends)")]
+    #[error(
+        "unknown backend type: {0} (flanneld-rs implements the vxlan, host-gw and alloc backends)"
+    )]
     UnknownType(String),
     #[error("opening a netlink socket: {0}")]
     Socket(std::io::Error),
@@ -149,7 +155,7 @@ pub fn check_backend(config: &NetworkConfig) -> Result<(), BackendError> {
     }
     match config.backend_kind().as_str() {
         "vxlan" => vxlan::VxlanConfig::from_backend(config.backend.as_ref()).map(|_| ()),
-        "alloc" => Ok(()),
+        "alloc" | "host-gw" => Ok(()),
         _ => Err(BackendError::UnknownType(config.backend_type.clone())),
     }
 }
@@ -165,6 +171,7 @@ pub async fn new_backend(
             vxlan::VxlanBackend::new(config.backend.as_ref(), config.network, node).await?,
         )),
         "alloc" => Ok(Box::new(alloc::AllocBackend::new(node))),
+        "host-gw" => Ok(Box::new(hostgw::HostGwBackend::new(config.network, node)?)),
         _ => Err(BackendError::UnknownType(config.backend_type.clone())),
     }
 }

@@ -211,7 +211,7 @@ impl VxlanBackend {
                 &self.ext,
             ) {
                 Ok(peer) => peer,
-                Err(Skip::NotVxlan(kind)) => {
+                Err(Skip::OtherType(kind)) => {
                     info!(
                         "ignoring non-vxlan v4Subnet({}) v6Subnet({}): type={kind}",
                         lease.subnet,

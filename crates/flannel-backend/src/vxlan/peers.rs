@@ -62,16 +62,7 @@ impl Peer {
     }
 }
 
-/// Why a lease gives no peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Skip {
-    /// Another backend type: ignored, as upstream.
-    NotVxlan(String),
-    /// This node's own lease.
-    Own,
-    /// A lease that must not be programmed, and why.
-    Invalid(String),
-}
+pub use crate::lease_check::Skip;
 
 /// Checks a lease from etcd and makes it a peer. `own` is this node's subnet and PublicIP.
 /// The lease's IPv4 part only: the IPv6 part (`ipv6_subnet`, `PublicIPv6`) is not read yet.
@@ -84,45 +75,15 @@ pub fn peer_from_lease(
 ) -> Result<Peer, Skip> {
     let attrs = &lease.attrs;
     if attrs.backend_type != "vxlan" {
-        return Err(Skip::NotVxlan(attrs.backend_type.clone()));
+        return Err(Skip::OtherType(attrs.backend_type.clone()));
     }
-    if !(network.contains(lease.subnet.network()) && lease.subnet.prefix() >= network.prefix()) {
-        return Err(Skip::Invalid(format!(
-            "subnet {} is outside the network {network}",
-            lease.subnet
-        )));
-    }
-    if let Some((own_subnet, own_ip)) = own {
-        if lease.subnet == own_subnet {
-            return if attrs.public_ip == own_ip {
-                Err(Skip::Own)
-            } else {
-                Err(Skip::Invalid(format!(
-                    "claims this node's subnet {own_subnet} for PublicIP {}",
-                    attrs.public_ip
-                )))
-            };
-        }
-        if lease.subnet.overlaps(own_subnet) {
-            return Err(Skip::Invalid(format!(
-                "overlaps this node's subnet {own_subnet}"
-            )));
-        }
-    }
-    let ip = attrs.public_ip;
-    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
-        return Err(Skip::Invalid(format!("PublicIP {ip} cannot be a VTEP")));
-    }
-    if network.contains(ip) {
-        return Err(Skip::Invalid(format!(
-            "PublicIP {ip} is inside the overlay network {network}"
-        )));
-    }
+    crate::lease_check::check(lease, network, own)?;
     let data = match attrs.vxlan_data() {
         Some(Ok(data)) => data,
         Some(Err(e)) => return Err(Skip::Invalid(e.to_string())),
-        None => return Err(Skip::NotVxlan(attrs.backend_type.clone())),
+        None => return Err(Skip::OtherType(attrs.backend_type.clone())),
     };
+    let ip = attrs.public_ip;
     Ok(Peer {
         subnet: IpNetwork::V4(lease.subnet),
         public_ip: IpAddr::V4(ip),
@@ -350,7 +311,7 @@ mod tests {
         );
         let mut hostgw = lease("10.200.3.0/24", "192.168.77.3", mac);
         hostgw.attrs.backend_type = "host-gw".into();
-        assert_eq!(peer_of(&hostgw), Err(Skip::NotVxlan("host-gw".into())));
+        assert_eq!(peer_of(&hostgw), Err(Skip::OtherType("host-gw".into())));
         for (l, why) in [
             (
                 lease("10.200.90.0/24", "192.168.77.9", mac),

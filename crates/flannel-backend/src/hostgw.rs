@@ -1,0 +1,270 @@
+//! The `host-gw` backend (upstream `pkg/backend/hostgw` and `route_network.go`): no
+//! encapsulation, a plain route to each node's subnet via its PublicIP on the external
+//! interface, for nodes on one L2 segment. MTU: the interface's.
+//!
+//! Reconciled like VXLAN (the loop is [`crate::reconciler`]): routes added and removed per
+//! lease event, the whole set compared with the kernel at start, on a period and soon after
+//! the kernel reports one of ours deleted; nothing deleted before the first complete listing.
+//! Upstream re-adds missing routes every 10 s and never removes stale ones. Our routes are
+//! known by their shape: on the external interface, via a gateway, to a subnet inside the
+//! Network that is longer than the Network (others' routes are never touched).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flannel_net::{Lease, LeaseAttrs, LeaseBatch, LeaseEvent};
+use ipnetwork::{IpNetwork, Ipv4Network};
+use netlink_packet_route::RouteNetlinkMessage;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::lease_check::{self, Skip};
+use crate::netlink::route::{self, Route};
+use crate::netlink::{Family, Netlink};
+use crate::reconciler::Reconciler;
+use crate::{Backend, BackendError, BackendStats, ExtIface, NodeContext};
+
+/// Upstream's refusal, word for word.
+const NAT_REFUSAL: &str = "your PublicIP differs from interface IP, meaning that probably you're on a NAT, which is not supported by host-gw backend";
+
+pub struct HostGwBackend {
+    nl: Netlink,
+    ext: ExtIface,
+    network: Ipv4Network,
+    public_ip: Ipv4Addr,
+    own: Option<Ipv4Network>,
+    /// The route each peer's subnet needs.
+    routes: BTreeMap<IpNetwork, Route>,
+    listed: bool,
+    stats: Arc<BackendStats>,
+}
+
+impl HostGwBackend {
+    /// Refuses a PublicIP that is not the external interface's (NAT), as upstream.
+    pub fn new(network: Ipv4Network, node: NodeContext) -> Result<Self, BackendError> {
+        let NodeContext {
+            nl, ext, public_ip, ..
+        } = node;
+        if !ext
+            .addresses
+            .iter()
+            .any(|a| a.ip() == IpAddr::V4(public_ip))
+        {
+            return Err(BackendError::Device(NAT_REFUSAL.into()));
+        }
+        Ok(HostGwBackend {
+            nl,
+            ext,
+            network,
+            public_ip,
+            own: None,
+            routes: BTreeMap::new(),
+            listed: false,
+            stats: Arc::default(),
+        })
+    }
+
+    /// `<subnet> via <PublicIP> dev <external interface>`, or why the lease gets none.
+    fn route_for(&self, lease: &Lease) -> Result<Route, Skip> {
+        if lease.attrs.backend_type != "host-gw" {
+            return Err(Skip::OtherType(lease.attrs.backend_type.clone()));
+        }
+        let own = self.own.map(|s| (s, self.public_ip));
+        lease_check::check(lease, self.network, own)?;
+        let gateway = IpAddr::V4(lease.attrs.public_ip);
+        if !self.ext.on_link(gateway) {
+            return Err(Skip::Invalid(format!(
+                "PublicIP {gateway} is not on the segment of {}: host-gw needs every node on one L2 segment, so no route is added",
+                self.ext.name
+            )));
+        }
+        Ok(Route {
+            dst: IpNetwork::V4(lease.subnet),
+            gateway: Some(gateway),
+            oif: Some(self.ext.index),
+            onlink: false,
+        })
+    }
+
+    /// Whether a kernel route is one host-gw makes (see the module's header).
+    fn is_ours(&self, r: &Route) -> bool {
+        let network = IpNetwork::V4(self.network);
+        r.oif == Some(self.ext.index)
+            && r.gateway.is_some()
+            && network.contains(r.dst.network())
+            && r.dst.prefix() > network.prefix()
+    }
+
+    fn count_peers(&self) {
+        self.stats
+            .peers
+            .store(self.routes.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Runs route changes; the number that failed, each logged.
+    async fn execute(&self, delete: Vec<Route>, add: Vec<Route>) -> usize {
+        let mut failures = 0;
+        for r in delete {
+            if let Err(e) = self.nl.del_route(r).await {
+                warn!("{e}");
+                failures += 1;
+            }
+        }
+        for r in add {
+            if let Err(e) = self.nl.replace_route(r).await {
+                warn!("{e}");
+                failures += 1;
+            }
+        }
+        self.stats
+            .errors
+            .fetch_add(failures as u64, Ordering::Relaxed);
+        failures
+    }
+}
+
+#[async_trait]
+impl Reconciler for HostGwBackend {
+    async fn apply(&mut self, batch: &LeaseBatch) -> usize {
+        self.listed |= batch.snapshot;
+        let (mut delete, mut add) = (Vec::new(), Vec::new());
+        for event in &batch.events {
+            match event {
+                LeaseEvent::Removed(lease) => {
+                    if let Some(r) = self.routes.remove(&IpNetwork::V4(lease.subnet)) {
+                        info!("Subnet removed: {}", lease.subnet);
+                        delete.push(r);
+                    }
+                }
+                LeaseEvent::Added(lease) => match self.route_for(lease) {
+                    Ok(r) => {
+                        if self.routes.insert(r.dst, r) != Some(r) {
+                            info!(
+                                "Subnet added: {} via {}",
+                                lease.subnet, lease.attrs.public_ip
+                            );
+                            add.push(r);
+                        }
+                    }
+                    Err(Skip::Own) => {}
+                    Err(Skip::OtherType(kind)) => {
+                        // upstream's line
+                        warn!("Ignoring non-host-gw subnet: type={kind}");
+                        if let Some(r) = self.routes.remove(&IpNetwork::V4(lease.subnet)) {
+                            delete.push(r);
+                        }
+                    }
+                    Err(Skip::Invalid(why)) => {
+                        warn!(subnet = %lease.subnet, "ignoring lease: {why}");
+                        if let Some(r) = self.routes.remove(&IpNetwork::V4(lease.subnet)) {
+                            delete.push(r);
+                        }
+                    }
+                },
+            }
+        }
+        self.count_peers();
+        self.execute(delete, add).await
+    }
+
+    async fn reconcile(&mut self) -> Result<usize, BackendError> {
+        self.stats.reconciles.fetch_add(1, Ordering::Relaxed);
+        let observed: Vec<Route> = self
+            .nl
+            .routes(Family::V4)
+            .await?
+            .into_iter()
+            .filter(|r| self.is_ours(r))
+            .collect();
+        let delete: Vec<Route> = if self.listed {
+            observed
+                .iter()
+                .filter(|r| self.routes.get(&r.dst) != Some(r))
+                .copied()
+                .collect()
+        } else {
+            // the desired set is not known yet: what looks stale may be a live peer's
+            Vec::new()
+        };
+        let add: Vec<Route> = self
+            .routes
+            .values()
+            .filter(|want| !observed.contains(want))
+            .copied()
+            .collect();
+        let size = delete.len() + add.len();
+        if size > 0 {
+            info!(
+                "reconcile: {} stale routes to delete; {} routes to (re)add",
+                delete.len(),
+                add.len()
+            );
+            self.stats.repairs.fetch_add(size as u64, Ordering::Relaxed);
+        }
+        let failures = self.execute(delete, add).await;
+        if failures > 0 {
+            return Err(BackendError::Device(format!(
+                "{failures} route changes failed during reconcile"
+            )));
+        }
+        debug!(routes = self.routes.len(), "host-gw reconciled");
+        Ok(size)
+    }
+
+    fn is_damage(&self, msg: &RouteNetlinkMessage) -> bool {
+        match msg {
+            RouteNetlinkMessage::DelRoute(r) => {
+                route::destination_of(r).is_some_and(|dst| self.routes.contains_key(&dst))
+            }
+            _ => false,
+        }
+    }
+
+    fn listed(&self) -> bool {
+        self.listed
+    }
+}
+
+#[async_trait]
+impl Backend for HostGwBackend {
+    fn kind(&self) -> &'static str {
+        "host-gw"
+    }
+
+    /// `{"PublicIP":"…","PublicIPv6":null,"BackendType":"host-gw"}`, as upstream.
+    fn lease_attrs(&self) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: self.public_ip,
+            public_ipv6: None,
+            backend_type: "host-gw".into(),
+            backend_data: None,
+            backend_v6_data: None,
+        }
+    }
+
+    fn mtu(&self) -> u32 {
+        self.ext.mtu
+    }
+
+    fn stats(&self) -> Arc<BackendStats> {
+        self.stats.clone()
+    }
+
+    async fn configure(&mut self, own: &Lease) -> Result<(), BackendError> {
+        self.own = Some(own.subnet);
+        Ok(())
+    }
+
+    async fn run(
+        self: Box<Self>,
+        events: mpsc::Receiver<LeaseBatch>,
+        synced: watch::Sender<bool>,
+        resync: Duration,
+    ) -> Result<(), BackendError> {
+        crate::reconciler::serve(*self, events, synced, resync).await
+    }
+}

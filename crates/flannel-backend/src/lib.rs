@@ -21,6 +21,7 @@
 pub mod alloc;
 pub mod hostgw;
 mod lease_check;
+mod leftovers;
 pub mod netlink;
 mod reconciler;
 pub mod vxlan;
@@ -160,12 +161,14 @@ pub fn check_backend(config: &NetworkConfig) -> Result<(), BackendError> {
     }
 }
 
-/// The backend `config`'s `Backend.Type` names.
+/// The backend `config`'s `Backend.Type` names, after removing what another backend left
+/// on this node (see `leftovers.rs`).
 pub async fn new_backend(
     config: &NetworkConfig,
     node: NodeContext,
 ) -> Result<Box<dyn Backend>, BackendError> {
     check_backend(config)?;
+    leftovers::remove(&config.backend_kind(), config, &node).await?;
     match config.backend_kind().as_str() {
         "vxlan" => Ok(Box::new(
             vxlan::VxlanBackend::new(config.backend.as_ref(), config.network, node).await?,

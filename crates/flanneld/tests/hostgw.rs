@@ -184,3 +184,50 @@ fn host_gw_programs_only_host_gw_leases() {
         "{log}"
     );
 }
+
+#[test]
+fn switching_between_vxlan_and_host_gw_leaves_nothing_behind() {
+    let vxlan = r#"{"Network":"10.200.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
+    let (mut lab, _dir) = lab('s', 2, Some(vxlan));
+    let set_config = |lab: &Lab, config: &str| {
+        lab.etcd()
+            .ctl(&["put", &format!("{DEFAULT_PREFIX}/config"), config]);
+    };
+    let restart_all = |lab: &mut Lab| {
+        lab.stop(1, "TERM");
+        lab.stop(2, "TERM");
+        lab.start_all();
+        lab.wait_ready(LONG);
+    };
+    lab.start_all();
+    lab.wait_ready(LONG);
+    wait_converged(&lab);
+    // vxlan -> host-gw: flannel.1 and its routes go, host-gw's come
+    set_config(&lab, CONFIG);
+    restart_all(&mut lab);
+    assert!(
+        wait_until(LONG, || meshed(&lab)),
+        "{:?}",
+        flannel_routes(&lab, 1)
+    );
+    for i in 1..=2 {
+        let links = lab.on_host(i, &["ip", "-o", "link"]);
+        assert!(!links.contains("flannel.1"), "h{i}: {links}");
+        assert!(lab
+            .log(i)
+            .contains("removing flannel.1, left by the vxlan backend"));
+    }
+    // host-gw -> vxlan: host-gw's routes go
+    set_config(&lab, vxlan);
+    restart_all(&mut lab);
+    wait_converged(&lab);
+    for i in 1..=2 {
+        let routes = lab.on_host(i, &["ip", "route"]);
+        assert!(
+            !routes
+                .lines()
+                .any(|l| l.starts_with("10.200.") && l.contains("dev eth0")),
+            "h{i}: {routes}"
+        );
+    }
+}

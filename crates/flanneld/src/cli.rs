@@ -296,7 +296,7 @@ pub const DAEMON_FLAGS: &[Flag] = &[
     flag("healthz-port", Kind::Int, "0", "the port for healthz server to listen(0 to disable)"),
     flag("iptables-resync", Kind::Int, "5", "resync period for iptables rules, in seconds"),
     flag("iptables-forward-rules", Kind::Bool, "true", "add default accept rules to FORWARD chain in iptables"),
-    flag("ip-blackhole-route", Kind::Bool, "false", "add blackroute route ont the node for the local podCIDR (not supported yet by flanneld-rs)"),
+    flag("ip-blackhole-route", Kind::Bool, "false", "add blackroute route ont the node for the local podCIDR"),
     flag("net-config-path", Kind::Str, "/etc/kube-flannel/net-conf.json", "path to the network configuration file"),
     flag("set-node-network-unavailable", Kind::Bool, "true", "set NodeNetworkUnavailable after ready"),
     flag("v", Kind::Int, "0", "number for the log level verbosity"),

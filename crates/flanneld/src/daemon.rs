@@ -77,7 +77,7 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
     ensure_ip_forward();
 
     let node = NodeContext {
-        nl,
+        nl: nl.clone(),
         ext: chosen.ext,
         public_ip,
         previous_lease: previous_lease(sm, public_ip).await,
@@ -113,7 +113,8 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
     info!("Wrote subnet file to {}", opts.subnet_file.display());
     info!("Running backend.");
 
-    steady_state(sm, backend, masq, lease, &config, &opts, shared).await
+    ensure_blackhole(&nl, lease.subnet, opts.ip_blackhole_route).await;
+    steady_state(sm, backend, masq, &nl, lease, &config, &opts, shared).await
 }
 
 fn read_previous(path: &Path) -> Option<SubnetEnv> {
@@ -256,6 +257,33 @@ async fn setup_rules(
     Ok(masq)
 }
 
+/// `-ip-blackhole-route` (upstream v0.27.1+, for CNI setups without a bridge that owns the
+/// subnet, e.g. Canal): a blackhole route for this node's subnet, so that traffic to its
+/// unused addresses is dropped here instead of going out by the default route. Without the
+/// flag, one a previous run left for this subnet is removed. A route dump, no process.
+async fn ensure_blackhole(nl: &Netlink, subnet: ipnetwork::Ipv4Network, wanted: bool) {
+    let dst = IpNetwork::V4(subnet);
+    let present = match nl.blackholes(flannel_backend::netlink::Family::V4).await {
+        Ok(list) => list.contains(&dst),
+        Err(e) => {
+            warn!("listing blackhole routes: {e}");
+            return;
+        }
+    };
+    if wanted && !present {
+        match nl.add_blackhole(dst).await {
+            Ok(()) => info!("added the blackhole route for {dst} (-ip-blackhole-route)"),
+            // upstream's words
+            Err(e) => error!("Failed to setup blackhole route, {e}"),
+        }
+    } else if !wanted && present {
+        match nl.del_blackhole(dst).await {
+            Ok(()) => info!("removed the blackhole route for {dst} (-ip-blackhole-route is off)"),
+            Err(e) => warn!("{e}"),
+        }
+    }
+}
+
 /// Whether a new config needs nothing re-plumbed on this node.
 fn same_plumbing(running: &NetworkConfig, new: &NetworkConfig) -> bool {
     running.network == new.network
@@ -269,10 +297,12 @@ fn same_plumbing(running: &NetworkConfig, new: &NetworkConfig) -> bool {
         && running.enable_ipv6 == new.enable_ipv6
 }
 
+#[allow(clippy::too_many_arguments)] // the pieces start-up made, handed over once
 async fn steady_state(
     sm: &dyn SubnetManager,
     backend: Box<dyn Backend>,
     masq: TrafficManager,
+    nl: &Netlink,
     lease: Lease,
     config: &NetworkConfig,
     opts: &Options,
@@ -337,6 +367,7 @@ async fn steady_state(
             memory::release_free_heap();
         }
     };
+    let subnet = lease.subnet;
     let rules = async {
         let mut tick = tokio::time::interval(opts.iptables_resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -348,6 +379,10 @@ async fn steady_state(
             shared
                 .rule_repairs
                 .fetch_add(written as u64, Ordering::Relaxed);
+            // upstream re-adds the blackhole route on the same period
+            if opts.ip_blackhole_route {
+                ensure_blackhole(nl, subnet, true).await;
+            }
         }
     };
     tokio::select! {

@@ -28,6 +28,8 @@ pub struct Options {
     pub healthz: Option<SocketAddr>,
     pub iptables_resync: Duration,
     pub iptables_forward_rules: bool,
+    /// `-ip-blackhole-route`: a blackhole route for this node's subnet.
+    pub ip_blackhole_route: bool,
     /// klog's `-v`.
     pub verbosity: i64,
 }
@@ -119,9 +121,6 @@ impl Options {
         if opt(v, "public-ipv6").is_some() {
             return unsupported("IPv6 (-public-ipv6)");
         }
-        if v.bool(f, "ip-blackhole-route") {
-            return unsupported("-ip-blackhole-route");
-        }
         let margin = v.int(f, "subnet-lease-renew-margin");
         if !(1..24 * 60).contains(&margin) {
             // upstream's message
@@ -192,6 +191,7 @@ impl Options {
             healthz: (port > 0).then(|| SocketAddr::new(healthz_ip, port as u16)),
             iptables_resync: Duration::from_secs(resync as u64),
             iptables_forward_rules: v.bool(f, "iptables-forward-rules"),
+            ip_blackhole_route: v.bool(f, "ip-blackhole-route"),
             verbosity: v.int(f, "v"),
         })
     }

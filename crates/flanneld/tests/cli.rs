@@ -224,7 +224,9 @@ fn help_lists_the_subcommands_and_usage_errors_exit_2_everywhere() {
     for sub in ["lease show", "install", "uninstall", "migrate"] {
         assert!(usage.contains(&format!("\n  {sub} ")), "{usage}");
     }
-    assert!(usage.contains("-ip-blackhole-route\n    \tadd blackroute route ont the node for the local podCIDR (not supported yet by flanneld-rs)"));
+    assert!(usage.contains(
+        "-ip-blackhole-route\n    \tadd blackroute route ont the node for the local podCIDR\n"
+    ));
     for args in [
         vec!["migrate", "--bogus"],
         vec!["migrate", "--from", "v3", "--to", "v2"],

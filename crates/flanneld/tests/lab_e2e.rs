@@ -471,3 +471,25 @@ fn alloc_backend_leases_a_subnet_and_programs_nothing() {
         lab.log(1)
     );
 }
+
+#[test]
+fn ip_blackhole_route_is_kept_and_removed_when_the_flag_is_dropped() {
+    let (mut lab, _dir) = lab('q', 1, Some(DEFAULT_CONFIG));
+    lab.start_with_flags(1, &["-ip-blackhole-route", "-iptables-resync=1"]);
+    lab.wait_ready(LONG);
+    let subnet = lab.subnet(1).unwrap();
+    let has = |lab: &flannel_lab::lab::Lab| {
+        lab.on_host(1, &["ip", "route"])
+            .lines()
+            .any(|l| l.starts_with(&format!("blackhole {subnet}")))
+    };
+    assert!(wait_until(LONG, || has(&lab)), "{}", lab.log(1));
+    // deleted: back within the resync period, as upstream
+    lab.on_host(1, &["ip", "route", "del", "blackhole", &subnet]);
+    assert!(wait_until(Duration::from_secs(10), || has(&lab)));
+    // the flag dropped: gone after the restart
+    lab.stop(1, "TERM");
+    lab.start(1);
+    lab.wait_ready(LONG);
+    assert!(wait_until(LONG, || !has(&lab)), "{}", lab.log(1));
+}

@@ -94,6 +94,58 @@ fn message(route: &Route, protocol: RouteProtocol) -> Result<RouteMessage, Backe
 }
 
 impl Netlink {
+    /// The blackhole routes of `family` in the main table (their destinations).
+    pub async fn blackholes(&self, family: Family) -> Result<Vec<IpNetwork>, BackendError> {
+        let filter = match family {
+            Family::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            Family::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        };
+        let mut out = Vec::new();
+        let mut req = self.handle().route().get(filter).execute();
+        while let Some(msg) = req.try_next().await.map_err(nl_err("listing routes"))? {
+            let main = msg.attributes.iter().all(|a| match a {
+                RouteAttribute::Table(t) => *t == MAIN_TABLE,
+                _ => true,
+            }) && u32::from(msg.header.table) == MAIN_TABLE;
+            if msg.header.kind == RouteType::BlackHole && main {
+                out.extend(destination_of(&msg));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `ip route replace blackhole <dst>` (upstream's `AddBlackholeV4Route`).
+    pub async fn add_blackhole(&self, dst: IpNetwork) -> Result<(), BackendError> {
+        let mut msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.network(), dst.prefix())
+            .map_err(|e| BackendError::Device(format!("blackhole route {dst}: {e}")))?
+            .protocol(RouteProtocol::Boot)
+            .kind(RouteType::BlackHole)
+            .build();
+        msg.header.scope = RouteScope::Universe;
+        self.handle()
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_err(format!("adding the blackhole route {dst}")))
+    }
+
+    pub async fn del_blackhole(&self, dst: IpNetwork) -> Result<(), BackendError> {
+        let mut msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.network(), dst.prefix())
+            .map_err(|e| BackendError::Device(format!("blackhole route {dst}: {e}")))?
+            .protocol(RouteProtocol::Unspec)
+            .kind(RouteType::BlackHole)
+            .build();
+        msg.header.scope = RouteScope::NoWhere;
+        match self.handle().route().del(msg).execute().await {
+            Err(e) if !is_gone(&e) => Err(nl_err(format!("deleting the blackhole route {dst}"))(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Unicast routes of `family` in the main table.
     pub async fn routes(&self, family: Family) -> Result<Vec<Route>, BackendError> {
         let filter = match family {

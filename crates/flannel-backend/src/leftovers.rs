@@ -36,8 +36,10 @@ pub(crate) async fn remove(
             }
         }
     }
-    // host-gw's routes; VXLAN with DirectRouting makes the same ones and reconciles them
-    let same_shape = kind == "host-gw" || vxlan_config.is_some_and(|c| c.direct_routing);
+    // host-gw's routes; VXLAN with DirectRouting makes the same ones and reconciles them, and
+    // an extension's commands may have made them (upstream's extension-hostgw recipe)
+    let same_shape =
+        kind == "host-gw" || kind == "extension" || vxlan_config.is_some_and(|c| c.direct_routing);
     if !same_shape {
         let network = IpNetwork::V4(config.network);
         for r in node.nl.routes(Family::V4).await? {

@@ -8,6 +8,7 @@
 //!   ([`netlink`]) and reconciled rather than replayed;
 //! - `host-gw` ([`hostgw::HostGwBackend`]): a route to each node's subnet via its PublicIP,
 //!   for nodes on one L2 segment;
+//! - `extension` ([`extension::ExtensionBackend`]): the operator's commands per event;
 //! - `alloc` ([`alloc::AllocBackend`]): a subnet and nothing else (no data path).
 //!
 //! Rules every backend keeps:
@@ -19,6 +20,7 @@
 //! - `synced` turns true once a complete listing is programmed (readyz).
 
 pub mod alloc;
+pub mod extension;
 pub mod hostgw;
 mod lease_check;
 mod leftovers;
@@ -156,6 +158,9 @@ pub fn check_backend(config: &NetworkConfig) -> Result<(), BackendError> {
     }
     match config.backend_kind().as_str() {
         "vxlan" => vxlan::VxlanConfig::from_backend(config.backend.as_ref()).map(|_| ()),
+        "extension" => {
+            extension::ExtensionConfig::from_backend(config.backend.as_ref()).map(|_| ())
+        }
         "alloc" | "host-gw" => Ok(()),
         _ => Err(BackendError::UnknownType(config.backend_type.clone())),
     }
@@ -175,6 +180,9 @@ pub async fn new_backend(
         )),
         "alloc" => Ok(Box::new(alloc::AllocBackend::new(node))),
         "host-gw" => Ok(Box::new(hostgw::HostGwBackend::new(config.network, node)?)),
+        "extension" => Ok(Box::new(
+            extension::ExtensionBackend::new(config.backend.as_ref(), config.network, node).await?,
+        )),
         _ => Err(BackendError::UnknownType(config.backend_type.clone())),
     }
 }

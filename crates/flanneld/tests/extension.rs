@@ -22,6 +22,17 @@ fn route_on(lab: &Lab, i: usize, j: usize) -> bool {
     lab.on_host(i, &["ip", "route"]).contains(&want)
 }
 
+/// Host `i` stops and its lease is deleted, as when a node leaves; its subnet.
+fn leave(lab: &mut Lab, i: usize) -> String {
+    let gone = lab.subnet(i).unwrap();
+    lab.stop(i, "KILL");
+    lab.etcd().ctl(&[
+        "del",
+        &format!("{DEFAULT_PREFIX}/subnets/{}", gone.replace('/', "-")),
+    ]);
+    gone
+}
+
 #[test]
 fn upstreams_host_gw_recipe_as_an_extension() {
     // dist/extension-hostgw of upstream, word for word
@@ -46,12 +57,7 @@ fn upstreams_host_gw_recipe_as_an_extension() {
     }
     assert_eq!(lab.ping_matrix(), vec![]);
     // a node leaves: its route goes
-    let gone = lab.subnet(2).unwrap();
-    lab.stop(2, "KILL");
-    lab.etcd().ctl(&[
-        "del",
-        &format!("{DEFAULT_PREFIX}/subnets/{}", gone.replace('/', "-")),
-    ]);
+    let gone = leave(&mut lab, 2);
     assert!(wait_until(LONG, || !lab
         .on_host(1, &["ip", "route"])
         .contains(&gone)));
@@ -96,12 +102,7 @@ fn commands_get_their_environment_and_stdin_and_never_a_shell() {
         lab.log(1)
     );
     // a removal runs `echo` with the words as arguments: no redirection happens
-    let gone = lab.subnet(2).unwrap();
-    lab.stop(2, "KILL");
-    lab.etcd().ctl(&[
-        "del",
-        &format!("{DEFAULT_PREFIX}/subnets/{}", gone.replace('/', "-")),
-    ]);
+    let gone = leave(&mut lab, 2);
     assert!(wait_until(LONG, || lab.log(1).contains("Subnet removed")));
     std::thread::sleep(Duration::from_millis(300));
     assert!(
@@ -133,12 +134,7 @@ fn failing_and_hanging_commands_are_reported() {
         "{}",
         lab.log(1)
     );
-    let gone = lab.subnet(2).unwrap();
-    lab.stop(2, "KILL");
-    lab.etcd().ctl(&[
-        "del",
-        &format!("{DEFAULT_PREFIX}/subnets/{}", gone.replace('/', "-")),
-    ]);
+    let gone = leave(&mut lab, 2);
     assert!(
         wait_until(LONG, || lab
             .log(1)

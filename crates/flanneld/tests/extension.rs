@@ -102,7 +102,7 @@ fn commands_get_their_environment_and_stdin_and_never_a_shell() {
         lab.log(1)
     );
     // a removal runs `echo` with the words as arguments: no redirection happens
-    let gone = leave(&mut lab, 2);
+    leave(&mut lab, 2);
     assert!(wait_until(LONG, || lab.log(1).contains("Subnet removed")));
     std::thread::sleep(Duration::from_millis(300));
     assert!(
@@ -134,7 +134,7 @@ fn failing_and_hanging_commands_are_reported() {
         "{}",
         lab.log(1)
     );
-    let gone = leave(&mut lab, 2);
+    leave(&mut lab, 2);
     assert!(
         wait_until(LONG, || lab
             .log(1)

@@ -55,7 +55,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         other => {
-            eprintln!("usage: flannel-lab up [--hosts N] [--pods N] [--flanneld PATH] [--dir DIR] | down | status\nunknown command {other:?}");
+            eprintln!("usage: flannel-lab up [--hosts N] [--pods N] [--backend vxlan|host-gw] [--flanneld PATH] [--dir DIR] | down | status\nunknown command {other:?}");
             ExitCode::from(2)
         }
     }
@@ -85,8 +85,13 @@ fn up(args: &[String], dir: PathBuf) -> ExitCode {
         dir: dir.clone(),
         etcd_args: vec![],
     };
-    println!("creating {hosts} hosts, etcd at {ETCD_IP}, network config {DEFAULT_CONFIG}");
-    let mut lab = Lab::create(spec, hosts, Some(DEFAULT_CONFIG));
+    // `--backend host-gw` (or any Backend.Type flanneld-rs has): the lab's config with it
+    let config = match arg_value(args, "--backend") {
+        Some(kind) => DEFAULT_CONFIG.replace(r#""Type":"vxlan""#, &format!(r#""Type":"{kind}""#)),
+        None => DEFAULT_CONFIG.to_string(),
+    };
+    println!("creating {hosts} hosts, etcd at {ETCD_IP}, network config {config}");
+    let mut lab = Lab::create(spec, hosts, Some(&config));
     lab.start_all();
     lab.wait_ready(Duration::from_secs(60));
     for h in 1..=hosts {

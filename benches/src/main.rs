@@ -8,6 +8,9 @@
 //! the ratio column compares with the first binary. Results also go to a JSON file.
 //! Scenarios: start, converge, cold (N = 100, 1000, 5000), steady, churn. `--quick` is the
 //! short mode CI runs so that the harness cannot rot (N = 100, few repetitions).
+//! `--backend host-gw` runs start, converge and cold with the host-gw backend: peers are
+//! host-gw leases whose PublicIPs are on the node's segment (a 172.16.0.0/16 address is added
+//! to its eth0), and a peer is programmed when its route is.
 
 mod probe;
 
@@ -23,6 +26,25 @@ use probe::{in_netns, peer_entries, Entry, Watch};
 const PREFIX: &str = "/coreos.com/network";
 /// A /8 so that thousands of /24 peers fit; this node takes one of the first 100.
 const CONFIG: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
+const CONFIG_HOST_GW: &str =
+    r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#;
+
+/// `--backend host-gw` (set once, before any scenario runs).
+static HOST_GW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn host_gw() -> bool {
+    HOST_GW.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The kernel entries a peer gets: route, ARP and FDB entry with VXLAN; the route alone with
+/// host-gw.
+fn entries(subnet: Ipv4Addr, mac: [u8; 6]) -> Vec<Entry> {
+    if host_gw() {
+        vec![Entry::Route(subnet, 24)]
+    } else {
+        peer_entries(subnet, mac).to_vec()
+    }
+}
 
 #[derive(Clone)]
 struct Opts {
@@ -77,7 +99,16 @@ fn lab(name: &str, flanneld: &Path, dir: &Path) -> Lab {
         dir: dir.to_path_buf(),
         etcd_args: vec![],
     };
-    Lab::create(spec, 1, Some(CONFIG))
+    if !host_gw() {
+        return Lab::create(spec, 1, Some(CONFIG));
+    }
+    let lab = Lab::create(spec, 1, Some(CONFIG_HOST_GW));
+    // the peers' PublicIPs (172.16.0.1 ...) on the node's segment, as host-gw needs
+    lab.on_host(
+        1,
+        &["ip", "addr", "add", "172.16.255.254/16", "dev", "eth0"],
+    );
+    lab
 }
 
 /// A peer lease as another node (upstream or this project) writes it.
@@ -86,9 +117,13 @@ fn peer_value(i: u32) -> (Ipv4Addr, [u8; 6], String) {
     let ip = Ipv4Addr::from(0xac10_0000 + i + 1);
     let mac = [0x0e, 0x00, 0x00, (i >> 16) as u8, (i >> 8) as u8, i as u8];
     let m = flannel_net::MacAddr(mac);
-    let value = format!(
-        r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{m}"}}}}"#
-    );
+    let value = if host_gw() {
+        format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"host-gw"}}"#)
+    } else {
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{m}"}}}}"#
+        )
+    };
     (subnet, mac, value)
 }
 
@@ -177,7 +212,7 @@ fn converge(o: &Opts, dir: &Path) -> Vec<Row> {
             let (mut add, mut del, mut lost) = (Vec::new(), Vec::new(), 0);
             for i in 0..(events / 2) as u32 {
                 let (subnet, mac, value) = peer_value(i);
-                let want = peer_entries(subnet, mac);
+                let want = entries(subnet, mac);
                 watch.drain();
                 let t0 = Instant::now();
                 c.put(key(subnet), value, None).await.expect("put");
@@ -232,13 +267,20 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
                 delete_peers(&mut c).await;
                 put_peers(&mut c, 0..n).await;
             });
+            // what the previous run programmed goes: every entry is new again
+            let clear: &[&str] = if host_gw() {
+                &["ip", "route", "flush", "root", "10.0.0.0/8"]
+            } else {
+                &["ip", "link", "del", "flannel.1"]
+            };
             let _ = std::process::Command::new("ip")
-                .args(["netns", "exec", &ns, "ip", "link", "del", "flannel.1"])
+                .args(["netns", "exec", &ns])
+                .args(clear)
                 .status();
             let want: Vec<Entry> = (0..n)
                 .flat_map(|i| {
                     let (s, m, _) = peer_value(i);
-                    peer_entries(s, m)
+                    entries(s, m)
                 })
                 .collect();
             let (tx, rx) = std::sync::mpsc::channel::<()>();
@@ -674,12 +716,23 @@ fn main() {
                 i += 1;
                 o.out = PathBuf::from(&args[i]);
             }
+            "--backend" => {
+                i += 1;
+                match args.get(i).map(String::as_str) {
+                    Some("host-gw") => HOST_GW.store(true, std::sync::atomic::Ordering::Relaxed),
+                    Some("vxlan") => {}
+                    other => {
+                        eprintln!("--backend {other:?}: vxlan or host-gw");
+                        std::process::exit(2);
+                    }
+                }
+            }
             "--scenario" => {
                 i += 1;
                 o.scenarios.push(args[i].clone());
             }
             other => {
-                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--out FILE] [--scenario start|converge|cold|steady|churn]...");
+                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw] [--out FILE] [--scenario start|converge|cold|steady|churn]...");
                 std::process::exit(2);
             }
         }
@@ -714,12 +767,21 @@ fn main() {
         ("steady", steady),
         ("churn", churn),
     ];
+    if host_gw() && o.scenarios.is_empty() {
+        // the scenarios that measure a peer's entries; steady and churn count VXLAN's
+        o.scenarios = ["start", "converge", "cold"].map(String::from).to_vec();
+    }
     let mut rows = Vec::new();
     for (name, f) in all {
         if o.scenarios.is_empty() || o.scenarios.iter().any(|s| s == name) {
             eprintln!("== {name}");
             let sub = dir.path().join(name);
             rows.extend(f(&o, &sub));
+        }
+    }
+    if host_gw() {
+        for r in &mut rows {
+            r.scenario += " [host-gw]";
         }
     }
     print(&rows);

@@ -1,6 +1,6 @@
 //! The acquire decision (upstream `tryAcquireLease`), pure: given every key under the
 //! subnets prefix, this node's attributes, the config and the previous subnet, what to do.
-//! The registries (etcd v3, etcd v2) carry the decision out with their own requests.
+//! [`crate::manager::LeaseManager`] carries the decision out through its store.
 
 use flannel_net::{Lease, LeaseAttrs, NetworkConfig};
 use ipnetwork::Ipv4Network;
@@ -9,7 +9,7 @@ use tracing::info;
 
 use crate::allocate;
 
-/// What a registry sees of one key.
+/// What the manager sees of one key.
 pub struct Seen<'a> {
     /// The subnet the key names (`None`: not a subnet key).
     pub subnet: Option<Ipv4Network>,

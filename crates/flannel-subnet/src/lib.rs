@@ -36,7 +36,7 @@ pub const SUBNET_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 
 /// Counters for metrics.
 #[derive(Debug, Default)]
 pub struct SubnetStats {
-    /// Requests to the registry that failed (each is retried).
+    /// Requests to the store that failed (each is retried).
     pub errors: std::sync::atomic::AtomicU64,
     /// Full re-listings of the leases after the first (compaction, reconnect).
     pub watch_resyncs: std::sync::atomic::AtomicU64,

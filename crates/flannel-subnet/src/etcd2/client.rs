@@ -48,7 +48,7 @@ pub struct Response {
     pub index: u64,
 }
 
-/// etcd's error codes that the registry acts on.
+/// etcd's error codes that the v2 store acts on.
 pub const KEY_NOT_FOUND: u64 = 100;
 pub const COMPARE_FAILED: u64 = 101;
 pub const NODE_EXIST: u64 = 105;

@@ -70,6 +70,19 @@ enum Api {
     V2,
 }
 
+/// With `FAILOVER_LOG`, prints when `what` happened, as the logs' clock shows it.
+fn stamp(what: &str) {
+    if std::env::var_os("FAILOVER_LOG").is_some() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        eprintln!(
+            "{what} at second {:.3} of the minute",
+            (now.as_secs_f64()) % 60.0
+        );
+    }
+}
+
 fn survive(tag: char, fault: Fault) {
     survive_on(tag, fault, Api::V3)
 }
@@ -106,6 +119,7 @@ fn survive_on(tag: char, fault: Fault, api: Api) {
     };
     let live = (victim + 1) % 3;
     inflict(&mut lab, fault, victim);
+    stamp("fault inflicted");
     let frozen = fault == Fault::FreezeLeader;
 
     // a new node gets its lease
@@ -127,6 +141,7 @@ fn survive_on(tag: char, fault: Fault, api: Api) {
     lab.stop(2, "KILL");
     let name = gone.replace('/', "-");
     let t1 = Instant::now();
+    stamp("deleting h2's lease");
     match api {
         Api::V3 => {
             lab.member(live)
@@ -144,6 +159,9 @@ fn survive_on(tag: char, fault: Fault, api: Api) {
         lab.log(1)
     );
     let deletion_after = t1.elapsed();
+    if std::env::var_os("FAILOVER_LOG").is_some() {
+        eprintln!("--- {api:?} {fault:?}: h1's log\n{}", lab.log(1));
+    }
 
     for i in [1, h3] {
         assert!(
@@ -197,4 +215,21 @@ fn the_etcd_leader_killed_on_the_v2_keys_api() {
 #[test]
 fn the_etcd_leader_frozen_on_the_v2_keys_api() {
     survive_on('w', Fault::FreezeLeader, Api::V2);
+}
+
+/// With a healthy cluster the lease watch stays where it is: the progress checks that notice
+/// a silent member are answered, so nothing is re-listed at rest.
+#[test]
+fn the_lease_watch_stays_put_at_rest() {
+    let (mut lab, _dir) = lab_with_etcd_cluster('x', 2, Some(DEFAULT_CONFIG), &[]);
+    lab.start_all();
+    lab.wait_ready(LONG);
+    std::thread::sleep(Duration::from_secs(6));
+    for i in [1, 2] {
+        let log = lab.log(i);
+        assert!(
+            !log.contains("interrupted") && !log.contains("not answering"),
+            "h{i} moved its watch at rest:\n{log}"
+        );
+    }
 }

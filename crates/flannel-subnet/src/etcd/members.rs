@@ -7,11 +7,10 @@
 //! goes at once to the next member, and that one is used from then on. While every member
 //! fails (an election), the request tries again every 200 ms for up to
 //! [`FAILOVER_BUDGET`], so that it succeeds as soon as a leader is there. Connections are
-//! checked with HTTP/2 pings every 6 s (answered within 1 s), so that a watch on a frozen or
-//! unreachable member ends within about 7 s and is resumed from its revision on another; a
-//! killed member's watches end at once. Pings more often than etcd's
-//! `--grpc-keepalive-min-time` (5 s by default) make etcd close idle connections
-//! (`too_many_pings`): seen every 2 s with a 1 s period, a re-list each time.
+//! checked with HTTP/2 pings every 6 s (answered within 1 s); a killed member's watches end at
+//! once. Pings more often than etcd's `--grpc-keepalive-min-time` (5 s by default) make etcd
+//! close idle connections (`too_many_pings`): seen every 2 s with a 1 s period, a re-list each
+//! time. The lease watch checks its member itself, within 2 s (see `watch_check`).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,14 +27,18 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long a request keeps trying the members in turn (an election takes about a second:
 /// meanwhile every member answers "no leader").
 pub(crate) const FAILOVER_BUDGET: Duration = Duration::from_millis(2500);
+/// How long a read waits for the current member before the next one is asked too (a
+/// linearizable read of a healthy cluster takes milliseconds).
+pub(crate) const READ_PATIENCE: Duration = Duration::from_millis(400);
 /// The pause between two rounds over the members.
 const ROUND_PAUSE: Duration = Duration::from_millis(200);
 /// HTTP/2 ping period and how long an answer may take (a frozen member answers none).
 pub(crate) const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(6), Duration::from_secs(1));
 
-/// The member that answered last in this process: a new [`Members`] (the daemon makes one to
-/// detect the API, then the store's own) starts there instead of at a dead first endpoint.
-static LAST_GOOD: AtomicUsize = AtomicUsize::new(0);
+/// The member that answered last in this process, over the v3 or the v2 API: a new
+/// [`Members`] or v2 client (the daemon makes one to detect the API, then the store's own)
+/// starts there instead of at a dead first endpoint.
+pub(crate) static LAST_GOOD: AtomicUsize = AtomicUsize::new(0);
 
 pub(crate) struct Members {
     endpoints: Vec<String>,
@@ -68,6 +71,19 @@ pub(crate) fn member_failed(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// Whether the member itself gave error `e` (it is alive), rather than no answer at all.
+fn answered(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            !matches!(
+                s.code(),
+                tonic::Code::DeadlineExceeded | tonic::Code::Unavailable
+            ) && !s.message().contains("transport")
+        }
+        _ => false,
+    }
+}
+
 impl Members {
     pub(crate) fn new(
         endpoints: &[String],
@@ -81,6 +97,11 @@ impl Members {
             anonymous,
             current: AtomicUsize::new(LAST_GOOD.load(Ordering::Relaxed) % endpoints.len().max(1)),
         }
+    }
+
+    /// How many endpoints there are.
+    pub(crate) fn len(&self) -> usize {
+        self.endpoints.len()
     }
 
     /// Member `i`'s client, connected on first use. A member that refused credentials
@@ -128,11 +149,40 @@ impl Members {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
+        self.call_within(REQUEST_TIMEOUT, request).await
+    }
+
+    /// [`Members::call`] for a request that may be asked twice (a read): the first member
+    /// gets only [`READ_PATIENCE`] before the next is asked, so that a frozen member costs a
+    /// start-up a fraction of a second rather than [`REQUEST_TIMEOUT`].
+    pub(crate) async fn read<T, F, Fut>(&self, request: F) -> Result<(T, usize), etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let patience = if self.endpoints.len() > 1 {
+            READ_PATIENCE
+        } else {
+            REQUEST_TIMEOUT
+        };
+        self.call_within(patience, request).await
+    }
+
+    async fn call_within<T, F, Fut>(
+        &self,
+        first: Duration,
+        request: F,
+    ) -> Result<(T, usize), etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
         let n = self.endpoints.len();
         let deadline = tokio::time::Instant::now() + FAILOVER_BUDGET;
         let mut last = None;
+        let mut first = Some(first);
         loop {
-            if let Some(answer) = self.round(&request, &mut last).await? {
+            if let Some(answer) = self.round(&request, &mut last, first.take()).await? {
                 return Ok(answer);
             }
             if tokio::time::Instant::now() + ROUND_PAUSE >= deadline || n == 0 {
@@ -143,12 +193,14 @@ impl Members {
         Err(last.unwrap_or_else(|| etcd_client::Error::InvalidArgs("no etcd endpoint".into())))
     }
 
-    /// One round: each member once, from the current one. `Ok(None)` when every member
-    /// failed (the last failure in `last`); `Err` for an error of the request itself.
+    /// One round: each member once, from the current one, the first within `first` if given.
+    /// `Ok(None)` when every member failed (the last failure in `last`); `Err` for an error
+    /// of the request itself.
     async fn round<T, F, Fut>(
         &self,
         request: &F,
         last: &mut Option<etcd_client::Error>,
+        first: Option<Duration>,
     ) -> Result<Option<(T, usize)>, etcd_client::Error>
     where
         F: Fn(Client) -> Fut,
@@ -162,12 +214,11 @@ impl Members {
                 let client = self.client(i).await?;
                 request(client).await
             };
-            let result = match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
+            let limit = first.filter(|_| k == 0).unwrap_or(REQUEST_TIMEOUT);
+            let result = match tokio::time::timeout(limit, attempt).await {
                 Ok(r) => r,
                 Err(_) => Err(etcd_client::Error::GRpcStatus(
-                    tonic::Status::deadline_exceeded(format!(
-                        "no answer within {REQUEST_TIMEOUT:?}"
-                    )),
+                    tonic::Status::deadline_exceeded(format!("no answer within {limit:?}")),
                 )),
             };
             match result {
@@ -179,7 +230,19 @@ impl Members {
                     LAST_GOOD.store(i, Ordering::Relaxed);
                     return Ok(Some((v, i)));
                 }
-                Err(e) if member_failed(&e) => *last = Some(e),
+                Err(e) if member_failed(&e) => {
+                    // a member that did not answer at all (frozen, gone) is not where the
+                    // next round starts; one that answered "no leader" may be
+                    if !answered(&e) {
+                        let _ = self.current.compare_exchange(
+                            i,
+                            (i + 1) % n,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
+                    }
+                    *last = Some(e)
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -8,8 +8,10 @@
 mod connect;
 mod members;
 mod store;
+mod watch_check;
 
 pub use connect::EtcdConfig;
+pub(crate) use members::LAST_GOOD;
 pub use store::EtcdV3Store;
 
 /// `path.Join(prefix, rest)` as Go cleans it: one `/` between elements, no trailing `/`.

@@ -167,7 +167,7 @@ impl Store for EtcdV3Store {
         let path = self.path(key);
         let (resp, _) = self
             .members
-            .call(|mut c| {
+            .read(|mut c| {
                 let path = path.clone();
                 async move { c.get(path, None).await }
             })
@@ -181,7 +181,7 @@ impl Store for EtcdV3Store {
         let prefix = self.subnets_prefix.clone();
         let (resp, _) = self
             .members
-            .call(|mut c| {
+            .read(|mut c| {
                 let prefix = prefix.clone();
                 async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
             })
@@ -275,7 +275,7 @@ impl Store for EtcdV3Store {
         }
         let (resp, _) = self
             .members
-            .call(|mut c| async move { c.lease_time_to_live(id, None).await })
+            .read(|mut c| async move { c.lease_time_to_live(id, None).await })
             .await
             .map_err(etcd_err("reading an etcd lease's TTL", &self.endpoints))?;
         Ok((resp.ttl() > 0).then(|| Duration::from_secs(resp.ttl() as u64)))
@@ -302,8 +302,14 @@ impl Store for EtcdV3Store {
             })
             .await
             .map_err(etcd_err(format!("watching {path}"), &self.endpoints))?;
+        // The lease watch notices a silent member within 2 s where there is another one.
+        let responses = if key.is_none() && self.members.len() > 1 {
+            super::watch_check::checked(stream)
+        } else {
+            stream.boxed()
+        };
         let this = self.clone();
-        Ok(stream
+        Ok(responses
             .map(move |item| match item {
                 Ok(resp) => Ok(this.changes(&resp)),
                 Err(e) => {

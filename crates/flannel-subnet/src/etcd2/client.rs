@@ -107,9 +107,9 @@ pub struct V2Client {
 
 /// How long a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
-/// The endpoint that answered last in this process: a new client (the daemon makes one to
-/// detect the API, then the store's own) starts there instead of at a dead first endpoint.
-static LAST_GOOD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// The endpoint that answered last in this process, over either API (the daemon asks v3
+/// first when it detects the API): a new client starts there, not at a dead first endpoint.
+use crate::etcd::LAST_GOOD;
 /// How long a request (not a watch) may take before the member counts as not answering.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
 
@@ -286,6 +286,13 @@ impl V2Client {
                         reason(&e)
                     };
                     last = V2Error::Transport(format!("reading etcd's answer from {url}: {why}"));
+                    if is_watch {
+                        // the member went away under a long poll: the watcher lists again
+                        // on the next one rather than wait there from an index it may not
+                        // serve the same way
+                        self.failed(i);
+                        return Err(last);
+                    }
                     continue;
                 }
             };

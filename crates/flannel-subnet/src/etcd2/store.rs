@@ -82,10 +82,15 @@ impl EtcdV2Store {
             let poll = self.client.watch(path, after + 1, WATCH_POLL);
             tokio::pin!(poll);
             let polled = loop {
+                // the poll goes on during the check: an answer that comes meanwhile wins
+                let check = async {
+                    tokio::time::sleep(HEALTH_PERIOD).await;
+                    self.client.alive(member).await
+                };
                 tokio::select! {
                     r = &mut poll => break r,
-                    () = tokio::time::sleep(HEALTH_PERIOD) => {
-                        if !self.client.alive(member).await {
+                    alive = check => {
+                        if !alive {
                             self.client.failed(member);
                             return Err(StoreError::transient(
                                 format!("watching {path} (etcd v2)"),

@@ -10,12 +10,15 @@
 //!   <lab>-etcd   eth0 192.168.77.254/24, etcd on :2379
 //!   <lab>-e1, -e2 with a 3-member cluster ([`Lab::create_with_etcd_cluster`]): the other
 //!                members, eth0 192.168.77.252 and .253 (member 3 is <lab>-etcd)
-//!   <lab>-h1..   eth0 192.168.77.N/24, flanneld, cni0, pods
-//!   <lab>-h1p1.. a pod: eth0 with an address of its host's subnet
+//!   <lab>-h1..   eth0 192.168.77.N/24 and fd77::N/64, flanneld, cni0, pods
+//!   <lab>-h1p1.. a pod: eth0 with an address of its host's subnet (one per family the
+//!                network config enables)
 //! ```
+//! Every underlay address has its IPv6 twin (`fd77::<last byte>/64`, added without duplicate
+//! address detection), so that one lab runs IPv4, dual-stack and IPv6-only configs.
 
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
@@ -25,6 +28,8 @@ use crate::etcd::TestEtcd;
 
 /// The underlay's /24.
 pub const UNDERLAY: &str = "192.168.77";
+/// The underlay's IPv6 /64: host N is `fd77::N`.
+pub const UNDERLAY6: &str = "fd77::";
 pub const ETCD_IP: &str = "192.168.77.254";
 /// The members of a 3-member cluster: namespace suffix and address; the last is the
 /// single-member lab's etcd.
@@ -68,7 +73,10 @@ pub struct Host {
 
 pub struct Pod {
     pub ns: String,
+    /// 0.0.0.0 for a pod of an IPv6-only network.
     pub ip: Ipv4Addr,
+    /// With IPv6 enabled in the network config.
+    pub ip6: Option<Ipv6Addr>,
     pub host: usize,
 }
 
@@ -452,6 +460,20 @@ impl Lab {
         Some(format!("{}/{len}", Ipv4Addr::from(u32::from(ip) - 1)))
     }
 
+    /// The host's IPv6 subnet in network form (`fd00:200:0:1f::/64`), from its subnet.env.
+    pub fn subnet6(&self, index: usize) -> Option<String> {
+        let first = self.env_value(index, "FLANNEL_IPV6_SUBNET")?;
+        let (ip, len) = first.split_once('/')?;
+        let ip: Ipv6Addr = ip.parse().ok()?;
+        Some(format!("{}/{len}", Ipv6Addr::from(u128::from(ip) - 1)))
+    }
+
+    /// The host's IPv6 underlay address (`fd77::N`).
+    pub fn ip6(&self, index: usize) -> Ipv6Addr {
+        let last = self.hosts[index - 1].ip.octets()[3];
+        format!("{UNDERLAY6}{last}").parse().expect("underlay IPv6")
+    }
+
     /// A pod on host `index`, wired as the kubelet would: the flannel CNI plugin with the
     /// conflist's config, delegating to Debian's `bridge` and `host-local`.
     pub fn add_pod(&mut self, index: usize) -> usize {
@@ -512,35 +534,67 @@ impl Lab {
         );
         let result: serde_json::Value =
             serde_json::from_slice(&out.stdout).expect("CNI result JSON");
-        let addr = result["ips"][0]["address"].as_str().expect("pod address");
-        let ip: Ipv4Addr = addr
-            .split('/')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .expect("pod IPv4");
+        let ips: Vec<IpAddr> = result["ips"]
+            .as_array()
+            .expect("pod addresses")
+            .iter()
+            .filter_map(|a| a["address"].as_str()?.split('/').next()?.parse().ok())
+            .collect();
+        assert!(!ips.is_empty(), "the CNI result has no address: {result}");
+        let ip = ips
+            .iter()
+            .find_map(|a| match a {
+                IpAddr::V4(a) => Some(*a),
+                IpAddr::V6(_) => None,
+            })
+            .unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let ip6 = ips.iter().find_map(|a| match a {
+            IpAddr::V6(a) => Some(*a),
+            IpAddr::V4(_) => None,
+        });
+        if ip6.is_some() {
+            // duplicate address detection keeps a new IPv6 address (the pod's, cni0's)
+            // unusable for a second or two: a pod is ready once none is tentative
+            let settled = |ns: &str| {
+                try_nsexec(ns, &["ip", "-6", "addr", "show", "tentative"])
+                    .1
+                    .trim()
+                    .is_empty()
+            };
+            wait_until(Duration::from_secs(10), || {
+                settled(&ns) && settled(&host_ns)
+            });
+        }
         self.pods.push(Pod {
             ns,
             ip,
+            ip6,
             host: index,
         });
         n
     }
 
-    /// Whether `from` (a pod's index, 1-based) gets an answer from `to`'s address.
-    pub fn ping(&self, from: usize, to: Ipv4Addr) -> bool {
+    /// Whether `from` (a pod's index, 1-based) gets an answer from address `to`.
+    pub fn ping(&self, from: usize, to: impl Into<IpAddr>) -> bool {
         try_nsexec(
             &self.pods[from - 1].ns,
-            &["ping", "-c", "1", "-W", "2", &to.to_string()],
+            &["ping", "-c", "1", "-W", "2", &to.into().to_string()],
         )
         .0
     }
 
-    /// Every pod pings every other pod; the failures, as (from, to) pod indexes.
+    /// Every pod pings every other pod, at each of its addresses (IPv4 and IPv6); the
+    /// failures, as (from, to) pod indexes.
     pub fn ping_matrix(&self) -> Vec<(usize, usize)> {
         let mut failed = Vec::new();
         for from in 1..=self.pods.len() {
             for to in 1..=self.pods.len() {
-                if from != to && !self.ping(from, self.pods[to - 1].ip) {
+                let pod = &self.pods[to - 1];
+                let mut targets: Vec<IpAddr> = pod.ip6.map(IpAddr::V6).into_iter().collect();
+                if !pod.ip.is_unspecified() {
+                    targets.push(IpAddr::V4(pod.ip));
+                }
+                if from != to && !targets.iter().all(|t| self.ping(from, *t)) {
                     failed.push((from, to));
                 }
             }
@@ -574,6 +628,19 @@ fn plug(br: &str, ns: &str, port: &str, ip: &str) {
     ipn(br, &["link", "set", port, "master", "br0", "up"]);
     ipn(ns, &["link", "set", "lo", "up"]);
     ipn(ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+    let last = ip.rsplit('.').next().unwrap_or("0");
+    ipn(
+        ns,
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{UNDERLAY6}{last}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
     ipn(ns, &["link", "set", "eth0", "up"]);
 }
 

@@ -1,6 +1,7 @@
 //! The `host-gw` backend (upstream `pkg/backend/hostgw` and `route_network.go`): no
 //! encapsulation, a plain route to each node's subnet via its PublicIP on the external
-//! interface, for nodes on one L2 segment. MTU: the interface's.
+//! interface, for nodes on one L2 segment; IPv6 subnets via the PublicIPv6, in dual-stack and
+//! IPv6-only clusters. MTU: the interface's.
 //!
 //! Reconciled like VXLAN (the loop is [`crate::reconciler`]): routes added and removed per
 //! lease event, the whole set compared with the kernel at start, on a period and soon after
@@ -10,14 +11,14 @@
 //! Network that is longer than the Network (others' routes are never touched).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use flannel_net::{Lease, LeaseAttrs, LeaseBatch, LeaseEvent};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use netlink_packet_route::RouteNetlinkMessage;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -31,12 +32,21 @@ use crate::{Backend, BackendError, BackendStats, ExtIface, NodeContext};
 /// Upstream's refusal, word for word.
 const NAT_REFUSAL: &str = "your PublicIP differs from interface IP, meaning that probably you're on a NAT, which is not supported by host-gw backend";
 
+/// One address family's side: its Network, this node's address and, once acquired, subnet.
+struct Side {
+    family: Family,
+    network: IpNetwork,
+    public_ip: IpAddr,
+    own: Option<IpNetwork>,
+}
+
 pub struct HostGwBackend {
     nl: Netlink,
     ext: ExtIface,
-    network: Ipv4Network,
     public_ip: Ipv4Addr,
-    own: Option<Ipv4Network>,
+    public_ipv6: Option<Ipv6Addr>,
+    /// One per enabled family, IPv4 first.
+    sides: Vec<Side>,
     /// The route each peer's subnet needs.
     routes: BTreeMap<IpNetwork, Route>,
     listed: bool,
@@ -44,38 +54,71 @@ pub struct HostGwBackend {
 }
 
 impl HostGwBackend {
-    /// Refuses a PublicIP that is not the external interface's (NAT), as upstream.
+    /// IPv4 only.
     pub fn new(network: Ipv4Network, node: NodeContext) -> Result<Self, BackendError> {
+        Self::new_dual(Some(network), None, node)
+    }
+
+    /// Refuses a PublicIP (or PublicIPv6) that is not the external interface's (NAT), as
+    /// upstream.
+    pub fn new_dual(
+        network: Option<Ipv4Network>,
+        network6: Option<Ipv6Network>,
+        node: NodeContext,
+    ) -> Result<Self, BackendError> {
         let NodeContext {
-            nl, ext, public_ip, ..
+            nl,
+            ext,
+            public_ip,
+            public_ipv6,
+            ..
         } = node;
-        if !ext
-            .addresses
-            .iter()
-            .any(|a| a.ip() == IpAddr::V4(public_ip))
-        {
-            return Err(BackendError::Device(NAT_REFUSAL.into()));
+        let mut sides = Vec::new();
+        if let Some(network) = network {
+            sides.push(Side {
+                family: Family::V4,
+                network: IpNetwork::V4(network),
+                public_ip: IpAddr::V4(public_ip),
+                own: None,
+            });
+        }
+        if let Some(network6) = network6 {
+            let ip = public_ipv6.ok_or_else(|| {
+                BackendError::Device("IPv6 is enabled but this node has no IPv6 address (-public-ipv6, or a global IPv6 address on the interface)".into())
+            })?;
+            sides.push(Side {
+                family: Family::V6,
+                network: IpNetwork::V6(network6),
+                public_ip: IpAddr::V6(ip),
+                own: None,
+            });
+        }
+        for side in &sides {
+            if !ext.addresses.iter().any(|a| a.ip() == side.public_ip) {
+                return Err(BackendError::Device(NAT_REFUSAL.into()));
+            }
         }
         Ok(HostGwBackend {
             nl,
             ext,
-            network,
             public_ip,
-            own: None,
+            public_ipv6,
+            sides,
             routes: BTreeMap::new(),
             listed: false,
             stats: Arc::default(),
         })
     }
 
-    /// `<subnet> via <PublicIP> dev <external interface>`, or why the lease gets none.
-    fn route_for(&self, lease: &Lease) -> Result<Route, Skip> {
+    /// `<subnet> via <PublicIP> dev <external interface>` for `side`'s family, or why the
+    /// lease gets none.
+    fn route_for(&self, side: &Side, lease: &Lease) -> Result<Route, Skip> {
         if lease.attrs.backend_type != "host-gw" {
             return Err(Skip::OtherType(lease.attrs.backend_type.clone()));
         }
-        let own = self.own.map(|s| (s, self.public_ip));
-        lease_check::check(lease, self.network, own)?;
-        let gateway = IpAddr::V4(lease.attrs.public_ip);
+        let own = side.own.map(|s| (s, side.public_ip));
+        let part = lease_check::check(lease, side.family, side.network, own)?;
+        let gateway = part.public_ip;
         if !self.ext.on_link(gateway) {
             return Err(Skip::Invalid(format!(
                 "PublicIP {gateway} is not on the segment of {}: host-gw needs every node on one L2 segment, so no route is added",
@@ -83,7 +126,7 @@ impl HostGwBackend {
             )));
         }
         Ok(Route {
-            dst: IpNetwork::V4(lease.subnet),
+            dst: part.subnet,
             gateway: Some(gateway),
             oif: Some(self.ext.index),
             onlink: false,
@@ -91,12 +134,12 @@ impl HostGwBackend {
     }
 
     /// Whether a kernel route is one host-gw makes (see the module's header).
-    fn is_ours(&self, r: &Route) -> bool {
-        let network = IpNetwork::V4(self.network);
+    fn is_ours(&self, side: &Side, r: &Route) -> bool {
         r.oif == Some(self.ext.index)
             && r.gateway.is_some()
-            && network.contains(r.dst.network())
-            && r.dst.prefix() > network.prefix()
+            && Family::of(r.dst.ip()) == side.family
+            && side.network.contains(r.dst.network())
+            && r.dst.prefix() > side.network.prefix()
     }
 
     fn count_peers(&self) {
@@ -127,44 +170,65 @@ impl HostGwBackend {
     }
 }
 
+fn lease_of(event: &LeaseEvent) -> &Lease {
+    match event {
+        LeaseEvent::Added(l) | LeaseEvent::Removed(l) => l,
+    }
+}
+
 #[async_trait]
 impl Reconciler for HostGwBackend {
     async fn apply(&mut self, batch: &LeaseBatch) -> usize {
         self.listed |= batch.snapshot;
         let (mut delete, mut add) = (Vec::new(), Vec::new());
         for event in &batch.events {
-            match event {
-                LeaseEvent::Removed(lease) => {
-                    if let Some(r) = self.routes.remove(&IpNetwork::V4(lease.subnet)) {
-                        info!("Subnet removed: {}", lease.subnet);
-                        delete.push(r);
+            for (k, side) in self.sides.iter().enumerate() {
+                let v6 = side.family == Family::V6;
+                // the lease's lines once, from its first side
+                let first = k == 0 || lease_of(event).subnet_of(false).is_none();
+                match event {
+                    LeaseEvent::Removed(lease) => {
+                        let Some(subnet) = lease.subnet_of(v6) else {
+                            continue;
+                        };
+                        if let Some(r) = self.routes.remove(&subnet) {
+                            info!("Subnet removed: {subnet}");
+                            delete.push(r);
+                        }
                     }
+                    LeaseEvent::Added(lease) => match self.route_for(side, lease) {
+                        Ok(r) => {
+                            if self.routes.insert(r.dst, r) != Some(r) {
+                                info!(
+                                    "Subnet added: {} via {}",
+                                    r.dst,
+                                    r.gateway.map_or_else(String::new, |g| g.to_string())
+                                );
+                                add.push(r);
+                            }
+                        }
+                        Err(Skip::Own | Skip::NoPart) => {}
+                        Err(Skip::OtherType(kind)) => {
+                            if first {
+                                // upstream's line
+                                warn!("Ignoring non-host-gw subnet: type={kind}");
+                            }
+                            if let Some(r) =
+                                lease.subnet_of(v6).and_then(|s| self.routes.remove(&s))
+                            {
+                                delete.push(r);
+                            }
+                        }
+                        Err(Skip::Invalid(why)) => {
+                            warn!(subnet = %lease.key(), "ignoring lease: {why}");
+                            if let Some(r) =
+                                lease.subnet_of(v6).and_then(|s| self.routes.remove(&s))
+                            {
+                                delete.push(r);
+                            }
+                        }
+                    },
                 }
-                LeaseEvent::Added(lease) => match self.route_for(lease) {
-                    Ok(r) => {
-                        if self.routes.insert(r.dst, r) != Some(r) {
-                            info!(
-                                "Subnet added: {} via {}",
-                                lease.subnet, lease.attrs.public_ip
-                            );
-                            add.push(r);
-                        }
-                    }
-                    Err(Skip::Own) => {}
-                    Err(Skip::OtherType(kind)) => {
-                        // upstream's line
-                        warn!("Ignoring non-host-gw subnet: type={kind}");
-                        if let Some(r) = self.routes.remove(&IpNetwork::V4(lease.subnet)) {
-                            delete.push(r);
-                        }
-                    }
-                    Err(Skip::Invalid(why)) => {
-                        warn!(subnet = %lease.subnet, "ignoring lease: {why}");
-                        if let Some(r) = self.routes.remove(&IpNetwork::V4(lease.subnet)) {
-                            delete.push(r);
-                        }
-                    }
-                },
             }
         }
         self.count_peers();
@@ -173,13 +237,16 @@ impl Reconciler for HostGwBackend {
 
     async fn reconcile(&mut self) -> Result<usize, BackendError> {
         self.stats.reconciles.fetch_add(1, Ordering::Relaxed);
-        let observed: Vec<Route> = self
-            .nl
-            .routes(Family::V4)
-            .await?
-            .into_iter()
-            .filter(|r| self.is_ours(r))
-            .collect();
+        let mut observed: Vec<Route> = Vec::new();
+        for side in &self.sides {
+            observed.extend(
+                self.nl
+                    .routes(side.family)
+                    .await?
+                    .into_iter()
+                    .filter(|r| self.is_ours(side, r)),
+            );
+        }
         let delete: Vec<Route> = if self.listed {
             observed
                 .iter()
@@ -235,11 +302,17 @@ impl Backend for HostGwBackend {
         "host-gw"
     }
 
-    /// `{"PublicIP":"…","PublicIPv6":null,"BackendType":"host-gw"}`, as upstream.
+    /// `{"PublicIP":"…","PublicIPv6":null,"BackendType":"host-gw"}`, as upstream (the
+    /// PublicIPv6 set with IPv6, PublicIP 0.0.0.0 without IPv4).
     fn lease_attrs(&self) -> LeaseAttrs {
+        let has = |f: Family| self.sides.iter().any(|s| s.family == f);
         LeaseAttrs {
-            public_ip: self.public_ip,
-            public_ipv6: None,
+            public_ip: if has(Family::V4) {
+                self.public_ip
+            } else {
+                Ipv4Addr::UNSPECIFIED
+            },
+            public_ipv6: self.public_ipv6.filter(|_| has(Family::V6)),
             backend_type: "host-gw".into(),
             backend_data: None,
             backend_v6_data: None,
@@ -255,7 +328,9 @@ impl Backend for HostGwBackend {
     }
 
     async fn configure(&mut self, own: &Lease) -> Result<(), BackendError> {
-        self.own = Some(own.subnet);
+        for side in &mut self.sides {
+            side.own = own.subnet_of(side.family == Family::V6);
+        }
         Ok(())
     }
 

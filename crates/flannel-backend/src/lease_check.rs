@@ -1,11 +1,13 @@
 //! The checks every backend makes of another node's lease before programming anything for
-//! it: its subnet inside the Network and clear of this node's, its PublicIP an address a
-//! VTEP or gateway can be. The lease's IPv4 part (the only one read yet).
+//! it, one address family at a time: its subnet inside that family's Network and clear of
+//! this node's, its public address one a VTEP or gateway can be.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use flannel_net::Lease;
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
+
+use crate::netlink::Family;
 
 /// Why a lease gives no peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,48 +16,93 @@ pub enum Skip {
     OtherType(String),
     /// This node's own lease.
     Own,
+    /// The lease has no subnet of this family (an IPv4-only node in a dual-stack cluster):
+    /// nothing to program for it here, nothing to say.
+    NoPart,
     /// A lease that must not be programmed, and why.
     Invalid(String),
 }
 
-/// `Ok` when `lease` may be programmed; `own` is this node's subnet and PublicIP.
+/// One family's side of a lease: the subnet and the address the node is reached at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    pub subnet: IpNetwork,
+    pub public_ip: IpAddr,
+}
+
+/// `lease`'s side in `family`, checked; `own` is this node's subnet and public address in
+/// that family.
 pub fn check(
     lease: &Lease,
-    network: Ipv4Network,
-    own: Option<(Ipv4Network, Ipv4Addr)>,
-) -> Result<(), Skip> {
-    let attrs = &lease.attrs;
-    if !(network.contains(lease.subnet.network()) && lease.subnet.prefix() >= network.prefix()) {
+    family: Family,
+    network: IpNetwork,
+    own: Option<(IpNetwork, IpAddr)>,
+) -> Result<Part, Skip> {
+    let v6 = family == Family::V6;
+    let Some(subnet) = lease.subnet_of(v6) else {
+        return Err(Skip::NoPart);
+    };
+    let name = if v6 { "PublicIPv6" } else { "PublicIP" };
+    if !(network.contains(subnet.network()) && subnet.prefix() >= network.prefix()) {
         return Err(Skip::Invalid(format!(
-            "subnet {} is outside the network {network}",
-            lease.subnet
+            "subnet {subnet} is outside the network {network}"
         )));
     }
+    // PublicIP 0.0.0.0 is refused below with the others that cannot be a VTEP
+    let public = if v6 {
+        lease.attrs.public_ipv6.map(IpAddr::V6)
+    } else {
+        Some(IpAddr::V4(lease.attrs.public_ip))
+    };
     if let Some((own_subnet, own_ip)) = own {
-        if lease.subnet == own_subnet {
-            return if attrs.public_ip == own_ip {
+        if subnet == own_subnet {
+            return if public == Some(own_ip) {
                 Err(Skip::Own)
             } else {
                 Err(Skip::Invalid(format!(
-                    "claims this node's subnet {own_subnet} for PublicIP {}",
-                    attrs.public_ip
+                    "claims this node's subnet {own_subnet} for {name} {}",
+                    public.map_or_else(|| "(none)".to_string(), |p| p.to_string())
                 )))
             };
         }
-        if lease.subnet.overlaps(own_subnet) {
+        if overlaps(subnet, own_subnet) {
             return Err(Skip::Invalid(format!(
                 "overlaps this node's subnet {own_subnet}"
             )));
         }
     }
-    let ip = attrs.public_ip;
-    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
-        return Err(Skip::Invalid(format!("PublicIP {ip} cannot be a VTEP")));
+    let Some(ip) = public else {
+        return Err(Skip::Invalid(format!(
+            "has an IPv{} subnet {subnet} but no {name}",
+            if v6 { 6 } else { 4 }
+        )));
+    };
+    let unusable = match ip {
+        IpAddr::V4(ip) => {
+            ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback()
+        }
+        IpAddr::V6(ip) => {
+            ip.is_unspecified()
+                || ip.is_multicast()
+                || ip.is_loopback()
+                || ip.is_unicast_link_local()
+        }
+    };
+    if unusable {
+        return Err(Skip::Invalid(format!("{name} {ip} cannot be a VTEP")));
     }
     if network.contains(ip) {
         return Err(Skip::Invalid(format!(
-            "PublicIP {ip} is inside the overlay network {network}"
+            "{name} {ip} is inside the overlay network {network}"
         )));
     }
-    Ok(())
+    Ok(Part {
+        subnet,
+        public_ip: ip,
+    })
+}
+
+/// Whether two networks of one family share an address.
+pub fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
 }

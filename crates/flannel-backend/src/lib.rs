@@ -28,7 +28,7 @@ pub mod netlink;
 mod reconciler;
 pub mod vxlan;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,8 +112,11 @@ impl ExtIface {
 pub struct NodeContext {
     pub nl: Netlink,
     pub ext: ExtIface,
-    /// The address other nodes reach this one at (`--public-ip`, else the interface's).
+    /// The address other nodes reach this one at (`--public-ip`, else the interface's);
+    /// 0.0.0.0 when IPv4 is off.
     pub public_ip: Ipv4Addr,
+    /// The same for IPv6 (`--public-ipv6`, else the interface's), when IPv6 is on.
+    pub public_ipv6: Option<Ipv6Addr>,
     /// This node's lease as the store already holds it (a restart), if any: what it
     /// advertised before (the VTEP MAC a re-created VXLAN device keeps).
     pub previous_lease: Option<Lease>,
@@ -176,10 +179,20 @@ pub async fn new_backend(
     leftovers::remove(&config.backend_kind(), config, &node).await?;
     match config.backend_kind().as_str() {
         "vxlan" => Ok(Box::new(
-            vxlan::VxlanBackend::new(config.backend.as_ref(), config.network, node).await?,
+            vxlan::VxlanBackend::new_dual(
+                config.backend.as_ref(),
+                config.enable_ipv4.then_some(config.network),
+                config.ipv6_network.filter(|_| config.enable_ipv6),
+                node,
+            )
+            .await?,
         )),
         "alloc" => Ok(Box::new(alloc::AllocBackend::new(node))),
-        "host-gw" => Ok(Box::new(hostgw::HostGwBackend::new(config.network, node)?)),
+        "host-gw" => Ok(Box::new(hostgw::HostGwBackend::new_dual(
+            config.enable_ipv4.then_some(config.network),
+            config.ipv6_network.filter(|_| config.enable_ipv6),
+            node,
+        )?)),
         "extension" => Ok(Box::new(
             extension::ExtensionBackend::new(config.backend.as_ref(), config.network, node).await?,
         )),

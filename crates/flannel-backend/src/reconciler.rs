@@ -129,13 +129,14 @@ pub(crate) async fn serve<R: Reconciler>(
     }
 }
 
-/// The kernel's notifications of links, neighbours and IPv4 routes (what a peer's entries
-/// and a device are made of).
+/// The kernel's notifications of links, neighbours and routes of both families (what a
+/// peer's entries and a device are made of).
 fn subscribe() -> Result<KernelEvents, BackendError> {
     let (conn, _handle, events) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Link,
         MulticastGroup::Neigh,
         MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
     ])
     .map_err(BackendError::Socket)?;
     tokio::spawn(conn);

@@ -53,6 +53,7 @@ async fn backend(backend_cfg: Value, public_ip: &str, mac_hint: Option<MacAddr>)
         nl,
         ext,
         public_ip: public_ip.parse().unwrap(),
+        public_ipv6: None,
         previous_lease: mac_hint.map(|m| lease("10.200.99.0/24", public_ip, &m.to_string())),
     };
     VxlanBackend::new(Some(&backend_cfg), NETWORK.parse().unwrap(), node)
@@ -225,6 +226,7 @@ fn config_port_gbp_learning_and_mtu_rules() {
             nl,
             ext,
             public_ip: Ipv4Addr::new(192, 168, 77, 1),
+            public_ipv6: None,
             previous_lease: None,
         };
         let err = VxlanBackend::new(Some(&json!({"VNI":"x"})), NETWORK.parse().unwrap(), node)

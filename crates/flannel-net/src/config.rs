@@ -316,8 +316,7 @@ impl NetworkConfig {
             && u32::from(subnet.prefix()) == self.subnet_len
     }
 
-    /// The IPv6 counterpart of [`NetworkConfig::is_compatible`], for the dual-stack acquire
-    /// (not wired yet: leases are IPv4 today).
+    /// The IPv6 counterpart of [`NetworkConfig::is_compatible`].
     pub fn is_compatible_ipv6(&self, subnet: Ipv6Network) -> bool {
         match (self.ipv6_subnet_min, self.ipv6_subnet_max) {
             (Some(min), Some(max)) => {

@@ -7,10 +7,10 @@
 //! `PublicIPv6` and without `VNI` accepted.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::SystemTime;
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde_json::{Map, Value};
 
 use crate::gojson;
@@ -59,6 +59,22 @@ impl LeaseAttrs {
             backend_data: Some(data.to_value()),
             backend_v6_data: None,
         }
+    }
+
+    /// The same with this node's IPv6 side: `PublicIPv6` and, when the backend has
+    /// per-family data (VXLAN), `BackendV6Data`.
+    pub fn with_ipv6(mut self, public_ipv6: Ipv6Addr, v6_data: Option<Value>) -> Self {
+        self.public_ipv6 = Some(public_ipv6);
+        self.backend_v6_data = v6_data;
+        self
+    }
+
+    /// Without the IPv4 side (IPv6-only): `PublicIP` 0.0.0.0 and no `BackendData`, as
+    /// upstream writes it.
+    pub fn without_ipv4(mut self) -> Self {
+        self.public_ip = Ipv4Addr::UNSPECIFIED;
+        self.backend_data = None;
+        self
     }
 
     /// The JSON upstream writes: fields in this order, `PublicIPv6` always present (null when
@@ -168,6 +184,40 @@ impl LeaseAttrs {
                 message: "missing from a vxlan lease".into(),
             }),
         })
+    }
+
+    /// The VXLAN data of the lease's IPv6 side (`BackendV6Data`), when it is a VXLAN lease.
+    pub fn vxlan_v6_data(&self) -> Option<Result<VxlanBackendData, LeaseError>> {
+        if self.backend_type != "vxlan" {
+            return None;
+        }
+        Some(match &self.backend_v6_data {
+            Some(v) => VxlanBackendData::from_value(v).map_err(|e| match e {
+                LeaseError::Field { field, message } => LeaseError::Field {
+                    field: if field == "BackendData" {
+                        "BackendV6Data"
+                    } else {
+                        field
+                    },
+                    message,
+                },
+                other => other,
+            }),
+            None => Err(LeaseError::Field {
+                field: "BackendV6Data",
+                message: "missing from a vxlan lease with an IPv6 subnet".into(),
+            }),
+        })
+    }
+
+    /// The address other nodes reach this node at in `family` (`None`: the lease has none;
+    /// `PublicIP` 0.0.0.0 is none).
+    pub fn public_ip_of(&self, ipv6: bool) -> Option<IpAddr> {
+        if ipv6 {
+            self.public_ipv6.map(IpAddr::V6)
+        } else {
+            Some(IpAddr::V4(self.public_ip)).filter(|_| !self.public_ip.is_unspecified())
+        }
     }
 }
 
@@ -284,6 +334,30 @@ impl Lease {
             ipv4: self.subnet,
             ipv6: self.ipv6_subnet,
         }
+    }
+
+    /// Whether the lease has an IPv4 subnet (an IPv6-only lease's key starts `0.0.0.0-0&`).
+    pub fn has_ipv4(&self) -> bool {
+        self.subnet.prefix() != 0
+    }
+
+    /// The lease's subnet in one family, when it has one.
+    pub fn subnet_of(&self, ipv6: bool) -> Option<IpNetwork> {
+        if ipv6 {
+            self.ipv6_subnet.map(IpNetwork::V6)
+        } else {
+            self.has_ipv4().then_some(IpNetwork::V4(self.subnet))
+        }
+    }
+
+    /// Both subnets for logs, as upstream prints them: `ip: 10.5.34.0/24 ipv6: ::/0`.
+    pub fn subnets_text(&self) -> String {
+        format!(
+            "ip: {} ipv6: {}",
+            self.subnet,
+            self.ipv6_subnet
+                .map_or_else(|| "::/0".to_string(), |s| s.to_string())
+        )
     }
 
     pub fn is_reservation(&self) -> bool {

@@ -2,8 +2,8 @@
 //! subnets prefix, this node's attributes, the config and the previous subnet, what to do.
 //! [`crate::manager::LeaseManager`] carries the decision out through its store.
 
-use flannel_net::{Lease, LeaseAttrs, NetworkConfig};
-use ipnetwork::Ipv4Network;
+use flannel_net::{Lease, LeaseAttrs, NetworkConfig, SubnetKey};
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use rand::Rng;
 use tracing::info;
 
@@ -11,8 +11,8 @@ use crate::allocate;
 
 /// What the manager sees of one key.
 pub struct Seen<'a> {
-    /// The subnet the key names (`None`: not a subnet key).
-    pub subnet: Option<Ipv4Network>,
+    /// The subnets the key names (`None`: not a subnet key).
+    pub subnet: Option<SubnetKey>,
     /// The lease, when the value parses.
     pub lease: Option<&'a Lease>,
 }
@@ -21,9 +21,9 @@ pub struct Seen<'a> {
 pub enum Decision {
     /// Reuse the lease at this index of the listing (this node's, compatible).
     Reuse(usize),
-    /// Create a new lease for this subnet; `previous` when it is the one from subnet.env.
+    /// Create a new lease for these subnets; `previous` when they are the ones of subnet.env.
     Create {
-        subnet: Ipv4Network,
+        subnet: SubnetKey,
         previous: bool,
     },
     OutOfSubnets,
@@ -37,24 +37,62 @@ pub struct Plan {
     pub decision: Decision,
 }
 
+/// The IPv4 part of a key an IPv6-only lease has: `0.0.0.0-0`, as upstream writes it.
+pub fn no_ipv4() -> Ipv4Network {
+    Ipv4Network::new(std::net::Ipv4Addr::UNSPECIFIED, 0).expect("prefix 0 is valid")
+}
+
+/// Whether a lease's subnets fit `config` (upstream `isSubnetConfigCompat` and
+/// `isIPv6SubnetConfigCompat`): each enabled family's subnet in its range and of its length,
+/// no subnet of a disabled family.
+pub fn is_compatible(config: &NetworkConfig, key: &SubnetKey) -> bool {
+    let v4 = if config.enable_ipv4 {
+        config.is_compatible(key.ipv4)
+    } else {
+        key.ipv4.prefix() == 0
+    };
+    let v6 = match key.ipv6 {
+        Some(sn6) => config.enable_ipv6 && config.is_compatible_ipv6(sn6),
+        None => !config.enable_ipv6,
+    };
+    v4 && v6
+}
+
+/// Whether `lease` is this node's: the same PublicIP, or, IPv6-only, the same PublicIPv6
+/// (upstream compares PublicIP alone, which is 0.0.0.0 for every IPv6-only node).
+fn is_mine(config: &NetworkConfig, attrs: &LeaseAttrs, lease: &Lease) -> bool {
+    if config.enable_ipv4 {
+        lease.attrs.public_ip == attrs.public_ip
+    } else {
+        attrs.public_ipv6.is_some() && lease.attrs.public_ipv6 == attrs.public_ipv6
+    }
+}
+
 pub fn decide(
     config: &NetworkConfig,
     attrs: &LeaseAttrs,
     seen: &[Seen<'_>],
-    previous: Option<Ipv4Network>,
+    previous: Option<SubnetKey>,
     rng: &mut impl Rng,
 ) -> Plan {
-    let mut taken: Vec<Ipv4Network> = seen.iter().filter_map(|s| s.subnet).collect();
+    let mut keys: Vec<SubnetKey> = seen.iter().filter_map(|s| s.subnet).collect();
+    let me = if config.enable_ipv4 {
+        attrs.public_ip.to_string()
+    } else {
+        attrs
+            .public_ipv6
+            .map_or_else(String::new, |ip| ip.to_string())
+    };
     let mut delete = None;
     if let Some((i, lease)) = seen.iter().enumerate().find_map(|(i, s)| {
         s.lease
-            .filter(|l| l.attrs.public_ip == attrs.public_ip)
+            .filter(|l| is_mine(config, attrs, l))
             .map(|l| (i, l))
     }) {
-        if config.is_compatible(lease.subnet) {
+        if is_compatible(config, &lease.key()) {
             info!(
-                "Found lease ({}) for current IP ({}), reusing",
-                lease.subnet, attrs.public_ip
+                "Found lease ({}) for current IP ({me}), reusing",
+                lease.subnets_text()
             );
             return Plan {
                 delete: None,
@@ -62,16 +100,26 @@ pub fn decide(
             };
         }
         info!(
-            "Found lease ({}) for current IP ({}) but not compatible with current config, deleting",
-            lease.subnet, attrs.public_ip
+            "Found lease ({}) for current IP ({me}) but not compatible with current config, deleting",
+            lease.subnets_text()
         );
         delete = Some(i);
-        taken.retain(|t| *t != lease.subnet);
+        keys.retain(|k| *k != lease.key());
     }
+    let taken4: Vec<Ipv4Network> = keys
+        .iter()
+        .map(|k| k.ipv4)
+        .filter(|n| n.prefix() != 0)
+        .collect();
+    let taken6: Vec<Ipv6Network> = keys.iter().filter_map(|k| k.ipv6).collect();
     if let Some(previous) = previous {
-        if !config.is_compatible(previous) {
+        let held = (config.enable_ipv4 && taken4.iter().any(|t| t.overlaps(previous.ipv4)))
+            || previous
+                .ipv6
+                .is_some_and(|p| taken6.iter().any(|t| overlaps6(*t, p)));
+        if !is_compatible(config, &previous) {
             info!("Found previously leased subnet ({previous}) that is not compatible with the Etcd network config, ignoring");
-        } else if taken.iter().any(|t| t.overlaps(previous)) {
+        } else if held {
             info!("Found previously leased subnet ({previous}) but another node holds it now, ignoring");
         } else {
             info!("Found previously leased subnet ({previous}), reusing");
@@ -84,18 +132,35 @@ pub fn decide(
             };
         }
     }
-    info!(
-        "Picking subnet in range {} ... {}",
-        config.subnet_min, config.subnet_max
-    );
-    let decision = match allocate::pick_subnet(config, &taken, rng) {
-        Some(subnet) => Decision::Create {
-            subnet,
+    let ipv4 = if config.enable_ipv4 {
+        info!(
+            "Picking subnet in range {} ... {}",
+            config.subnet_min, config.subnet_max
+        );
+        allocate::pick_subnet(config, &taken4, rng)
+    } else {
+        Some(no_ipv4())
+    };
+    let ipv6 = if config.enable_ipv6 {
+        if let (Some(min), Some(max)) = (config.ipv6_subnet_min, config.ipv6_subnet_max) {
+            info!("Picking ipv6 subnet in range {min} ... {max}");
+        }
+        allocate::pick_ipv6_subnet(config, &taken6, rng).map(Some)
+    } else {
+        Some(None)
+    };
+    let decision = match (ipv4, ipv6) {
+        (Some(ipv4), Some(ipv6)) => Decision::Create {
+            subnet: SubnetKey { ipv4, ipv6 },
             previous: false,
         },
-        None => Decision::OutOfSubnets,
+        _ => Decision::OutOfSubnets,
     };
     Plan { delete, decision }
+}
+
+fn overlaps6(a: Ipv6Network, b: Ipv6Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
 }
 
 #[cfg(test)]
@@ -123,7 +188,7 @@ mod tests {
         leases
             .iter()
             .map(|l| Seen {
-                subnet: Some(l.subnet),
+                subnet: Some(l.key()),
                 lease: Some(l),
             })
             .collect()
@@ -150,14 +215,14 @@ mod tests {
             &config,
             &me,
             &seen(&leases),
-            Some("10.5.9.0/24".parse().unwrap()),
+            Some(SubnetKey::new("10.5.9.0/24".parse().unwrap())),
             &mut rng,
         );
         assert_eq!(p.delete, Some(0));
         assert_eq!(
             p.decision,
             Decision::Create {
-                subnet: "10.5.9.0/24".parse().unwrap(),
+                subnet: SubnetKey::new("10.5.9.0/24".parse().unwrap()),
                 previous: true
             }
         );
@@ -167,7 +232,7 @@ mod tests {
             &config,
             &me,
             &seen(&leases),
-            Some("10.5.9.0/24".parse().unwrap()),
+            Some(SubnetKey::new("10.5.9.0/24".parse().unwrap())),
             &mut rng,
         )
         .decision
@@ -175,7 +240,7 @@ mod tests {
             Decision::Create {
                 subnet,
                 previous: false,
-            } => assert_ne!(subnet, "10.5.9.0/24".parse().unwrap()),
+            } => assert_ne!(subnet.ipv4, "10.5.9.0/24".parse().unwrap()),
             d => panic!("{d:?}"),
         }
         // a key with a garbage value still holds its subnet
@@ -183,7 +248,7 @@ mod tests {
         let garbage: Vec<Seen> = ["10.9.0.4/30", "10.9.0.8/30", "10.9.0.12/30"]
             .iter()
             .map(|s| Seen {
-                subnet: Some(s.parse().unwrap()),
+                subnet: Some(SubnetKey::new(s.parse().unwrap())),
                 lease: None,
             })
             .collect();

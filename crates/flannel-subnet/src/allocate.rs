@@ -43,8 +43,7 @@ pub fn free_subnets(
     .collect()
 }
 
-/// The IPv6 counterpart of [`free_subnets`], for the dual-stack acquire (not wired yet:
-/// leases are IPv4 today).
+/// The IPv6 counterpart of [`free_subnets`].
 pub fn free_ipv6_subnets(
     config: &NetworkConfig,
     taken: &[Ipv6Network],
@@ -79,6 +78,20 @@ pub fn pick_subnet(
     rng: &mut impl Rng,
 ) -> Option<Ipv4Network> {
     let candidates = free_subnets(config, taken, MAX_CANDIDATES);
+    if candidates.is_empty() {
+        return None;
+    }
+    Some(candidates[rng.random_range(0..candidates.len())])
+}
+
+/// The IPv6 counterpart of [`pick_subnet`]: a random one among the first
+/// [`MAX_CANDIDATES`] free IPv6 subnets.
+pub fn pick_ipv6_subnet(
+    config: &NetworkConfig,
+    taken: &[Ipv6Network],
+    rng: &mut impl Rng,
+) -> Option<Ipv6Network> {
+    let candidates = free_ipv6_subnets(config, taken, MAX_CANDIDATES);
     if candidates.is_empty() {
         return None;
     }

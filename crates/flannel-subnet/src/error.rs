@@ -1,10 +1,7 @@
 //! Errors of lease management, in the user's terms and free of any store's types: a store
 //! says what failed and whether waiting may help ([`ErrorKind`]); what retries reads that.
 
-use std::net::Ipv4Addr;
-
 use flannel_net::ConfigError;
-use ipnetwork::Ipv4Network;
 
 /// Whether an error may go away by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,9 +92,9 @@ pub enum SubnetError {
     /// Our subnet's key now names another node: this node must not keep using the subnet.
     #[error("subnet {subnet} is now held by {holder}; this node ({ours}) lost its lease")]
     LeaseTaken {
-        subnet: Ipv4Network,
+        subnet: String,
         holder: String,
-        ours: Ipv4Addr,
+        ours: String,
     },
     #[error("{0} is not supported yet by flanneld-rs")]
     Unsupported(&'static str),

@@ -90,7 +90,7 @@ pub async fn manager(
     api: EtcdApi,
     cfg: &etcd::EtcdConfig,
     policy: LeasePolicy,
-    previous_subnet: Option<ipnetwork::Ipv4Network>,
+    previous_subnet: Option<flannel_net::SubnetKey>,
 ) -> Result<Box<dyn SubnetManager>, SubnetError> {
     Ok(match api {
         EtcdApi::V3 => Box::new(LeaseManager::new(
@@ -159,7 +159,7 @@ pub trait SubnetManager: Send + Sync {
         tx: mpsc::Sender<Result<NetworkConfig, String>>,
     ) -> Result<(), SubnetError>;
 
-    /// The lease this PublicIP holds, if any: one request, no TTL lookups (for the VTEP MAC
-    /// a re-created device should keep).
-    async fn lease_of(&self, public_ip: std::net::Ipv4Addr) -> Result<Option<Lease>, SubnetError>;
+    /// The lease this PublicIP (an IPv4 address) or PublicIPv6 holds, if any: one request,
+    /// no TTL lookups (for the VTEP MACs a re-created device should keep).
+    async fn lease_of(&self, public_ip: std::net::IpAddr) -> Result<Option<Lease>, SubnetError>;
 }

@@ -40,7 +40,7 @@ fn v2_manager(
     Ok(LeaseManager::new(
         EtcdV2Store::new(&cfg)?,
         LeasePolicy::default(),
-        previous,
+        previous.map(flannel_net::SubnetKey::new),
     ))
 }
 
@@ -49,7 +49,11 @@ async fn v3_manager(
     previous: Option<ipnetwork::Ipv4Network>,
 ) -> Result<LeaseManager<EtcdV3Store>, SubnetError> {
     let store = EtcdV3Store::new(&cfg).await?;
-    Ok(LeaseManager::new(store, LeasePolicy::default(), previous))
+    Ok(LeaseManager::new(
+        store,
+        LeasePolicy::default(),
+        previous.map(flannel_net::SubnetKey::new),
+    ))
 }
 
 async fn migrate_v2_to_v3(cfg: &EtcdConfig, dry_run: bool) -> Result<MigrateReport, SubnetError> {

@@ -45,7 +45,11 @@ async fn v3_manager(
     previous: Option<ipnetwork::Ipv4Network>,
 ) -> Result<EtcdSubnetManager, SubnetError> {
     let store = EtcdV3Store::new(&cfg).await?;
-    Ok(LeaseManager::new(store, LeasePolicy::default(), previous))
+    Ok(LeaseManager::new(
+        store,
+        LeasePolicy::default(),
+        previous.map(flannel_net::SubnetKey::new),
+    ))
 }
 
 async fn manager(etcd: &TestEtcd, previous: Option<&str>) -> EtcdSubnetManager {

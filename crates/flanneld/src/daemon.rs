@@ -6,6 +6,7 @@
 //! the backend (ready once the peers known at start are programmed) → keep the lease,
 //! resync the rules, until a signal.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use anyhow::{anyhow, bail, Context};
 use flannel_backend::netlink::Netlink;
 use flannel_backend::{Backend, NodeContext};
 use flannel_masq::{Mode, RuleSpec, Tools, TrafficManager};
-use flannel_net::{Lease, LeaseBatch, NetworkConfig, SubnetEnv};
+use flannel_net::{Lease, LeaseBatch, NetworkConfig, SubnetEnv, SubnetKey};
 use flannel_subnet::{EtcdApi, SubnetError, SubnetManager};
 use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
@@ -51,7 +52,7 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
         api,
         &opts.etcd,
         opts.lease_policy,
-        previous.as_ref().and_then(|p| p.subnet),
+        previous.as_ref().and_then(previous_key),
     )
     .await
     .context("creating the etcd subnet manager")?;
@@ -64,23 +65,35 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
         "Found network config - Backend type: {}",
         config.backend_type
     );
-    if config.enable_ipv6 || !config.enable_ipv4 {
-        bail!("IPv6 (EnableIPv6, or EnableIPv4 false) is not supported yet by flanneld-rs");
-    }
+    let Some(stack) = iface::Stack::of(config.enable_ipv4, config.enable_ipv6) else {
+        bail!("the network config has EnableIPv4 and EnableIPv6 both false: there is nothing for flannel to do");
+    };
 
     let nl = Netlink::connect().context("opening netlink")?;
     let snapshot = iface::Snapshot::read(&nl)
         .await
         .context("reading the interfaces")?;
-    let chosen = iface::select(&snapshot, &opts).map_err(|e| anyhow!(e))?;
-    let public_ip = iface::log_choice(&chosen, opts.public_ip);
-    ensure_ip_forward();
-
+    let chosen = iface::select(&snapshot, &opts, stack).map_err(|e| anyhow!(e))?;
+    let (public_ip, public_ipv6) = iface::log_choice(&chosen, &opts);
+    if config.enable_ipv4 {
+        ensure_forwarding("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward");
+    }
+    if config.enable_ipv6 {
+        ensure_forwarding(
+            "/proc/sys/net/ipv6/conf/all/forwarding",
+            "net.ipv6.conf.all.forwarding",
+        );
+    }
+    let node_ip = public_ip
+        .map(IpAddr::V4)
+        .or(public_ipv6.map(IpAddr::V6))
+        .ok_or_else(|| anyhow!("no external address was chosen"))?;
     let node = NodeContext {
         nl: nl.clone(),
         ext: chosen.ext,
-        public_ip,
-        previous_lease: previous_lease(sm, public_ip).await,
+        public_ip: public_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        public_ipv6,
+        previous_lease: previous_lease(sm, node_ip).await,
     };
     let mut backend = flannel_backend::new_backend(&config, node)
         .await
@@ -97,14 +110,20 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
         .lock()
         .map_err(|_| anyhow!("lease lock poisoned"))? = Some(lease.clone());
 
-    let masq = setup_rules(&opts, &config, &lease, previous.as_ref()).await?;
+    let mut masq = Vec::new();
+    if config.enable_ipv4 {
+        masq.push(setup_rules(&opts, &config, &lease, previous.as_ref(), false).await?);
+    }
+    if config.enable_ipv6 {
+        masq.push(setup_rules(&opts, &config, &lease, previous.as_ref(), true).await?);
+    }
     shared.rule_checks.fetch_add(1, Ordering::Relaxed);
 
     let env = SubnetEnv {
-        network: Some(config.network),
-        subnet: Some(lease.subnet),
-        ipv6_network: None,
-        ipv6_subnet: None,
+        network: config.enable_ipv4.then_some(config.network),
+        subnet: lease.has_ipv4().then_some(lease.subnet),
+        ipv6_network: config.ipv6_network.filter(|_| config.enable_ipv6),
+        ipv6_subnet: lease.ipv6_subnet,
         mtu: backend.mtu(),
         ip_masq: opts.ip_masq,
     };
@@ -113,7 +132,9 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
     info!("Wrote subnet file to {}", opts.subnet_file.display());
     info!("Running backend.");
 
-    ensure_blackhole(&nl, lease.subnet, opts.ip_blackhole_route).await;
+    for subnet in own_subnets(&lease) {
+        ensure_blackhole(&nl, subnet, opts.ip_blackhole_route).await;
+    }
     steady_state(sm, backend, masq, &nl, lease, &config, &opts, shared).await
 }
 
@@ -168,22 +189,42 @@ async fn wait_for_config(sm: &dyn SubnetManager) -> NetworkConfig {
 }
 
 /// Upstream leaves forwarding as it finds it, and pods behind cni0 on other nodes are then
-/// unreachable. Turn it on, and say so.
-fn ensure_ip_forward() {
-    let path = "/proc/sys/net/ipv4/ip_forward";
+/// unreachable. Turn it on (for each enabled family), and say so.
+fn ensure_forwarding(path: &str, name: &str) {
     match std::fs::read_to_string(path) {
         Ok(v) if v.trim() == "0" => match std::fs::write(path, "1") {
-            Ok(()) => info!("net.ipv4.ip_forward was 0; enabled it so that pods can be reached from other nodes"),
-            Err(e) => warn!("net.ipv4.ip_forward is 0 and could not be enabled ({e}): pods on this node will be unreachable"),
+            Ok(()) => {
+                info!("{name} was 0; enabled it so that pods can be reached from other nodes")
+            }
+            Err(e) => warn!(
+                "{name} is 0 and could not be enabled ({e}): pods on this node will be unreachable"
+            ),
         },
         Ok(_) => {}
         Err(e) => warn!("cannot read {path}: {e}"),
     }
 }
 
+/// The previous run's subnets from its subnet.env, as a lease key (`None` without any).
+fn previous_key(env: &SubnetEnv) -> Option<SubnetKey> {
+    let ipv4 = env.subnet.unwrap_or_else(flannel_subnet::acquire::no_ipv4);
+    (env.subnet.is_some() || env.ipv6_subnet.is_some()).then_some(SubnetKey {
+        ipv4,
+        ipv6: env.ipv6_subnet,
+    })
+}
+
+/// This node's subnets, IPv4 first.
+fn own_subnets(lease: &Lease) -> Vec<IpNetwork> {
+    [lease.subnet_of(false), lease.subnet_of(true)]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 /// The lease this node already holds in the store, if any (what it advertised before: a
 /// re-created VXLAN device keeps its VTEP MAC).
-async fn previous_lease(sm: &dyn SubnetManager, public_ip: std::net::Ipv4Addr) -> Option<Lease> {
+async fn previous_lease(sm: &dyn SubnetManager, public_ip: IpAddr) -> Option<Lease> {
     match sm.lease_of(public_ip).await {
         Ok(lease) => lease,
         Err(e) => {
@@ -215,31 +256,57 @@ async fn acquire(
     }
 }
 
+/// The traffic rules of one family (`ipv6`: ip6tables, or the nftables table
+/// `flannel-ipv6`), set up.
 async fn setup_rules(
     opts: &Options,
     config: &NetworkConfig,
     lease: &Lease,
     previous: Option<&SubnetEnv>,
+    ipv6: bool,
 ) -> anyhow::Result<TrafficManager> {
     let mode = if config.enable_nftables {
         Mode::Nftables
     } else {
         Mode::Iptables
     };
+    let (network, subnet, previous) = if ipv6 {
+        let network = config
+            .ipv6_network
+            .ok_or_else(|| anyhow!("IPv6 is enabled without an IPv6Network"))?;
+        let subnet = lease
+            .ipv6_subnet
+            .ok_or_else(|| anyhow!("this node's lease has no IPv6 subnet"))?;
+        let previous = previous.and_then(|p| {
+            Some((
+                IpNetwork::V6(p.ipv6_network?),
+                IpNetwork::V6(p.ipv6_subnet?),
+            ))
+        });
+        (IpNetwork::V6(network), IpNetwork::V6(subnet), previous)
+    } else {
+        let previous =
+            previous.and_then(|p| Some((IpNetwork::V4(p.network?), IpNetwork::V4(p.subnet?))));
+        (
+            IpNetwork::V4(config.network),
+            IpNetwork::V4(lease.subnet),
+            previous,
+        )
+    };
     let spec = RuleSpec {
-        network: IpNetwork::V4(config.network),
-        subnet: IpNetwork::V4(lease.subnet),
+        network,
+        subnet,
         ip_masq: opts.ip_masq,
         forward: opts.iptables_forward_rules,
         random_fully: !opts.ip_masq_fully_random_disable,
-        previous: previous
-            .and_then(|p| Some((IpNetwork::V4(p.network?), IpNetwork::V4(p.subnet?))))
-            .filter(|(n, s)| {
-                (*n, *s) != (IpNetwork::V4(config.network), IpNetwork::V4(lease.subnet))
-            }),
+        previous: previous.filter(|p| *p != (network, subnet)),
     };
     // next to subnet.env (/run/flannel: a tmpfs, emptied at boot)
-    let state = opts.subnet_file.with_file_name(".flanneld-rs-rules.state");
+    let state = opts.subnet_file.with_file_name(if ipv6 {
+        ".flanneld-rs-rules6.state"
+    } else {
+        ".flanneld-rs-rules.state"
+    });
     let masq = TrafficManager::new(mode, &Tools::default(), spec)
         .await
         .context("setting up traffic rules")?
@@ -261,9 +328,9 @@ async fn setup_rules(
 /// subnet, e.g. Canal): a blackhole route for this node's subnet, so that traffic to its
 /// unused addresses is dropped here instead of going out by the default route. Without the
 /// flag, one a previous run left for this subnet is removed. A route dump, no process.
-async fn ensure_blackhole(nl: &Netlink, subnet: ipnetwork::Ipv4Network, wanted: bool) {
-    let dst = IpNetwork::V4(subnet);
-    let present = match nl.blackholes(flannel_backend::netlink::Family::V4).await {
+async fn ensure_blackhole(nl: &Netlink, dst: IpNetwork, wanted: bool) {
+    let family = flannel_backend::netlink::Family::of(dst.ip());
+    let present = match nl.blackholes(family).await {
         Ok(list) => list.contains(&dst),
         Err(e) => {
             warn!("listing blackhole routes: {e}");
@@ -301,7 +368,7 @@ fn same_plumbing(running: &NetworkConfig, new: &NetworkConfig) -> bool {
 async fn steady_state(
     sm: &dyn SubnetManager,
     backend: Box<dyn Backend>,
-    masq: TrafficManager,
+    masq: Vec<TrafficManager>,
     nl: &Netlink,
     lease: Lease,
     config: &NetworkConfig,
@@ -367,7 +434,7 @@ async fn steady_state(
             memory::release_free_heap();
         }
     };
-    let subnet = lease.subnet;
+    let subnets = own_subnets(&lease);
     let rules = async {
         let mut tick = tokio::time::interval(opts.iptables_resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -375,13 +442,17 @@ async fn steady_state(
         loop {
             tick.tick().await;
             shared.rule_checks.fetch_add(1, Ordering::Relaxed);
-            let written = masq.resync().await;
-            shared
-                .rule_repairs
-                .fetch_add(written as u64, Ordering::Relaxed);
+            for m in &masq {
+                let written = m.resync().await;
+                shared
+                    .rule_repairs
+                    .fetch_add(written as u64, Ordering::Relaxed);
+            }
             // upstream re-adds the blackhole route on the same period
             if opts.ip_blackhole_route {
-                ensure_blackhole(nl, subnet, true).await;
+                for subnet in &subnets {
+                    ensure_blackhole(nl, *subnet, true).await;
+                }
             }
         }
     };

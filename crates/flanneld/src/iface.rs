@@ -2,65 +2,108 @@
 //! the `--iface` list (names or IPs) in order, then the `--iface-regex` list (matched against
 //! names and IPs), then `--iface-can-reach`; with none of those, the interface holding
 //! `--public-ip`, else the one of the default route.
+//!
+//! Per IP stack, as upstream v0.28.9: IPv4 picks by IPv4 address and route; IPv6-only the
+//! same with IPv6 addresses and routes; dual-stack picks the interface by IPv4, then takes its
+//! IPv6 address (`-public-ipv6` when it is on that interface), and without `-iface*` flags both
+//! default routes must leave by the same interface. Link-local IPv6 addresses are never
+//! chosen.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use flannel_backend::netlink::link::Link;
 use flannel_backend::netlink::route::Route;
 use flannel_backend::netlink::{Family, Netlink};
 use flannel_backend::{BackendError, ExtIface};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use tracing::info;
 
-use crate::options::{check_node_address, Options};
+use crate::options::{check_node_address, check_node_address6, Options};
 
-/// The links and IPv4 routes of the node, as seen at start (the external interface is found
-/// by its IPv4 address, as upstream does for the IPv4 side).
+/// Which families the network config enables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stack {
+    V4,
+    V6,
+    Dual,
+}
+
+impl Stack {
+    pub fn of(enable_ipv4: bool, enable_ipv6: bool) -> Option<Stack> {
+        match (enable_ipv4, enable_ipv6) {
+            (true, false) => Some(Stack::V4),
+            (false, true) => Some(Stack::V6),
+            (true, true) => Some(Stack::Dual),
+            (false, false) => None,
+        }
+    }
+}
+
+/// The links with their addresses and the routes of the node (both families), as seen at
+/// start.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    pub links: Vec<(Link, Vec<Ipv4Network>)>,
+    pub links: Vec<(Link, Vec<IpNetwork>)>,
     pub routes: Vec<Route>,
+}
+
+/// Whether `ip` can carry traffic from other nodes.
+fn usable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => check_node_address(ip).is_ok(),
+        IpAddr::V6(ip) => check_node_address6(ip).is_ok(),
+    }
+}
+
+fn check(ip: IpAddr) -> Result<(), String> {
+    match ip {
+        IpAddr::V4(ip) => check_node_address(ip),
+        IpAddr::V6(ip) => check_node_address6(ip),
+    }
+}
+
+fn in_family(ip: IpAddr, family: Family) -> bool {
+    Family::of(ip) == family
 }
 
 impl Snapshot {
     pub async fn read(nl: &Netlink) -> Result<Snapshot, BackendError> {
         let mut links = Vec::new();
         for link in nl.links().await? {
-            let addrs = nl
-                .addresses(link.index, Family::V4)
-                .await?
-                .into_iter()
-                .filter_map(|a| match a {
-                    IpNetwork::V4(a) => Some(a),
-                    IpNetwork::V6(_) => None,
-                })
-                .collect();
+            let mut addrs = nl.addresses(link.index, Family::V4).await?;
+            addrs.extend(nl.addresses(link.index, Family::V6).await?);
             links.push((link, addrs));
         }
-        Ok(Snapshot {
-            links,
-            routes: nl.routes(Family::V4).await?,
-        })
+        let mut routes = nl.routes(Family::V4).await?;
+        routes.extend(nl.routes(Family::V6).await?);
+        Ok(Snapshot { links, routes })
     }
 
-    fn by_ip(&self, ip: Ipv4Addr) -> Option<&(Link, Vec<Ipv4Network>)> {
+    fn by_ip(&self, ip: IpAddr) -> Option<&(Link, Vec<IpNetwork>)> {
         self.links
             .iter()
             .find(|(_, addrs)| addrs.iter().any(|a| a.ip() == ip))
     }
 
-    fn by_index(&self, index: u32) -> Option<&(Link, Vec<Ipv4Network>)> {
+    fn by_index(&self, index: u32) -> Option<&(Link, Vec<IpNetwork>)> {
         self.links.iter().find(|(l, _)| l.index == index)
     }
 
     /// `eth0 (192.168.77.1/24), eth1 (none)`: what an operator can choose from.
-    fn describe(&self) -> String {
+    fn describe(&self, family: Family) -> String {
         self.links
             .iter()
             .map(|(l, addrs)| {
-                let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                let addrs: Vec<String> = addrs
+                    .iter()
+                    .filter(|a| in_family(a.ip(), family))
+                    .map(ToString::to_string)
+                    .collect();
                 let addrs = if addrs.is_empty() {
-                    "no IPv4 address".to_string()
+                    match family {
+                        Family::V4 => "no IPv4 address".to_string(),
+                        Family::V6 => "no IPv6 address".to_string(),
+                    }
                 } else {
                     addrs.join(", ")
                 };
@@ -69,71 +112,94 @@ impl Snapshot {
             .collect::<Vec<_>>()
             .join(", ")
     }
+
+    /// The interface of the default route of `family`.
+    fn default_route(&self, family: Family) -> Option<&(Link, Vec<IpNetwork>)> {
+        self.routes
+            .iter()
+            .find(|r| r.dst.prefix() == 0 && in_family(r.dst.ip(), family) && r.oif.is_some())
+            .and_then(|r| r.oif)
+            .and_then(|i| self.by_index(i))
+    }
 }
 
-/// The chosen interface and the address flannel uses on it.
+/// The chosen interface and the addresses flannel uses on it (one per enabled family).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chosen {
     pub ext: ExtIface,
-    pub iface_addr: Ipv4Addr,
+    pub iface_addr: Option<Ipv4Addr>,
+    pub iface_v6_addr: Option<Ipv6Addr>,
 }
 
-/// The interface `link` with `ip` (or its first usable address): loopback, unspecified,
-/// broadcast and multicast addresses cannot carry traffic from other nodes.
-fn chosen(link: &Link, addrs: &[Ipv4Network], ip: Option<Ipv4Addr>) -> Result<Chosen, String> {
+/// `link`'s first usable address of `family`, or `ip` (checked).
+fn address_on(
+    link: &Link,
+    addrs: &[IpNetwork],
+    family: Family,
+    ip: Option<IpAddr>,
+) -> Result<IpAddr, String> {
     if let Some(ip) = ip {
-        check_node_address(ip)?;
+        check(ip)?;
+        return Ok(ip);
     }
-    let usable = || {
-        addrs
-            .iter()
-            .map(|a| a.ip())
-            .find(|a| check_node_address(*a).is_ok())
-    };
-    let iface_addr = match ip.or_else(usable) {
-        Some(ip) => ip,
+    addrs
+        .iter()
+        .map(|a| a.ip())
+        .find(|a| in_family(*a, family) && usable(*a))
         // upstream's words
-        None => {
-            return Err(format!(
-                "failed to find IPv4 address for interface {}",
-                link.name
-            ))
-        }
-    };
-    Ok(Chosen {
-        ext: ExtIface {
-            index: link.index,
-            name: link.name.clone(),
-            mtu: link.mtu,
-            addresses: addrs.iter().copied().map(IpNetwork::V4).collect(),
-        },
-        iface_addr,
-    })
+        .ok_or_else(|| match family {
+            Family::V4 => format!("failed to find IPv4 address for interface {}", link.name),
+            Family::V6 => format!("failed to find IPv6 address for interface {}", link.name),
+        })
+}
+
+fn ext_iface(link: &Link, addrs: &[IpNetwork]) -> ExtIface {
+    ExtIface {
+        index: link.index,
+        name: link.name.clone(),
+        mtu: link.mtu,
+        addresses: addrs.iter().copied().filter(|a| usable(a.ip())).collect(),
+    }
 }
 
 /// The interface for `route lookup(dst)` in the main table: the longest matching prefix.
-fn route_to(snapshot: &Snapshot, dst: Ipv4Addr) -> Option<u32> {
+fn route_to(snapshot: &Snapshot, dst: IpAddr) -> Option<u32> {
     snapshot
         .routes
         .iter()
-        .filter(|r| r.dst.contains(dst.into()) && r.oif.is_some())
+        .filter(|r| {
+            in_family(r.dst.ip(), Family::of(dst)) && r.dst.contains(dst) && r.oif.is_some()
+        })
         .max_by_key(|r| r.dst.prefix())
         .and_then(|r| r.oif)
 }
 
-pub fn select(snapshot: &Snapshot, opts: &Options) -> Result<Chosen, String> {
+/// The interface and its address in `family`, by upstream's order of flags. `public` is
+/// `-public-ip` or `-public-ipv6` (used to find the interface without `-iface*` flags).
+fn select_in(
+    snapshot: &Snapshot,
+    opts: &Options,
+    family: Family,
+    public: Option<IpAddr>,
+) -> Result<(Link, Vec<IpNetwork>, IpAddr), String> {
+    let pick = |(l, a): &(Link, Vec<IpNetwork>), ip: Option<IpAddr>| {
+        address_on(l, a, family, ip).map(|ip| (l.clone(), a.clone(), ip))
+    };
     for spec in &opts.iface {
-        let found = match spec.parse::<Ipv4Addr>() {
+        let found = match spec.parse::<IpAddr>() {
+            Ok(ip) if !in_family(ip, family) => {
+                Err(format!("{ip} is not an address of this family"))
+            }
             Ok(ip) => snapshot
                 .by_ip(ip)
                 .ok_or_else(|| format!("no interface with address {ip}"))
-                .and_then(|(l, a)| chosen(l, a, Some(ip))),
+                .and_then(|e| pick(e, Some(ip))),
             Err(_) => snapshot
                 .links
                 .iter()
                 .find(|(l, _)| l.name == *spec)
                 .ok_or_else(|| format!("no interface named {spec}"))
-                .and_then(|(l, a)| chosen(l, a, None)),
+                .and_then(|e| pick(e, None)),
         };
         match found {
             Ok(c) => return Ok(c),
@@ -141,28 +207,30 @@ pub fn select(snapshot: &Snapshot, opts: &Options) -> Result<Chosen, String> {
         }
     }
     for re in &opts.iface_regex {
-        for (link, addrs) in &snapshot.links {
-            let usable = |a: &&Ipv4Network| check_node_address(a.ip()).is_ok();
-            if let Some(a) = addrs
+        for entry in &snapshot.links {
+            let ok = |a: &&IpNetwork| in_family(a.ip(), family) && usable(a.ip());
+            if let Some(a) = entry
+                .1
                 .iter()
-                .filter(usable)
+                .filter(ok)
                 .find(|a| re.is_match(&a.ip().to_string()))
             {
-                return chosen(link, addrs, Some(a.ip()));
+                return pick(entry, Some(a.ip()));
             }
-            if re.is_match(&link.name) && addrs.iter().any(|a| usable(&a)) {
-                return chosen(link, addrs, None);
+            if re.is_match(&entry.0.name) && entry.1.iter().any(|a| ok(&a)) {
+                return pick(entry, None);
             }
         }
         info!(
             "Could not find valid interface matching {} (interfaces here: {})",
             re.as_str(),
-            snapshot.describe()
+            snapshot.describe(family)
         );
     }
-    if let Some(dst) = opts.iface_can_reach {
+    let reach = opts.iface_can_reach.filter(|d| in_family(*d, family));
+    if let Some(dst) = reach {
         match route_to(snapshot, dst).and_then(|i| snapshot.by_index(i)) {
-            Some((link, addrs)) => return chosen(link, addrs, None),
+            Some(entry) => return pick(entry, None),
             None => info!(
                 "Could not find valid interface matching ifaceCanReach: {dst}: no route to {dst} in the main table (network is unreachable)"
             ),
@@ -174,51 +242,133 @@ pub fn select(snapshot: &Snapshot, opts: &Options) -> Result<Chosen, String> {
             "Failed to find interface to use that matches the interfaces and/or regexes provided"
                 .to_string();
         if !opts.iface_regex.is_empty() {
-            e += &format!(" (interfaces here: {})", snapshot.describe());
+            e += &format!(" (interfaces here: {})", snapshot.describe(family));
         }
         if let Some(dst) = opts.iface_can_reach {
             e += &format!(" (-iface-can-reach {dst}: no route to it in the main table: network is unreachable)");
         }
         return Err(e);
     }
-    if let Some(ip) = opts.public_ip {
+    if let Some(ip) = public {
         // upstream: without -iface, -public-ip must be an address of this host
-        let (link, addrs) = snapshot.by_ip(ip).ok_or_else(|| {
+        let entry = snapshot.by_ip(ip).ok_or_else(|| {
             format!(
                 "Failed to find any valid interface to use: error looking up interface {ip}: no interface has that address (a public IP that is not on this host, behind NAT, needs -iface too)"
             )
         })?;
-        return chosen(link, addrs, Some(ip));
+        return pick(entry, Some(ip));
     }
-    let default = snapshot
-        .routes
-        .iter()
-        .find(|r| r.dst.prefix() == 0 && r.oif.is_some())
-        .and_then(|r| r.oif)
-        .and_then(|i| snapshot.by_index(i))
-        .ok_or("failed to get default interface: no default route (use -iface)")?;
-    chosen(&default.0, &default.1, None)
+    let entry = snapshot.default_route(family).ok_or(match family {
+        Family::V4 => "failed to get default interface: no default route (use -iface)",
+        Family::V6 => "failed to get default v6 interface: no IPv6 default route (use -iface)",
+    })?;
+    pick(entry, None)
 }
 
-/// Logs the choice as upstream does.
-pub fn log_choice(c: &Chosen, public_ip: Option<Ipv4Addr>) -> Ipv4Addr {
-    info!(
-        "Using interface with name {} and address {}",
-        c.ext.name, c.iface_addr
-    );
-    match public_ip {
+pub fn select(snapshot: &Snapshot, opts: &Options, stack: Stack) -> Result<Chosen, String> {
+    let v6 = |ip: IpAddr| match ip {
+        IpAddr::V6(ip) => Some(ip),
+        IpAddr::V4(_) => None,
+    };
+    let v4 = |ip: IpAddr| match ip {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    };
+    match stack {
+        Stack::V4 => {
+            let (link, addrs, ip) =
+                select_in(snapshot, opts, Family::V4, opts.public_ip.map(IpAddr::V4))?;
+            Ok(Chosen {
+                ext: ext_iface(&link, &addrs),
+                iface_addr: v4(ip),
+                iface_v6_addr: None,
+            })
+        }
+        Stack::V6 => {
+            let (link, addrs, ip) =
+                select_in(snapshot, opts, Family::V6, opts.public_ipv6.map(IpAddr::V6))?;
+            Ok(Chosen {
+                ext: ext_iface(&link, &addrs),
+                iface_addr: None,
+                iface_v6_addr: v6(ip),
+            })
+        }
+        Stack::Dual => {
+            let (link, addrs, ip) =
+                select_in(snapshot, opts, Family::V4, opts.public_ip.map(IpAddr::V4))?;
+            let no_flags = opts.iface.is_empty()
+                && opts.iface_regex.is_empty()
+                && opts.iface_can_reach.is_none()
+                && opts.public_ip.is_none();
+            if no_flags {
+                let (v6_link, _) = snapshot.default_route(Family::V6).ok_or(
+                    "failed to get default v6 interface: no IPv6 default route (use -iface)",
+                )?;
+                if v6_link.index != link.index {
+                    // upstream's words
+                    return Err(format!(
+                        "v6 default route interface {} must be the same with v4 default route interface {}",
+                        v6_link.name, link.name
+                    ));
+                }
+            }
+            // -public-ipv6 counts as the interface's address when it is on that interface
+            let on_link = opts
+                .public_ipv6
+                .filter(|p| addrs.iter().any(|a| a.ip() == IpAddr::V6(*p)));
+            if let (Some(p), None) = (opts.public_ipv6, on_link) {
+                if let Some((other, _)) = snapshot.by_ip(IpAddr::V6(p)) {
+                    if other.index != link.index {
+                        // upstream's words
+                        return Err(format!(
+                            "v6 interface {} must be the same with v4 interface {}",
+                            other.name, link.name
+                        ));
+                    }
+                }
+            }
+            let ip6 = address_on(&link, &addrs, Family::V6, on_link.map(IpAddr::V6))?;
+            Ok(Chosen {
+                ext: ext_iface(&link, &addrs),
+                iface_addr: v4(ip),
+                iface_v6_addr: v6(ip6),
+            })
+        }
+    }
+}
+
+/// Logs the choice as upstream does; returns the external addresses (PublicIP, PublicIPv6).
+pub fn log_choice(c: &Chosen, opts: &Options) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    if let Some(a) = c.iface_addr {
+        info!("Using interface with name {} and address {a}", c.ext.name);
+    }
+    if let Some(a) = c.iface_v6_addr {
+        info!(
+            "Using interface with name {} and v6 address {a}",
+            c.ext.name
+        );
+    }
+    let public = c.iface_addr.map(|a| match opts.public_ip {
         Some(ip) => {
             info!("Using {ip} as external address");
             ip
         }
         None => {
-            info!(
-                "Defaulting external address to interface address ({})",
-                c.iface_addr
-            );
-            c.iface_addr
+            info!("Defaulting external address to interface address ({a})");
+            a
         }
-    }
+    });
+    let public6 = c.iface_v6_addr.map(|a| match opts.public_ipv6 {
+        Some(ip) => {
+            info!("Using {ip} as external address");
+            ip
+        }
+        None => {
+            info!("Defaulting external v6 address to interface address ({a})");
+            a
+        }
+    });
+    (public, public6)
 }
 
 #[cfg(test)]
@@ -284,7 +434,7 @@ mod tests {
     }
 
     fn pick(a: &[&str]) -> Result<(String, Ipv4Addr), String> {
-        select(&snapshot(), &opts(a)).map(|c| (c.ext.name, c.iface_addr))
+        select(&snapshot(), &opts(a), Stack::V4).map(|c| (c.ext.name, c.iface_addr.unwrap()))
     }
 
     #[test]
@@ -334,13 +484,20 @@ mod tests {
             pick(&["-iface=lo"]).unwrap_err(),
             "Failed to find interface to use that matches the interfaces and/or regexes provided"
         );
-        let lo = select(&snapshot(), &opts(&["-iface=lo"]));
+        let lo = select(&snapshot(), &opts(&["-iface=lo"]), Stack::V4);
         assert!(lo.is_err());
-        let err = chosen(&link(1, "lo"), &["127.0.0.1/8".parse().unwrap()], None).unwrap_err();
-        assert_eq!(err, "failed to find IPv4 address for interface lo");
-        let err = chosen(
+        let err = address_on(
             &link(1, "lo"),
             &["127.0.0.1/8".parse().unwrap()],
+            Family::V4,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err, "failed to find IPv4 address for interface lo");
+        let err = address_on(
+            &link(1, "lo"),
+            &["127.0.0.1/8".parse().unwrap()],
+            Family::V4,
             Some("127.0.0.1".parse().unwrap()),
         )
         .unwrap_err();
@@ -358,7 +515,7 @@ mod tests {
     fn iface_can_reach_without_a_route_says_so() {
         let mut s = snapshot();
         s.routes.retain(|r| r.dst.prefix() != 0);
-        let err = select(&s, &opts(&["-iface-can-reach=8.8.8.8"])).unwrap_err();
+        let err = select(&s, &opts(&["-iface-can-reach=8.8.8.8"]), Stack::V4).unwrap_err();
         assert!(
             err.contains("-iface-can-reach 8.8.8.8: no route to it in the main table"),
             "{err}"
@@ -376,6 +533,7 @@ mod tests {
         let c = select(
             &snapshot(),
             &opts(&["-iface=eth0", "-public-ip=203.0.113.5"]),
+            Stack::V4,
         )
         .unwrap();
         assert_eq!(c.ext.name, "eth0");
@@ -387,8 +545,117 @@ mod tests {
         assert_eq!(pick(&["-public-ip=192.168.77.1"]).unwrap().0, "eth0");
         let mut s = snapshot();
         s.routes.retain(|r| r.dst.prefix() != 0);
-        assert!(select(&s, &opts(&[]))
+        assert!(select(&s, &opts(&[]), Stack::V4)
             .unwrap_err()
             .contains("no default route"));
+    }
+
+    /// eth0 and eth1 get IPv6 addresses (and a link-local one each), the default v6 route
+    /// leaves by eth1 like the v4 one.
+    fn dual_snapshot() -> Snapshot {
+        let mut s = snapshot();
+        for (i, extra) in [
+            (1, vec!["::1/128"]),
+            (2, vec!["fe80::1/64", "fd77::1/64"]),
+            (3, vec!["fe80::2/64", "2001:db8:9::5/64"]),
+        ] {
+            s.links[i - 1]
+                .1
+                .extend(extra.iter().map(|a| a.parse::<IpNetwork>().unwrap()));
+        }
+        s.routes.push(Route {
+            dst: "::/0".parse().unwrap(),
+            gateway: Some("2001:db8:9::1".parse().unwrap()),
+            oif: Some(3),
+            onlink: false,
+        });
+        s.routes.push(Route {
+            dst: "fd77::/64".parse().unwrap(),
+            gateway: None,
+            oif: Some(2),
+            onlink: false,
+        });
+        s
+    }
+
+    fn pick6(a: &[&str], stack: Stack) -> Result<Chosen, String> {
+        select(&dual_snapshot(), &opts(a), stack)
+    }
+
+    #[test]
+    fn dual_stack_takes_the_v6_address_of_the_v4_interface() {
+        let c = pick6(&["-iface=eth0"], Stack::Dual).unwrap();
+        assert_eq!(c.ext.name, "eth0");
+        assert_eq!(c.iface_addr, Some("192.168.77.1".parse().unwrap()));
+        assert_eq!(
+            c.iface_v6_addr,
+            Some("fd77::1".parse().unwrap()),
+            "never the link-local address"
+        );
+        let c = pick6(&[], Stack::Dual).unwrap();
+        assert_eq!(c.iface_v6_addr, Some("2001:db8:9::5".parse().unwrap()));
+        // the two default routes on different interfaces: upstream's message
+        let mut s = dual_snapshot();
+        s.routes[0].oif = Some(2);
+        let err = select(&s, &opts(&[]), Stack::Dual).unwrap_err();
+        assert_eq!(
+            err,
+            "v6 default route interface eth1 must be the same with v4 default route interface eth0"
+        );
+        // no global v6 address on the chosen interface
+        let mut s = dual_snapshot();
+        s.links[1]
+            .1
+            .retain(|a| a.ip() != "fd77::1".parse::<IpAddr>().unwrap());
+        let err = select(&s, &opts(&["-iface=eth0"]), Stack::Dual).unwrap_err();
+        assert_eq!(err, "failed to find IPv6 address for interface eth0");
+        // -public-ipv6 of another interface
+        let err = pick6(&["-iface=eth0", "-public-ipv6=2001:db8:9::5"], Stack::Dual).unwrap_err();
+        assert_eq!(
+            err,
+            "v6 interface eth1 must be the same with v4 interface eth0"
+        );
+        // -public-ipv6 on no interface (NAT): the interface's own v6 address, advertised as given
+        let c = pick6(&["-iface=eth0", "-public-ipv6=2001:db8:77::1"], Stack::Dual).unwrap();
+        assert_eq!(c.iface_v6_addr, Some("fd77::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_only_selects_by_v6_address_and_route() {
+        let c = pick6(&[], Stack::V6).unwrap();
+        assert_eq!(c.ext.name, "eth1");
+        assert_eq!(c.iface_addr, None);
+        assert_eq!(c.iface_v6_addr, Some("2001:db8:9::5".parse().unwrap()));
+        assert_eq!(
+            pick6(&["-iface=fd77::1"], Stack::V6).unwrap().ext.name,
+            "eth0"
+        );
+        assert_eq!(
+            pick6(&["-iface-regex=^fd77:"], Stack::V6).unwrap().ext.name,
+            "eth0"
+        );
+        assert_eq!(
+            pick6(&["-iface-can-reach=fd77::9"], Stack::V6)
+                .unwrap()
+                .ext
+                .name,
+            "eth0"
+        );
+        assert_eq!(
+            pick6(&["-public-ipv6=fd77::1"], Stack::V6)
+                .unwrap()
+                .ext
+                .name,
+            "eth0"
+        );
+        assert_eq!(
+            pick6(&["-iface=lo"], Stack::V6).unwrap_err(),
+            "Failed to find interface to use that matches the interfaces and/or regexes provided"
+        );
+        let mut s = dual_snapshot();
+        s.routes.retain(|r| r.dst.prefix() != 0);
+        assert!(select(&s, &opts(&[]), Stack::V6)
+            .unwrap_err()
+            .contains("failed to get default v6 interface"));
     }
 }

@@ -1,7 +1,7 @@
 //! `flanneld-rs lease show`: the leases in etcd, one row each, for people (a table) or
 //! scripts (`--json`). Read-only by construction: it only lists and gets.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::SystemTime;
 
 use anyhow::Context;
@@ -97,11 +97,11 @@ pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
             Some(net)
         }
     };
-    let ours: Vec<Ipv4Addr> = match values.string(&flags, "public-ip") {
+    let ours: Vec<IpAddr> = match values.string(&flags, "public-ip") {
         s if s.is_empty() => local_addresses().await,
-        s => vec![s
-            .parse()
-            .map_err(|_| CliError(format!("--public-ip {s:?} is not an IPv4 address")))?],
+        s => vec![IpAddr::V4(s.parse::<Ipv4Addr>().map_err(|_| {
+            CliError(format!("--public-ip {s:?} is not an IPv4 address"))
+        })?)],
     };
     let cfg = checked_etcd_config(&values)?;
     cfg.insecure_warning();
@@ -152,7 +152,7 @@ pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
 fn to_json(
     config: &Result<flannel_net::NetworkConfig, flannel_subnet::SubnetError>,
     entries: &[LeaseEntry],
-    ours: &[Ipv4Addr],
+    ours: &[IpAddr],
 ) -> Value {
     let mut leases = Vec::new();
     let mut errors = Vec::new();
@@ -172,7 +172,9 @@ fn to_json(
                     "reservation": l.is_reservation(),
                     "expires": expires,
                     "ttl_seconds": ttl,
-                    "this_node": ours.contains(&l.attrs.public_ip),
+                    "ipv6_subnet": l.ipv6_subnet.map(|s| s.to_string()),
+                    "vtep_mac_v6": l.attrs.vxlan_v6_data().and_then(Result::ok).map(|v| v.vtep_mac.to_string()),
+                    "this_node": is_ours(ours, l),
                 }));
             }
             Err(err) => errors.push(json!({"key": e.key, "error": err})),
@@ -194,7 +196,7 @@ fn to_json(
 fn to_table(
     config: &Result<flannel_net::NetworkConfig, flannel_subnet::SubnetError>,
     entries: &[LeaseEntry],
-    ours: &[Ipv4Addr],
+    ours: &[IpAddr],
 ) -> String {
     let mut out = match config {
         Ok(c) => format!("network config: {c}\n"),
@@ -207,11 +209,7 @@ fn to_table(
     for e in entries {
         match &e.lease {
             Ok(l) => {
-                let mark = if ours.contains(&l.attrs.public_ip) {
-                    " *"
-                } else {
-                    ""
-                };
+                let mark = if is_ours(ours, l) { " *" } else { "" };
                 let mac = l
                     .attrs
                     .vxlan_data()
@@ -229,23 +227,46 @@ fn to_table(
                     mac,
                     expiry(l).2
                 );
+                // the IPv6 side of a dual-stack or IPv6-only lease, on a line of its own
+                if let Some(sn6) = l.ipv6_subnet {
+                    let mac6 = l
+                        .attrs
+                        .vxlan_v6_data()
+                        .and_then(Result::ok)
+                        .map_or("-".to_string(), |v| v.vtep_mac.to_string());
+                    out += &format!(
+                        "  {:<18} {:<16} {:<9} {:<18}\n",
+                        sn6.to_string(),
+                        l.attrs
+                            .public_ipv6
+                            .map_or_else(|| "-".to_string(), |ip| ip.to_string()),
+                        "",
+                        mac6
+                    );
+                }
             }
             Err(err) => out += &format!("{:<20} (bad lease: {err})\n", e.key),
         }
     }
     if !ours.is_empty()
-        && entries.iter().any(|e| {
-            e.lease
-                .as_ref()
-                .is_ok_and(|l| ours.contains(&l.attrs.public_ip))
-        })
+        && entries
+            .iter()
+            .any(|e| e.lease.as_ref().is_ok_and(|l| is_ours(ours, l)))
     {
         out += "* this node\n";
     }
     out
 }
 
-async fn local_addresses() -> Vec<Ipv4Addr> {
+/// Whether `l` names one of this host's addresses (PublicIP, or PublicIPv6).
+fn is_ours(ours: &[IpAddr], l: &flannel_net::Lease) -> bool {
+    (!l.attrs.public_ip.is_unspecified() && ours.contains(&IpAddr::V4(l.attrs.public_ip)))
+        || l.attrs
+            .public_ipv6
+            .is_some_and(|ip| ours.contains(&IpAddr::V6(ip)))
+}
+
+async fn local_addresses() -> Vec<IpAddr> {
     let Ok(nl) = flannel_backend::netlink::Netlink::connect() else {
         return Vec::new();
     };

@@ -1,6 +1,6 @@
 //! The daemon's settings, typed and checked before anything is touched.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,9 +19,11 @@ pub struct Options {
     pub etcd_api: Option<EtcdApi>,
     pub iface: Vec<String>,
     pub iface_regex: Vec<Regex>,
-    pub iface_can_reach: Option<Ipv4Addr>,
+    pub iface_can_reach: Option<IpAddr>,
     pub subnet_file: PathBuf,
     pub public_ip: Option<Ipv4Addr>,
+    /// `-public-ipv6`: the IPv6 address other nodes reach this one at.
+    pub public_ipv6: Option<Ipv6Addr>,
     pub ip_masq: bool,
     pub ip_masq_fully_random_disable: bool,
     /// `None` when `--healthz-port` is 0.
@@ -107,6 +109,27 @@ pub fn check_node_address(ip: Ipv4Addr) -> Result<(), String> {
     ))
 }
 
+/// [`check_node_address`] for IPv6: also no link-local address (it names no node beyond
+/// its link, and upstream never picks one).
+pub fn check_node_address6(ip: Ipv6Addr) -> Result<(), String> {
+    let what = if ip.is_loopback() {
+        "a loopback address"
+    } else if ip.is_unspecified() {
+        "the unspecified address"
+    } else if ip.is_multicast() {
+        "a multicast address"
+    } else if ip.is_unicast_link_local() {
+        "a link-local address"
+    } else if ip.to_ipv4_mapped().is_some() {
+        "an IPv4-mapped address"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "{ip} is {what}: other nodes cannot reach this one there"
+    ))
+}
+
 impl Options {
     pub fn from_values(v: &Values) -> Result<Options, CliError> {
         let f = DAEMON_FLAGS;
@@ -117,9 +140,6 @@ impl Options {
         };
         if v.bool(f, "kube-subnet-mgr") {
             return unsupported("the Kubernetes subnet manager (-kube-subnet-mgr)");
-        }
-        if opt(v, "public-ipv6").is_some() {
-            return unsupported("IPv6 (-public-ipv6)");
         }
         let margin = v.int(f, "subnet-lease-renew-margin");
         if !(1..24 * 60).contains(&margin) {
@@ -165,13 +185,23 @@ impl Options {
                 Some(ip)
             }
         };
-        let iface_can_reach =
-            match opt(v, "iface-can-reach") {
-                None => None,
-                Some(s) => Some(s.parse().map_err(|_| {
-                    CliError(format!("-iface-can-reach {s:?}: not an IPv4 address"))
-                })?),
-            };
+        let public_ipv6 = match opt(v, "public-ipv6") {
+            None => None,
+            Some(s) => {
+                let ip: Ipv6Addr = s
+                    .parse()
+                    .map_err(|_| CliError(format!("-public-ipv6 {s:?}: not an IPv6 address")))?;
+                check_node_address6(ip).map_err(|e| CliError(format!("-public-ipv6 {e}")))?;
+                Some(ip)
+            }
+        };
+        let iface_can_reach = match opt(v, "iface-can-reach") {
+            None => None,
+            Some(s) => Some(
+                s.parse()
+                    .map_err(|_| CliError(format!("-iface-can-reach {s:?}: not an IP address")))?,
+            ),
+        };
         let iface_regex = v
             .list("iface-regex")
             .iter()
@@ -186,6 +216,7 @@ impl Options {
             iface_can_reach,
             subnet_file: PathBuf::from(v.string(f, "subnet-file")),
             public_ip,
+            public_ipv6,
             ip_masq: v.bool(f, "ip-masq"),
             ip_masq_fully_random_disable: v.bool(f, "ip-masq-fully-random-disable"),
             healthz: (port > 0).then(|| SocketAddr::new(healthz_ip, port as u16)),
@@ -254,7 +285,13 @@ mod tests {
             (vec!["-iface-regex=("], "-iface-regex"),
             (vec!["-etcd-endpoints=,"], "no endpoint"),
             (vec!["-kube-subnet-mgr"], "not supported yet by flanneld-rs"),
-            (vec!["-public-ipv6=fd00::1"], "IPv6"),
+            (vec!["-public-ipv6=10.0.0.1"], "not an IPv6 address"),
+            (
+                vec!["-public-ipv6=::1"],
+                "-public-ipv6 ::1 is a loopback address",
+            ),
+            (vec!["-public-ipv6=fe80::1"], "a link-local address"),
+            (vec!["-iface-can-reach=nope"], "not an IP address"),
             (vec!["-etcd-api=v4"], "expected v3, v2 or auto"),
         ] {
             let err = options(&args).unwrap_err().0;

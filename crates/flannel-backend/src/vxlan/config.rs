@@ -114,6 +114,19 @@ impl VxlanConfig {
     pub fn device_name(&self) -> String {
         format!("flannel.{}", self.vni)
     }
+
+    /// `flannel-v6.<VNI>`, the device of the IPv6 side (upstream's name).
+    pub fn device_name_v6(&self) -> String {
+        format!("flannel-v6.{}", self.vni)
+    }
+
+    /// The device of `family`'s side.
+    pub fn device_name_of(&self, family: Family) -> String {
+        match family {
+            Family::V4 => self.device_name(),
+            Family::V6 => self.device_name_v6(),
+        }
+    }
 }
 
 #[cfg(test)]

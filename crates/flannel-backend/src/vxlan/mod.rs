@@ -1,63 +1,57 @@
-//! The VXLAN backend (upstream `pkg/backend/vxlan`), reconciled.
+//! The VXLAN backend (upstream `pkg/backend/vxlan`), reconciled, for IPv4, IPv6 or both.
 //!
-//! [`VxlanBackend`] holds the desired peer set and makes the kernel match it:
+//! One [`Tunnel`] per enabled family: `flannel.<VNI>` carries IPv4 pod traffic over the
+//! PublicIP, `flannel-v6.<VNI>` IPv6 pod traffic over the PublicIPv6, each with its own VTEP
+//! MAC (the lease's `BackendData` and `BackendV6Data`). Each holds the desired peer set of its
+//! family and makes the kernel match it:
 //! - per lease event, only the entries of the peers that changed ([`VxlanBackend::apply`]);
 //! - in full at start, every resync period, and soon after the kernel reports that something
-//!   of ours was deleted ([`VxlanBackend::reconcile`]): list the entries on `flannel.<VNI>`,
-//!   add what is missing, delete what no lease explains, re-create the device if it is gone.
+//!   of ours was deleted ([`VxlanBackend::reconcile`]): list the entries on the device, add
+//!   what is missing, delete what no lease explains, re-create the device if it is gone.
 //!
 //! Many peers are programmed concurrently over one netlink socket (requests are pipelined),
-//! each peer's own entries in upstream's order: ARP, FDB, route. The run loop around `apply` and
-//! `reconcile` is the crate's `reconciler`, shared by every backend that programs the kernel.
+//! each peer's own entries in upstream's order: neighbour, FDB, route. The run loop around
+//! `apply` and `reconcile` is the crate's `reconciler`, shared by every backend that programs
+//! the kernel.
 
 pub mod config;
 pub mod device;
 mod peer_set;
 pub mod peers;
+mod tunnel;
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flannel_net::{Lease, LeaseAttrs, LeaseBatch, LeaseEvent, VxlanBackendData};
+use flannel_net::{Lease, LeaseAttrs, LeaseBatch, VxlanBackendData};
 use futures::StreamExt;
-use ipnetwork::{IpNetwork, Ipv4Network};
-use netlink_packet_route::link::LinkFlags;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use netlink_packet_route::RouteNetlinkMessage;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::info;
 
 pub use config::VxlanConfig;
 pub use device::Device;
-use peer_set::PeerSet;
 pub use peers::{Peer, Plan, Skip};
+use tunnel::Tunnel;
 
-use crate::netlink::link::VxlanLinkSpec;
-use crate::netlink::{neighbour, route, Family, Netlink};
+use crate::netlink::Family;
 use crate::reconciler::Reconciler;
-use crate::{Backend, BackendError, BackendStats, ExtIface, NodeContext};
+use crate::{Backend, BackendError, BackendStats, NodeContext};
 
 /// How many netlink requests are in flight at once when many peers change.
 const PIPELINE_DEPTH: usize = 128;
 
 pub struct VxlanBackend {
-    nl: Netlink,
     config: VxlanConfig,
-    network: Ipv4Network,
-    ext: ExtIface,
     public_ip: Ipv4Addr,
-    spec: VxlanLinkSpec,
-    device: Device,
-    /// This node's subnet, once the lease is acquired.
-    own: Option<Ipv4Network>,
-    peers: PeerSet,
-    /// Valid leases left out because they overlap a peer's subnet (their routes and ARP
-    /// entries would collide); each gets its turn when the peer in its way is removed.
-    shadowed: BTreeMap<Ipv4Network, Lease>,
+    public_ipv6: Option<Ipv6Addr>,
+    /// One per enabled family, IPv4 first.
+    tunnels: Vec<Tunnel>,
     /// Whether a complete listing of the leases has been applied. Until then the desired set
     /// is partial, and a full reconcile deletes nothing (a restart must not cut live peers).
     listed: bool,
@@ -65,333 +59,154 @@ pub struct VxlanBackend {
 }
 
 impl VxlanBackend {
-    /// Reads the backend config and makes sure the device exists (before the lease is
-    /// acquired: its MAC goes into the lease). A device that must be made keeps the VTEP MAC
-    /// of this node's previous lease, if it has one.
+    /// IPv4 only: [`VxlanBackend::new_dual`] with the IPv4 network alone.
     pub async fn new(
         backend: Option<&Value>,
         network: Ipv4Network,
+        node: NodeContext,
+    ) -> Result<Self, BackendError> {
+        Self::new_dual(backend, Some(network), None, node).await
+    }
+
+    /// Reads the backend config and makes sure the device of each family with a network
+    /// exists (before the lease is acquired: their MACs go into the lease). A device that
+    /// must be made keeps the VTEP MAC of this node's previous lease, if it has one.
+    pub async fn new_dual(
+        backend: Option<&Value>,
+        network: Option<Ipv4Network>,
+        network6: Option<Ipv6Network>,
         node: NodeContext,
     ) -> Result<Self, BackendError> {
         let NodeContext {
             nl,
             ext,
             public_ip,
+            public_ipv6,
             previous_lease,
         } = node;
-        let mac_hint = previous_lease
-            .and_then(|l| l.attrs.vxlan_data()?.ok())
-            .map(|d| d.vtep_mac);
         let config = VxlanConfig::from_backend(backend)?;
         info!(
             "VXLAN config: VNI={} Port={} GBP={} Learning={} DirectRouting={}",
             config.vni, config.port, config.gbp, config.learning, config.direct_routing
         );
-        // the underlay is IPv4: the lease's PublicIP (an IPv6 underlay comes with PublicIPv6)
-        let mtu = config
-            .mtu
-            .unwrap_or(ext.mtu)
-            .saturating_sub(config::encap_overhead(Family::V4))
-            .max(68);
-        let spec = VxlanLinkSpec {
-            name: config.device_name(),
-            vni: config.vni,
-            underlay_index: ext.index,
-            local: IpAddr::V4(public_ip),
-            port: config.port,
-            learning: config.learning,
-            gbp: config.gbp,
-            mtu,
-        };
-        let device = device::ensure_device(&nl, &spec, mac_hint).await?;
-        info!(device = %device.name, vtep_mac = %device.mac, mtu = device.mtu, "VXLAN device ready");
+        let stats = Arc::<BackendStats>::default();
+        let mut sides = Vec::new();
+        if let Some(network) = network {
+            let hint = previous_lease
+                .as_ref()
+                .and_then(|l| l.attrs.vxlan_data()?.ok())
+                .map(|d| d.vtep_mac);
+            sides.push(tunnel::Side {
+                family: Family::V4,
+                network: IpNetwork::V4(network),
+                public_ip: IpAddr::V4(public_ip),
+                mac_hint: hint,
+            });
+        }
+        if let Some(network6) = network6 {
+            let public6 = public_ipv6.ok_or_else(|| {
+                BackendError::Device("IPv6 is enabled but this node has no IPv6 address to use as its VTEP (-public-ipv6, or a global IPv6 address on the interface)".into())
+            })?;
+            let hint = previous_lease
+                .as_ref()
+                .and_then(|l| l.attrs.vxlan_v6_data()?.ok())
+                .map(|d| d.vtep_mac);
+            sides.push(tunnel::Side {
+                family: Family::V6,
+                network: IpNetwork::V6(network6),
+                public_ip: IpAddr::V6(public6),
+                mac_hint: hint,
+            });
+        }
+        let mut tunnels = Vec::new();
+        for side in sides {
+            let t = Tunnel::new(side, nl.clone(), config.clone(), ext.clone(), stats.clone());
+            tunnels.push(t.await?);
+        }
         Ok(VxlanBackend {
-            nl,
             config,
-            network,
-            ext,
             public_ip,
-            spec,
-            device,
-            own: None,
-            peers: PeerSet::default(),
-            shadowed: BTreeMap::new(),
+            public_ipv6,
+            tunnels,
             listed: false,
-            stats: Arc::default(),
+            stats,
         })
     }
 
+    fn tunnel(&self, family: Family) -> Option<&Tunnel> {
+        self.tunnels.iter().find(|t| t.family == family)
+    }
+
+    /// The IPv4 device (`flannel.<VNI>`); with IPv6 only, the IPv6 one.
     pub fn device(&self) -> &Device {
-        &self.device
+        &self.tunnels[0].device
     }
 
-    /// The peers currently desired.
+    /// The IPv6 device (`flannel-v6.<VNI>`), when IPv6 is enabled.
+    pub fn device_v6(&self) -> Option<&Device> {
+        self.tunnel(Family::V6).map(|t| &t.device)
+    }
+
+    /// The peers currently desired, IPv4 side first.
     pub fn peers(&self) -> impl Iterator<Item = &Peer> {
-        self.peers.values()
+        self.tunnels.iter().flat_map(|t| t.peers.values())
     }
 
-    /// Gives the device this node's address (`<subnet>.0/32`), removing other addresses of the
-    /// flannel network from it (upstream v0.10 crashlooped on those, #1060), and brings it up.
+    fn count_peers(&self) {
+        let n: usize = self.tunnels.iter().map(|t| t.peers.len()).sum();
+        self.stats.peers.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Gives each device this node's address in its family and brings it up.
     pub async fn set_own_lease(&mut self, own: &Lease) -> Result<(), BackendError> {
-        self.own = Some(own.subnet);
-        if self.peers.remove(&IpNetwork::V4(own.subnet)).is_some() {
-            self.stats
-                .peers
-                .store(self.peers.len() as u64, Ordering::Relaxed);
+        for t in &mut self.tunnels {
+            let subnet = own.subnet_of(t.family == Family::V6).ok_or_else(|| {
+                BackendError::Device(format!(
+                    "this node's lease {} has no subnet for {}",
+                    own.key(),
+                    t.device.name
+                ))
+            })?;
+            t.set_own(subnet).await?;
         }
-        self.ensure_address().await?;
-        self.nl.set_link_up(self.device.index).await
-    }
-
-    async fn ensure_address(&self) -> Result<(), BackendError> {
-        let Some(own) = self.own else { return Ok(()) };
-        let want = IpNetwork::V4(
-            Ipv4Network::new(own.network(), 32).map_err(|e| BackendError::Device(e.to_string()))?,
-        );
-        let mut present = false;
-        for addr in self.nl.addresses(self.device.index, Family::V4).await? {
-            if addr == want {
-                present = true;
-            } else if IpNetwork::V4(self.network).contains(addr.ip()) {
-                info!("removing stale address {addr} from {}", self.device.name);
-                self.nl.del_address(self.device.index, addr).await?;
-            }
-        }
-        if !present {
-            self.nl.add_address(self.device.index, want).await?;
-        }
+        self.count_peers();
         Ok(())
     }
 
-    fn own_identity(&self) -> Option<(Ipv4Network, Ipv4Addr)> {
-        self.own.map(|s| (s, self.public_ip))
-    }
-
-    /// Applies lease changes to the desired set and programs exactly the difference; after a
-    /// batch that completes a listing, full reconciles may delete what no lease explains.
-    /// Returns the number of netlink operations that failed (the next reconcile retries them).
+    /// Applies lease changes to every family's desired set and programs exactly the
+    /// difference; after a batch that completes a listing, full reconciles may delete what no
+    /// lease explains. Returns the number of netlink operations that failed.
     pub async fn apply(&mut self, batch: &LeaseBatch) -> usize {
         self.listed |= batch.snapshot;
-        let mut plan = Plan::default();
-        let index = self.device.index;
-        let removed = batch.events.iter().filter_map(|e| match e {
-            LeaseEvent::Removed(l) => Some(l),
-            LeaseEvent::Added(_) => None,
-        });
-        let added = batch.events.iter().filter_map(|e| match e {
-            LeaseEvent::Added(l) => Some(l),
-            LeaseEvent::Removed(_) => None,
-        });
-        let any_removed = removed.clone().next().is_some();
-        for lease in removed {
-            self.shadowed.remove(&lease.subnet);
-            if let Some(old) = self.peers.remove(&IpNetwork::V4(lease.subnet)) {
-                debug!(subnet = %old.subnet, public_ip = %old.public_ip, "removing peer");
-                plan.del_routes.push(old.route(index));
-                plan.del_fdb.extend(old.fdb());
-                plan.del_neighbours.extend(old.neighbour().map(|a| a.ip));
-            }
-        }
-        // leases shadowed by a peer that is gone now get their turn
-        let unshadowed: Vec<Lease> = if !any_removed {
-            Vec::new()
-        } else {
-            self.shadowed
-                .values()
-                .filter(|l| self.peers.overlapping(IpNetwork::V4(l.subnet)).is_none())
-                .cloned()
-                .collect()
-        };
-        for lease in added.chain(&unshadowed) {
-            let peer = match peers::peer_from_lease(
-                lease,
-                self.network,
-                self.own_identity(),
-                self.config.direct_routing,
-                &self.ext,
-            ) {
-                Ok(peer) => peer,
-                Err(Skip::OtherType(kind)) => {
-                    info!(
-                        "ignoring non-vxlan v4Subnet({}) v6Subnet({}): type={kind}",
-                        lease.subnet,
-                        lease
-                            .ipv6_subnet
-                            .map_or("::/0".to_string(), |s| s.to_string())
-                    );
-                    continue;
-                }
-                Err(Skip::Own) => continue,
-                Err(Skip::Invalid(why)) => {
-                    warn!(subnet = %lease.subnet, "ignoring lease: {why}");
-                    continue;
-                }
-            };
-            if let Some(other) = self.peers.overlapping(peer.subnet) {
-                warn!(subnet = %lease.subnet, "ignoring lease: overlaps the lease of subnet {other}; programmed when that one is gone");
-                self.shadowed.insert(lease.subnet, lease.clone());
-                continue;
-            }
-            self.shadowed.remove(&lease.subnet);
-            info!("Received Subnet Event with VxLan: {}", lease.attrs);
-            let old = self.peers.insert(peer);
-            if old == Some(peer) {
-                continue;
-            }
-            if let Some(old) = old {
-                // Changed MAC or PublicIP: the old FDB entry would leak (upstream does leak it).
-                if old.fdb().is_some() && old.fdb() != peer.fdb() {
-                    plan.del_fdb.extend(old.fdb());
-                }
-                if old.neighbour().is_some() && peer.neighbour().is_none() {
-                    plan.del_neighbours.extend(old.neighbour().map(|a| a.ip));
-                }
-            }
-            debug!(subnet = %peer.subnet, public_ip = %peer.public_ip, vtep_mac = %peer.mac, "adding peer");
-            plan.add.push(peers::PeerChange {
-                neighbour: peer.neighbour(),
-                fdb: peer.fdb(),
-                route: Some(peer.route(index)),
-            });
-        }
-        self.stats
-            .peers
-            .store(self.peers.len() as u64, Ordering::Relaxed);
-        self.execute(plan).await
-    }
-
-    /// Makes the kernel match the desired set: device, address, and every peer entry.
-    /// Returns the number of entries it had to add or delete.
-    pub async fn reconcile(&mut self) -> Result<usize, BackendError> {
-        self.stats.reconciles.fetch_add(1, Ordering::Relaxed);
-        let link = self.nl.link_by_index(self.device.index).await?;
-        let device_ok = link
-            .as_ref()
-            .is_some_and(|l| l.name == self.device.name && l.kind.as_deref() == Some("vxlan"));
-        if !device_ok {
-            warn!(
-                "Interface {} deleted; re-creating it with VTEP MAC {}",
-                self.device.name, self.device.mac
-            );
-            self.device =
-                device::ensure_device(&self.nl, &self.spec, Some(self.device.mac)).await?;
-            self.stats
-                .device_recreations
-                .fetch_add(1, Ordering::Relaxed);
-        } else if link.is_some_and(|l| !l.up) {
-            self.nl.set_link_up(self.device.index).await?;
-        }
-        self.ensure_address().await?;
-        let index = self.device.index;
-        let observed = peers::Observed {
-            // IPv4: what the leases' IPv4 part asks for (their IPv6 part is not read yet)
-            neighbours: self.nl.neighbour_entries(index, Family::V4).await?,
-            fdb: self.nl.fdb_entries(index).await?,
-            routes: self.nl.routes(Family::V4).await?,
-        };
-        let mut plan = peers::plan(
-            self.peers.by_subnet(),
-            &observed,
-            index,
-            IpNetwork::V4(self.network),
-            self.config.direct_routing,
-        );
-        if !self.listed {
-            // The desired set is not known yet: what looks stale may be a live peer's.
-            plan.keep_stale();
-        }
-        let size = plan.size();
-        if size > 0 {
-            info!(
-                "reconcile: {} stale routes, {} stale FDB, {} stale ARP entries to delete; {} peers to (re)program",
-                plan.del_routes.len(),
-                plan.del_fdb.len(),
-                plan.del_neighbours.len(),
-                plan.add.len()
-            );
-            self.stats.repairs.fetch_add(size as u64, Ordering::Relaxed);
-        }
-        let errors = self.execute(plan).await;
-        if errors > 0 {
-            return Err(BackendError::Device(format!(
-                "{errors} netlink operations failed during reconcile"
-            )));
-        }
-        Ok(size)
-    }
-
-    /// Runs a plan: deletions (routes, FDB, ARP), then each peer's additions (ARP, FDB,
-    /// route), many peers at a time. Returns the number of failures, each logged.
-    async fn execute(&self, plan: Plan) -> usize {
-        let index = self.device.index;
-        let nl = &self.nl;
         let mut failures = 0;
-        let mut count = |results: Vec<Result<(), BackendError>>| {
-            for r in results {
-                if let Err(e) = r {
-                    warn!("{e}");
-                    failures += 1;
-                }
-            }
-        };
-        count(run_all(plan.del_routes.into_iter().map(|r| nl.del_route(r))).await);
-        count(run_all(plan.del_fdb.into_iter().map(|f| nl.del_fdb(index, f))).await);
-        count(
-            run_all(
-                plan.del_neighbours
-                    .into_iter()
-                    .map(|ip| nl.del_neighbour(index, ip)),
-            )
-            .await,
-        );
-        count(
-            run_all(plan.add.into_iter().map(|change| async move {
-                if let Some(neighbour) = change.neighbour {
-                    nl.replace_neighbour(index, neighbour).await?;
-                }
-                if let Some(fdb) = change.fdb {
-                    if let Err(e) = nl.replace_fdb(index, fdb).await {
-                        // upstream: without the FDB entry the ARP entry is no use
-                        if let Some(neighbour) = change.neighbour {
-                            let _ = nl.del_neighbour(index, neighbour.ip).await;
-                        }
-                        return Err(e);
-                    }
-                }
-                if let Some(route) = change.route {
-                    nl.replace_route(route).await?;
-                }
-                Ok(())
-            }))
-            .await,
-        );
-        self.stats
-            .errors
-            .fetch_add(failures as u64, Ordering::Relaxed);
+        for t in &mut self.tunnels {
+            failures += t.apply(batch).await;
+        }
+        self.count_peers();
         failures
     }
 
-    /// Whether a kernel notification says that something we want was deleted or disabled.
-    fn is_damage(&self, msg: &RouteNetlinkMessage) -> bool {
-        let index = self.device.index;
-        match msg {
-            RouteNetlinkMessage::DelLink(l) => l.header.index == index,
-            RouteNetlinkMessage::NewLink(l) => {
-                l.header.index == index && !l.header.flags.contains(LinkFlags::Up)
+    /// Makes the kernel match the desired sets. Returns the number of entries changed.
+    pub async fn reconcile(&mut self) -> Result<usize, BackendError> {
+        self.stats.reconciles.fetch_add(1, Ordering::Relaxed);
+        let mut size = 0;
+        let mut first_error = None;
+        for t in &mut self.tunnels {
+            match t.reconcile(self.listed).await {
+                Ok(n) => size += n,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
-            RouteNetlinkMessage::DelRoute(r) => {
-                route::destination_of(r).is_some_and(|dst| self.peers.contains(&dst))
-            }
-            RouteNetlinkMessage::DelNeighbour(n) if n.header.ifindex == index => {
-                let Some(ip) = neighbour::ip_of(n) else {
-                    return false;
-                };
-                let mac = neighbour::mac_of(n);
-                self.peers.needs_neighbour(ip, mac)
-                    || mac.is_some_and(|m| self.peers.needs_fdb(m, ip))
-            }
-            _ => false,
         }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(size),
+        }
+    }
+
+    fn is_damage(&self, msg: &RouteNetlinkMessage) -> bool {
+        self.tunnels.iter().any(|t| t.is_damage(msg))
     }
 }
 
@@ -420,19 +235,35 @@ impl Backend for VxlanBackend {
         "vxlan"
     }
 
+    /// `BackendData` for the IPv4 side, `BackendV6Data` for the IPv6 side; an IPv6-only
+    /// lease has PublicIP 0.0.0.0 and no `BackendData`, as upstream writes it.
     fn lease_attrs(&self) -> LeaseAttrs {
-        LeaseAttrs::vxlan(
-            self.public_ip,
-            &VxlanBackendData {
-                vni: Some(self.config.vni),
-                vtep_mac: self.device.mac,
-            },
-        )
+        let data = |t: &Tunnel| VxlanBackendData {
+            vni: Some(self.config.vni),
+            vtep_mac: t.device.mac,
+        };
+        let v4 = self.tunnel(Family::V4);
+        let mut attrs = match v4 {
+            Some(t) => LeaseAttrs::vxlan(self.public_ip, &data(t)),
+            None => {
+                LeaseAttrs::vxlan(Ipv4Addr::UNSPECIFIED, &data(&self.tunnels[0])).without_ipv4()
+            }
+        };
+        if let (Some(t), Some(ip)) = (self.tunnel(Family::V6), self.public_ipv6) {
+            attrs = attrs.with_ipv6(ip, Some(data(t).to_value()));
+        }
+        attrs
     }
 
-    /// The device's MTU.
+    /// FLANNEL_MTU: the smallest of the devices' MTUs, so that a pod's packet of full size
+    /// fits the tunnel of either family (upstream writes the IPv4 device's, 20 bytes too many
+    /// for IPv6).
     fn mtu(&self) -> u32 {
-        self.device.mtu
+        self.tunnels
+            .iter()
+            .map(|t| t.device.mtu)
+            .min()
+            .unwrap_or(1450)
     }
 
     fn stats(&self) -> Arc<BackendStats> {

@@ -2,10 +2,10 @@
 //! Pure: the kernel's entries come in as lists, the plan goes out as lists.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use flannel_net::{Lease, MacAddr};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 
 use crate::netlink::neighbour::{FdbEntry, NeighbourEntry};
 use crate::netlink::route::Route;
@@ -63,13 +63,15 @@ impl Peer {
 }
 
 pub use crate::lease_check::Skip;
+use crate::netlink::Family;
 
-/// Checks a lease from etcd and makes it a peer. `own` is this node's subnet and PublicIP.
-/// The lease's IPv4 part only: the IPv6 part (`ipv6_subnet`, `PublicIPv6`) is not read yet.
+/// Checks a lease from etcd and makes its `family` side a peer. `own` is this node's subnet
+/// and public address in that family.
 pub fn peer_from_lease(
     lease: &Lease,
-    network: Ipv4Network,
-    own: Option<(Ipv4Network, Ipv4Addr)>,
+    family: Family,
+    network: IpNetwork,
+    own: Option<(IpNetwork, IpAddr)>,
     direct_routing: bool,
     ext: &ExtIface,
 ) -> Result<Peer, Skip> {
@@ -77,18 +79,21 @@ pub fn peer_from_lease(
     if attrs.backend_type != "vxlan" {
         return Err(Skip::OtherType(attrs.backend_type.clone()));
     }
-    crate::lease_check::check(lease, network, own)?;
-    let data = match attrs.vxlan_data() {
+    let part = crate::lease_check::check(lease, family, network, own)?;
+    let data = match family {
+        Family::V4 => attrs.vxlan_data(),
+        Family::V6 => attrs.vxlan_v6_data(),
+    };
+    let data = match data {
         Some(Ok(data)) => data,
         Some(Err(e)) => return Err(Skip::Invalid(e.to_string())),
         None => return Err(Skip::OtherType(attrs.backend_type.clone())),
     };
-    let ip = attrs.public_ip;
     Ok(Peer {
-        subnet: IpNetwork::V4(lease.subnet),
-        public_ip: IpAddr::V4(ip),
+        subnet: part.subnet,
+        public_ip: part.public_ip,
         mac: data.vtep_mac,
-        direct: direct_routing && ext.on_link(IpAddr::V4(ip)),
+        direct: direct_routing && ext.on_link(part.public_ip),
     })
 }
 
@@ -275,6 +280,7 @@ mod tests {
     fn peer_of(l: &Lease) -> Result<Peer, Skip> {
         peer_from_lease(
             l,
+            Family::V4,
             NET.parse().unwrap(),
             Some((
                 "10.200.90.0/24".parse().unwrap(),
@@ -345,13 +351,13 @@ mod tests {
     #[test]
     fn direct_routing_only_on_the_same_l2() {
         let l = lease("10.200.2.0/24", "192.168.77.2", "6a:02:fc:e4:63:47");
-        let p = peer_from_lease(&l, NET.parse().unwrap(), None, true, &ext()).unwrap();
+        let p = peer_from_lease(&l, Family::V4, NET.parse().unwrap(), None, true, &ext()).unwrap();
         assert!(p.direct);
         assert!(p.neighbour().is_none() && p.fdb().is_none());
         assert_eq!(p.route(3).gateway, Some("192.168.77.2".parse().unwrap()));
         let far = lease("10.200.3.0/24", "192.168.99.3", "6a:02:fc:e4:63:48");
         assert!(
-            !peer_from_lease(&far, NET.parse().unwrap(), None, true, &ext())
+            !peer_from_lease(&far, Family::V4, NET.parse().unwrap(), None, true, &ext())
                 .unwrap()
                 .direct
         );

@@ -22,7 +22,6 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use flannel_net::{Expiration, Lease, LeaseAttrs, LeaseBatch, NetworkConfig, SubnetKey};
-use ipnetwork::Ipv4Network;
 use tokio::sync::{mpsc, watch as tokio_watch};
 use tracing::{debug, info, warn};
 
@@ -71,8 +70,8 @@ enum Attempt {
 
 /// A subnet key's record, read.
 struct Parsed {
-    /// The subnet the key names, even when the value is garbage: it is taken all the same.
-    subnet: Option<Ipv4Network>,
+    /// The subnets the key names, even when the value is garbage: they are taken all the same.
+    subnet: Option<SubnetKey>,
     /// The lease, or why the key or value does not parse.
     lease: Result<Lease, String>,
 }
@@ -92,7 +91,7 @@ fn parse(record: &Record) -> Parsed {
         })
     });
     Parsed {
-        subnet: key.ok().map(|k| k.ipv4),
+        subnet: key.ok(),
         lease,
     }
 }
@@ -151,13 +150,13 @@ pub async fn write_config(
 pub struct LeaseManager<S> {
     store: S,
     policy: LeasePolicy,
-    /// FLANNEL_SUBNET of the subnet.env a previous run left, if any.
-    previous_subnet: Option<Ipv4Network>,
+    /// FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET of the subnet.env a previous run left, if any.
+    previous_subnet: Option<SubnetKey>,
     stats: Arc<SubnetStats>,
 }
 
 impl<S: Store> LeaseManager<S> {
-    pub fn new(store: S, policy: LeasePolicy, previous_subnet: Option<Ipv4Network>) -> Self {
+    pub fn new(store: S, policy: LeasePolicy, previous_subnet: Option<SubnetKey>) -> Self {
         LeaseManager {
             store,
             policy,
@@ -211,7 +210,7 @@ impl<S: Store> LeaseManager<S> {
                 self.reuse(&mut records[i], subnet, attrs).await
             }
             acquire::Decision::Create { subnet, .. } => {
-                let key = Key::Subnet(SubnetKey::new(subnet).to_string());
+                let key = Key::Subnet(subnet.to_string());
                 let life = Life::Ttl(self.policy.ttl);
                 let value = attrs.to_json();
                 if !self
@@ -222,8 +221,12 @@ impl<S: Store> LeaseManager<S> {
                     return Ok(Attempt::Raced);
                 }
                 info!(
-                    "Allocated lease (ip: {subnet} ipv6: ::/0) to current node ({}) ",
-                    attrs.public_ip
+                    "Allocated lease (ip: {} ipv6: {}) to current node ({}) ",
+                    subnet.ipv4,
+                    subnet
+                        .ipv6
+                        .map_or_else(|| "::/0".to_string(), |s| s.to_string()),
+                    node_ip(attrs)
                 );
                 Ok(done(subnet, attrs, Some(self.policy.ttl)))
             }
@@ -236,7 +239,7 @@ impl<S: Store> LeaseManager<S> {
     async fn reuse(
         &self,
         record: &mut Record,
-        subnet: Ipv4Network,
+        subnet: SubnetKey,
         attrs: &LeaseAttrs,
     ) -> Result<Attempt, SubnetError> {
         let key = Key::Subnet(record.name.clone());
@@ -275,20 +278,29 @@ impl<S: Store> LeaseManager<S> {
     /// `LeaseTaken` unless `record` still names this node.
     fn check_ours(&self, lease: &Lease, record: &Record) -> Result<(), SubnetError> {
         match LeaseAttrs::from_json(&record.value) {
-            Ok(a) if a.public_ip == lease.attrs.public_ip => Ok(()),
+            Ok(a) if node_ip(&a) == node_ip(&lease.attrs) => Ok(()),
             _ => Err(SubnetError::LeaseTaken {
-                subnet: lease.subnet,
+                subnet: lease.key().to_string(),
                 holder: String::from_utf8_lossy(&record.value).into_owned(),
-                ours: lease.attrs.public_ip,
+                ours: node_ip(&lease.attrs),
             }),
         }
     }
 }
 
-fn done(subnet: Ipv4Network, attrs: &LeaseAttrs, ttl: Option<Duration>) -> Attempt {
+/// The address that names a node in its lease: PublicIP, or PublicIPv6 for an IPv6-only node
+/// (whose PublicIP is 0.0.0.0).
+pub(crate) fn node_ip(attrs: &LeaseAttrs) -> String {
+    match attrs.public_ipv6 {
+        Some(v6) if attrs.public_ip.is_unspecified() => v6.to_string(),
+        _ => attrs.public_ip.to_string(),
+    }
+}
+
+fn done(subnet: SubnetKey, attrs: &LeaseAttrs, ttl: Option<Duration>) -> Attempt {
     Attempt::Done(Box::new(Lease {
-        subnet,
-        ipv6_subnet: None,
+        subnet: subnet.ipv4,
+        ipv6_subnet: subnet.ipv6,
         attrs: attrs.clone(),
         expiration: ttl.map_or(Expiration::Never, |t| Expiration::At(SystemTime::now() + t)),
     }))
@@ -303,8 +315,13 @@ impl<S: Store> SubnetManager for LeaseManager<S> {
     fn name(&self) -> String {
         // upstream's text
         match self.previous_subnet {
-            Some(s) => format!("Etcd Local Manager with Previous Subnet: {s}"),
-            None => "Etcd Local Manager with Previous Subnet: None".into(),
+            Some(s) if s.ipv4.prefix() != 0 => {
+                format!("Etcd Local Manager with Previous Subnet: {}", s.ipv4)
+            }
+            Some(SubnetKey { ipv6: Some(s), .. }) => {
+                format!("Etcd Local Manager with Previous Subnet: {s}")
+            }
+            _ => "Etcd Local Manager with Previous Subnet: None".into(),
         }
     }
 
@@ -328,12 +345,6 @@ impl<S: Store> SubnetManager for LeaseManager<S> {
         config: &NetworkConfig,
         attrs: &LeaseAttrs,
     ) -> Result<Lease, SubnetError> {
-        // IPv4 only, as flanneld-rs today.
-        if config.enable_ipv6 || !config.enable_ipv4 {
-            return Err(SubnetError::Unsupported(
-                "IPv6 (EnableIPv6, or EnableIPv4 false)",
-            ));
-        }
         for _ in 0..RACE_RETRIES {
             match self.try_acquire(config, attrs).await? {
                 Attempt::Done(lease) => return Ok(*lease),
@@ -395,12 +406,15 @@ impl<S: Store> SubnetManager for LeaseManager<S> {
         self.watch_config_forever(tx).await
     }
 
-    async fn lease_of(&self, public_ip: std::net::Ipv4Addr) -> Result<Option<Lease>, SubnetError> {
+    async fn lease_of(&self, public_ip: std::net::IpAddr) -> Result<Option<Lease>, SubnetError> {
         let (records, _) = self.store.list().await?;
         Ok(records
             .iter()
             .filter_map(|r| parse(r).lease.ok())
-            .find(|l| l.attrs.public_ip == public_ip))
+            .find(|l| match public_ip {
+                std::net::IpAddr::V4(ip) => l.attrs.public_ip == ip,
+                std::net::IpAddr::V6(ip) => l.attrs.public_ipv6 == Some(ip),
+            }))
     }
 }
 

@@ -130,7 +130,7 @@ async fn the_previous_subnet_is_taken_again_when_free() {
     let m = LeaseManager::new(
         store.clone(),
         LeasePolicy::default(),
-        Some("10.5.77.0/24".parse().unwrap()),
+        Some("10.5.77.0-24".parse().unwrap()),
     );
     assert_eq!(acquire(&m, 3).await.subnet.to_string(), "10.5.77.0/24");
 }
@@ -305,4 +305,102 @@ async fn config_written_only_when_absent_or_forced_and_changes_are_watched() {
     assert_eq!(got.network.to_string(), "10.6.0.0/16");
     drop(rx);
     task.await.unwrap().unwrap();
+}
+
+const DUAL: &str = r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/56","Backend":{"Type":"vxlan"}}"#;
+const V6_ONLY: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:5::/56","Backend":{"Type":"vxlan"}}"#;
+
+fn dual_attrs(last: u8) -> LeaseAttrs {
+    let v6 = VxlanBackendData {
+        vni: Some(1),
+        vtep_mac: MacAddr([4, 0, 0, 0, 0, last]),
+    };
+    attrs(last).with_ipv6(
+        format!("fd77::{last}").parse().unwrap(),
+        Some(v6.to_value()),
+    )
+}
+
+#[tokio::test]
+async fn dual_stack_leases_have_both_subnets_and_are_reused() {
+    let store = store_with(DUAL).await;
+    let m = manager(&store);
+    let config = m.get_network_config().await.unwrap();
+    let a = m.acquire_lease(&config, &dual_attrs(1)).await.unwrap();
+    let b = m.acquire_lease(&config, &dual_attrs(2)).await.unwrap();
+    let (a6, b6) = (a.ipv6_subnet.unwrap(), b.ipv6_subnet.unwrap());
+    assert_ne!(a6, b6);
+    for (l, sn6) in [(&a, a6), (&b, b6)] {
+        assert_eq!(sn6.prefix(), 64);
+        assert!(config.is_compatible_ipv6(sn6), "{sn6}");
+        // the key upstream writes: `10.5.34.0-24&fd00:5:0:22::-64`
+        let name = l.key().to_string();
+        assert_eq!(name, format!("{}-24&{}-64", l.subnet.ip(), sn6.ip()));
+    }
+    let (value, _) = store.get(&key(&a)).await.unwrap();
+    assert_eq!(
+        String::from_utf8(value.unwrap().value).unwrap(),
+        r#"{"PublicIP":"192.168.77.1","PublicIPv6":"fd77::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"04:00:00:00:00:01"}}"#
+    );
+    // a restart gets the same two subnets back
+    let again = m.acquire_lease(&config, &dual_attrs(1)).await.unwrap();
+    assert_eq!(again.key(), a.key());
+}
+
+#[tokio::test]
+async fn an_ipv4_lease_is_replaced_when_ipv6_is_turned_on() {
+    let store = store_with(NET).await;
+    let m = manager(&store);
+    let v4 = acquire(&m, 1).await;
+    assert_eq!(v4.ipv6_subnet, None);
+    let mut dual = NetworkConfig::from_etcd(DUAL).unwrap();
+    dual.check().unwrap();
+    let l = m.acquire_lease(&dual, &dual_attrs(1)).await.unwrap();
+    assert!(l.ipv6_subnet.is_some());
+    assert_eq!(
+        store.get(&key(&v4)).await.unwrap().0,
+        None,
+        "the IPv4-only key is gone"
+    );
+}
+
+#[tokio::test]
+async fn ipv6_only_nodes_each_get_a_subnet_and_keep_it() {
+    // upstream finds every IPv6-only lease "overlapping" (0.0.0.0/0) and its PublicIP
+    // (0.0.0.0) equal: the second node reuses the first one's lease
+    let store = store_with(V6_ONLY).await;
+    let m = manager(&store);
+    let config = m.get_network_config().await.unwrap();
+    let only6 = |last: u8| dual_attrs(last).without_ipv4();
+    let a = m.acquire_lease(&config, &only6(1)).await.unwrap();
+    let b = m.acquire_lease(&config, &only6(2)).await.unwrap();
+    assert!(!a.has_ipv4() && !b.has_ipv4());
+    assert_ne!(a.ipv6_subnet, b.ipv6_subnet);
+    assert!(
+        a.key().to_string().starts_with("0.0.0.0-0&fd00:5:0:"),
+        "{}",
+        a.key()
+    );
+    let (value, _) = store.get(&key(&a)).await.unwrap();
+    assert_eq!(
+        String::from_utf8(value.unwrap().value).unwrap(),
+        r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd77::1","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"04:00:00:00:00:01"}}"#
+    );
+    assert_eq!(
+        m.acquire_lease(&config, &only6(2)).await.unwrap().key(),
+        b.key()
+    );
+}
+
+#[tokio::test]
+async fn the_previous_dual_stack_subnets_are_taken_again_when_free() {
+    let store = store_with(DUAL).await;
+    let m = LeaseManager::new(
+        store.clone(),
+        LeasePolicy::default(),
+        Some("10.5.77.0-24&fd00:5:0:4d::-64".parse().unwrap()),
+    );
+    let config = m.get_network_config().await.unwrap();
+    let l = m.acquire_lease(&config, &dual_attrs(3)).await.unwrap();
+    assert_eq!(l.key().to_string(), "10.5.77.0-24&fd00:5:0:4d::-64");
 }

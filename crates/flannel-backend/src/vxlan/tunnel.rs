@@ -1,0 +1,387 @@
+//! One side of the VXLAN backend: the device of one address family (`flannel.<VNI>` for
+//! IPv4, `flannel-v6.<VNI>` for IPv6) and, per remote node with a subnet of that family, its
+//! neighbour (ARP / NDP), FDB and onlink route entries. [`super::VxlanBackend`] holds one
+//! tunnel per enabled family and hands each every lease event.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use flannel_net::{Lease, LeaseBatch, LeaseEvent, MacAddr};
+use ipnetwork::IpNetwork;
+use netlink_packet_route::link::LinkFlags;
+use netlink_packet_route::RouteNetlinkMessage;
+use tracing::{debug, info, warn};
+
+use super::config::{self, VxlanConfig};
+use super::device::{self, Device};
+use super::peer_set::PeerSet;
+use super::peers::{self, Plan, Skip};
+use super::run_all;
+use crate::netlink::link::VxlanLinkSpec;
+use crate::netlink::{neighbour, route, Family, Netlink};
+use crate::{BackendError, BackendStats, ExtIface};
+
+/// What makes one family's tunnel: its Network, this node's address (the VTEP's local
+/// address) and the MAC it advertised before, if any.
+pub(super) struct Side {
+    pub family: Family,
+    pub network: IpNetwork,
+    pub public_ip: IpAddr,
+    pub mac_hint: Option<MacAddr>,
+}
+
+pub struct Tunnel {
+    pub(super) family: Family,
+    nl: Netlink,
+    config: VxlanConfig,
+    network: IpNetwork,
+    ext: ExtIface,
+    public_ip: IpAddr,
+    spec: VxlanLinkSpec,
+    pub(super) device: Device,
+    /// This node's subnet of this family, once the lease is acquired.
+    own: Option<IpNetwork>,
+    pub(super) peers: PeerSet,
+    /// Valid leases left out because they overlap a peer's subnet (their routes and
+    /// neighbour entries would collide); each gets its turn when the peer in its way goes.
+    shadowed: BTreeMap<IpNetwork, Lease>,
+    stats: Arc<BackendStats>,
+}
+
+impl Tunnel {
+    /// Makes sure the device exists, keeping `mac_hint` (what this node advertised before)
+    /// when it has to be made.
+    pub(super) async fn new(
+        side: Side,
+        nl: Netlink,
+        config: VxlanConfig,
+        ext: ExtIface,
+        stats: Arc<BackendStats>,
+    ) -> Result<Self, BackendError> {
+        let Side {
+            family,
+            network,
+            public_ip,
+            mac_hint,
+        } = side;
+        let name = config.device_name_of(family);
+        if name.len() > 15 {
+            return Err(BackendError::Config {
+                backend: "VXLAN",
+                message: format!(
+                    "VNI {}: the device name {name} would be longer than the 15 characters an interface name may have; with IPv6 use a VNI below 10000",
+                    config.vni
+                ),
+            });
+        }
+        let mtu = config
+            .mtu
+            .unwrap_or(ext.mtu)
+            .saturating_sub(config::encap_overhead(family))
+            .max(68);
+        let spec = VxlanLinkSpec {
+            name,
+            vni: config.vni,
+            underlay_index: ext.index,
+            local: public_ip,
+            port: config.port,
+            learning: config.learning,
+            gbp: config.gbp,
+            mtu,
+        };
+        let device = device::ensure_device(&nl, &spec, mac_hint).await?;
+        info!(device = %device.name, vtep_mac = %device.mac, mtu = device.mtu, "VXLAN device ready");
+        Ok(Tunnel {
+            family,
+            nl,
+            config,
+            network,
+            ext,
+            public_ip,
+            spec,
+            device,
+            own: None,
+            peers: PeerSet::default(),
+            shadowed: BTreeMap::new(),
+            stats,
+        })
+    }
+
+    /// Gives the device this node's address (the subnet's network address, /32 or /128),
+    /// removing other addresses of the flannel network from it (upstream v0.10 crashlooped on
+    /// those, #1060), and brings it up.
+    pub(super) async fn set_own(&mut self, own: IpNetwork) -> Result<(), BackendError> {
+        self.own = Some(own);
+        self.peers.remove(&own);
+        self.ensure_address().await?;
+        self.nl.set_link_up(self.device.index).await
+    }
+
+    async fn ensure_address(&self) -> Result<(), BackendError> {
+        let Some(own) = self.own else { return Ok(()) };
+        let host = match self.family {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        };
+        let want =
+            IpNetwork::new(own.network(), host).map_err(|e| BackendError::Device(e.to_string()))?;
+        let mut present = false;
+        for addr in self.nl.addresses(self.device.index, self.family).await? {
+            if addr == want {
+                present = true;
+            } else if self.network.contains(addr.ip()) {
+                info!("removing stale address {addr} from {}", self.device.name);
+                self.nl.del_address(self.device.index, addr).await?;
+            }
+        }
+        if !present {
+            self.nl.add_address_nodad(self.device.index, want).await?;
+        }
+        Ok(())
+    }
+
+    fn own_identity(&self) -> Option<(IpNetwork, IpAddr)> {
+        self.own.map(|s| (s, self.public_ip))
+    }
+
+    /// Applies lease changes to the desired set and programs exactly the difference.
+    /// Returns the number of netlink operations that failed (the next reconcile retries them).
+    pub(super) async fn apply(&mut self, batch: &LeaseBatch) -> usize {
+        let v6 = self.family == Family::V6;
+        let mut plan = Plan::default();
+        let index = self.device.index;
+        let removed = batch.events.iter().filter_map(|e| match e {
+            LeaseEvent::Removed(l) => Some(l),
+            LeaseEvent::Added(_) => None,
+        });
+        let added = batch.events.iter().filter_map(|e| match e {
+            LeaseEvent::Added(l) => Some(l),
+            LeaseEvent::Removed(_) => None,
+        });
+        let any_removed = removed.clone().next().is_some();
+        for lease in removed {
+            let Some(subnet) = lease.subnet_of(v6) else {
+                continue;
+            };
+            self.shadowed.remove(&subnet);
+            if let Some(old) = self.peers.remove(&subnet) {
+                debug!(subnet = %old.subnet, public_ip = %old.public_ip, "removing peer");
+                plan.del_routes.push(old.route(index));
+                plan.del_fdb.extend(old.fdb());
+                plan.del_neighbours.extend(old.neighbour().map(|a| a.ip));
+            }
+        }
+        // leases shadowed by a peer that is gone now get their turn
+        let unshadowed: Vec<Lease> = if !any_removed {
+            Vec::new()
+        } else {
+            self.shadowed
+                .iter()
+                .filter(|(s, _)| self.peers.overlapping(**s).is_none())
+                .map(|(_, l)| l.clone())
+                .collect()
+        };
+        for lease in added.chain(&unshadowed) {
+            let peer = match peers::peer_from_lease(
+                lease,
+                self.family,
+                self.network,
+                self.own_identity(),
+                self.config.direct_routing,
+                &self.ext,
+            ) {
+                Ok(peer) => peer,
+                Err(Skip::OtherType(kind)) => {
+                    // one line per lease, from the first side only
+                    if self.family == Family::V4 || !lease.has_ipv4() {
+                        info!(
+                            "ignoring non-vxlan v4Subnet({}) v6Subnet({}): type={kind}",
+                            lease.subnet,
+                            lease
+                                .ipv6_subnet
+                                .map_or("::/0".to_string(), |s| s.to_string())
+                        );
+                    }
+                    continue;
+                }
+                Err(Skip::Own | Skip::NoPart) => continue,
+                Err(Skip::Invalid(why)) => {
+                    warn!(subnet = %lease.key(), "ignoring lease: {why}");
+                    continue;
+                }
+            };
+            if let Some(other) = self.peers.overlapping(peer.subnet) {
+                warn!(subnet = %peer.subnet, "ignoring lease: overlaps the lease of subnet {other}; programmed when that one is gone");
+                self.shadowed.insert(peer.subnet, lease.clone());
+                continue;
+            }
+            self.shadowed.remove(&peer.subnet);
+            if self.family == Family::V4 || !lease.has_ipv4() {
+                info!("Received Subnet Event with VxLan: {}", lease.attrs);
+            }
+            let old = self.peers.insert(peer);
+            if old == Some(peer) {
+                continue;
+            }
+            if let Some(old) = old {
+                // Changed MAC or PublicIP: the old FDB entry would leak (upstream does leak it).
+                if old.fdb().is_some() && old.fdb() != peer.fdb() {
+                    plan.del_fdb.extend(old.fdb());
+                }
+                if old.neighbour().is_some() && peer.neighbour().is_none() {
+                    plan.del_neighbours.extend(old.neighbour().map(|a| a.ip));
+                }
+            }
+            debug!(subnet = %peer.subnet, public_ip = %peer.public_ip, vtep_mac = %peer.mac, "adding peer");
+            plan.add.push(peers::PeerChange {
+                neighbour: peer.neighbour(),
+                fdb: peer.fdb(),
+                route: Some(peer.route(index)),
+            });
+        }
+        self.execute(plan).await
+    }
+
+    /// Makes the kernel match the desired set: device, address, and every peer entry;
+    /// deletes nothing unless `listed`. Returns the number of entries it had to add or delete.
+    pub(super) async fn reconcile(&mut self, listed: bool) -> Result<usize, BackendError> {
+        let link = self.nl.link_by_index(self.device.index).await?;
+        let device_ok = link
+            .as_ref()
+            .is_some_and(|l| l.name == self.device.name && l.kind.as_deref() == Some("vxlan"));
+        if !device_ok {
+            warn!(
+                "Interface {} deleted; re-creating it with VTEP MAC {}",
+                self.device.name, self.device.mac
+            );
+            self.device =
+                device::ensure_device(&self.nl, &self.spec, Some(self.device.mac)).await?;
+            self.stats
+                .device_recreations
+                .fetch_add(1, Ordering::Relaxed);
+            if self.own.is_some() {
+                self.nl.set_link_up(self.device.index).await?;
+            }
+        } else if link.is_some_and(|l| !l.up) {
+            self.nl.set_link_up(self.device.index).await?;
+        }
+        self.ensure_address().await?;
+        let index = self.device.index;
+        let observed = peers::Observed {
+            neighbours: self.nl.neighbour_entries(index, self.family).await?,
+            fdb: self.nl.fdb_entries(index).await?,
+            routes: self.nl.routes(self.family).await?,
+        };
+        let mut plan = peers::plan(
+            self.peers.by_subnet(),
+            &observed,
+            index,
+            self.network,
+            self.config.direct_routing,
+        );
+        if !listed {
+            // The desired set is not known yet: what looks stale may be a live peer's.
+            plan.keep_stale();
+        }
+        let size = plan.size();
+        if size > 0 {
+            info!(
+                "reconcile {}: {} stale routes, {} stale FDB, {} stale {} entries to delete; {} peers to (re)program",
+                self.device.name,
+                plan.del_routes.len(),
+                plan.del_fdb.len(),
+                plan.del_neighbours.len(),
+                match self.family {
+                    Family::V4 => "ARP",
+                    Family::V6 => "NDP",
+                },
+                plan.add.len()
+            );
+            self.stats.repairs.fetch_add(size as u64, Ordering::Relaxed);
+        }
+        let errors = self.execute(plan).await;
+        if errors > 0 {
+            return Err(BackendError::Device(format!(
+                "{errors} netlink operations failed during reconcile of {}",
+                self.device.name
+            )));
+        }
+        Ok(size)
+    }
+
+    /// Runs a plan: deletions (routes, FDB, ARP), then each peer's additions (ARP, FDB,
+    /// route), many peers at a time. Returns the number of failures, each logged.
+    async fn execute(&self, plan: Plan) -> usize {
+        let index = self.device.index;
+        let nl = &self.nl;
+        let mut failures = 0;
+        let mut count = |results: Vec<Result<(), BackendError>>| {
+            for r in results {
+                if let Err(e) = r {
+                    warn!("{e}");
+                    failures += 1;
+                }
+            }
+        };
+        count(run_all(plan.del_routes.into_iter().map(|r| nl.del_route(r))).await);
+        count(run_all(plan.del_fdb.into_iter().map(|f| nl.del_fdb(index, f))).await);
+        count(
+            run_all(
+                plan.del_neighbours
+                    .into_iter()
+                    .map(|ip| nl.del_neighbour(index, ip)),
+            )
+            .await,
+        );
+        count(
+            run_all(plan.add.into_iter().map(|change| async move {
+                if let Some(neighbour) = change.neighbour {
+                    nl.replace_neighbour(index, neighbour).await?;
+                }
+                if let Some(fdb) = change.fdb {
+                    if let Err(e) = nl.replace_fdb(index, fdb).await {
+                        // upstream: without the FDB entry the ARP entry is no use
+                        if let Some(neighbour) = change.neighbour {
+                            let _ = nl.del_neighbour(index, neighbour.ip).await;
+                        }
+                        return Err(e);
+                    }
+                }
+                if let Some(route) = change.route {
+                    nl.replace_route(route).await?;
+                }
+                Ok(())
+            }))
+            .await,
+        );
+        self.stats
+            .errors
+            .fetch_add(failures as u64, Ordering::Relaxed);
+        failures
+    }
+
+    /// Whether a kernel notification says that something we want was deleted or disabled.
+    pub(super) fn is_damage(&self, msg: &RouteNetlinkMessage) -> bool {
+        let index = self.device.index;
+        match msg {
+            RouteNetlinkMessage::DelLink(l) => l.header.index == index,
+            RouteNetlinkMessage::NewLink(l) => {
+                l.header.index == index && !l.header.flags.contains(LinkFlags::Up)
+            }
+            RouteNetlinkMessage::DelRoute(r) => {
+                route::destination_of(r).is_some_and(|dst| self.peers.contains(&dst))
+            }
+            RouteNetlinkMessage::DelNeighbour(n) if n.header.ifindex == index => {
+                let Some(ip) = neighbour::ip_of(n) else {
+                    return false;
+                };
+                let mac = neighbour::mac_of(n);
+                self.peers.needs_neighbour(ip, mac)
+                    || mac.is_some_and(|m| self.peers.needs_fdb(m, ip))
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The lab: hosts, etcd and pods in network namespaces, flanneld-rs on every host.
 #   ./tests/lab.sh up     build, start 3 hosts with 2 pods each, print leases and a ping matrix
-#                         (`up --backend host-gw`: the same with the host-gw backend)
+#                         (`up --backend host-gw`: the same with the host-gw backend;
+#                         `up --ip dual` or `--ip ipv6`: dual-stack or IPv6-only, pods ping
+#                         each other in every family)
 #   ./tests/lab.sh down   remove it all
 #   ./tests/lab.sh status
 # Needs root. Installs the Debian packages of tests/deps.txt if missing.

@@ -434,3 +434,67 @@ async fn migrate_refuses_an_invalid_config_and_skips_keys_that_are_no_lease() {
         1
     );
 }
+
+/// Dual-stack leases on the v2 keys API (keys with `&`, as upstream v0.16 writes them),
+/// then carried to v3 by the migration, key and value unchanged.
+#[tokio::test]
+async fn dual_stack_leases_on_v2_and_their_migration_to_v3() {
+    const DUAL: &str = r#"{"Network":"10.200.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:200::/56","Backend":{"Type":"vxlan"}}"#;
+    let etcd = etcd();
+    let m = v2(&etcd);
+    m.store()
+        .client()
+        .put(&format!("{PREFIX}/config"), DUAL, None, Cond::Always)
+        .await
+        .unwrap();
+    let config = m.get_network_config().await.unwrap();
+    let dual = |last: u8| {
+        let v6 = VxlanBackendData {
+            vni: Some(1),
+            vtep_mac: MacAddr([0x0e, 0x58, 0, 0, 0, last]),
+        };
+        attrs(last).with_ipv6(
+            format!("fd77::{last}").parse().unwrap(),
+            Some(v6.to_value()),
+        )
+    };
+    let a = m.acquire_lease(&config, &dual(1)).await.unwrap();
+    let b = m.acquire_lease(&config, &dual(2)).await.unwrap();
+    assert!(a.ipv6_subnet.is_some() && b.ipv6_subnet.is_some());
+    assert_ne!(a.ipv6_subnet, b.ipv6_subnet);
+    // a restart reuses it
+    assert_eq!(
+        m.acquire_lease(&config, &dual(1)).await.unwrap().key(),
+        a.key()
+    );
+    let listed: Vec<String> = m
+        .list_leases()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert!(listed.contains(&a.key().to_string()), "{listed:?}");
+
+    let done = migrate_v2_to_v3(&cfg(&etcd), false).await.unwrap();
+    assert_eq!(
+        done.copied, 3,
+        "the config and two leases: {:?}",
+        done.lines
+    );
+    let mut v3 = Client::connect([etcd.endpoint()], None).await.unwrap();
+    let got = v3
+        .get(format!("{PREFIX}/subnets/{}", a.key()), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        got.kvs().first().unwrap().value_str().unwrap(),
+        dual(1).to_json()
+    );
+    // and a v3 manager reuses the same two subnets
+    let m3 = v3_manager(cfg(&etcd), None).await.unwrap();
+    assert_eq!(
+        m3.acquire_lease(&config, &dual(2)).await.unwrap().key(),
+        b.key()
+    );
+}

@@ -362,6 +362,10 @@ fn same_plumbing(running: &NetworkConfig, new: &NetworkConfig) -> bool {
         && running.enable_nftables == new.enable_nftables
         && running.enable_ipv4 == new.enable_ipv4
         && running.enable_ipv6 == new.enable_ipv6
+        && running.ipv6_network == new.ipv6_network
+        && running.ipv6_subnet_len == new.ipv6_subnet_len
+        && running.ipv6_subnet_min == new.ipv6_subnet_min
+        && running.ipv6_subnet_max == new.ipv6_subnet_max
 }
 
 #[allow(clippy::too_many_arguments)] // the pieces start-up made, handed over once

@@ -217,7 +217,11 @@ fn to_table(
                     .map_or("-".to_string(), |v| v.vtep_mac.to_string());
                 out += &format!(
                     "{:<20} {:<16} {:<9} {:<18} {}\n",
-                    format!("{}{mark}", l.subnet),
+                    if l.has_ipv4() {
+                        format!("{}{mark}", l.subnet)
+                    } else {
+                        format!("-{mark}")
+                    },
                     l.attrs.public_ip.to_string(),
                     if l.attrs.backend_type.is_empty() {
                         "-"

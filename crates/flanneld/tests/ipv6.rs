@@ -376,3 +376,72 @@ fn bad_ipv6_configs_are_refused_with_upstreams_messages_and_nothing_is_programme
     assert!(leases(&lab).is_empty());
     assert!(!lab.on_host(1, &["ip", "-o", "link"]).contains("flannel"));
 }
+
+#[test]
+fn turning_ipv6_off_or_leaving_host_gw_leaves_nothing_behind() {
+    let (mut lab, _dir) = lab('h', 2, Some(DUAL_HOST_GW));
+    let put = |lab: &Lab, config: &str| {
+        lab.etcd().ctl(&[
+            "put",
+            &format!("{}/config", flannel_lab::lab::DEFAULT_PREFIX),
+            config,
+        ]);
+    };
+    let v6_routes = |lab: &Lab, i: usize| {
+        sorted_lines(&lab.on_host(i, &["ip", "-6", "route"]))
+            .into_iter()
+            .filter(|l| l.starts_with("fd00:200:"))
+            .collect::<Vec<_>>()
+    };
+    lab.start_all();
+    lab.wait_ready(LONG);
+    assert!(
+        wait_until(LONG, || v6_routes(&lab, 1).len() == 1),
+        "{:?}",
+        v6_routes(&lab, 1)
+    );
+    // host-gw (dual) -> VXLAN (dual): host-gw's IPv6 routes go, flannel-v6.1 comes
+    put(&lab, DUAL);
+    for i in 1..=2 {
+        lab.stop(i, "TERM");
+    }
+    lab.start_all();
+    lab.wait_ready(LONG);
+    assert!(wait_until(LONG, || v6_meshed(&lab)), "{}", lab.log(1));
+    assert!(
+        v6_routes(&lab, 1)
+            .iter()
+            .all(|r| r.contains("flannel-v6.1")),
+        "{:?}",
+        v6_routes(&lab, 1)
+    );
+    // VXLAN dual -> VXLAN IPv4 only: flannel-v6.1 and its entries go, the lease loses its
+    // IPv6 subnet
+    put(
+        &lab,
+        r#"{"Network":"10.200.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#,
+    );
+    for i in 1..=2 {
+        lab.stop(i, "TERM");
+    }
+    lab.start_all();
+    lab.wait_ready(LONG);
+    for i in 1..=2 {
+        let links = lab.on_host(i, &["ip", "-o", "link"]);
+        assert!(
+            !links.contains("flannel-v6.1") && links.contains("flannel.1"),
+            "{links}"
+        );
+        assert!(v6_routes(&lab, i).is_empty(), "{:?}", v6_routes(&lab, i));
+        assert!(!lab.subnet_env(i).contains("IPV6"), "{}", lab.subnet_env(i));
+    }
+    assert!(
+        leases(&lab).keys().all(|k| !k.contains('&')),
+        "{:?}",
+        leases(&lab)
+    );
+    for i in 1..=2 {
+        lab.add_pod(i);
+    }
+    assert_eq!(lab.ping_matrix(), vec![]);
+}

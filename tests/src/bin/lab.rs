@@ -55,7 +55,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         other => {
-            eprintln!("usage: flannel-lab up [--hosts N] [--pods N] [--backend vxlan|host-gw] [--flanneld PATH] [--dir DIR] | down | status\nunknown command {other:?}");
+            eprintln!("usage: flannel-lab up [--hosts N] [--pods N] [--backend vxlan|host-gw] [--ip ipv4|dual|ipv6] [--flanneld PATH] [--dir DIR] | down | status\nunknown command {other:?}");
             ExitCode::from(2)
         }
     }
@@ -86,10 +86,25 @@ fn up(args: &[String], dir: PathBuf) -> ExitCode {
         etcd_args: vec![],
     };
     // `--backend host-gw` (or any Backend.Type flanneld-rs has): the lab's config with it
-    let config = match arg_value(args, "--backend") {
+    let mut config = match arg_value(args, "--backend") {
         Some(kind) => DEFAULT_CONFIG.replace(r#""Type":"vxlan""#, &format!(r#""Type":"{kind}""#)),
         None => DEFAULT_CONFIG.to_string(),
     };
+    // `--ip dual` or `--ip ipv6`: the same with IPv6 (the underlay has fd77::N on every host)
+    let v6 = r#""EnableIPv6":true,"IPv6Network":"fd00:200::/56","#;
+    match arg_value(args, "--ip").as_deref() {
+        None | Some("ipv4") => {}
+        Some("dual") => config = config.replacen('{', &format!("{{{v6}"), 1),
+        Some("ipv6") => {
+            config = config
+                .replace(r#""Network":"10.200.0.0/16","SubnetLen":24,"#, "")
+                .replacen('{', &format!(r#"{{"EnableIPv4":false,{v6}"#), 1)
+        }
+        Some(other) => {
+            eprintln!("--ip {other:?}: expected ipv4, dual or ipv6");
+            return ExitCode::from(2);
+        }
+    }
     println!("creating {hosts} hosts, etcd at {ETCD_IP}, network config {config}");
     let mut lab = Lab::create(spec, hosts, Some(&config));
     lab.start_all();
@@ -131,7 +146,13 @@ fn up(args: &[String], dir: PathBuf) -> ExitCode {
     for (i, from) in lab.pods.iter().enumerate() {
         print!(
             "{:>20}",
-            format!("{} {}", from.ns.trim_start_matches("flab-"), from.ip)
+            format!(
+                "{} {}",
+                from.ns.trim_start_matches("flab-"),
+                from.ip6
+                    .filter(|_| from.ip.is_unspecified())
+                    .map_or(from.ip.to_string(), |a| a.to_string())
+            )
         );
         for j in 0..lab.pods.len() {
             let cell = if i == j {

@@ -143,9 +143,10 @@ impl HostGwBackend {
     }
 
     fn count_peers(&self) {
-        self.stats
-            .peers
-            .store(self.routes.len() as u64, Ordering::Relaxed);
+        let v6 = self.routes.keys().filter(|d| d.is_ipv6()).count();
+        let v4 = self.routes.len() - v6;
+        self.stats.peers.store(v4 as u64, Ordering::Relaxed);
+        self.stats.peers_v6.store(v6 as u64, Ordering::Relaxed);
     }
 
     /// Runs route changes; the number that failed, each logged.

@@ -73,8 +73,10 @@ pub enum BackendError {
 /// Counters for metrics (`/metrics`); a backend without a data path leaves them at 0.
 #[derive(Debug, Default)]
 pub struct BackendStats {
-    /// Peers currently programmed.
+    /// Peers currently programmed on the IPv4 side (IPv6-only: 0).
     pub peers: AtomicU64,
+    /// Peers currently programmed on the IPv6 side.
+    pub peers_v6: AtomicU64,
     /// Kernel entries added or deleted by a full reconcile (drift repaired).
     pub repairs: AtomicU64,
     pub reconciles: AtomicU64,

@@ -83,7 +83,7 @@ pub fn metrics_text(shared: &Shared) -> String {
     };
     let backend = shared.backend_stats.get();
     let subnet = shared.subnet_stats.get();
-    let rows: [(&str, &str, &str, Option<f64>); 15] = [
+    let rows: [(&str, &str, &str, Option<f64>); 16] = [
         ("flanneld_ready", GAUGE,
             "1 once subnet.env is written and the peers known at start are programmed.",
             Some(flag(&shared.ready))),
@@ -94,8 +94,11 @@ pub fn metrics_text(shared: &Shared) -> String {
             "1 when this node's subnet is a reservation (no TTL).",
             Some(reservation)),
         ("flanneld_peers", GAUGE,
-            "Remote nodes programmed (route, ARP, FDB).",
+            "Remote nodes programmed for IPv4 (route, ARP, FDB).",
             backend.map(|s| counter(&s.peers))),
+        ("flanneld_peers_ipv6", GAUGE,
+            "Remote nodes programmed for IPv6 (route, NDP, FDB).",
+            backend.map(|s| counter(&s.peers_v6))),
         ("flanneld_reconciles_total", COUNTER,
             "Full reconciles of the kernel state.",
             backend.map(|s| counter(&s.reconciles))),

@@ -173,6 +173,12 @@ fn dual_stack_vxlan_mesh_pods_ping_in_both_families() {
         .on_host(1, &["iptables-save"])
         .contains("-A FLANNEL-POSTRTG -s 10.200.0.0/16 ! -d 224.0.0.0/4"));
 
+    let (_, metrics) = lab.http(1, "/metrics", "GET").unwrap();
+    assert!(
+        metrics.contains("\nflanneld_peers 2\n") && metrics.contains("\nflanneld_peers_ipv6 2\n"),
+        "{metrics}"
+    );
+
     // pods with an address of each family ping each other in both
     for i in 1..=3 {
         lab.add_pod(i);

@@ -153,8 +153,13 @@ impl VxlanBackend {
     }
 
     fn count_peers(&self) {
-        let n: usize = self.tunnels.iter().map(|t| t.peers.len()).sum();
-        self.stats.peers.store(n as u64, Ordering::Relaxed);
+        for t in &self.tunnels {
+            let n = t.peers.len() as u64;
+            match t.family {
+                Family::V4 => self.stats.peers.store(n, Ordering::Relaxed),
+                Family::V6 => self.stats.peers_v6.store(n, Ordering::Relaxed),
+            }
+        }
     }
 
     /// Gives each device this node's address in its family and brings it up.

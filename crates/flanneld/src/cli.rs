@@ -266,6 +266,7 @@ Subcommands (each with -h):
   install       lay down what the Ansible role githubixx.flanneld did (unit, CNI, network config)
   uninstall     remove what install laid down
   migrate       copy a cluster's network config and leases from etcd v2 to v3
+  docker-opts   write Docker's options from subnet.env (upstream's mk-docker-opts.sh)
 ";
 
 /// upstream v0.28.9's flags (`main.go` `init()`), with its usage strings.

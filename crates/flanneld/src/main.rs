@@ -3,7 +3,8 @@
 //!
 //! `flanneld-rs [flags]` runs the daemon with upstream's flags and `FLANNELD_*` environment.
 //! Subcommands: `lease show` lists the leases, `install` / `uninstall` lay down (or remove)
-//! what the Ansible role did, `migrate --from v2 --to v3` copies a v2 cluster's data.
+//! what the Ansible role did, `migrate --from v2 --to v3` copies a v2 cluster's data,
+//! `docker-opts` writes Docker's options from subnet.env (upstream's `mk-docker-opts.sh`).
 //! Installed or linked as `flanneld`, it behaves the same.
 
 /// `eprintln!` that never panics: a closed stderr (`flanneld-rs ... 2>&1 | head -1`) must
@@ -41,6 +42,7 @@ macro_rules! out_print {
 
 mod cli;
 mod daemon;
+mod docker_opts;
 mod health;
 mod iface;
 mod install_cmd;
@@ -141,6 +143,7 @@ fn main() -> ExitCode {
         Some("install") => return install_command(&program, &rest[1..], false),
         Some("uninstall") => return install_command(&program, &rest[1..], true),
         Some("migrate") => return migrate_command(&program, &rest[1..]),
+        Some("docker-opts") => return docker_opts_command(&program, &rest[1..]),
         _ => {}
     }
     daemon_command(&program, rest)
@@ -211,6 +214,20 @@ fn migrate_command(program: &str, args: &[String]) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => failure(&e),
+    }
+}
+
+fn docker_opts_command(program: &str, args: &[String]) -> ExitCode {
+    let result = runtime()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(docker_opts::run(program, args)));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            // the script's convention: every failure is exit 1
+            errln!("error: {}", chain_text(&e));
+            ExitCode::from(1)
+        }
     }
 }
 

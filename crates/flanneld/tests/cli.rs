@@ -305,3 +305,121 @@ fn sighup_is_logged_and_changes_nothing() {
         "{text}"
     );
 }
+
+/// `docker-opts` as Docker hosts run upstream's mk-docker-opts.sh: the same file for the same
+/// subnet.env, the environment's DOCKER_OPT_* included; clear errors and exit 1 where the
+/// script writes a useless file; the routing check in a namespace of its own.
+#[test]
+fn docker_opts_writes_what_mk_docker_opts_sh_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = dir.path().join("subnet.env");
+    let out = dir.path().join("docker_opts.env");
+    let (f, d) = (env.to_str().unwrap(), out.to_str().unwrap());
+    std::fs::write(
+        &env,
+        "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.74.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+    )
+    .unwrap();
+    let o = flanneld(
+        &["docker-opts", "-f", f, "-d", d],
+        &[("DOCKER_OPT_A", "--x")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "DOCKER_OPT_A=\"--x\"\nDOCKER_OPT_BIP=\"--bip=10.1.74.1/24\"\nDOCKER_OPT_IPMASQ=\"--ip-masq=false\"\nDOCKER_OPT_MTU=\"--mtu=1450\"\nDOCKER_OPTS=\" --x --bip=10.1.74.1/24 --ip-masq=false --mtu=1450\"\n"
+    );
+    // no subnet.env: exit 1 naming the file (the script writes DOCKER_OPTS="" and exits 0)
+    let o = flanneld(
+        &["docker-opts", "-f", "/nonexistent/subnet.env", "-d", d],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot read /nonexistent/subnet.env"),
+        "{}",
+        stderr(&o)
+    );
+    // a partial one (IPv6-only): exit 1 naming what is missing
+    std::fs::write(&env, "FLANNEL_IPV6_NETWORK=fd00::/56\nFLANNEL_IPV6_SUBNET=fd00:0:0:4::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n").unwrap();
+    let o = flanneld(&["docker-opts", "-f", f, "-d", d], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("has no FLANNEL_SUBNET (an IPv6-only network"),
+        "{}",
+        stderr(&o)
+    );
+    // the script's own refusals
+    std::fs::write(
+        &env,
+        "FLANNEL_SUBNET=10.1.74.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=maybe\n",
+    )
+    .unwrap();
+    let o = flanneld(&["docker-opts", "-f", f, "-d", d], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("Invalid value of FLANNEL_IPMASQ: maybe"),
+        "{}",
+        stderr(&o)
+    );
+    let o = flanneld(&["docker-opts", "-x"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("Illegal option -x"), "{}", stderr(&o));
+    // a route to the subnet via a gateway (in a namespace of this test): refused after
+    // writing, as the script
+    std::fs::write(
+        &env,
+        "FLANNEL_SUBNET=10.1.74.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+    )
+    .unwrap();
+    let ns = format!("dopts{}", std::process::id());
+    let ip = |a: &[&str]| {
+        assert!(
+            Command::new("ip").args(a).status().unwrap().success(),
+            "{a:?}"
+        );
+    };
+    ip(&["netns", "add", &ns]);
+    let result = std::panic::catch_unwind(|| {
+        ip(&[
+            "-n", &ns, "link", "add", "d0", "type", "veth", "peer", "name", "d1",
+        ]);
+        ip(&["-n", &ns, "addr", "add", "192.0.2.1/24", "dev", "d0"]);
+        ip(&["-n", &ns, "link", "set", "d0", "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "10.1.74.0/24",
+            "via",
+            "192.0.2.9",
+        ]);
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                env!("CARGO_BIN_EXE_flanneld-rs"),
+                "docker-opts",
+                "-f",
+                f,
+                "-d",
+                d,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            stderr(&o).contains(
+                "Your routing table already contains the subnet: 10.1.74.0/24 via 192.0.2.9 dev d0"
+            ),
+            "{}",
+            stderr(&o)
+        );
+    });
+    ip(&["netns", "del", &ns]);
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}

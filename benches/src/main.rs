@@ -10,12 +10,15 @@
 //! short mode CI runs so that the harness cannot rot (N = 100, few repetitions).
 //! `--backend host-gw` runs start, converge and cold with the host-gw backend: peers are
 //! host-gw leases whose PublicIPs are on the node's segment (a 172.16.0.0/16 address is added
-//! to its eth0), and a peer is programmed when its route is.
+//! to its eth0), and a peer is programmed when its route is. `--ip dual` runs them with a
+//! dual-stack VXLAN network: every peer lease has an IPv6 subnet too, and a peer is programmed
+//! when its six entries are (route, ARP, FDB on `flannel.1`; route, NDP, FDB on
+//! `flannel-v6.1`).
 
 mod probe;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -29,6 +32,29 @@ const CONFIG: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type"
 const CONFIG_HOST_GW: &str =
     r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#;
 
+const CONFIG_DUAL: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00::/40","Backend":{"Type":"vxlan"}}"#;
+
+/// `--ip dual` (set once, before any scenario runs).
+static DUAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn dual() -> bool {
+    DUAL.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Peer `i`'s IPv6 subnet: `fd00:0:1:<i>::/64` (this node takes one of `fd00:0:0:*::/64`).
+fn subnet6(i: u32) -> Ipv6Addr {
+    Ipv6Addr::from((0xfd00_0000_0001u128 << 80) | (u128::from(i) << 64))
+}
+
+/// The peer index of an IPv4 subnet made by [`peer_value`].
+fn index_of(subnet: Ipv4Addr) -> u32 {
+    (u32::from(subnet) - 0x0a01_0000) >> 8
+}
+
+fn mac6(i: u32) -> [u8; 6] {
+    [0x0e, 0x06, 0x00, (i >> 16) as u8, (i >> 8) as u8, i as u8]
+}
+
 /// `--backend host-gw` (set once, before any scenario runs).
 static HOST_GW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -40,10 +66,15 @@ fn host_gw() -> bool {
 /// host-gw.
 fn entries(subnet: Ipv4Addr, mac: [u8; 6]) -> Vec<Entry> {
     if host_gw() {
-        vec![Entry::Route(subnet, 24)]
-    } else {
-        peer_entries(subnet, mac).to_vec()
+        return vec![Entry::Route(IpAddr::V4(subnet), 24)];
     }
+    let mut v = peer_entries(subnet, mac).to_vec();
+    if dual() {
+        let i = index_of(subnet);
+        let s6 = IpAddr::V6(subnet6(i));
+        v.extend([Entry::Route(s6, 64), Entry::Arp(s6), Entry::Fdb(mac6(i))]);
+    }
+    v
 }
 
 #[derive(Clone)]
@@ -99,6 +130,9 @@ fn lab(name: &str, flanneld: &Path, dir: &Path) -> Lab {
         dir: dir.to_path_buf(),
         etcd_args: vec![],
     };
+    if dual() {
+        return Lab::create(spec, 1, Some(CONFIG_DUAL));
+    }
     if !host_gw() {
         return Lab::create(spec, 1, Some(CONFIG));
     }
@@ -119,6 +153,12 @@ fn peer_value(i: u32) -> (Ipv4Addr, [u8; 6], String) {
     let m = flannel_net::MacAddr(mac);
     let value = if host_gw() {
         format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"host-gw"}}"#)
+    } else if dual() {
+        let ip6 = Ipv6Addr::from((0xfd77u128 << 112) | u128::from(i + 1));
+        let m6 = flannel_net::MacAddr(mac6(i));
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":"{ip6}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{m}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{m6}"}}}}"#
+        )
     } else {
         format!(
             r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{m}"}}}}"#
@@ -128,6 +168,10 @@ fn peer_value(i: u32) -> (Ipv4Addr, [u8; 6], String) {
 }
 
 fn key(subnet: Ipv4Addr) -> String {
+    if dual() {
+        let s6 = subnet6(index_of(subnet));
+        return format!("{PREFIX}/subnets/{subnet}-24&{s6}-64");
+    }
     format!("{PREFIX}/subnets/{subnet}-24")
 }
 
@@ -268,15 +312,21 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
                 put_peers(&mut c, 0..n).await;
             });
             // what the previous run programmed goes: every entry is new again
-            let clear: &[&str] = if host_gw() {
-                &["ip", "route", "flush", "root", "10.0.0.0/8"]
+            let clear: &[&[&str]] = if host_gw() {
+                &[&["ip", "route", "flush", "root", "10.0.0.0/8"]]
             } else {
-                &["ip", "link", "del", "flannel.1"]
+                &[
+                    &["ip", "link", "del", "flannel.1"],
+                    &["ip", "link", "del", "flannel-v6.1"],
+                ]
             };
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "exec", &ns])
-                .args(clear)
-                .status();
+            for c in clear {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "exec", &ns])
+                    .args(*c)
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
             let want: Vec<Entry> = (0..n)
                 .flat_map(|i| {
                     let (s, m, _) = peer_value(i);
@@ -727,12 +777,23 @@ fn main() {
                     }
                 }
             }
+            "--ip" => {
+                i += 1;
+                match args.get(i).map(String::as_str) {
+                    Some("dual") => DUAL.store(true, std::sync::atomic::Ordering::Relaxed),
+                    Some("ipv4") => {}
+                    other => {
+                        eprintln!("--ip {other:?}: ipv4 or dual");
+                        std::process::exit(2);
+                    }
+                }
+            }
             "--scenario" => {
                 i += 1;
                 o.scenarios.push(args[i].clone());
             }
             other => {
-                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw] [--out FILE] [--scenario start|converge|cold|steady|churn]...");
+                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw] [--ip ipv4|dual] [--out FILE] [--scenario start|converge|cold|steady|churn]...");
                 std::process::exit(2);
             }
         }
@@ -772,6 +833,10 @@ fn main() {
         o.scenarios = ["start", "converge", "cold"].map(String::from).to_vec();
     }
     let mut rows = Vec::new();
+    if dual() && host_gw() {
+        eprintln!("--ip dual runs with the vxlan backend only");
+        std::process::exit(2);
+    }
     for (name, f) in all {
         if o.scenarios.is_empty() || o.scenarios.iter().any(|s| s == name) {
             eprintln!("== {name}");
@@ -782,6 +847,11 @@ fn main() {
     if host_gw() {
         for r in &mut rows {
             r.scenario += " [host-gw]";
+        }
+    }
+    if dual() {
+        for r in &mut rows {
+            r.scenario += " [dual-stack]";
         }
     }
     print(&rows);

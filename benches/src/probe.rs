@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -37,16 +37,17 @@ where
 /// A kernel entry flannel programs for a peer, as the notifications name it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Entry {
-    Route(Ipv4Addr, u8),
-    Arp(Ipv4Addr),
+    Route(IpAddr, u8),
+    /// A neighbour entry: ARP (IPv4) or NDP (IPv6).
+    Arp(IpAddr),
     Fdb([u8; 6]),
 }
 
 /// The three entries of a peer with this subnet (network address, /24) and MAC.
 pub fn peer_entries(subnet: Ipv4Addr, mac: [u8; 6]) -> [Entry; 3] {
     [
-        Entry::Route(subnet, 24),
-        Entry::Arp(subnet),
+        Entry::Route(IpAddr::V4(subnet), 24),
+        Entry::Arp(IpAddr::V4(subnet)),
         Entry::Fdb(mac),
     ]
 }
@@ -63,7 +64,12 @@ fn neigh_entry(n: &NeighbourMessage) -> Option<Entry> {
         })
     } else {
         n.attributes.iter().find_map(|a| match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(Entry::Arp(*ip)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                Some(Entry::Arp(IpAddr::V4(*ip)))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
+                Some(Entry::Arp(IpAddr::V6(*ip)))
+            }
             _ => None,
         })
     }
@@ -74,7 +80,8 @@ pub fn classify(msg: &RouteNetlinkMessage) -> Option<(bool, Entry)> {
     match msg {
         RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => {
             let dst = r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+                RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
                 _ => None,
             })?;
             Some((
@@ -102,6 +109,7 @@ impl Watch {
         let (mut conn, _handle, events) = rtnetlink::new_multicast_connection(&[
             MulticastGroup::Neigh,
             MulticastGroup::Ipv4Route,
+            MulticastGroup::Ipv6Route,
         ])
         .expect("netlink");
         {

@@ -189,6 +189,8 @@ pub struct ExtensionBackend {
     config: ExtensionConfig,
     network: Ipv4Network,
     public_ip: Ipv4Addr,
+    /// With IPv6 enabled: this node's PublicIPv6 (in the lease and `PUBLIC_IPV6`).
+    public_ipv6: Option<std::net::Ipv6Addr>,
     mtu: u32,
     /// PreStartupCommand's output.
     backend_data: Option<String>,
@@ -226,6 +228,7 @@ impl ExtensionBackend {
             config,
             network,
             public_ip: node.public_ip,
+            public_ipv6: node.public_ipv6,
             mtu: node.ext.mtu,
             backend_data,
             own: None,
@@ -309,7 +312,7 @@ impl Backend for ExtensionBackend {
     fn lease_attrs(&self) -> LeaseAttrs {
         LeaseAttrs {
             public_ip: self.public_ip,
-            public_ipv6: None,
+            public_ipv6: self.public_ipv6,
             backend_type: "extension".into(),
             backend_data: self.backend_data.clone().map(Value::String),
             backend_v6_data: None,
@@ -340,7 +343,12 @@ impl Backend for ExtensionBackend {
                 own.ipv6_subnet.map(|s| s.to_string()).unwrap_or_default(),
             ),
             ("PUBLIC_IP", self.public_ip.to_string()),
-            ("PUBLIC_IPV6", String::new()),
+            (
+                "PUBLIC_IPV6",
+                self.public_ipv6
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default(),
+            ),
         ]);
         match run_command(command, &vars, "", self.timeout()).await {
             Ok(out) => {

@@ -148,6 +148,24 @@ impl Iptables {
         run(&self.cli, &["--version"], None).await
     }
 
+    /// The chains of `chains` whose table does not hold them as wanted (a missing or changed
+    /// rule, a missing or doubled jump, one left that should be gone): one `iptables-save`,
+    /// nothing written.
+    pub async fn differing<'a>(
+        &self,
+        chains: &'a [(ChainRules, bool)],
+    ) -> Result<Vec<&'a ChainRules>, MasqError> {
+        let tables = parse_tables(&run(&self.save, &[], None).await?);
+        let empty = SavedTable::default();
+        Ok(chains
+            .iter()
+            .filter(|(want, keep)| {
+                restore_payload(tables.get(want.table).unwrap_or(&empty), want, *keep).is_some()
+            })
+            .map(|(want, _)| want)
+            .collect())
+    }
+
     /// Makes each table hold its chain (or none of it where `keep` is false): one
     /// `iptables-save` for all tables, one `iptables-restore` only when something differs.
     /// Returns the number of tables rewritten.

@@ -234,6 +234,43 @@ impl TrafficManager {
         Ok(written)
     }
 
+    /// What differs from flannel's rules, one line each (empty: all in place); nothing is
+    /// written (for `flanneld-rs doctor`).
+    pub async fn check(&self) -> Result<Vec<String>, MasqError> {
+        let mut out = Vec::new();
+        match self.mode {
+            Mode::Iptables => {
+                let chains = [
+                    (rules::masq_chain(&self.spec), self.spec.ip_masq),
+                    (rules::forward_chain(&self.spec), self.spec.forward),
+                ];
+                let tool = if self.spec.is_ipv6() {
+                    "ip6tables"
+                } else {
+                    "iptables"
+                };
+                for c in self.iptables.differing(&chains).await? {
+                    out.push(format!(
+                        "{tool}: chain {} of table {} (or its jump from {}) is not flannel's",
+                        c.chain, c.table, c.hook
+                    ));
+                }
+            }
+            Mode::Nftables => {
+                let (family, table) = rules::nft_table(&self.spec);
+                let want = rules::nft_listing(&self.spec);
+                match self.nft.read(family, table).await? {
+                    None => out.push(format!("nftables: table {family} {table} is missing")),
+                    Some(have) if have != want => {
+                        out.push(format!("nftables: table {family} {table} is not flannel's"))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// [`TrafficManager::ensure`] that logs instead of failing: for the resync loop.
     pub async fn resync(&self) -> usize {
         match self.ensure().await {

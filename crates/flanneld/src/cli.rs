@@ -267,7 +267,17 @@ Subcommands (each with -h):
   uninstall     remove what install laid down
   migrate       copy a cluster's network config and leases from etcd v2 to v3
   docker-opts   write Docker's options from subnet.env (upstream's mk-docker-opts.sh)
+  doctor        check this node (daemon, etcd, lease, subnet.env, data path, rules, host)
 ";
+
+/// `--json` of the subcommands that print for scripts (`lease show`, `doctor`).
+pub const JSON_FLAG: Flag = Flag {
+    name: "json",
+    kind: Kind::Bool,
+    default: "false",
+    usage: "print JSON for scripts",
+    hidden: false,
+};
 
 /// upstream v0.28.9's flags (`main.go` `init()`), with its usage strings.
 pub const DAEMON_FLAGS: &[Flag] = &[

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use flannel_backend::netlink::Netlink;
 use flannel_backend::{Backend, NodeContext};
-use flannel_masq::{Mode, RuleSpec, Tools, TrafficManager};
+use flannel_masq::{Mode, Tools, TrafficManager};
 use flannel_net::{Lease, LeaseBatch, NetworkConfig, SubnetEnv, SubnetKey};
 use flannel_subnet::{EtcdApi, SubnetError, SubnetManager};
 use ipnetwork::IpNetwork;
@@ -293,14 +293,7 @@ async fn setup_rules(
             previous,
         )
     };
-    let spec = RuleSpec {
-        network,
-        subnet,
-        ip_masq: opts.ip_masq,
-        forward: opts.iptables_forward_rules,
-        random_fully: !opts.ip_masq_fully_random_disable,
-        previous: previous.filter(|p| *p != (network, subnet)),
-    };
+    let spec = opts.rule_spec(network, subnet, previous);
     // next to subnet.env (/run/flannel: a tmpfs, emptied at boot)
     let state = opts.subnet_file.with_file_name(if ipv6 {
         ".flanneld-rs-rules6.state"

@@ -20,13 +20,7 @@ fn flags() -> Vec<Flag> {
         .copied()
         .filter(|f| f.name.starts_with("etcd-"))
         .collect();
-    flags.push(Flag {
-        name: "json",
-        kind: Kind::Bool,
-        default: "false",
-        usage: "print JSON for scripts",
-        hidden: false,
-    });
+    flags.push(cli::JSON_FLAG);
     flags.push(Flag {
         name: "subnet",
         kind: Kind::Str,

@@ -4,7 +4,8 @@
 //! `flanneld-rs [flags]` runs the daemon with upstream's flags and `FLANNELD_*` environment.
 //! Subcommands: `lease show` lists the leases, `install` / `uninstall` lay down (or remove)
 //! what the Ansible role did, `migrate --from v2 --to v3` copies a v2 cluster's data,
-//! `docker-opts` writes Docker's options from subnet.env (upstream's `mk-docker-opts.sh`).
+//! `docker-opts` writes Docker's options from subnet.env (upstream's `mk-docker-opts.sh`),
+//! `doctor` checks the node and explains what is wrong.
 //! Installed or linked as `flanneld`, it behaves the same.
 
 /// `eprintln!` that never panics: a closed stderr (`flanneld-rs ... 2>&1 | head -1`) must
@@ -43,6 +44,7 @@ macro_rules! out_print {
 mod cli;
 mod daemon;
 mod docker_opts;
+mod doctor;
 mod health;
 mod iface;
 mod install_cmd;
@@ -144,6 +146,7 @@ fn main() -> ExitCode {
         Some("uninstall") => return install_command(&program, &rest[1..], true),
         Some("migrate") => return migrate_command(&program, &rest[1..]),
         Some("docker-opts") => return docker_opts_command(&program, &rest[1..]),
+        Some("doctor") => return doctor_command(&program, &rest[1..]),
         _ => {}
     }
     daemon_command(&program, rest)
@@ -211,6 +214,16 @@ fn migrate_command(program: &str, args: &[String]) -> ExitCode {
     let result = runtime()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(migrate_cmd::run(program, args)));
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => failure(&e),
+    }
+}
+
+fn doctor_command(program: &str, args: &[String]) -> ExitCode {
+    let result = runtime()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(doctor::run(program, args)));
     match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => failure(&e),

@@ -131,6 +131,23 @@ pub fn check_node_address6(ip: Ipv6Addr) -> Result<(), String> {
 }
 
 impl Options {
+    /// The traffic rules these flags ask for, for one family's Network and subnet.
+    pub fn rule_spec(
+        &self,
+        network: ipnetwork::IpNetwork,
+        subnet: ipnetwork::IpNetwork,
+        previous: Option<(ipnetwork::IpNetwork, ipnetwork::IpNetwork)>,
+    ) -> flannel_masq::RuleSpec {
+        flannel_masq::RuleSpec {
+            network,
+            subnet,
+            ip_masq: self.ip_masq,
+            forward: self.iptables_forward_rules,
+            random_fully: !self.ip_masq_fully_random_disable,
+            previous: previous.filter(|p| *p != (network, subnet)),
+        }
+    }
+
     pub fn from_values(v: &Values) -> Result<Options, CliError> {
         let f = DAEMON_FLAGS;
         let unsupported = |what: &str| {

@@ -1,0 +1,142 @@
+//! `flanneld-rs doctor` in the lab: a healthy node gives exit 0 and a short all-good
+//! summary; then each thing operators break by accident, broken on purpose, is named:
+//! the daemon stopped, a peer's route deleted, the VTEP MAC changed, the masquerade chain
+//! flushed, ip_forward off, a wrong subnet.env, etcd stopped.
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed assertion
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use flannel_lab::lab::{wait_until, Lab, DEFAULT_CONFIG};
+
+/// Runs `flanneld-rs doctor` on host `i` with the daemon's flags; (exit code, stdout).
+fn doctor(lab: &Lab, i: usize, extra: &[&str]) -> (i32, String) {
+    let o = Command::new("ip")
+        .args(["netns", "exec", &lab.hosts[i - 1].ns])
+        .arg(env!("CARGO_BIN_EXE_flanneld-rs"))
+        .arg("doctor")
+        .args(lab.flags(i))
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+    )
+}
+
+/// The failed findings of a `--json` report, as "check: text".
+fn failures(json: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["status"] == "fail")
+        .map(|f| {
+            format!(
+                "{}: {}",
+                f["check"].as_str().unwrap(),
+                f["text"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn doctor_finds_what_was_broken_and_passes_a_healthy_node() {
+    let (mut lab, _dir) = lab('d', 3, Some(DEFAULT_CONFIG));
+    lab.start_all();
+    lab.wait_ready(LONG);
+    assert!(wait_until(LONG, || {
+        (1..=3).all(|i| {
+            lab.on_host(i, &["ip", "route"])
+                .matches("dev flannel.1")
+                .count()
+                == 2
+        })
+    }));
+    let (code, out) = doctor(&lab, 1, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("flanneld-rs doctor: all good"), "{out}");
+    assert!(out.lines().all(|l| l.chars().count() <= 80), "{out}");
+    assert!(!out.contains('\x1b'), "no colour when not on a terminal");
+
+    // break things on h1 with its daemon stopped (it would repair them)
+    lab.stop(1, "KILL");
+    let h2 = lab.subnet(2).unwrap();
+    lab.on_host(1, &["ip", "route", "del", &h2]);
+    lab.on_host(
+        1,
+        &[
+            "ip",
+            "link",
+            "set",
+            "flannel.1",
+            "address",
+            "02:11:22:33:44:55",
+        ],
+    );
+    lab.on_host(1, &["iptables", "-t", "nat", "-F", "FLANNEL-POSTRTG"]);
+    lab.on_host(1, &["sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward"]);
+    let env_path = lab.hosts[0].subnet_file.clone();
+    let env = std::fs::read_to_string(&env_path).unwrap();
+    let wrong = env
+        .lines()
+        .map(|l| {
+            if l.starts_with("FLANNEL_SUBNET=") {
+                "FLANNEL_SUBNET=10.200.250.1/24".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    std::fs::write(&env_path, wrong).unwrap();
+
+    let (code, json) = doctor(&lab, 1, &["--json"]);
+    assert_eq!(code, 1, "{json}");
+    let fails = failures(&json);
+    for want in [
+        "daemon: flanneld-rs is not running",
+        "device: flannel.1: MAC 02:11:22:33:44:55 but the lease says",
+        "rules: iptables: chain FLANNEL-POSTRTG of table nat",
+        "host: net.ipv4.ip_forward is 0",
+        "subnet.env: ",
+    ] {
+        assert!(
+            fails.iter().any(|f| f.starts_with(want)),
+            "{want}\nin {fails:#?}"
+        );
+    }
+    assert!(
+        fails
+            .iter()
+            .any(|f| f.contains("FLANNEL_SUBNET 10.200.250.0/24 (the lease: ")),
+        "{fails:#?}"
+    );
+    // the peer whose route was deleted is named (changing the MAC also flushed the ARP
+    // entries, which are named too)
+    assert!(
+        fails.iter().any(|f| f.starts_with("peers: on flannel.1: ")
+            && f.contains(&format!("{h2} (192.168.77.2): route, ARP missing"))),
+        "{fails:#?}"
+    );
+    let (_, text) = doctor(&lab, 1, &[]);
+    assert!(text.starts_with("flanneld-rs doctor: 6 problems"), "{text}");
+    assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
+
+    // etcd gone: the store is named, exit 1
+    lab.etcd_mut().stop();
+    let (code, json) = doctor(&lab, 2, &["--json"]);
+    assert_eq!(code, 1, "{json}");
+    assert!(
+        failures(&json)
+            .iter()
+            .any(|f| f.starts_with("store: etcd at http://192.168.77.254:2379")),
+        "{json}"
+    );
+}

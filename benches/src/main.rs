@@ -742,6 +742,8 @@ fn print(rows: &[Row]) {
 }
 
 fn main() {
+    // the release profile aborts on panic: Drop would not remove a failed run's labs
+    flannel_lab::lab::cleanup_on_panic();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut o = Opts {
         binaries: Vec::new(),

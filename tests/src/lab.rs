@@ -152,6 +152,35 @@ pub fn namespaces_of(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// The labs alive in this process (not kept by [`Lab::keep`]): what
+/// [`destroy_live_labs`] removes when the process dies of a panic.
+static LIVE_LABS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes every lab of this process that is still alive (its processes and namespaces).
+/// For a panic hook: the release profile aborts on panic, so no `Drop` runs (the harness
+/// and `lab up` install [`cleanup_on_panic`]).
+pub fn destroy_live_labs() {
+    let names = match LIVE_LABS.try_lock() {
+        Ok(mut l) => std::mem::take(&mut *l),
+        Err(_) => return,
+    };
+    for name in names {
+        eprintln!("cleaning up lab {name} after the failure");
+        destroy(&name);
+    }
+}
+
+/// Installs a panic hook that prints the panic as usual, then removes this process's live
+/// labs: a failed run leaves no etcd, no flanneld and no namespace behind, even when
+/// panics abort.
+pub fn cleanup_on_panic() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        destroy_live_labs();
+    }));
+}
+
 /// Kills every process in the lab's namespaces and deletes them (for `lab down`, and for a
 /// lab that a killed test left behind).
 pub fn destroy(prefix: &str) {
@@ -189,6 +218,9 @@ impl Lab {
         assert!(spec.name.len() <= 8, "lab name too long");
         crate::require_program("ip", "iproute2");
         destroy(&spec.name);
+        if let Ok(mut live) = LIVE_LABS.lock() {
+            live.push(spec.name.clone());
+        }
         fs::create_dir_all(&spec.dir).expect("lab dir");
         let br = format!("{}-br", spec.name);
         let etcd_ns = format!("{}-etcd", spec.name);
@@ -610,6 +642,7 @@ impl Lab {
     /// Leaves everything running when dropped (`lab up`).
     pub fn keep(mut self) {
         self.keep = true;
+        forget_live(&self.spec.name);
     }
 
     pub fn dir(&self) -> &Path {
@@ -665,5 +698,12 @@ impl Drop for Lab {
             m.stop();
         }
         destroy(&self.spec.name);
+        forget_live(&self.spec.name);
+    }
+}
+
+fn forget_live(name: &str) {
+    if let Ok(mut live) = LIVE_LABS.lock() {
+        live.retain(|n| n != name);
     }
 }

@@ -23,6 +23,8 @@ fn arg_value(args: &[String], name: &str) -> Option<String> {
 }
 
 fn main() -> ExitCode {
+    // a failed `up` leaves nothing behind (the release profile aborts on panic: no Drop)
+    flannel_lab::lab::cleanup_on_panic();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dir =
         PathBuf::from(arg_value(&args, "--dir").unwrap_or_else(|| "/run/flanneld-rs-lab".into()));

@@ -64,6 +64,30 @@ fn doctor_finds_what_was_broken_and_passes_a_healthy_node() {
     assert!(out.lines().all(|l| l.chars().count() <= 80), "{out}");
     assert!(!out.contains('\x1b'), "no colour when not on a terminal");
 
+    assert!(
+        out.contains("flannel.1: TX checksum offload on (fine without NAT)"),
+        "{out}"
+    );
+
+    // a node behind NAT (-public-ip not on its interface) with TX checksum offload on: the
+    // known checksum fault is named with its workaround
+    lab.stop(3, "TERM");
+    lab.start_with_flags(3, &["-public-ip=198.51.100.3"]);
+    lab.wait_ready(LONG);
+    let (_, json) = doctor(&lab, 3, &["--json", "-public-ip=198.51.100.3"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let warned = v["findings"].as_array().unwrap().iter().any(|f| {
+        f["status"] == "warn"
+            && f["text"].as_str().unwrap().starts_with(
+                "flannel.1: TX checksum offload is on and this node's PublicIP is behind NAT",
+            )
+            && f["advice"]
+                .as_str()
+                .unwrap()
+                .contains("ethtool -K flannel.1 tx-checksum-ip-generic off")
+    });
+    assert!(warned, "{json}");
+
     // break things on h1 with its daemon stopped (it would repair them)
     lab.stop(1, "KILL");
     let h2 = lab.subnet(2).unwrap();

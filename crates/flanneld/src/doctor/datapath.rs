@@ -22,6 +22,8 @@ pub struct Node<'a> {
     pub leases: &'a [Lease],
     pub ext: &'a ExtIface,
     pub nl: &'a Netlink,
+    /// The PublicIP is not an address of the interface (`-public-ip` behind NAT).
+    pub behind_nat: bool,
 }
 
 /// Checks the data path of the node; returns the MTU pods should get (for subnet.env),
@@ -67,6 +69,7 @@ async fn vxlan(n: &Node<'_>, r: &mut Report) -> Option<u32> {
         leases,
         ext,
         nl,
+        behind_nat,
     } = *n;
     let vx = VxlanConfig::from_backend(config.backend.as_ref()).ok()?;
     let mut mtu: Option<u32> = None;
@@ -135,12 +138,51 @@ async fn vxlan(n: &Node<'_>, r: &mut Report) -> Option<u32> {
                 "restart flanneld-rs: it re-creates a device whose attributes differ, keeping the lease's MAC",
             );
         }
+        tx_checksum(&name, behind_nat, r);
         peers_of(
             family, network, own, public, leases, ext, &vx, link.index, &name, nl, r,
         )
         .await;
     }
     mtu
+}
+
+/// The TX checksum offload of a VXLAN device (`ethtool -k`). With it on, nodes behind NAT
+/// send VXLAN packets whose UDP checksum the NAT breaks, and receivers drop them (upstream
+/// #1279, #2152; the workaround of upstream's troubleshooting.md).
+fn tx_checksum(device: &str, behind_nat: bool, r: &mut Report) {
+    let out = match std::process::Command::new("ethtool")
+        .args(["-k", device])
+        .output()
+    {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        _ => {
+            r.ok(
+                "device",
+                format!("{device}: TX checksum offload not checked (no ethtool)"),
+            );
+            return;
+        }
+    };
+    let on = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("tx-checksumming:"))
+        .is_some_and(|v| v.trim_start().starts_with("on"));
+    if on && behind_nat {
+        r.warn(
+            "device",
+            format!("{device}: TX checksum offload is on and this node's PublicIP is behind NAT"),
+            format!("the NAT breaks the VXLAN packets' UDP checksum and peers drop them (\"UDP: bad checksum\" in their kernel log); run ethtool -K {device} tx-checksum-ip-generic off (a udev rule keeps it across re-creation)"),
+        );
+    } else {
+        r.ok(
+            "device",
+            format!(
+                "{device}: TX checksum offload {}",
+                if on { "on (fine without NAT)" } else { "off" }
+            ),
+        );
+    }
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
@@ -272,6 +314,7 @@ async fn host_gw(n: &Node<'_>, r: &mut Report) {
         leases,
         ext,
         nl,
+        ..
     } = *n;
     for (family, network, own, public) in sides(config, lease) {
         let mut want = BTreeMap::new();

@@ -281,6 +281,8 @@ async fn check_node(opts: &Options, store: &Store, nl: &Netlink, r: &mut Report)
         leases: &store.leases,
         ext: &chosen.ext,
         nl,
+        behind_nat: public
+            .is_some_and(|p| !chosen.ext.addresses.iter().any(|a| a.ip() == IpAddr::V4(p))),
     };
     let mtu = datapath::check(&node, r).await;
     check_subnet_env(opts, config, lease, mtu, r);

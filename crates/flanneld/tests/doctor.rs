@@ -153,6 +153,16 @@ fn doctor_finds_what_was_broken_and_passes_a_healthy_node() {
     assert!(text.starts_with("flanneld-rs doctor: 6 problems"), "{text}");
     assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
 
+    // FORWARD policy DROP (as Docker sets it) with flannel's forward rules turned off
+    lab.on_host(2, &["iptables", "-P", "FORWARD", "DROP"]);
+    let (code, json) = doctor(&lab, 2, &["--json", "-iptables-forward-rules=false"]);
+    assert_eq!(code, 1, "{json}");
+    assert!(
+        failures(&json).iter().any(|f| f
+            == "rules: the FORWARD chain's policy is DROP and -iptables-forward-rules is false"),
+        "{json}"
+    );
+
     // etcd gone: the store is named, exit 1
     lab.etcd_mut().stop();
     let (code, json) = doctor(&lab, 2, &["--json"]);

@@ -387,6 +387,9 @@ async fn check_rules(opts: &Options, config: &NetworkConfig, lease: &Lease, r: &
             Err(e) => problems.push(e.to_string()),
         }
     }
+    if mode == Mode::Iptables && config.enable_ipv4 {
+        forward_policy(opts, r);
+    }
     if problems.is_empty() {
         r.ok(
             "rules",
@@ -397,6 +400,41 @@ async fn check_rules(opts: &Options, config: &NetworkConfig, lease: &Lease, r: &
             "rules",
             problems.join("; "),
             "pods' traffic to outside the network is not masqueraded or forwarded traffic is dropped; a running flanneld-rs restores its rules every -iptables-resync seconds: is it running?",
+        );
+    }
+}
+
+/// The FORWARD chain's policy: DROP (Docker sets it) drops pods' traffic between nodes
+/// unless flannel's forward rules accept it.
+fn forward_policy(opts: &Options, r: &mut Report) {
+    let Ok(o) = std::process::Command::new("iptables-save")
+        .args(["-t", "filter"])
+        .output()
+    else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&o.stdout);
+    let drop = text
+        .lines()
+        .any(|l| l.starts_with(":FORWARD DROP") || l.starts_with(":FORWARD REJECT"));
+    if drop && !opts.iptables_forward_rules {
+        r.fail(
+            "rules",
+            "the FORWARD chain's policy is DROP and -iptables-forward-rules is false",
+            "traffic between pods of different nodes is dropped here; run with -iptables-forward-rules (the default) or accept the pod network in FORWARD",
+        );
+    } else {
+        r.ok(
+            "rules",
+            format!(
+                "FORWARD policy {}{}",
+                if drop { "DROP" } else { "ACCEPT" },
+                if drop {
+                    " (flannel's forward rules accept the pod network)"
+                } else {
+                    ""
+                }
+            ),
         );
     }
 }

@@ -6,7 +6,8 @@
 //! Every scenario runs for each binary in turn (alternating where it repeats) against a real
 //! etcd, with the lab's upstream-style flags, and prints one row per scenario and binary;
 //! the ratio column compares with the first binary. Results also go to a JSON file.
-//! Scenarios: start, converge, cold (N = 100, 1000, 5000), steady, churn. `--quick` is the
+//! Scenarios: start, converge, cold (N = 100, 1000, 5000), steady, churn, etcd-load (10 nodes
+//! on a 3-member etcd: messages and bytes per node per hour at rest, and for a node's join). `--quick` is the
 //! short mode CI runs so that the harness cannot rot (N = 100, few repetitions).
 //! `--backend host-gw` runs start, converge and cold with the host-gw backend: peers are
 //! host-gw leases whose PublicIPs are on the node's segment (a 172.16.0.0/16 address is added
@@ -120,8 +121,8 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[i.min(v.len() - 1)]
 }
 
-fn lab(name: &str, flanneld: &Path, dir: &Path) -> Lab {
-    let spec = LabSpec {
+fn spec(name: &str, flanneld: &Path, dir: &Path) -> LabSpec {
+    LabSpec {
         name: name.into(),
         flanneld: flanneld.to_path_buf(),
         cni_plugin: flanneld.with_file_name("flannel"),
@@ -129,7 +130,11 @@ fn lab(name: &str, flanneld: &Path, dir: &Path) -> Lab {
         extra_flags: vec![],
         dir: dir.to_path_buf(),
         etcd_args: vec![],
-    };
+    }
+}
+
+fn lab(name: &str, flanneld: &Path, dir: &Path) -> Lab {
+    let spec = spec(name, flanneld, dir);
     if dual() {
         return Lab::create(spec, 1, Some(CONFIG_DUAL));
     }
@@ -392,6 +397,62 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
 
 /// Scenario 5: steady state with 3 peers: CPU, processes started (counted by wrappers on
 /// PATH, the same for any binary), etcd requests.
+/// gRPC messages and bytes all members of the lab's 3-member cluster received and sent.
+fn cluster_load(lab: &Lab) -> (f64, f64) {
+    (0..3)
+        .map(|i| {
+            let ns = lab.member_ns(i);
+            (
+                probe::etcd_metric(&ns, "grpc_server_msg_received_total"),
+                probe::etcd_metric(&ns, "etcd_network_client_grpc_received_bytes_total")
+                    + probe::etcd_metric(&ns, "etcd_network_client_grpc_sent_bytes_total"),
+            )
+        })
+        .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+/// The cluster's load on etcd: N nodes, every one with the three endpoints of a 3-member
+/// cluster (the HA setup), at rest and when one more node joins, from etcd's own metrics.
+fn etcd_load(o: &Opts, dir: &Path) -> Vec<Row> {
+    let (nodes, period) = if o.quick {
+        (3, Duration::from_secs(6))
+    } else {
+        (10, Duration::from_secs(120))
+    };
+    let mut rows = Vec::new();
+    for bin in &o.binaries {
+        let mut lab = Lab::create_with_etcd_cluster(spec("bl", bin, dir), nodes, Some(CONFIG));
+        lab.start_all();
+        lab.wait_ready(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_secs(7));
+        let (m0, b0) = cluster_load(&lab);
+        std::thread::sleep(period);
+        let (m1, b1) = cluster_load(&lab);
+        let per_node_hour = |d: f64| d / nodes as f64 / period.as_secs_f64() * 3600.0;
+        let h = lab.add_host();
+        lab.start(h);
+        lab.wait_ready(Duration::from_secs(60));
+        // its lease reaches every node's watch
+        std::thread::sleep(Duration::from_secs(2));
+        let (m2, b2) = cluster_load(&lab);
+        // the time at rest in those 2+ s, at the rate measured, is not the join's
+        rows.push(Row {
+            scenario: format!("etcd load, {nodes} nodes, 3-member etcd"),
+            binary: label(bin),
+            metrics: vec![
+                ("rest_msgs_per_node_hour".into(), per_node_hour(m1 - m0)),
+                (
+                    "rest_kib_per_node_hour".into(),
+                    per_node_hour(b1 - b0) / 1024.0,
+                ),
+                ("join_msgs".into(), m2 - m1),
+                ("join_kib".into(), (b2 - b1) / 1024.0),
+            ],
+        });
+    }
+    rows
+}
+
 fn steady(o: &Opts, dir: &Path) -> Vec<Row> {
     let period = if o.quick {
         Duration::from_secs(6)
@@ -795,7 +856,7 @@ fn main() {
                 o.scenarios.push(args[i].clone());
             }
             other => {
-                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw] [--ip ipv4|dual] [--out FILE] [--scenario start|converge|cold|steady|churn]...");
+                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw] [--ip ipv4|dual] [--out FILE] [--scenario start|converge|cold|steady|churn|etcd-load]...");
                 std::process::exit(2);
             }
         }
@@ -823,12 +884,13 @@ fn main() {
         });
         std::process::exit(i32::from(bad));
     }
-    let all: [(&str, Scenario); 5] = [
+    let all: [(&str, Scenario); 6] = [
         ("start", start),
         ("converge", converge),
         ("cold", cold),
         ("steady", steady),
         ("churn", churn),
+        ("etcd-load", etcd_load),
     ];
     if host_gw() && o.scenarios.is_empty() {
         // the scenarios that measure a peer's entries; steady and churn count VXLAN's

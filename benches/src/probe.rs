@@ -191,6 +191,11 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 
 /// etcd's count of gRPC messages received (all requests, stream messages included).
 pub fn etcd_messages(etcd_ns: &str) -> f64 {
+    etcd_metric(etcd_ns, "grpc_server_msg_received_total")
+}
+
+/// The sum of every series of metric `name` that the etcd in `etcd_ns` reports.
+pub fn etcd_metric(etcd_ns: &str, name: &str) -> f64 {
     let out = std::process::Command::new("ip")
         .args([
             "netns",
@@ -204,7 +209,10 @@ pub fn etcd_messages(etcd_ns: &str) -> f64 {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
     out.lines()
-        .filter(|l| l.starts_with("grpc_server_msg_received_total"))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }

@@ -112,7 +112,17 @@ pub fn decide(
         .filter(|n| n.prefix() != 0)
         .collect();
     let taken6: Vec<Ipv6Network> = keys.iter().filter_map(|k| k.ipv6).collect();
-    if let Some(previous) = previous {
+    // a family the config turned off since: the previous run's subnet of the other one is
+    // still worth keeping
+    let previous = previous.map(|p| SubnetKey {
+        ipv4: if config.enable_ipv4 {
+            p.ipv4
+        } else {
+            no_ipv4()
+        },
+        ipv6: p.ipv6.filter(|_| config.enable_ipv6),
+    });
+    if let Some(previous) = previous.filter(|p| p.ipv4.prefix() != 0 || p.ipv6.is_some()) {
         let held = (config.enable_ipv4 && taken4.iter().any(|t| t.overlaps(previous.ipv4)))
             || previous
                 .ipv6
@@ -192,6 +202,24 @@ mod tests {
                 lease: Some(l),
             })
             .collect()
+    }
+
+    #[test]
+    fn the_previous_subnet_of_a_family_still_on_is_kept() {
+        let v4_only =
+            NetworkConfig::from_etcd(r#"{"Network":"10.5.0.0/16","SubnetMax":"10.5.20.0"}"#)
+                .unwrap();
+        let me = lease("10.5.7.0/24", "192.0.2.1").attrs;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        // the previous run was dual-stack: its IPv4 subnet is taken again
+        let previous = "10.5.9.0-24&fd00::-64".parse().unwrap();
+        assert_eq!(
+            decide(&v4_only, &me, &[], Some(previous), &mut rng).decision,
+            Decision::Create {
+                subnet: SubnetKey::new("10.5.9.0/24".parse().unwrap()),
+                previous: true
+            }
+        );
     }
 
     #[test]

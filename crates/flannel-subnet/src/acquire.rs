@@ -126,7 +126,7 @@ pub fn decide(
         let held = (config.enable_ipv4 && taken4.iter().any(|t| t.overlaps(previous.ipv4)))
             || previous
                 .ipv6
-                .is_some_and(|p| taken6.iter().any(|t| overlaps6(*t, p)));
+                .is_some_and(|p| taken6.iter().any(|t| t.overlaps(p)));
         if !is_compatible(config, &previous) {
             info!("Found previously leased subnet ({previous}) that is not compatible with the Etcd network config, ignoring");
         } else if held {
@@ -167,10 +167,6 @@ pub fn decide(
         _ => Decision::OutOfSubnets,
     };
     Plan { delete, decision }
-}
-
-fn overlaps6(a: Ipv6Network, b: Ipv6Network) -> bool {
-    a.contains(b.network()) || b.contains(a.network())
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! `flanneld-rs`: a drop-in replacement for upstream flanneld (etcd v3 or v2; the vxlan and
-//! alloc backends).
+//! `flanneld-rs`: a drop-in replacement for upstream flanneld (etcd v3 or v2; the vxlan,
+//! host-gw, extension and alloc backends; IPv4, IPv6 and dual-stack).
 //!
 //! `flanneld-rs [flags]` runs the daemon with upstream's flags and `FLANNELD_*` environment.
 //! Subcommands: `lease show` lists the leases, `install` / `uninstall` lay down (or remove)

@@ -49,21 +49,10 @@ impl Netlink {
         Ok(out)
     }
 
-    /// `ip addr replace <addr> dev <index>`
-    pub async fn add_address(&self, index: u32, addr: IpNetwork) -> Result<(), BackendError> {
-        self.handle()
-            .address()
-            .add(index, addr.ip(), addr.prefix())
-            .replace()
-            .execute()
-            .await
-            .map_err(nl_err(format!("adding {addr} to link #{index}")))
-    }
-
     /// `ip addr replace <addr> dev <index> nodad`: usable at once. An IPv6 address otherwise
     /// stays "tentative" for 1-2 s while the kernel checks it is unique (flannel's are, by
     /// construction: upstream adds its VTEP address with the check, and is unusable meanwhile).
-    pub async fn add_address_nodad(&self, index: u32, addr: IpNetwork) -> Result<(), BackendError> {
+    pub async fn add_address(&self, index: u32, addr: IpNetwork) -> Result<(), BackendError> {
         use netlink_packet_route::address::AddressFlags;
         let mut req = self
             .handle()

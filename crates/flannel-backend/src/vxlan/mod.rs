@@ -118,6 +118,12 @@ impl VxlanBackend {
                 mac_hint: hint,
             });
         }
+        if sides.is_empty() {
+            return Err(BackendError::Config {
+                backend: "VXLAN",
+                message: "neither an IPv4 nor an IPv6 network to carry".into(),
+            });
+        }
         let mut tunnels = Vec::new();
         for side in sides {
             let t = Tunnel::new(side, nl.clone(), config.clone(), ext.clone(), stats.clone());
@@ -137,7 +143,8 @@ impl VxlanBackend {
         self.tunnels.iter().find(|t| t.family == family)
     }
 
-    /// The IPv4 device (`flannel.<VNI>`); with IPv6 only, the IPv6 one.
+    /// The IPv4 device (`flannel.<VNI>`); with IPv6 only, the IPv6 one (there is always
+    /// one: [`VxlanBackend::new_dual`] refuses to make none).
     pub fn device(&self) -> &Device {
         &self.tunnels[0].device
     }

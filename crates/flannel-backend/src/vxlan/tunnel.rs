@@ -137,7 +137,7 @@ impl Tunnel {
             }
         }
         if !present {
-            self.nl.add_address_nodad(self.device.index, want).await?;
+            self.nl.add_address(self.device.index, want).await?;
         }
         Ok(())
     }

@@ -10,6 +10,10 @@ use serde_json::Value;
 use crate::error::{reason, StoreError};
 use crate::etcd::EtcdConfig;
 use crate::SubnetError;
+// The endpoint that answered last in this process, shared with the v3 client (the daemon
+// asks v3 first when it detects the API): a new client starts there, not at a dead first
+// endpoint.
+use crate::etcd::LAST_GOOD;
 
 /// A node of the v2 key space.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -107,9 +111,6 @@ pub struct V2Client {
 
 /// How long a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
-/// The endpoint that answered last in this process, over either API (the daemon asks v3
-/// first when it detects the API): a new client starts there, not at a dead first endpoint.
-use crate::etcd::LAST_GOOD;
 /// How long a request (not a watch) may take before the member counts as not answering.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
 

@@ -184,6 +184,9 @@ fn dual_stack_vxlan_mesh_pods_ping_in_both_families() {
         lab.add_pod(i);
     }
     assert!(lab.pods.iter().all(|p| p.ip6.is_some()));
+    // a new pod's first IPv6 packet may wait for neighbour discovery: every pair must
+    // answer within a few seconds
+    wait_until(Duration::from_secs(10), || lab.ping_matrix().is_empty());
     assert_eq!(lab.ping_matrix(), vec![]);
 
     // drift on the v6 side: a route, an NDP entry deleted; a stray route added
@@ -246,6 +249,9 @@ fn dual_stack_vxlan_mesh_pods_ping_in_both_families() {
     let deleted: Vec<&str> = seen.lines().filter(|l| l.starts_with("Deleted")).collect();
     assert!(deleted.is_empty(), "{deleted:?}");
     assert!(v6_meshed(&lab));
+    // a new pod's first IPv6 packet may wait for neighbour discovery: every pair must
+    // answer within a few seconds
+    wait_until(Duration::from_secs(10), || lab.ping_matrix().is_empty());
     assert_eq!(lab.ping_matrix(), vec![]);
 }
 
@@ -278,6 +284,9 @@ fn ipv6_only_vxlan_mesh() {
         .pods
         .iter()
         .all(|p| p.ip.is_unspecified() && p.ip6.is_some()));
+    // a new pod's first IPv6 packet may wait for neighbour discovery: every pair must
+    // answer within a few seconds
+    wait_until(Duration::from_secs(10), || lab.ping_matrix().is_empty());
     assert_eq!(lab.ping_matrix(), vec![]);
 }
 
@@ -322,6 +331,9 @@ fn dual_stack_host_gw() {
     for i in 1..=3 {
         lab.add_pod(i);
     }
+    // a new pod's first IPv6 packet may wait for neighbour discovery: every pair must
+    // answer within a few seconds
+    wait_until(Duration::from_secs(10), || lab.ping_matrix().is_empty());
     assert_eq!(lab.ping_matrix(), vec![]);
 }
 
@@ -449,5 +461,8 @@ fn turning_ipv6_off_or_leaving_host_gw_leaves_nothing_behind() {
     for i in 1..=2 {
         lab.add_pod(i);
     }
+    // a new pod's first IPv6 packet may wait for neighbour discovery: every pair must
+    // answer within a few seconds
+    wait_until(Duration::from_secs(10), || lab.ping_matrix().is_empty());
     assert_eq!(lab.ping_matrix(), vec![]);
 }

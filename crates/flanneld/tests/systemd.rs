@@ -27,8 +27,8 @@ struct Container {
 impl Container {
     /// Boots this machine's tree in network namespace `ns`, with `dir` (the build's binaries)
     /// at /opt/flanneld-rs. Only basic.target: no service of the host's is started.
-    fn boot(name: &str, ns: &str, dir: &Path, log: &Path) -> Container {
-        let log = std::fs::File::create(log).unwrap();
+    fn boot(name: &str, ns: &str, dir: &Path, log_path: &Path) -> Container {
+        let log = std::fs::File::create(log_path).unwrap();
         let nspawn = Command::new("systemd-nspawn")
             .args([
                 "--quiet",
@@ -61,7 +61,7 @@ impl Container {
         let mut init = 0;
         assert!(
             wait_until(Duration::from_secs(20), || {
-                init = children(pid).first().copied().unwrap_or(0);
+                init = container_init(pid).unwrap_or(0);
                 init != 0
             }),
             "the container's init did not start"
@@ -76,8 +76,29 @@ impl Container {
             let s = String::from_utf8_lossy(&state.stdout);
             s.starts_with("running") || s.starts_with("degraded")
         });
-        assert!(booted, "systemd in the container did not finish booting");
+        if !booted {
+            c.explain_boot(log_path);
+        }
         c
+    }
+
+    /// Panics with what the container's systemd was doing: the state, the jobs still
+    /// queued, and nspawn's own output.
+    fn explain_boot(&self, log: &Path) -> ! {
+        let text = |o: Output| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        };
+        panic!(
+            "systemd in the container did not finish booting\n\
+             is-system-running: {}\nlist-jobs:\n{}\nnspawn's output:\n{}",
+            text(self.run(&["systemctl", "is-system-running"])),
+            text(self.run(&["systemctl", "list-jobs", "--no-pager"])),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
     }
 
     /// Runs a command inside (all of the container's namespaces).
@@ -130,6 +151,23 @@ impl Drop for Container {
         // the (empty) directory nspawn keeps for the machine on the host
         let _ = std::fs::remove_dir(format!("/run/systemd/nspawn/propagate/{}", self.name));
     }
+}
+
+/// The container's PID 1 (as seen from here): the child of nspawn that is PID 1 in its own
+/// PID namespace. nspawn's first child sets up the mounts, forks that one and exits: taking
+/// whichever child comes first (as this test once did) may take that short-lived one, and
+/// every later `nsenter` into it fails.
+fn container_init(nspawn: u32) -> Option<u32> {
+    children(nspawn).into_iter().find(|&child| {
+        std::fs::read_to_string(format!("/proc/{child}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .is_some_and(|ids| {
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                ids.len() > 1 && ids.last() == Some(&"1")
+            })
+    })
 }
 
 fn children(pid: u32) -> Vec<u32> {

@@ -601,6 +601,8 @@ fn two_hosts_ping_across_vxlan() {
     let (b_mac_tx, b_mac_rx) = std::sync::mpsc::channel::<String>();
     let (a_mac_tx, a_mac_rx) = std::sync::mpsc::channel::<String>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    // B has programmed A: only then can A's pings be answered
+    let (b_ready_tx, b_ready_rx) = std::sync::mpsc::channel::<()>();
     let host_b = std::thread::spawn(move || {
         netns::run(move || async move {
             b_tid_tx.send(netns::tid()).unwrap();
@@ -628,6 +630,7 @@ fn two_hosts_ping_across_vxlan() {
                 .await,
                 0
             );
+            b_ready_tx.send(()).unwrap();
             // stay alive (and keep the namespace) until A is done
             tokio::task::spawn_blocking(move || done_rx.recv())
                 .await
@@ -661,6 +664,7 @@ fn two_hosts_ping_across_vxlan() {
                 .await,
             0
         );
+        b_ready_rx.recv().unwrap();
         let out = std::process::Command::new("ping")
             .args([
                 "-c",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of flanneld-rs: fmt, clippy, the Debian package check, fuzzing, then unit,
-# property, real-etcd, network-namespace (root) and lab end-to-end tests with cargo-nextest,
-# then the 10-minute load soak (SOAK_MINUTES changes its length for a quick local run).
+# property, real-etcd, real-kube-apiserver, network-namespace (root) and lab end-to-end tests
+# with cargo-nextest, then the 10-minute load soak (SOAK_MINUTES changes its length for a
+# quick local run).
 # Installs the Debian packages of tests/deps.txt first if any is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,9 @@ tests/fuzz/run.sh 10
 # the performance harness in its short mode, so that it cannot rot (numbers: benches/README.md)
 cargo build --release --locked -p flannel-bench --quiet
 target/release/flannel-bench --quick --flanneld target/release/flanneld-rs --out target/bench-quick.json
+# the kube-apiserver of the kube-mode tests: built once (about 8 minutes), then cached
+KUBE_APISERVER=$(tests/kube-apiserver.sh)
+export KUBE_APISERVER
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked
 else

@@ -92,6 +92,9 @@ pub struct Lab {
     pub pods: Vec<Pod>,
     /// `lab up` leaves everything running for `lab down`.
     keep: bool,
+    /// Kube mode: the API server every flanneld talks to instead of etcd, and the
+    /// net-conf.json they read.
+    kube: Option<(crate::kube::TestApiServer, PathBuf)>,
 }
 
 /// Runs a command in a named namespace (`ip netns exec`); panics with stderr on failure.
@@ -267,6 +270,7 @@ impl Lab {
             hosts: Vec::new(),
             pods: Vec::new(),
             keep: false,
+            kube: None,
         };
         for _ in 0..hosts {
             lab.add_host();
@@ -326,18 +330,60 @@ impl Lab {
         index
     }
 
+    /// Kube mode for every flanneld started from now on: a kube-apiserver on the etcd
+    /// namespace's address (`https://192.168.77.254:6443`) over the lab's etcd, and
+    /// `net_conf` as every host's `-net-config-path`. Nodes are created by the test
+    /// ([`crate::kube::TestApiServer::create_node`]); host `i`'s node is `h<i>`.
+    pub fn use_kube(&mut self, authz: crate::kube::Authz, net_conf: &str) {
+        let etcd_ns = format!("{}-etcd", self.spec.name);
+        let server = crate::kube::TestApiServer::start(
+            &etcd_ns,
+            ETCD_IP,
+            &format!("http://{ETCD_IP}:2379"),
+            &self.spec.dir,
+            authz,
+        );
+        let path = self.spec.dir.join("net-conf.json");
+        fs::write(&path, net_conf).expect("net-conf.json");
+        self.kube = Some((server, path));
+    }
+
+    /// The API server of kube mode.
+    pub fn kube(&self) -> &crate::kube::TestApiServer {
+        &self.kube.as_ref().expect("kube mode (Lab::use_kube)").0
+    }
+
+    pub fn kube_mut(&mut self) -> &mut crate::kube::TestApiServer {
+        &mut self.kube.as_mut().expect("kube mode (Lab::use_kube)").0
+    }
+
+    /// The Node name of host `index` in kube mode.
+    pub fn node_name(&self, index: usize) -> String {
+        format!("h{index}")
+    }
+
     /// The flags flanneld gets on host `index` (1-based), upstream style.
     pub fn flags(&self, index: usize) -> Vec<String> {
         let h = &self.hosts[index - 1];
-        let mut flags = vec![
-            format!("-etcd-endpoints={}", self.etcd_endpoints),
-            format!("-etcd-prefix={}", self.spec.prefix),
+        let store = match &self.kube {
+            Some((server, net_conf)) => vec![
+                "-kube-subnet-mgr".to_string(),
+                format!("-kubeconfig-file={}", server.kubeconfig.display()),
+                format!("-net-config-path={}", net_conf.display()),
+            ],
+            None => vec![
+                format!("-etcd-endpoints={}", self.etcd_endpoints),
+                format!("-etcd-prefix={}", self.spec.prefix),
+            ],
+        };
+        let mut flags = store;
+        flags.extend([
             "-iface=eth0".to_string(),
             "-ip-masq".to_string(),
             format!("-subnet-file={}", h.subnet_file.display()),
             format!("-healthz-ip={}", h.ip),
             format!("-healthz-port={HEALTHZ_PORT}"),
-        ];
+        ]);
         flags.extend(self.spec.extra_flags.iter().cloned());
         flags
     }
@@ -369,6 +415,7 @@ impl Lab {
     ) {
         let mut flags = self.flags(index);
         flags.extend(extra.iter().map(|s| s.to_string()));
+        let node_name = self.kube.as_ref().map(|_| self.node_name(index));
         let h = &mut self.hosts[index - 1];
         let log = fs::OpenOptions::new()
             .create(true)
@@ -379,6 +426,7 @@ impl Lab {
         cmd.args(["netns", "exec", &h.ns])
             .arg(flanneld)
             .args(&flags)
+            .envs(node_name.map(|n| ("NODE_NAME".to_string(), n)))
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -682,6 +730,7 @@ impl Drop for Lab {
         if self.keep {
             // etcd keeps running, and its data directory stays
             std::mem::forget(self.etcd.take());
+            std::mem::forget(self.kube.take());
             std::mem::forget(std::mem::take(&mut self.other_members));
             return;
         }
@@ -690,6 +739,9 @@ impl Drop for Lab {
                 let _ = c.kill();
                 let _ = c.wait();
             }
+        }
+        if let Some((server, _)) = self.kube.as_mut() {
+            server.stop();
         }
         if let Some(etcd) = self.etcd.as_mut() {
             etcd.stop();

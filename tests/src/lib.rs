@@ -3,6 +3,7 @@
 //! - [`etcd::TestEtcd`]: a real etcd (Debian's etcd-server) per test, on 127.0.0.1 with free
 //!   ports and a temporary data directory, killed when dropped.
 //! - [`lab::Lab`]: hosts, etcd and pods in namespaces, flanneld on each host.
+//! - [`kube::TestApiServer`]: a real kube-apiserver (built once by tests/kube-apiserver.sh).
 //! - [`proxy::TcpProxy`]: a TCP proxy a test can cut and heal, to partition a client.
 //! - [`netns`]: run a test in a fresh network namespace of its own; `ip`/`bridge` helpers.
 //! - [`tls::TestCerts`]: a throwaway CA with server and client certificates, for TLS tests.
@@ -13,6 +14,7 @@
 
 pub mod etcd;
 pub mod expected;
+pub mod kube;
 pub mod lab;
 pub mod netns;
 pub mod proxy;

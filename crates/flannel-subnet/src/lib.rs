@@ -15,6 +15,7 @@ pub mod allocate;
 mod error;
 pub mod etcd;
 pub mod etcd2;
+pub mod kube;
 pub mod lease_set;
 pub mod manager;
 pub mod memory;
@@ -162,4 +163,18 @@ pub trait SubnetManager: Send + Sync {
     /// The lease this PublicIP (an IPv4 address) or PublicIPv6 holds, if any: one request,
     /// no TTL lookups (for the VTEP MACs a re-created device should keep).
     async fn lease_of(&self, public_ip: std::net::IpAddr) -> Result<Option<Lease>, SubnetError>;
+
+    /// The public addresses an operator set for this node in the store (kube mode: the
+    /// `node-public-ip` annotations, upstream `GetStoredPublicIP`); none in etcd mode.
+    async fn stored_public_ips(
+        &self,
+    ) -> Result<(Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>), SubnetError> {
+        Ok((None, None))
+    }
+
+    /// Called once the node is ready (subnet.env written): kube mode marks the Node's
+    /// network available (upstream `CompleteLease`); nothing in etcd mode.
+    async fn complete_lease(&self) -> Result<(), SubnetError> {
+        Ok(())
+    }
 }

@@ -33,31 +33,39 @@ use crate::sdnotify;
 const BACKEND_RESYNC: Duration = Duration::from_secs(10);
 
 /// Runs until an unrecoverable error; the caller ends it on SIGTERM/SIGINT.
-pub async fn run(opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
+pub async fn run(mut opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
     // before anything is touched: a second instance would undo the first one's work
     let _lock = crate::lock::acquire(&opts.subnet_file)?;
     let previous = read_previous(&opts.subnet_file);
-    opts.etcd.insecure_warning();
+    if opts.kube.is_none() {
+        opts.etcd.insecure_warning();
+    }
     // Liveness answers while flanneld waits for etcd and the config, as upstream.
     if let Some(addr) = opts.healthz {
         health::start(addr, shared.clone())
             .await
             .with_context(|| format!("Start healthz server error. listen {addr}"))?;
     }
-    let api = match opts.etcd_api {
-        Some(api) => api,
-        None => detect_api(&opts).await,
+    let sm = match &opts.kube {
+        Some(kube) => crate::kube_mode::subnet_manager(kube).await?,
+        None => {
+            let api = match opts.etcd_api {
+                Some(api) => api,
+                None => detect_api(&opts).await,
+            };
+            let sm = flannel_subnet::manager(
+                api,
+                &opts.etcd,
+                opts.lease_policy,
+                previous.as_ref().and_then(previous_key),
+            )
+            .await
+            .context("creating the etcd subnet manager")?;
+            info!("Created subnet manager: {} (etcd {api} API)", sm.name());
+            sm
+        }
     };
-    let sm = flannel_subnet::manager(
-        api,
-        &opts.etcd,
-        opts.lease_policy,
-        previous.as_ref().and_then(previous_key),
-    )
-    .await
-    .context("creating the etcd subnet manager")?;
     let sm: &dyn SubnetManager = sm.as_ref();
-    info!("Created subnet manager: {} (etcd {api} API)", sm.name());
     let _ = shared.subnet_stats.set(sm.stats());
 
     let config = wait_for_config(sm).await;
@@ -68,6 +76,9 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
     let Some(stack) = iface::Stack::of(config.enable_ipv4, config.enable_ipv6) else {
         bail!("the network config has EnableIPv4 and EnableIPv6 both false: there is nothing for flannel to do");
     };
+    if opts.kube.is_some() {
+        crate::kube_mode::apply_stored_public_ips(sm, &mut opts).await?;
+    }
 
     let nl = Netlink::connect().context("opening netlink")?;
     let snapshot = iface::Snapshot::read(&nl)
@@ -130,6 +141,10 @@ pub async fn run(opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
     env.write(&opts.subnet_file)
         .context("writing the subnet file")?;
     info!("Wrote subnet file to {}", opts.subnet_file.display());
+    if let Err(e) = sm.complete_lease().await {
+        // upstream's words; the node keeps running
+        error!("CompleteLease execute error err: {e}");
+    }
     info!("Running backend.");
 
     for subnet in own_subnets(&lease) {

@@ -48,6 +48,7 @@ mod doctor;
 mod health;
 mod iface;
 mod install_cmd;
+mod kube_mode;
 mod lease_show;
 mod lock;
 mod memory;
@@ -279,9 +280,10 @@ fn daemon_command(program: &str, args: &[String]) -> ExitCode {
         errln!("v{}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let opts = match options::Options::from_values(&values)
-        .and_then(|o| options::check_etcd_files(&o.etcd).map(|()| o))
-    {
+    let opts = match options::Options::from_values(&values).and_then(|o| match o.kube {
+        Some(_) => Ok(o),
+        None => options::check_etcd_files(&o.etcd).map(|()| o),
+    }) {
         Ok(o) => o,
         Err(e) => {
             errln!("{e}");

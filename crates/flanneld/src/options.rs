@@ -34,6 +34,37 @@ pub struct Options {
     pub ip_blackhole_route: bool,
     /// klog's `-v`.
     pub verbosity: i64,
+    /// `-kube-subnet-mgr`: subnets from the Kubernetes API instead of etcd.
+    pub kube: Option<KubeOptions>,
+}
+
+/// The kube-mode flags.
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    pub settings: flannel_subnet::kube::KubeSettings,
+    /// From `-kube-annotation-prefix`, checked with upstream's rules.
+    pub annotations: flannel_subnet::kube::Annotations,
+    /// `-net-config-path`: the network config (kube-flannel's `net-conf.json`).
+    pub net_config_path: PathBuf,
+    pub set_node_network_unavailable: bool,
+}
+
+impl KubeOptions {
+    fn from_values(v: &Values) -> Result<KubeOptions, CliError> {
+        let f = DAEMON_FLAGS;
+        let prefix = v.string(f, "kube-annotation-prefix");
+        let annotations = flannel_subnet::kube::Annotations::new(&prefix)
+            .map_err(|e| CliError(format!("-kube-annotation-prefix {prefix:?}: {e}")))?;
+        Ok(KubeOptions {
+            settings: flannel_subnet::kube::KubeSettings {
+                api_url: opt(v, "kube-api-url"),
+                kubeconfig: path(v, "kubeconfig-file"),
+            },
+            annotations,
+            net_config_path: PathBuf::from(v.string(f, "net-config-path")),
+            set_node_network_unavailable: v.bool(f, "set-node-network-unavailable"),
+        })
+    }
 }
 
 fn opt(v: &Values, name: &str) -> Option<String> {
@@ -150,14 +181,11 @@ impl Options {
 
     pub fn from_values(v: &Values) -> Result<Options, CliError> {
         let f = DAEMON_FLAGS;
-        let unsupported = |what: &str| {
-            Err(CliError(format!(
-                "{what} is not supported yet by flanneld-rs"
-            )))
+        let kube = if v.bool(f, "kube-subnet-mgr") {
+            Some(KubeOptions::from_values(v)?)
+        } else {
+            None
         };
-        if v.bool(f, "kube-subnet-mgr") {
-            return unsupported("the Kubernetes subnet manager (-kube-subnet-mgr)");
-        }
         let margin = v.int(f, "subnet-lease-renew-margin");
         if !(1..24 * 60).contains(&margin) {
             // upstream's message
@@ -241,6 +269,7 @@ impl Options {
             iptables_forward_rules: v.bool(f, "iptables-forward-rules"),
             ip_blackhole_route: v.bool(f, "ip-blackhole-route"),
             verbosity: v.int(f, "v"),
+            kube,
         })
     }
 }
@@ -301,7 +330,14 @@ mod tests {
             ),
             (vec!["-iface-regex=("], "-iface-regex"),
             (vec!["-etcd-endpoints=,"], "no endpoint"),
-            (vec!["-kube-subnet-mgr"], "not supported yet by flanneld-rs"),
+            (
+                vec!["-kube-subnet-mgr", "-kube-annotation-prefix=a/b/c"],
+                "-kube-annotation-prefix \"a/b/c\": subnet/kube: prefix can contain at most single slash",
+            ),
+            (
+                vec!["-kube-subnet-mgr", "-kube-annotation-prefix=flannel"],
+                "prefix must be in a format: fqdn/[0-9a-z-_]*",
+            ),
             (vec!["-public-ipv6=10.0.0.1"], "not an IPv6 address"),
             (
                 vec!["-public-ipv6=::1"],

@@ -8,9 +8,7 @@
 
 mod common;
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -18,64 +16,6 @@ use flannel_lab::lab::{wait_until, Lab, DEFAULT_PREFIX};
 
 /// Room for 1024 subnets: the 500-peer case.
 const CONFIG: &str = r#"{"Network":"10.128.0.0/14","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
-
-/// Kernel notifications on one host, recorded to files until dropped.
-struct Monitors {
-    children: Vec<Child>,
-    files: Vec<PathBuf>,
-}
-
-impl Monitors {
-    fn start(lab: &Lab, index: usize, dir: &Path) -> Monitors {
-        let ns = &lab.hosts[index - 1].ns;
-        let mut m = Monitors {
-            children: vec![],
-            files: vec![],
-        };
-        for (name, args) in [
-            ("ip-monitor", &["ip", "monitor", "route", "neigh"][..]),
-            ("bridge-monitor", &["bridge", "monitor", "fdb"][..]),
-        ] {
-            let path = dir.join(name);
-            let child = Command::new("ip")
-                .args(["netns", "exec", ns])
-                .args(args)
-                .stdout(File::create(&path).unwrap())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            m.children.push(child);
-            m.files.push(path);
-        }
-        // the monitors subscribe before anything else happens
-        std::thread::sleep(Duration::from_millis(300));
-        m
-    }
-
-    /// Every `Deleted` line recorded so far.
-    fn deleted(&self) -> Vec<String> {
-        self.files
-            .iter()
-            .flat_map(|f| {
-                std::fs::read_to_string(f)
-                    .unwrap_or_default()
-                    .lines()
-                    .filter(|l| l.starts_with("Deleted"))
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
-}
-
-impl Drop for Monitors {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn lease_value(public_ip: &str, mac: &str) -> String {
     format!(

@@ -106,9 +106,18 @@ pub fn sorted_lines(s: &str) -> Vec<String> {
 
 /// What upstream programs on host `index` for every other host (reference form).
 pub fn expected_kernel(lab: &Lab, index: usize) -> (Vec<String>, Vec<String>, Vec<String>) {
+    expected_kernel_of(lab, index, peers(lab))
+}
+
+/// The same for these peers (subnet, public ip, vtep mac), wherever they are read from.
+pub fn expected_kernel_of(
+    lab: &Lab,
+    index: usize,
+    peers: Vec<(String, String, String)>,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
     let me = lab.hosts[index - 1].ip.to_string();
     let (mut neigh, mut fdb, mut routes) = (vec![], vec![], vec![]);
-    for (subnet, ip, mac) in peers(lab).into_iter().filter(|(_, ip, _)| *ip != me) {
+    for (subnet, ip, mac) in peers.into_iter().filter(|(_, ip, _)| *ip != me) {
         let gw = subnet.split('/').next().unwrap().to_string();
         neigh.push(format!("{gw} lladdr {mac} PERMANENT"));
         fdb.push(format!("{mac} dst {ip} self permanent"));
@@ -148,5 +157,63 @@ pub fn wait_converged(lab: &Lab) {
             })
             .collect();
         panic!("the mesh did not converge:\n{}", detail.join("\n"));
+    }
+}
+
+/// Kernel notifications on one host, recorded to files until dropped.
+pub struct Monitors {
+    children: Vec<std::process::Child>,
+    files: Vec<PathBuf>,
+}
+
+impl Monitors {
+    pub fn start(lab: &Lab, index: usize, dir: &std::path::Path) -> Monitors {
+        let ns = &lab.hosts[index - 1].ns;
+        let mut m = Monitors {
+            children: vec![],
+            files: vec![],
+        };
+        for (name, args) in [
+            ("ip-monitor", &["ip", "monitor", "route", "neigh"][..]),
+            ("bridge-monitor", &["bridge", "monitor", "fdb"][..]),
+        ] {
+            let path = dir.join(name);
+            let child = std::process::Command::new("ip")
+                .args(["netns", "exec", ns])
+                .args(args)
+                .stdout(std::fs::File::create(&path).unwrap())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            m.children.push(child);
+            m.files.push(path);
+        }
+        // the monitors subscribe before anything else happens
+        std::thread::sleep(Duration::from_millis(300));
+        m
+    }
+
+    /// Every `Deleted` line recorded so far.
+    pub fn deleted(&self) -> Vec<String> {
+        self.files
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.starts_with("Deleted"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Monitors {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

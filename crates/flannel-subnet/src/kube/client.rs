@@ -1,0 +1,298 @@
+//! The few Kubernetes API calls flannel makes, over kube-rs's client (which reads kubeconfig
+//! files and the in-cluster service account as client-go does: tokens, client certificates,
+//! CA): get a Node or a Pod, list Nodes page by page, watch Nodes, patch a Node's status.
+//! Requests are typed by the small structs of [`super::node`], not by whole Node objects.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use http::Request;
+use kube::core::WatchEvent;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::annotations::Annotations;
+use super::node::{Node, NodeObject};
+use crate::error::{ErrorKind, StoreError};
+
+/// Where the API server is and how to authenticate (upstream: `-kube-api-url`,
+/// `-kubeconfig-file`, else the in-cluster service account).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubeSettings {
+    pub api_url: Option<String>,
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// A request that failed: the HTTP code when the server answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: Option<u16>,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn is_not_found(&self) -> bool {
+        self.code == Some(404)
+    }
+
+    /// `410 Gone`: the resource version is too old to watch from; list again.
+    pub fn is_gone(&self) -> bool {
+        self.code == Some(410)
+    }
+
+    /// Whether waiting may help: no answer, a server error, throttling, a timeout.
+    pub fn is_transient(&self) -> bool {
+        match self.code {
+            None => true,
+            Some(c) => c >= 500 || c == 429 || c == 408,
+        }
+    }
+
+    pub fn into_store_error(self, context: impl Into<String>) -> StoreError {
+        StoreError {
+            kind: if self.is_transient() {
+                ErrorKind::Transient
+            } else {
+                ErrorKind::Permanent
+            },
+            context: context.into(),
+            message: self.message,
+        }
+    }
+
+    fn from_kube(e: kube::Error) -> ApiError {
+        match e {
+            kube::Error::Api(status) => ApiError {
+                code: Some(status.code),
+                message: if status.message.is_empty() {
+                    format!("{} ({})", status.reason, status.code)
+                } else {
+                    status.message.clone()
+                },
+            },
+            other => ApiError {
+                code: None,
+                message: crate::error::reason(&other),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// How long a request other than a watch may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Nodes per page of a listing: the whole list is never held as JSON at once.
+const PAGE: u32 = 500;
+/// The server ends a watch after this long (and sends a bookmark before); a watch that has
+/// been silent for longer than this plus a margin is dead (a partition sends no RST).
+pub const WATCH_SECONDS: u64 = 290;
+
+/// A connected client.
+#[derive(Clone)]
+pub struct KubeApi {
+    client: kube::Client,
+    /// For messages: the API server's URL.
+    pub server: String,
+}
+
+#[derive(Deserialize)]
+struct ListMeta {
+    #[serde(rename = "resourceVersion", default)]
+    resource_version: String,
+    #[serde(rename = "continue", default)]
+    continue_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct NodeList {
+    metadata: ListMeta,
+    #[serde(default)]
+    items: Vec<NodeObject>,
+}
+
+#[derive(Deserialize)]
+struct PodObject {
+    #[serde(default)]
+    spec: PodSpec,
+}
+
+#[derive(Deserialize, Default)]
+struct PodSpec {
+    #[serde(rename = "nodeName", default)]
+    node_name: String,
+}
+
+fn request(
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    content_type: Option<&str>,
+) -> Request<Vec<u8>> {
+    let mut r = Request::builder().method(method).uri(path);
+    if let Some(ct) = content_type {
+        r = r.header(http::header::CONTENT_TYPE, ct);
+    }
+    // the builder takes only a method and a path made here: it cannot fail
+    r.body(body).unwrap_or_default()
+}
+
+/// A path element, escaped (node and pod names are DNS names; this keeps a bad one from
+/// reaching another URL).
+fn element(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+impl KubeApi {
+    /// Reads the settings (kubeconfig file, in-cluster account) and makes the client; no
+    /// request yet. An unreadable setting is an error naming it.
+    pub async fn connect(settings: &KubeSettings) -> Result<KubeApi, String> {
+        let mut config = match (&settings.kubeconfig, &settings.api_url) {
+            (Some(path), _) => {
+                let file = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| format!("-kubeconfig-file {}: {e}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(file, &Default::default())
+                    .await
+                    .map_err(|e| format!("-kubeconfig-file {}: {e}", path.display()))?
+            }
+            (None, Some(url)) => kube::Config::new(
+                url.parse()
+                    .map_err(|e| format!("-kube-api-url {url:?}: {e}"))?,
+            ),
+            (None, None) => kube::Config::incluster().map_err(|e| {
+                format!(
+                    "neither -kube-api-url nor -kubeconfig-file is set, and this is not a pod with a service account: {e}"
+                )
+            })?,
+        };
+        if let (Some(_), Some(url)) = (&settings.kubeconfig, &settings.api_url) {
+            // client-go: the master URL overrides the kubeconfig's server
+            config.cluster_url = url
+                .parse()
+                .map_err(|e| format!("-kube-api-url {url:?}: {e}"))?;
+        }
+        config.connect_timeout = Some(Duration::from_secs(5));
+        // a watch is silent for minutes; each other request has its own timeout
+        config.read_timeout = None;
+        let server = config.cluster_url.to_string();
+        let client = kube::Client::try_from(config)
+            .map_err(|e| format!("Kubernetes API client for {server}: {e}"))?;
+        Ok(KubeApi { client, server })
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        req: Request<Vec<u8>>,
+    ) -> Result<T, ApiError> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.client.request::<T>(req)).await {
+            Ok(r) => r.map_err(ApiError::from_kube),
+            Err(_) => Err(ApiError {
+                code: None,
+                message: format!("no answer from {} within {REQUEST_TIMEOUT:?}", self.server),
+            }),
+        }
+    }
+
+    /// One Node; `None` when it does not exist.
+    pub async fn get_node(&self, name: &str) -> Result<Option<NodeObject>, ApiError> {
+        let path = format!("/api/v1/nodes/{}", element(name));
+        match self.call(request("GET", &path, vec![], None)).await {
+            Ok(node) => Ok(Some(node)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The node a pod runs on (upstream: `POD_NAME` / `POD_NAMESPACE`).
+    pub async fn pod_node_name(&self, namespace: &str, pod: &str) -> Result<String, ApiError> {
+        let path = format!(
+            "/api/v1/namespaces/{}/pods/{}",
+            element(namespace),
+            element(pod)
+        );
+        let p: PodObject = self.call(request("GET", &path, vec![], None)).await?;
+        Ok(p.spec.node_name)
+    }
+
+    /// Every Node, page by page, and the resource version to watch from.
+    pub async fn list_nodes(&self, names: &Annotations) -> Result<(Vec<Node>, String), ApiError> {
+        let mut nodes = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut path = format!("/api/v1/nodes?limit={PAGE}");
+            if let Some(t) = &token {
+                path.push_str("&continue=");
+                path.push_str(&form_escape(t));
+            }
+            let page: NodeList = self.call(request("GET", &path, vec![], None)).await?;
+            nodes.extend(page.items.into_iter().map(|o| Node::from_object(o, names)));
+            match page.metadata.continue_token.filter(|t| !t.is_empty()) {
+                Some(t) => token = Some(t),
+                None => return Ok((nodes, page.metadata.resource_version)),
+            }
+        }
+    }
+
+    /// The Node changes after `resource_version`, with bookmarks; ends when the server
+    /// closes the watch (after [`WATCH_SECONDS`]).
+    pub async fn watch_nodes(
+        &self,
+        resource_version: &str,
+    ) -> Result<impl Stream<Item = Result<WatchEvent<NodeObject>, ApiError>> + use<>, ApiError>
+    {
+        let path = format!(
+            "/api/v1/nodes?watch=1&allowWatchBookmarks=true&timeoutSeconds={WATCH_SECONDS}&resourceVersion={}",
+            form_escape(resource_version)
+        );
+        let connect = self
+            .client
+            .request_events::<NodeObject>(request("GET", &path, vec![], None));
+        let stream = match tokio::time::timeout(REQUEST_TIMEOUT, connect).await {
+            Ok(r) => r.map_err(ApiError::from_kube)?,
+            Err(_) => {
+                return Err(ApiError {
+                    code: None,
+                    message: format!("no answer from {} within {REQUEST_TIMEOUT:?}", self.server),
+                })
+            }
+        };
+        Ok(stream.map(|r| r.map_err(ApiError::from_kube)).boxed())
+    }
+
+    /// A strategic merge patch of the Node's status subresource (upstream patches both the
+    /// annotations and the conditions there).
+    pub async fn patch_node_status(&self, name: &str, patch: &Value) -> Result<(), ApiError> {
+        let path = format!("/api/v1/nodes/{}/status", element(name));
+        let _: Value = self
+            .call(request(
+                "PATCH",
+                &path,
+                patch.to_string().into_bytes(),
+                Some("application/strategic-merge-patch+json"),
+            ))
+            .await?;
+        Ok(())
+    }
+}
+
+/// A query value, escaped.
+fn form_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}

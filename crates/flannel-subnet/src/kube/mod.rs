@@ -1,0 +1,11 @@
+//! Kubernetes mode (`-kube-subnet-mgr`): subnets from Nodes' pod CIDRs, peers from Node
+//! annotations, compatible with upstream flanneld's annotations so both share a cluster.
+
+pub mod annotations;
+pub mod client;
+mod manager;
+pub mod node;
+
+pub use annotations::Annotations;
+pub use client::{ApiError, KubeApi, KubeSettings};
+pub use manager::KubeSubnetManager;

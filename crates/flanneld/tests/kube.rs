@@ -1,0 +1,272 @@
+//! Kube mode (`-kube-subnet-mgr`) against a real kube-apiserver (Debian's 1.20.2, built once
+//! by tests/kube-apiserver.sh): nodes created by the test with pod CIDRs, as the controller
+//! manager would assign them; flanneld on each lab host as node `h<i>`.
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed assertion
+
+mod common;
+
+use common::*;
+use flannel_lab::kube::Authz;
+use flannel_lab::lab::{wait_until, Lab};
+use serde_json::{json, Value};
+
+const NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+const P: &str = "flannel.alpha.coreos.com/";
+
+fn pod_cidr(i: usize) -> String {
+    format!("10.244.{i}.0/24")
+}
+
+/// (subnet, public ip, vtep mac) of every flannel node, from its annotations.
+fn node_peers(lab: &Lab) -> Vec<(String, String, String)> {
+    let nodes = lab.kube().request("GET", "/api/v1/nodes", None);
+    nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["metadata"]["annotations"][format!("{P}kube-subnet-manager")] == "true")
+        .map(|n| {
+            let a = &n["metadata"]["annotations"];
+            let data: Value =
+                serde_json::from_str(a[format!("{P}backend-data")].as_str().unwrap()).unwrap();
+            (
+                n["spec"]["podCIDR"].as_str().unwrap().to_string(),
+                a[format!("{P}public-ip")].as_str().unwrap().to_string(),
+                data["VtepMAC"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The hosts whose node is a flannel node.
+fn flannel_hosts(lab: &Lab) -> Vec<usize> {
+    let ips: Vec<String> = node_peers(lab).into_iter().map(|(_, ip, _)| ip).collect();
+    (1..=lab.hosts.len())
+        .filter(|&i| ips.contains(&lab.hosts[i - 1].ip.to_string()))
+        .collect()
+}
+
+fn kube_converged(lab: &Lab) -> bool {
+    let peers = node_peers(lab);
+    flannel_hosts(lab)
+        .into_iter()
+        .all(|i| actual_kernel(lab, i) == expected_kernel_of(lab, i, peers.clone()))
+}
+
+fn wait_kube_converged(lab: &Lab) {
+    if !wait_until(LONG, || kube_converged(lab)) {
+        let peers = node_peers(lab);
+        let detail: Vec<String> = flannel_hosts(lab)
+            .into_iter()
+            .map(|i| {
+                format!(
+                    "h{i}: want {:?}\n    have {:?}\n{}",
+                    expected_kernel_of(lab, i, peers.clone()),
+                    actual_kernel(lab, i),
+                    lab.log(i)
+                )
+            })
+            .collect();
+        panic!("the mesh did not converge:\n{}", detail.join("\n"));
+    }
+}
+
+fn vtep_mac(lab: &Lab, i: usize) -> String {
+    let out = lab.on_host(i, &["cat", "/sys/class/net/flannel.1/address"]);
+    out.trim().to_string()
+}
+
+#[test]
+fn three_nodes_mesh_with_upstreams_annotations_and_follow_the_nodes() {
+    let (mut lab, _dir) = lab('k', 3, None);
+    lab.use_kube(Authz::AlwaysAllow, NET_CONF);
+    for i in 1..=3 {
+        lab.kube()
+            .create_node(&lab.node_name(i), &[&pod_cidr(i)], None);
+    }
+    lab.start_all();
+    lab.wait_ready(LONG);
+    // subnet.env: the pod CIDR
+    for i in 1..=3 {
+        let env = lab.subnet_env(i);
+        assert!(env.contains("FLANNEL_NETWORK=10.244.0.0/16\n"), "{env}");
+        assert!(
+            env.contains(&format!("FLANNEL_SUBNET=10.244.{i}.1/24\n")),
+            "{env}"
+        );
+        assert!(env.contains("FLANNEL_MTU=1450\n"), "{env}");
+    }
+    // upstream's annotations, byte for byte
+    for i in 1..=3 {
+        let a = lab.kube().annotations(&lab.node_name(i));
+        let want = json!({
+            format!("{P}backend-data"): format!("{{\"VNI\":1,\"VtepMAC\":\"{}\"}}", vtep_mac(&lab, i)),
+            format!("{P}backend-type"): "vxlan",
+            format!("{P}kube-subnet-manager"): "true",
+            format!("{P}public-ip"): lab.hosts[i - 1].ip.to_string(),
+        });
+        assert_eq!(Value::Object(a), want);
+        // the NetworkUnavailable condition
+        let node = lab.kube().node(&lab.node_name(i));
+        let cond = node["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "NetworkUnavailable"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no NetworkUnavailable condition: {node}"));
+        assert_eq!(cond["status"], "False");
+        assert_eq!(cond["reason"], "FlannelIsUp");
+        assert_eq!(cond["message"], "Flannel is running on this node");
+    }
+    wait_kube_converged(&lab);
+    for i in 1..=3 {
+        lab.add_pod(i);
+    }
+    assert!(lab.ping_matrix().is_empty(), "pods do not reach each other");
+
+    // a node that is not a flannel node (no annotations) is no peer; one without any
+    // annotation does not crash anybody (upstream v0.20.2 panics on it)
+    lab.kube()
+        .create_node("bystander", &["10.244.99.0/24"], None);
+    // an annotation changed (as a re-created device would): the peers' FDB follows
+    let new_mac = "0a:0b:0c:0d:0e:0f";
+    lab.kube().patch_node(
+        "h3",
+        &json!({"metadata": {"annotations": {
+            format!("{P}backend-data"): format!("{{\"VNI\":1,\"VtepMAC\":\"{new_mac}\"}}"),
+        }}}),
+    );
+    wait_kube_converged(&lab);
+    assert!(lab
+        .on_host(1, &["bridge", "fdb", "show", "dev", "flannel.1"])
+        .contains(new_mac));
+    // node deleted: its peer entries go
+    lab.stop(3, "KILL");
+    lab.kube().delete_node("h3");
+    assert!(
+        wait_until(LONG, || !lab
+            .on_host(1, &["ip", "route"])
+            .contains("10.244.3.0/24")),
+        "{}",
+        lab.on_host(1, &["ip", "route"])
+    );
+    assert!(lab.running(1) && lab.running(2));
+}
+
+#[test]
+fn restarts_keep_the_mac_delete_nothing_and_the_apiserver_may_come_and_go() {
+    let (mut lab, dir) = lab('r', 3, None);
+    lab.use_kube(Authz::AlwaysAllow, NET_CONF);
+    for i in 1..=2 {
+        lab.kube()
+            .create_node(&lab.node_name(i), &[&pod_cidr(i)], None);
+    }
+    lab.start(1);
+    lab.start(2);
+    lab.wait_ready(LONG);
+    wait_kube_converged(&lab);
+    let mac = vtep_mac(&lab, 1);
+    let annotations = lab.kube().annotations("h1");
+
+    // a restart (SIGTERM, then kill -9) deletes nothing live and changes no annotation
+    let monitors = Monitors::start(&lab, 1, dir.path());
+    for signal in ["TERM", "KILL"] {
+        lab.stop(1, signal);
+        lab.start(1);
+        assert!(wait_until(LONG, || lab.ready(1)), "{}", lab.log(1));
+    }
+    wait_kube_converged(&lab);
+    assert_eq!(monitors.deleted(), Vec::<String>::new());
+    drop(monitors);
+    assert_eq!(lab.kube().annotations("h1"), annotations);
+
+    // the device gone while flanneld was down: the new one takes the MAC the node's
+    // backend-data advertises, so the peers' entries stay right
+    lab.stop(1, "TERM");
+    lab.on_host(1, &["ip", "link", "del", "flannel.1"]);
+    lab.start(1);
+    assert!(wait_until(LONG, || lab.ready(1)), "{}", lab.log(1));
+    assert_eq!(vtep_mac(&lab, 1), mac);
+    assert_eq!(lab.kube().annotations("h1"), annotations);
+
+    // the API server dies and comes back: nobody exits, and what changed meanwhile (a node
+    // created while the watches were broken) arrives
+    lab.kube_mut().stop();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(lab.running(1) && lab.running(2));
+    lab.kube_mut().restart();
+    lab.kube().create_node("h3", &[&pod_cidr(3)], None);
+    lab.start(3);
+    assert!(wait_until(LONG, || lab.ready(3)), "{}", lab.log(3));
+    wait_kube_converged(&lab);
+
+    // down at start: the new flanneld waits, saying why, and starts once it is back
+    lab.stop(3, "TERM");
+    lab.kube_mut().stop();
+    lab.start(3);
+    assert!(
+        wait_until(LONG, || lab
+            .log(3)
+            .contains("cannot reach the Kubernetes API at")),
+        "{}",
+        lab.log(3)
+    );
+    assert!(lab.running(3) && !lab.ready(3));
+    lab.kube_mut().restart();
+    assert!(wait_until(LONG, || lab.ready(3)), "{}", lab.log(3));
+    wait_kube_converged(&lab);
+    for i in 1..=3 {
+        lab.add_pod(i);
+    }
+    assert!(lab.ping_matrix().is_empty(), "pods do not reach each other");
+}
+
+/// Runs flanneld on host `i` until it exits; its log.
+fn exits(lab: &mut Lab, i: usize) -> String {
+    assert!(
+        wait_until(std::time::Duration::from_secs(60), || !lab.running(i)),
+        "flanneld on h{i} still runs:\n{}",
+        lab.log(i)
+    );
+    lab.log(i)
+}
+
+#[test]
+fn what_cannot_work_ends_start_up_in_upstreams_words() {
+    let (mut lab, _dir) = lab('x', 4, None);
+    lab.use_kube(Authz::Rbac, NET_CONF);
+    // RBAC without nodes/status patch: refused at once, naming the permission
+    lab.kube().grant_flanneld(false);
+    lab.kube().create_node("h4", &[&pod_cidr(4)], None);
+    lab.start(4);
+    let log = exits(&mut lab, 4);
+    assert!(log.contains("patching node \"h4\" (annotations)"), "{log}");
+    assert!(
+        log.contains("cannot patch resource \"nodes/status\""),
+        "{log}"
+    );
+    assert!(log.contains("nodes/status patch"), "{log}");
+    // with upstream's ClusterRole, the same node starts
+    lab.kube().grant_flanneld(true);
+    lab.start(4);
+    assert!(wait_until(LONG, || lab.ready(4)), "{}", lab.log(4));
+
+    // no node (30 s, as upstream), no pod CIDR, a pod CIDR outside the Network
+    lab.kube().create_node("h2", &[], None);
+    lab.kube().create_node("h3", &["10.99.3.0/24"], None);
+    for i in 1..=3 {
+        lab.start(i);
+    }
+    let log = exits(&mut lab, 2);
+    assert!(log.contains("node \"h2\" pod cidr not assigned"), "{log}");
+    let log = exits(&mut lab, 3);
+    assert!(
+        log.contains("subnet \"10.244.0.0/16\" specified in the flannel net config doesn't contain \"10.99.3.0/24\" PodCIDR of the \"h3\" node"),
+        "{log}"
+    );
+    let log = exits(&mut lab, 1);
+    assert!(
+        log.contains("timeout contacting kube-api, failed to patch node \"h1\". Error: node \"h1\" does not exist"),
+        "{log}"
+    );
+    assert!(lab.running(4));
+}

@@ -14,7 +14,8 @@ expected='./etc/default/flanneld-rs
 ./usr/share/doc/flanneld-rs/README.md
 ./usr/share/doc/flanneld-rs/copyright
 ./usr/share/doc/flanneld-rs/examples/10-flannel.conflist
-./usr/share/doc/flanneld-rs/examples/kube-flannel-rs-etcd.yml'
+./usr/share/doc/flanneld-rs/examples/kube-flannel-rs-etcd.yml
+./usr/share/doc/flanneld-rs/examples/kube-flannel-rs.yml'
 actual=$(dpkg-deb -c "$deb" | awk '$1 !~ /^d/ {print $6}' | sort)
 if [ "$actual" != "$expected" ]; then
   echo "check-deb: unexpected contents of $deb"; diff <(echo "$expected") <(echo "$actual") || true; exit 1

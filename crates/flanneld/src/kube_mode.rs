@@ -16,14 +16,7 @@ use crate::options::{check_node_address, check_node_address6, KubeOptions, Optio
 /// that does not answer is waited for (said every 3 s); settings that can never work end
 /// start-up with upstream's words.
 pub async fn subnet_manager(kube: &KubeOptions) -> anyhow::Result<Box<dyn SubnetManager>> {
-    let path = &kube.net_config_path;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow!("failed to read net conf: open {}: {e}", path.display()))?;
-    let config =
-        NetworkConfig::parse(&text).map_err(|e| anyhow!("error parsing subnet config: {e}"))?;
-    let api = KubeApi::connect(&kube.settings)
-        .await
-        .map_err(|e| anyhow!(e))?;
+    let (config, api) = config_and_client(kube).await?;
     let node_name = node_name(&api).await?;
     let sm = KubeSubnetManager::new(
         api,
@@ -34,6 +27,34 @@ pub async fn subnet_manager(kube: &KubeOptions) -> anyhow::Result<Box<dyn Subnet
     );
     info!("Created subnet manager: {}", sm.name());
     Ok(Box::new(sm))
+}
+
+/// The same for `lease show`, which reads only: no node name is needed (`NODE_NAME` names
+/// one when set).
+pub async fn subnet_manager_for_listing(
+    kube: &KubeOptions,
+) -> anyhow::Result<Box<dyn SubnetManager>> {
+    let (config, api) = config_and_client(kube).await?;
+    let node = std::env::var("NODE_NAME").unwrap_or_default();
+    Ok(Box::new(KubeSubnetManager::new(
+        api,
+        kube.annotations.clone(),
+        node,
+        config,
+        false,
+    )))
+}
+
+async fn config_and_client(kube: &KubeOptions) -> anyhow::Result<(NetworkConfig, KubeApi)> {
+    let path = &kube.net_config_path;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("failed to read net conf: open {}: {e}", path.display()))?;
+    let config =
+        NetworkConfig::parse(&text).map_err(|e| anyhow!("error parsing subnet config: {e}"))?;
+    let api = KubeApi::connect(&kube.settings)
+        .await
+        .map_err(|e| anyhow!(e))?;
+    Ok((config, api))
 }
 
 async fn node_name(api: &KubeApi) -> anyhow::Result<String> {

@@ -18,7 +18,9 @@ fn flags() -> Vec<Flag> {
     let mut flags: Vec<Flag> = DAEMON_FLAGS
         .iter()
         .copied()
-        .filter(|f| f.name.starts_with("etcd-"))
+        .filter(|f| {
+            f.name.starts_with("etcd-") || f.name.starts_with("kube") || f.name == "net-config-path"
+        })
         .collect();
     flags.push(cli::JSON_FLAG);
     flags.push(Flag {
@@ -97,6 +99,9 @@ pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
             CliError(format!("--public-ip {s:?} is not an IPv4 address"))
         })?)],
     };
+    if values.bool(&flags, "kube-subnet-mgr") {
+        return kube_leases(&values, json_out, only, &ours).await;
+    }
     let cfg = checked_etcd_config(&values)?;
     cfg.insecure_warning();
     let api = match crate::options::etcd_api(&values, &flags)? {
@@ -131,10 +136,10 @@ pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
     if json_out {
         outln!(
             "{}",
-            serde_json::to_string_pretty(&to_json(&config, &entries, &ours))?
+            serde_json::to_string_pretty(&to_json(&config, &entries, &ours, false))?
         );
     } else {
-        out_print!("{}", to_table(&config, &entries, &ours));
+        out_print!("{}", to_table(&config, &entries, &ours, false));
     }
     Ok(if only.is_some() && entries.is_empty() {
         1
@@ -147,6 +152,7 @@ fn to_json(
     config: &Result<flannel_net::NetworkConfig, flannel_subnet::SubnetError>,
     entries: &[LeaseEntry],
     ours: &[IpAddr],
+    kube: bool,
 ) -> Value {
     let mut leases = Vec::new();
     let mut errors = Vec::new();
@@ -155,7 +161,7 @@ fn to_json(
             Ok(l) => {
                 let (expires, ttl, _) = expiry(l);
                 let vx = l.attrs.vxlan_data().and_then(Result::ok);
-                leases.push(json!({
+                let mut row = json!({
                     "key": e.key,
                     "subnet": l.subnet.to_string(),
                     "public_ip": l.attrs.public_ip.to_string(),
@@ -169,7 +175,13 @@ fn to_json(
                     "ipv6_subnet": l.ipv6_subnet.map(|s| s.to_string()),
                     "vtep_mac_v6": l.attrs.vxlan_v6_data().and_then(Result::ok).map(|v| v.vtep_mac.to_string()),
                     "this_node": is_ours(ours, l),
-                }));
+                });
+                if kube {
+                    // a node's pod CIDR: no expiry, no reservation; the key is the node
+                    row["node"] = json!(e.key);
+                    row["reservation"] = json!(false);
+                }
+                leases.push(row);
             }
             Err(err) => errors.push(json!({"key": e.key, "error": err})),
         }
@@ -191,14 +203,19 @@ fn to_table(
     config: &Result<flannel_net::NetworkConfig, flannel_subnet::SubnetError>,
     entries: &[LeaseEntry],
     ours: &[IpAddr],
+    kube: bool,
 ) -> String {
     let mut out = match config {
         Ok(c) => format!("network config: {c}\n"),
         Err(e) => format!("network config: {e}\n"),
     };
     out += &format!(
-        "{:<20} {:<16} {:<9} {:<18} EXPIRES (TTL)\n",
-        "SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC"
+        "{:<20} {:<16} {:<9} {:<18} {}\n",
+        "SUBNET",
+        "PUBLIC IP",
+        "BACKEND",
+        "VTEP MAC",
+        if kube { "NODE" } else { "EXPIRES (TTL)" }
     );
     for e in entries {
         match &e.lease {
@@ -223,7 +240,7 @@ fn to_table(
                         &l.attrs.backend_type
                     },
                     mac,
-                    expiry(l).2
+                    if kube { e.key.clone() } else { expiry(l).2 }
                 );
                 // the IPv6 side of a dual-stack or IPv6-only lease, on a line of its own
                 if let Some(sn6) = l.ipv6_subnet {
@@ -276,4 +293,36 @@ async fn local_addresses() -> Vec<IpAddr> {
             .collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// `lease show -kube-subnet-mgr`: the leases the annotated Nodes describe, one per node.
+async fn kube_leases(
+    values: &cli::Values,
+    json_out: bool,
+    only: Option<Ipv4Network>,
+    ours: &[IpAddr],
+) -> anyhow::Result<i32> {
+    let kube = crate::options::KubeOptions::from_values(values)?;
+    let sm = crate::kube_mode::subnet_manager_for_listing(&kube).await?;
+    let config = sm.get_network_config().await;
+    let mut entries = sm.list_leases().await.context("listing the nodes")?;
+    if let Some(only) = only {
+        entries.retain(|e| e.lease.as_ref().is_ok_and(|l| l.subnet == only));
+        if entries.is_empty() {
+            errln!("no node has the pod CIDR {only}");
+        }
+    }
+    if json_out {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&to_json(&config, &entries, ours, true))?
+        );
+    } else {
+        out_print!("{}", to_table(&config, &entries, ours, true));
+    }
+    Ok(if only.is_some() && entries.is_empty() {
+        1
+    } else {
+        0
+    })
 }

@@ -50,7 +50,8 @@ pub struct KubeOptions {
 }
 
 impl KubeOptions {
-    fn from_values(v: &Values) -> Result<KubeOptions, CliError> {
+    /// From the kube flags of `v` (the daemon's, or a subcommand's that has them).
+    pub fn from_values(v: &Values) -> Result<KubeOptions, CliError> {
         let f = DAEMON_FLAGS;
         let prefix = v.string(f, "kube-annotation-prefix");
         let annotations = flannel_subnet::kube::Annotations::new(&prefix)

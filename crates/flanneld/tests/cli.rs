@@ -423,3 +423,50 @@ fn docker_opts_writes_what_mk_docker_opts_sh_writes() {
         std::panic::resume_unwind(p);
     }
 }
+
+#[test]
+fn kube_mode_settings_that_cannot_work_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let subnet_file = format!("-subnet-file={}", dir.path().join("subnet.env").display());
+    let good = dir.path().join("net-conf.json");
+    std::fs::write(
+        &good,
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"Network\":").unwrap();
+    let conf = |p: &std::path::Path| format!("-net-config-path={}", p.display());
+    let missing = dir.path().join("missing.json");
+    let no_kubeconfig = format!("-kubeconfig-file={}", dir.path().join("none").display());
+    for (args, env, want) in [
+        (
+            vec![conf(&missing)],
+            vec![],
+            format!("failed to read net conf: open {}", missing.display()),
+        ),
+        (vec![conf(&bad)], vec![], "error parsing subnet config".to_string()),
+        (
+            vec![conf(&good)],
+            vec![],
+            "neither -kube-api-url nor -kubeconfig-file is set, and this is not a pod with a service account".to_string(),
+        ),
+        (
+            vec![conf(&good), no_kubeconfig.clone()],
+            vec![],
+            format!("{no_kubeconfig}: ").replace('=', " "),
+        ),
+        (
+            vec![conf(&good), "-kube-api-url=http://127.0.0.1:9".to_string()],
+            vec![("POD_NAME", "kube-flannel-ds-x")],
+            // upstream's words
+            "env variables POD_NAME and POD_NAMESPACE must be set".to_string(),
+        ),
+    ] {
+        let mut all = vec!["-kube-subnet-mgr", subnet_file.as_str()];
+        all.extend(args.iter().map(String::as_str));
+        let o = flanneld(&all, &env);
+        assert_eq!(o.status.code(), Some(1), "{all:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(&want), "{all:?}: want {want:?}\n{}", stderr(&o));
+    }
+}

@@ -123,6 +123,40 @@ fn three_nodes_mesh_with_upstreams_annotations_and_follow_the_nodes() {
     }
     assert!(lab.ping_matrix().is_empty(), "pods do not reach each other");
 
+    // lease show in kube mode: a row per flannel node, from the annotations
+    let kube_flags: Vec<String> = lab
+        .flags(1)
+        .into_iter()
+        .filter(|f| f.starts_with("-kube") || f.starts_with("-net-config-path"))
+        .collect();
+    let mut args = vec![
+        lab.spec.flanneld.display().to_string(),
+        "lease".into(),
+        "show".into(),
+    ];
+    args.extend(kube_flags.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let table = lab.on_host(1, &args);
+    for i in 1..=3 {
+        let mut want = vec![format!("10.244.{i}.0/24")];
+        if i == 1 {
+            want.push("*".into());
+        }
+        want.extend([
+            lab.hosts[i - 1].ip.to_string(),
+            "vxlan".into(),
+            vtep_mac(&lab, i),
+            format!("h{i}"),
+        ]);
+        assert!(
+            table
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == want),
+            "want {want:?} in\n{table}"
+        );
+    }
+    args_json_check(&lab, &args);
+
     // a node that is not a flannel node (no annotations) is no peer; one without any
     // annotation does not crash anybody (upstream v0.20.2 panics on it)
     lab.kube()
@@ -220,6 +254,18 @@ fn restarts_keep_the_mac_delete_nothing_and_the_apiserver_may_come_and_go() {
     assert!(lab.ping_matrix().is_empty(), "pods do not reach each other");
 }
 
+/// `lease show --json` in kube mode names the node of each lease.
+fn args_json_check(lab: &Lab, args: &[&str]) {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let out: Value = serde_json::from_str(&lab.on_host(1, &args)).unwrap();
+    let leases = out["leases"].as_array().unwrap();
+    assert_eq!(leases.len(), 3, "{out}");
+    assert_eq!(leases[1]["node"], "h2");
+    assert_eq!(leases[1]["subnet"], "10.244.2.0/24");
+    assert_eq!(leases[1]["reservation"], false);
+}
+
 /// Runs flanneld on host `i` until it exits; its log.
 fn exits(lab: &mut Lab, i: usize) -> String {
     assert!(
@@ -269,4 +315,85 @@ fn what_cannot_work_ends_start_up_in_upstreams_words() {
         "{log}"
     );
     assert!(lab.running(4));
+}
+
+/// The API path that creates an object of this manifest document.
+fn collection(doc: &Value) -> String {
+    let kind = doc["kind"].as_str().unwrap();
+    let ns = doc["metadata"]["namespace"].as_str().unwrap_or("");
+    match kind {
+        "Namespace" => "/api/v1/namespaces".into(),
+        "ClusterRole" => "/apis/rbac.authorization.k8s.io/v1/clusterroles".into(),
+        "ClusterRoleBinding" => "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings".into(),
+        "ServiceAccount" => format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+        "ConfigMap" => format!("/api/v1/namespaces/{ns}/configmaps"),
+        "DaemonSet" => format!("/apis/apps/v1/namespaces/{ns}/daemonsets"),
+        other => panic!("unexpected kind {other} in the manifest"),
+    }
+}
+
+#[test]
+fn the_daemonset_manifest_applies_and_its_role_is_all_flanneld_needs() {
+    let (mut lab, _dir) = lab('m', 2, None);
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../packaging/kube-flannel-rs.yml"
+    ))
+    .unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&manifest).unwrap();
+    let net_conf = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .and_then(|d| d["data"]["net-conf.json"].as_str())
+        .unwrap()
+        .to_string();
+    lab.use_kube(Authz::Rbac, &net_conf);
+    // every object is accepted as written
+    for doc in &docs {
+        lab.kube()
+            .request("POST", &collection(doc), Some(("application/json", doc)));
+    }
+    // the manifest's ClusterRole, given to the lab's flanneld user (the pods' service
+    // account has no token without a controller manager), is enough to run
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": { "name": "flannel-lab" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "flannel" },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "flanneld" }],
+    });
+    lab.kube().request(
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        Some(("application/json", &binding)),
+    );
+    // the node is found from the pod, as in the DaemonSet (POD_NAME, POD_NAMESPACE)
+    for i in 1..=2 {
+        lab.kube()
+            .create_node(&lab.node_name(i), &[&pod_cidr(i)], None);
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": format!("kube-flannel-ds-{i}"), "namespace": "kube-flannel" },
+            "spec": {
+                "nodeName": lab.node_name(i),
+                "serviceAccountName": "flannel",
+                "automountServiceAccountToken": false,
+                "containers": [{ "name": "kube-flannel", "image": "flanneld-rs:0.1.0" }],
+            },
+        });
+        lab.kube().request(
+            "POST",
+            "/api/v1/namespaces/kube-flannel/pods",
+            Some(("application/json", &pod)),
+        );
+        let env = [
+            ("NODE_NAME".to_string(), String::new()),
+            ("POD_NAME".to_string(), format!("kube-flannel-ds-{i}")),
+            ("POD_NAMESPACE".to_string(), "kube-flannel".to_string()),
+        ];
+        let bin = lab.spec.flanneld.clone();
+        lab.start_binary(i, &bin, &env);
+    }
+    lab.wait_ready(LONG);
+    wait_kube_converged(&lab);
+    assert!(lab.subnet_env(2).contains("FLANNEL_SUBNET=10.244.2.1/24\n"));
 }

@@ -271,3 +271,218 @@ fn json_or_null(v: &Option<Value>) -> String {
 pub fn contains(network: IpNetwork, subnet: IpNetwork) -> bool {
     network.prefix() <= subnet.prefix() && network.contains(subnet.network())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn names() -> Annotations {
+        Annotations::new("flannel.alpha.coreos.com").unwrap()
+    }
+
+    fn node(cidrs: &[&str], annotations: &[(&str, &str)]) -> Node {
+        let object: NodeObject = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "n1",
+                "resourceVersion": "7",
+                "annotations": annotations
+                    .iter()
+                    .map(|(k, v)| (format!("flannel.alpha.coreos.com/{k}"), v.to_string()))
+                    .chain([("other.io/x".to_string(), "y".to_string())])
+                    .collect::<BTreeMap<_, _>>(),
+            },
+            "spec": { "podCIDR": cidrs.first(), "podCIDRs": cidrs },
+            "status": { "images": [{ "names": ["big"], "sizeBytes": 1 }] },
+        }))
+        .unwrap();
+        Node::from_object(object, &names())
+    }
+
+    fn config(json: &str) -> NetworkConfig {
+        NetworkConfig::parse(json).unwrap()
+    }
+
+    const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    const DUAL: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/48","Backend":{"Type":"vxlan"}}"#;
+
+    fn vxlan_attrs(mac: &str) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: Ipv4Addr::new(192, 168, 77, 1),
+            public_ipv6: None,
+            backend_type: "vxlan".into(),
+            backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac})),
+            backend_v6_data: None,
+        }
+    }
+
+    #[test]
+    fn only_flannels_annotations_are_kept_and_no_annotation_at_all_is_fine() {
+        let n = node(&["10.244.1.0/24"], &[("public-ip", "192.168.77.1")]);
+        assert_eq!(n.annotations.len(), 1);
+        let bare: NodeObject =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "n2"}})).unwrap();
+        let bare = Node::from_object(bare, &names());
+        assert!(!bare.is_flannel_node(&names()) && bare.pod_cidrs.is_empty());
+        // a podCIDR without podCIDRs (clusters before 1.16)
+        let old: NodeObject = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "n3"}, "spec": {"podCIDR": "10.244.3.0/24"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            Node::from_object(old, &names()).pod_cidrs,
+            ["10.244.3.0/24"]
+        );
+    }
+
+    #[test]
+    fn a_peers_lease_comes_from_its_annotations_and_pod_cidrs() {
+        let n = node(
+            &["10.244.1.0/24", "fd00:10:0:1::/64"],
+            &[
+                ("kube-subnet-manager", "true"),
+                ("backend-type", "vxlan"),
+                ("backend-data", r#"{"VNI":1,"VtepMAC":"7a:7c:0f:00:99:ce"}"#),
+                ("public-ip", "192.168.77.2"),
+                (
+                    "backend-v6-data",
+                    r#"{"VNI":1,"VtepMAC":"7a:7c:0f:00:99:cf"}"#,
+                ),
+                ("public-ipv6", "fd77::2"),
+            ],
+        );
+        assert!(n.is_flannel_node(&names()));
+        let l = n.to_lease(&names(), &config(VXLAN)).unwrap();
+        assert_eq!(l.subnet.to_string(), "10.244.1.0/24");
+        assert_eq!(l.ipv6_subnet, None);
+        assert_eq!(l.attrs.public_ip, Ipv4Addr::new(192, 168, 77, 2));
+        assert_eq!(
+            l.attrs.vxlan_data().unwrap().unwrap().vtep_mac.to_string(),
+            "7a:7c:0f:00:99:ce"
+        );
+        let l = n.to_lease(&names(), &config(DUAL)).unwrap();
+        assert_eq!(l.ipv6_subnet.unwrap().to_string(), "fd00:10:0:1::/64");
+        assert_eq!(l.attrs.public_ipv6, Some("fd77::2".parse().unwrap()));
+        // upstream's messages for what does not fit
+        let v6_only = node(&["fd00:10:0:1::/64"], &[("public-ip", "192.168.77.2")]);
+        assert_eq!(
+            v6_only.to_lease(&names(), &config(VXLAN)).unwrap_err(),
+            "missing IPv4 address on n.Spec.PodCIDRs"
+        );
+        let bad_ip = node(&["10.244.1.0/24"], &[("public-ip", "nope")]);
+        assert!(bad_ip.to_lease(&names(), &config(VXLAN)).is_err());
+        let three = node(&["10.244.1.0/24", "10.244.2.0/24", "fd00::/64"], &[]);
+        assert_eq!(
+            three.pod_subnets().unwrap_err(),
+            "node \"n1\" pod cidrs should be IPv4/IPv6 only or dualstack"
+        );
+        assert_eq!(
+            node(&["10.244.1.5/24"], &[])
+                .pod_subnets()
+                .unwrap()
+                .0
+                .unwrap()
+                .to_string(),
+            "10.244.1.0/24"
+        );
+    }
+
+    #[test]
+    fn annotations_are_patched_only_when_they_differ_as_upstream_writes_them() {
+        let n = node(&["10.244.1.0/24"], &[]);
+        let attrs = vxlan_attrs("7a:7c:0f:00:99:ce");
+        let set = n.wanted_annotations(&names(), &attrs).unwrap();
+        let got: Vec<(String, String)> = set.into_iter().collect();
+        let p = "flannel.alpha.coreos.com/";
+        assert_eq!(
+            got,
+            [
+                (
+                    format!("{p}backend-data"),
+                    r#"{"VNI":1,"VtepMAC":"7a:7c:0f:00:99:ce"}"#.to_string()
+                ),
+                (format!("{p}backend-type"), "vxlan".to_string()),
+                (format!("{p}kube-subnet-manager"), "true".to_string()),
+                (format!("{p}public-ip"), "192.168.77.1".to_string()),
+            ]
+        );
+        // already there: nothing to patch
+        let done = node(
+            &["10.244.1.0/24"],
+            &[
+                ("backend-data", r#"{"VNI":1,"VtepMAC":"7a:7c:0f:00:99:ce"}"#),
+                ("backend-type", "vxlan"),
+                ("kube-subnet-manager", "true"),
+                ("public-ip", "192.168.77.1"),
+            ],
+        );
+        assert_eq!(done.wanted_annotations(&names(), &attrs), None);
+        // a new MAC: only backend-data in the patch
+        let set = done
+            .wanted_annotations(&names(), &vxlan_attrs("7a:7c:0f:00:99:00"))
+            .unwrap();
+        assert_eq!(
+            set.keys().collect::<Vec<_>>(),
+            [&format!("{p}backend-data")]
+        );
+        // public-ip-overwrite wins
+        let over = node(
+            &["10.244.1.0/24"],
+            &[("public-ip-overwrite", "203.0.113.9")],
+        );
+        let set = over.wanted_annotations(&names(), &attrs).unwrap();
+        assert_eq!(set[&format!("{p}public-ip")], "203.0.113.9");
+        // host-gw has no backend data: upstream writes "null"
+        let hostgw = LeaseAttrs {
+            backend_type: "host-gw".into(),
+            backend_data: None,
+            ..attrs.clone()
+        };
+        let set = n.wanted_annotations(&names(), &hostgw).unwrap();
+        assert_eq!(set[&format!("{p}backend-data")], "null");
+        // dual-stack VXLAN: the v6 pair as well
+        let dual = LeaseAttrs {
+            public_ipv6: Some("fd77::1".parse().unwrap()),
+            backend_v6_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "7a:7c:0f:00:99:cf"})),
+            ..attrs
+        };
+        let set = n.wanted_annotations(&names(), &dual).unwrap();
+        assert_eq!(set[&format!("{p}public-ipv6")], "fd77::1");
+        assert_eq!(
+            set[&format!("{p}backend-v6-data")],
+            r#"{"VNI":1,"VtepMAC":"7a:7c:0f:00:99:cf"}"#
+        );
+    }
+
+    #[test]
+    fn the_condition_patch_is_upstreams() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_780_000_000);
+        assert_eq!(
+            network_available_patch(t).to_string(),
+            r#"{"status":{"conditions":[{"type":"NetworkUnavailable","status":"False","lastHeartbeatTime":"2026-05-28T20:26:40Z","lastTransitionTime":"2026-05-28T20:26:40Z","reason":"FlannelIsUp","message":"Flannel is running on this node"}]}}"#
+        );
+    }
+
+    #[test]
+    fn stored_public_ips_are_checked() {
+        let n = node(
+            &[],
+            &[
+                ("node-public-ip", "203.0.113.1"),
+                ("node-public-ipv6", "2001:db8::1"),
+            ],
+        );
+        assert_eq!(
+            n.stored_public_ips(&names()).unwrap(),
+            (
+                Some(Ipv4Addr::new(203, 0, 113, 1)),
+                Some("2001:db8::1".parse().unwrap())
+            )
+        );
+        let bad = node(&[], &[("node-public-ip", "x")]);
+        assert!(bad
+            .stored_public_ips(&names())
+            .unwrap_err()
+            .contains("flannel.alpha.coreos.com/node-public-ip \"x\": not an IPv4 address"));
+    }
+}

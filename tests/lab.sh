@@ -4,6 +4,8 @@
 #                         (`up --backend host-gw`: the same with the host-gw backend;
 #                         `up --ip dual` or `--ip ipv6`: dual-stack or IPv6-only, pods ping
 #                         each other in every family)
+#                         `up --mode kube`: flanneld-rs -kube-subnet-mgr against a real
+#                         kube-apiserver (built once by tests/kube-apiserver.sh, ~8 minutes)
 #   ./tests/lab.sh down   remove it all
 #   ./tests/lab.sh status
 # Needs root. Installs the Debian packages of tests/deps.txt if missing.
@@ -13,4 +15,7 @@ cd "$(dirname "$0")/.."
 if [ "${1:-up}" = up ] || [ ! -x target/release/flannel-lab ]; then
   cargo build --release --locked -p flanneld -p flannel-cni -p flannel-lab
 fi
+case " $* " in
+  *" --mode kube "*) KUBE_APISERVER=$(tests/kube-apiserver.sh); export KUBE_APISERVER ;;
+esac
 exec target/release/flannel-lab "${@:-up}"

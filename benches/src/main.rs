@@ -16,6 +16,7 @@
 //! when its six entries are (route, ARP, FDB on `flannel.1`; route, NDP, FDB on
 //! `flannel-v6.1`).
 
+mod kube;
 mod probe;
 
 use std::collections::BTreeMap;
@@ -856,7 +857,7 @@ fn main() {
                 o.scenarios.push(args[i].clone());
             }
             other => {
-                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw] [--ip ipv4|dual] [--out FILE] [--scenario start|converge|cold|steady|churn|etcd-load]...");
+                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw] [--ip ipv4|dual] [--out FILE] [--scenario start|converge|cold|steady|churn|etcd-load|kube-cold]...");
                 std::process::exit(2);
             }
         }
@@ -884,13 +885,14 @@ fn main() {
         });
         std::process::exit(i32::from(bad));
     }
-    let all: [(&str, Scenario); 6] = [
+    let all: [(&str, Scenario); 7] = [
         ("start", start),
         ("converge", converge),
         ("cold", cold),
         ("steady", steady),
         ("churn", churn),
         ("etcd-load", etcd_load),
+        ("kube-cold", kube::cold),
     ];
     if host_gw() && o.scenarios.is_empty() {
         // the scenarios that measure a peer's entries; steady and churn count VXLAN's

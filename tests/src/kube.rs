@@ -149,6 +149,8 @@ impl TestApiServer {
                 format!("--service-account-key-file={}", d("sa.pub")),
                 format!("--service-account-signing-key-file={}", d("sa.key")),
                 "--service-cluster-ip-range=10.96.0.0/16".into(),
+                // 1.20 keeps a node's second pod CIDR (dual-stack) only with this gate
+                "--feature-gates=IPv6DualStack=true".into(),
                 "--v=1".into(),
             ])
             .stdin(Stdio::null())
@@ -253,6 +255,53 @@ impl TestApiServer {
             node["metadata"]["annotations"] = a;
         }
         self.request("POST", "/api/v1/nodes", Some(("application/json", &node)));
+    }
+
+    /// Creates many Node objects (whole, status included, as a kubelet registers them)
+    /// with one curl running 64 requests at a time; panics unless every one is created.
+    pub fn create_nodes(&self, nodes: &[Value]) {
+        let mut config = String::new();
+        for (i, node) in nodes.iter().enumerate() {
+            if i > 0 {
+                config.push_str("next\n");
+            }
+            let body = node.to_string().replace('\\', "\\\\").replace('"', "\\\"");
+            config.push_str(&format!(
+                "url = \"{}/api/v1/nodes\"\nrequest = \"POST\"\nsilent\ncacert = \"{}\"\nheader = \"Authorization: Bearer {ADMIN_TOKEN}\"\nheader = \"Content-Type: application/json\"\ndata-binary = \"{body}\"\noutput = \"/dev/null\"\nwrite-out = \"%{{http_code}}\\n\"\n",
+                self.url(),
+                self.ca.display()
+            ));
+        }
+        let path = self.dir.join("create-nodes.curl");
+        fs::write(&path, config).expect("curl config");
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "curl",
+                "--parallel",
+                "--parallel-max",
+                "64",
+                "-K",
+            ])
+            .arg(&path)
+            .output()
+            .expect("curl");
+        let codes = String::from_utf8_lossy(&out.stdout);
+        let created = codes.lines().filter(|l| l.trim() == "201").count();
+        assert_eq!(
+            created,
+            nodes.len(),
+            "nodes created: {created} of {}; codes: {}",
+            nodes.len(),
+            codes
+                .lines()
+                .filter(|l| l.trim() != "201")
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
     }
 
     pub fn node(&self, name: &str) -> Value {

@@ -397,3 +397,43 @@ fn the_daemonset_manifest_applies_and_its_role_is_all_flanneld_needs() {
     wait_kube_converged(&lab);
     assert!(lab.subnet_env(2).contains("FLANNEL_SUBNET=10.244.2.1/24\n"));
 }
+
+#[test]
+fn dual_stack_nodes_carry_both_families() {
+    let (mut lab, _dir) = lab('d', 2, None);
+    lab.use_kube(
+        Authz::AlwaysAllow,
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/56","Backend":{"Type":"vxlan"}}"#,
+    );
+    for i in 1..=2 {
+        lab.kube().create_node(
+            &lab.node_name(i),
+            &[&pod_cidr(i), &format!("fd00:10:0:{i}::/64")],
+            None,
+        );
+    }
+    lab.start_all();
+    lab.wait_ready(LONG);
+    for i in 1..=2 {
+        let env = lab.subnet_env(i);
+        assert!(
+            env.contains(&format!("FLANNEL_IPV6_SUBNET=fd00:10:0:{i}::1/64\n")),
+            "{env}"
+        );
+        let a = lab.kube().annotations(&lab.node_name(i));
+        let mac6 = lab.on_host(i, &["cat", "/sys/class/net/flannel-v6.1/address"]);
+        assert_eq!(a[&format!("{P}public-ipv6")], lab.ip6(i).to_string());
+        assert_eq!(
+            a[&format!("{P}backend-v6-data")],
+            format!("{{\"VNI\":1,\"VtepMAC\":\"{}\"}}", mac6.trim())
+        );
+    }
+    for i in 1..=2 {
+        lab.add_pod(i);
+    }
+    // both families between the pods
+    assert!(
+        wait_until(LONG, || lab.ping_matrix().is_empty()),
+        "pods do not reach each other"
+    );
+}

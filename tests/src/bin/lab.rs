@@ -57,7 +57,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         other => {
-            eprintln!("usage: flannel-lab up [--hosts N] [--pods N] [--backend vxlan|host-gw] [--ip ipv4|dual|ipv6] [--flanneld PATH] [--dir DIR] | down | status\nunknown command {other:?}");
+            eprintln!("usage: flannel-lab up [--hosts N] [--pods N] [--backend vxlan|host-gw] [--ip ipv4|dual|ipv6] [--mode etcd|kube] [--flanneld PATH] [--dir DIR] | down | status\nunknown command {other:?}");
             ExitCode::from(2)
         }
     }
@@ -107,8 +107,38 @@ fn up(args: &[String], dir: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    println!("creating {hosts} hosts, etcd at {ETCD_IP}, network config {config}");
-    let mut lab = Lab::create(spec, hosts, Some(&config));
+    // `--mode kube`: flanneld -kube-subnet-mgr against a kube-apiserver over the lab's etcd,
+    // a Node per host with the pod CIDRs a controller manager would assign
+    let kube = match arg_value(args, "--mode").as_deref() {
+        None | Some("etcd") => false,
+        Some("kube") => true,
+        Some(other) => {
+            eprintln!("--mode {other:?}: expected etcd or kube");
+            return ExitCode::from(2);
+        }
+    };
+    let mut lab = if kube {
+        println!("creating {hosts} hosts, a kube-apiserver at https://{ETCD_IP}:6443, net-conf.json {config}");
+        let mut lab = Lab::create(spec, hosts, None);
+        lab.use_kube(flannel_lab::kube::Authz::AlwaysAllow, &config);
+        let ipv4 = !config.contains(r#""EnableIPv4":false"#);
+        let ipv6 = config.contains(r#""EnableIPv6":true"#);
+        for h in 1..=hosts {
+            let mut cidrs = Vec::new();
+            if ipv4 {
+                cidrs.push(format!("10.200.{h}.0/24"));
+            }
+            if ipv6 {
+                cidrs.push(format!("fd00:200:0:{h:x}::/64"));
+            }
+            let cidrs: Vec<&str> = cidrs.iter().map(String::as_str).collect();
+            lab.kube().create_node(&lab.node_name(h), &cidrs, None);
+        }
+        lab
+    } else {
+        println!("creating {hosts} hosts, etcd at {ETCD_IP}, network config {config}");
+        Lab::create(spec, hosts, Some(&config))
+    };
     lab.start_all();
     lab.wait_ready(Duration::from_secs(60));
     for h in 1..=hosts {
@@ -120,19 +150,17 @@ fn up(args: &[String], dir: PathBuf) -> ExitCode {
         print!("{}", lab.subnet_env(h));
     }
     println!("\n== flanneld-rs lease show (on h1):");
-    print!(
-        "{}",
-        lab.on_host(
-            1,
-            &[
-                flanneld.to_str().unwrap_or("flanneld-rs"),
-                "lease",
-                "show",
-                &format!("-etcd-endpoints=http://{ETCD_IP}:2379"),
-                &format!("-etcd-prefix={DEFAULT_PREFIX}"),
-            ],
-        )
-    );
+    let mut show = vec![
+        flanneld.to_str().unwrap_or("flanneld-rs").to_string(),
+        "lease".into(),
+        "show".into(),
+    ];
+    // the store flags the hosts run with
+    show.extend(lab.flags(1).into_iter().filter(|f| {
+        f.starts_with("-etcd-") || f.starts_with("-kube") || f.starts_with("-net-config-path")
+    }));
+    let show: Vec<&str> = show.iter().map(String::as_str).collect();
+    print!("{}", lab.on_host(1, &show));
     for h in 1..=hosts {
         for _ in 0..pods {
             lab.add_pod(h);

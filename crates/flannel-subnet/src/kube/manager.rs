@@ -297,6 +297,21 @@ impl SubnetManager for KubeSubnetManager {
     }
 
     async fn watch_leases(&self, tx: mpsc::Sender<LeaseBatch>) -> Result<(), SubnetError> {
+        if self.config.backend_kind() == "alloc" {
+            // upstream #1617: with alloc, something else routes; no node is watched
+            info!("Node controller skips sync");
+            if tx
+                .send(LeaseBatch {
+                    events: Vec::new(),
+                    snapshot: true,
+                })
+                .await
+                .is_ok()
+            {
+                tx.closed().await;
+            }
+            return Ok(());
+        }
         let mut peers = Peers::default();
         let mut first = true;
         let mut pause = Duration::from_millis(250);

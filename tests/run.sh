@@ -14,12 +14,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 packaging/check-deb.sh
 # every fuzz target for 10 s from its committed corpus
 tests/fuzz/run.sh 10
-# the performance harness in its short mode, so that it cannot rot (numbers: benches/README.md)
-cargo build --release --locked -p flannel-bench --quiet
-target/release/flannel-bench --quick --flanneld target/release/flanneld-rs --out target/bench-quick.json
 # the kube-apiserver of the kube-mode tests: built once (about 8 minutes), then cached
 KUBE_APISERVER=$(tests/kube-apiserver.sh)
 export KUBE_APISERVER
+# the performance harness in its short mode, so that it cannot rot (numbers: benches/README.md)
+cargo build --release --locked -p flannel-bench --quiet
+target/release/flannel-bench --quick --flanneld target/release/flanneld-rs --out target/bench-quick.json
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked
 else

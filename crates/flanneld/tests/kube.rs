@@ -156,6 +156,13 @@ fn three_nodes_mesh_with_upstreams_annotations_and_follow_the_nodes() {
         );
     }
     args_json_check(&lab, &args);
+    // doctor with the daemon's flags: all good (exit 0), the nodes read from the API
+    let mut doctor = vec![lab.spec.flanneld.display().to_string(), "doctor".into()];
+    doctor.extend(lab.flags(1));
+    let doctor: Vec<&str> = doctor.iter().map(String::as_str).collect();
+    let (ok, report) = flannel_lab::lab::try_nsexec(&lab.hosts[0].ns, &doctor);
+    assert!(ok, "{report}");
+    assert!(report.contains("3 flannel nodes"), "{report}");
 
     // a node that is not a flannel node (no annotations) is no peer; one without any
     // annotation does not crash anybody (upstream v0.20.2 panics on it)

@@ -142,6 +142,9 @@ fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 
 /// The store reachable, the config valid, the leases read.
 async fn check_store(opts: &Options, r: &mut Report) -> Option<Store> {
+    if let Some(kube) = &opts.kube {
+        return check_kube(kube, r).await;
+    }
     let endpoints = opts.etcd.endpoints.join(",");
     let read = async {
         let api = match opts.etcd_api {
@@ -191,21 +194,7 @@ async fn check_store(opts: &Options, r: &mut Report) -> Option<Store> {
             return None;
         }
     };
-    let mut bad = 0;
-    let mut leases = Vec::new();
-    for e in entries {
-        match e.lease {
-            Ok(l) => leases.push(l),
-            Err(why) => {
-                bad += 1;
-                r.warn(
-                    "store",
-                    format!("lease {} does not parse: {why}", e.key),
-                    "every node skips it; delete it if no node owns it",
-                );
-            }
-        }
-    }
+    let (leases, bad) = parse_entries(entries, r);
     r.ok(
         "store",
         format!(
@@ -221,6 +210,85 @@ async fn check_store(opts: &Options, r: &mut Report) -> Option<Store> {
         ),
     );
     Some(Store { config, leases })
+}
+
+/// Kube mode: the API reachable, the nodes' leases read (the config is the local file).
+async fn check_kube(kube: &crate::options::KubeOptions, r: &mut Report) -> Option<Store> {
+    let server = kube
+        .settings
+        .api_url
+        .clone()
+        .or_else(|| {
+            kube.settings
+                .kubeconfig
+                .as_ref()
+                .map(|p| format!("the server of {}", p.display()))
+        })
+        .unwrap_or_else(|| "the in-cluster API".into());
+    let read = async {
+        let sm = crate::kube_mode::subnet_manager_for_listing(kube).await?;
+        let config = sm.get_network_config().await?;
+        let entries = sm.list_leases().await?;
+        Ok::<_, anyhow::Error>((config, entries))
+    };
+    let (config, entries) = match tokio::time::timeout(STORE_TIMEOUT, read).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            r.fail(
+                "store",
+                format!("Kubernetes API ({server}): {e:#}"),
+                "without the API no node learns of new nodes (the data path keeps working meanwhile); check the API server, -kubeconfig-file / -kube-api-url, the RBAC role and -net-config-path",
+            );
+            return None;
+        }
+        Err(_) => {
+            r.fail(
+                "store",
+                format!("Kubernetes API ({server}) did not answer within {STORE_TIMEOUT:?}"),
+                "check that the API server runs and is reachable from this node",
+            );
+            return None;
+        }
+    };
+    let (leases, bad) = parse_entries(entries, r);
+    r.ok(
+        "store",
+        format!(
+            "Kubernetes API ({server}): config {} ({} backend), {} flannel nodes{}",
+            config.network,
+            config.backend_kind(),
+            leases.len(),
+            if bad > 0 {
+                format!(", {bad} bad")
+            } else {
+                String::new()
+            }
+        ),
+    );
+    Some(Store { config, leases })
+}
+
+/// The leases that parse; each that does not is a warning.
+fn parse_entries(
+    entries: Vec<flannel_subnet::LeaseEntry>,
+    r: &mut Report,
+) -> (Vec<flannel_net::Lease>, usize) {
+    let mut bad = 0;
+    let mut leases = Vec::new();
+    for e in entries {
+        match e.lease {
+            Ok(l) => leases.push(l),
+            Err(why) => {
+                bad += 1;
+                r.warn(
+                    "store",
+                    format!("lease {} does not parse: {why}", e.key),
+                    "every node skips it; delete it if no node owns it",
+                );
+            }
+        }
+    }
+    (leases, bad)
 }
 
 /// Everything that needs this node's lease: subnet.env, the data path, the rules, the host.

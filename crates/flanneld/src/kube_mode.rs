@@ -10,6 +10,7 @@ use flannel_subnet::kube::{KubeApi, KubeSubnetManager};
 use flannel_subnet::SubnetManager;
 use tracing::{info, warn};
 
+use crate::cli::CliError;
 use crate::options::{check_node_address, check_node_address6, KubeOptions, Options};
 
 /// The kube subnet manager, once its config, client and node name are known. An API server
@@ -45,12 +46,30 @@ pub async fn subnet_manager_for_listing(
     )))
 }
 
-async fn config_and_client(kube: &KubeOptions) -> anyhow::Result<(NetworkConfig, KubeApi)> {
+/// What can never work, found before anything is touched (exit 2, as for etcd's
+/// certificate files): the net conf missing or invalid, the kubeconfig unreadable, no API
+/// settings outside a pod, no node name (upstream's words where it has them).
+pub fn check_settings(kube: &KubeOptions) -> Result<(), CliError> {
+    read_net_conf(kube).map_err(|e| CliError(e.to_string()))?;
+    kube.settings.check().map_err(CliError)?;
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if env("NODE_NAME").is_none() && (env("POD_NAME").is_none() || env("POD_NAMESPACE").is_none()) {
+        return Err(CliError(
+            "env variables POD_NAME and POD_NAMESPACE must be set".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn read_net_conf(kube: &KubeOptions) -> anyhow::Result<NetworkConfig> {
     let path = &kube.net_config_path;
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow!("failed to read net conf: open {}: {e}", path.display()))?;
-    let config =
-        NetworkConfig::parse(&text).map_err(|e| anyhow!("error parsing subnet config: {e}"))?;
+    NetworkConfig::parse(&text).map_err(|e| anyhow!("error parsing subnet config: {e}"))
+}
+
+async fn config_and_client(kube: &KubeOptions) -> anyhow::Result<(NetworkConfig, KubeApi)> {
+    let config = read_net_conf(kube)?;
     let api = KubeApi::connect(&kube.settings)
         .await
         .map_err(|e| anyhow!(e))?;

@@ -280,8 +280,8 @@ fn daemon_command(program: &str, args: &[String]) -> ExitCode {
         errln!("v{}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let opts = match options::Options::from_values(&values).and_then(|o| match o.kube {
-        Some(_) => Ok(o),
+    let opts = match options::Options::from_values(&values).and_then(|o| match &o.kube {
+        Some(kube) => kube_mode::check_settings(kube).map(|()| o),
         None => options::check_etcd_files(&o.etcd).map(|()| o),
     }) {
         Ok(o) => o,

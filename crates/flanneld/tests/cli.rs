@@ -72,7 +72,12 @@ fn unknown_flags_and_bad_values_exit_2_before_touching_anything() {
             vec![("FLANNELD_PUBLIC_IP", "300.1.1.1")],
             "not an IPv4 address",
         ),
-        (vec!["-kube-subnet-mgr"], vec![], "not supported yet"),
+        (
+            vec!["-kube-subnet-mgr"],
+            vec![],
+            // upstream's words: kube mode needs its net-conf.json
+            "failed to read net conf: open /etc/kube-flannel/net-conf.json",
+        ),
         (vec!["extra-argument"], vec![], "unexpected argument"),
     ] {
         let o = flanneld(&args, &env);
@@ -466,7 +471,8 @@ fn kube_mode_settings_that_cannot_work_are_named() {
         let mut all = vec!["-kube-subnet-mgr", subnet_file.as_str()];
         all.extend(args.iter().map(String::as_str));
         let o = flanneld(&all, &env);
-        assert_eq!(o.status.code(), Some(1), "{all:?}: {}", stderr(&o));
+        // settings that can never work: exit 2 before anything is touched
+        assert_eq!(o.status.code(), Some(2), "{all:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(&want), "{all:?}: want {want:?}\n{}", stderr(&o));
     }
 }

@@ -24,6 +24,27 @@ pub struct KubeSettings {
     pub kubeconfig: Option<PathBuf>,
 }
 
+impl KubeSettings {
+    /// Whether these settings can work at all, without a request: the kubeconfig file
+    /// readable, or the in-cluster service account there when neither flag is set.
+    pub fn check(&self) -> Result<(), String> {
+        match (&self.kubeconfig, &self.api_url) {
+            (Some(path), _) => kube::config::Kubeconfig::read_from(path)
+                .map(|_| ())
+                .map_err(|e| format!("-kubeconfig-file {}: {e}", path.display())),
+            (None, Some(url)) => url
+                .parse::<http::Uri>()
+                .map(|_| ())
+                .map_err(|e| format!("-kube-api-url {url:?}: {e}")),
+            (None, None) => kube::Config::incluster().map(|_| ()).map_err(|e| {
+                format!(
+                    "neither -kube-api-url nor -kubeconfig-file is set, and this is not a pod with a service account: {e}"
+                )
+            }),
+        }
+    }
+}
+
 /// A request that failed: the HTTP code when the server answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {

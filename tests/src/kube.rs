@@ -40,6 +40,8 @@ pub struct TestApiServer {
     dir: PathBuf,
     /// A kubeconfig for flanneld (token auth, the CA), readable from every namespace.
     pub kubeconfig: PathBuf,
+    /// The same user authenticated by a client certificate instead of a token.
+    pub kubeconfig_cert: PathBuf,
     pub ca: PathBuf,
 }
 
@@ -99,6 +101,25 @@ impl TestApiServer {
                 ca_path.display()
             ),
         );
+        // the same user by client certificate (the apiserver trusts the CA for clients)
+        let mut client = CertificateParams::new(Vec::<String>::new()).expect("params");
+        client
+            .distinguished_name
+            .push(DnType::CommonName, "flanneld");
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = KeyPair::generate().expect("key");
+        let client_cert = client.signed_by(&client_key, &ca).expect("sign");
+        let cert_path = write("flanneld.pem", &client_cert.pem());
+        let key_path = write("flanneld-key.pem", &client_key.serialize_pem());
+        let kubeconfig_cert = write(
+            "flanneld-cert.kubeconfig",
+            &format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: https://{ip}:{PORT}\n    certificate-authority: {}\nusers:\n- name: flanneld\n  user:\n    client-certificate: {}\n    client-key: {}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: flanneld\ncurrent-context: lab\n",
+                ca_path.display(),
+                cert_path.display(),
+                key_path.display()
+            ),
+        );
         let mut s = TestApiServer {
             child: None,
             netns: netns.to_string(),
@@ -107,6 +128,7 @@ impl TestApiServer {
             authz,
             dir,
             kubeconfig,
+            kubeconfig_cert,
             ca: ca_path,
         };
         s.restart();
@@ -144,6 +166,7 @@ impl TestApiServer {
                 format!("--tls-private-key-file={}", d("server-key.pem")),
                 format!("--cert-dir={}", d("certs")),
                 format!("--token-auth-file={}", d("tokens.csv")),
+                format!("--client-ca-file={}", d("ca.pem")),
                 format!("--authorization-mode={mode}"),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 format!("--service-account-key-file={}", d("sa.pub")),

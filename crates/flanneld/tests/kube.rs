@@ -405,6 +405,7 @@ fn the_daemonset_manifest_applies_and_its_role_is_all_flanneld_needs() {
     assert!(lab.subnet_env(2).contains("FLANNEL_SUBNET=10.244.2.1/24\n"));
 }
 
+/// Dual-stack pod CIDRs, and a kubeconfig with a client certificate.
 #[test]
 fn dual_stack_nodes_carry_both_families() {
     let (mut lab, _dir) = lab('d', 2, None);
@@ -419,6 +420,9 @@ fn dual_stack_nodes_carry_both_families() {
             None,
         );
     }
+    // this test's flanneld authenticates with a client certificate (the others: a token)
+    let server = lab.kube_mut();
+    server.kubeconfig = server.kubeconfig_cert.clone();
     lab.start_all();
     lab.wait_ready(LONG);
     for i in 1..=2 {

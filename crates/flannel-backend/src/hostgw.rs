@@ -130,6 +130,7 @@ impl HostGwBackend {
             gateway: Some(gateway),
             oif: Some(self.ext.index),
             onlink: false,
+            nhid: None,
         })
     }
 

@@ -308,6 +308,7 @@ pub const DAEMON_FLAGS: &[Flag] = &[
     flag("iptables-resync", Kind::Int, "5", "resync period for iptables rules, in seconds"),
     flag("iptables-forward-rules", Kind::Bool, "true", "add default accept rules to FORWARD chain in iptables"),
     flag("ip-blackhole-route", Kind::Bool, "false", "add blackroute route ont the node for the local podCIDR"),
+    flag("nexthop-objects", Kind::Str, "auto", "VXLAN peer routes through kernel nexthop objects (Linux 5.3+; a flat cost per peer): auto (when the kernel has them), on, or off (classic onlink routes, as upstream) (flanneld-rs only)"),
     flag("net-config-path", Kind::Str, "/etc/kube-flannel/net-conf.json", "path to the network configuration file"),
     flag("set-node-network-unavailable", Kind::Bool, "true", "set NodeNetworkUnavailable after ready"),
     flag("v", Kind::Int, "0", "number for the log level verbosity"),

@@ -80,7 +80,20 @@ pub async fn run(mut opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
         crate::kube_mode::apply_stored_public_ips(sm, &mut opts).await?;
     }
 
-    let nl = Netlink::connect().context("opening netlink")?;
+    let nl = Netlink::connect()
+        .context("opening netlink")?
+        .with_nexthops(opts.nexthop_objects)
+        .await?;
+    if config.backend_kind() == "vxlan" {
+        info!(
+            "VXLAN peer routes: {}",
+            if nl.uses_nexthops() {
+                "through nexthop objects (-nexthop-objects)"
+            } else {
+                "classic onlink routes"
+            }
+        );
+    }
     let snapshot = iface::Snapshot::read(&nl)
         .await
         .context("reading the interfaces")?;

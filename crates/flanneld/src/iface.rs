@@ -408,18 +408,21 @@ mod tests {
                     gateway: Some("10.9.0.1".parse().unwrap()),
                     oif: Some(3),
                     onlink: false,
+                    nhid: None,
                 },
                 Route {
                     dst: "192.168.77.0/24".parse().unwrap(),
                     gateway: None,
                     oif: Some(2),
                     onlink: false,
+                    nhid: None,
                 },
                 Route {
                     dst: "10.9.0.0/16".parse().unwrap(),
                     gateway: None,
                     oif: Some(3),
                     onlink: false,
+                    nhid: None,
                 },
             ],
         }
@@ -568,12 +571,14 @@ mod tests {
             gateway: Some("2001:db8:9::1".parse().unwrap()),
             oif: Some(3),
             onlink: false,
+            nhid: None,
         });
         s.routes.push(Route {
             dst: "fd77::/64".parse().unwrap(),
             gateway: None,
             oif: Some(2),
             onlink: false,
+            nhid: None,
         });
         s
     }

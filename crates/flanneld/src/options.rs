@@ -36,6 +36,8 @@ pub struct Options {
     pub verbosity: i64,
     /// `-kube-subnet-mgr`: subnets from the Kubernetes API instead of etcd.
     pub kube: Option<KubeOptions>,
+    /// `-nexthop-objects`: VXLAN peer routes through nexthop objects.
+    pub nexthop_objects: flannel_backend::netlink::NexthopMode,
 }
 
 /// The kube-mode flags.
@@ -271,6 +273,16 @@ impl Options {
             ip_blackhole_route: v.bool(f, "ip-blackhole-route"),
             verbosity: v.int(f, "v"),
             kube,
+            nexthop_objects: match v.string(f, "nexthop-objects").as_str() {
+                "auto" => flannel_backend::netlink::NexthopMode::Auto,
+                "on" | "true" => flannel_backend::netlink::NexthopMode::On,
+                "off" | "false" => flannel_backend::netlink::NexthopMode::Off,
+                other => {
+                    return Err(CliError(format!(
+                        "-nexthop-objects {other:?}: expected auto, on or off"
+                    )))
+                }
+            },
         })
     }
 }
@@ -347,6 +359,7 @@ mod tests {
             (vec!["-public-ipv6=fe80::1"], "a link-local address"),
             (vec!["-iface-can-reach=nope"], "not an IP address"),
             (vec!["-etcd-api=v4"], "expected v3, v2 or auto"),
+            (vec!["-nexthop-objects=maybe"], "expected auto, on or off"),
         ] {
             let err = options(&args).unwrap_err().0;
             assert!(err.contains(want), "{args:?}: {err}");

@@ -32,8 +32,7 @@ fn lease_expires_while_paused_and_the_node_comes_back_with_its_subnet() {
         wait_until(LONG, || !leases(&lab).contains_key(&h2.replace('/', "-"))),
         "lease did not expire"
     );
-    assert!(wait_until(LONG, || !lab
-        .on_host(1, &["ip", "route"])
+    assert!(wait_until(LONG, || !routes_text(&lab, 1)
         .contains(&format!("{h2} via"))));
     kill(&lab, 2, "CONT");
     // back with the same subnet, and h1 programs it again
@@ -391,7 +390,7 @@ fn bad_leases_of_other_nodes_are_skipped_with_a_warning_and_nothing_else_is_lost
         lab.log(2)
     );
     // nothing of them is programmed, the good peer still is, nobody exited
-    let routes = lab.on_host(2, &["ip", "route"]);
+    let routes = routes_text(&lab, 2);
     for n in [
         "10.200.201.",
         "10.200.202.",
@@ -511,7 +510,7 @@ fn partition_with_compaction_then_heal_applies_every_change() {
     let h4_subnet = lab.subnet(h4).unwrap();
     assert!(
         wait_until(LONG, || {
-            let routes = lab.on_host(1, &["ip", "route"]);
+            let routes = routes_text(&lab, 1);
             !routes.contains(&format!("{h3} via")) && routes.contains(&format!("{h4_subnet} via"))
         }),
         "{}\n{}",

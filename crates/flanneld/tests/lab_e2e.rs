@@ -337,8 +337,7 @@ fn a_cluster_on_the_etcd_v2_keys_api_as_the_ansible_role_built_it() {
     for (me, other) in [(1, 2), (2, 1)] {
         let subnet = lab.subnet(other).unwrap();
         assert!(
-            wait_until(LONG, || lab
-                .on_host(me, &["ip", "route"])
+            wait_until(LONG, || routes_text(&lab, me)
                 .contains(&format!("{subnet} via"))),
             "{}",
             lab.log(me)

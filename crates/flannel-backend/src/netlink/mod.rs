@@ -5,6 +5,7 @@
 pub mod address;
 pub mod link;
 pub mod neighbour;
+pub mod nexthop;
 pub mod route;
 
 use std::net::IpAddr;
@@ -37,18 +38,74 @@ impl Family {
     }
 }
 
+/// `-nexthop-objects`: whether peer routes go through nexthop objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NexthopMode {
+    /// When the kernel has them (Linux 5.3+).
+    Auto,
+    On,
+    Off,
+}
+
 /// A route netlink socket in the network namespace of the thread that opened it.
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
+    nexthop: nexthop::NexthopSocket,
+    /// The kernel has nexthop objects (flannel's are then listed, to remove them when unused).
+    nexthops_supported: bool,
+    /// Peer routes go through nexthop objects.
+    use_nexthops: bool,
 }
 
 impl Netlink {
-    /// Opens the socket and spawns its connection task on the current tokio runtime.
+    /// Opens the sockets and spawns the connection task on the current tokio runtime. Peer
+    /// routes are classic until [`Netlink::with_nexthops`].
     pub fn connect() -> Result<Self, BackendError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(BackendError::Socket)?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink {
+            handle,
+            nexthop: nexthop::NexthopSocket::open()?,
+            nexthops_supported: false,
+            use_nexthops: false,
+        })
+    }
+
+    /// Probes the kernel for nexthop objects and chooses the form of peer routes; `On`
+    /// without kernel support is an error naming the requirement.
+    pub async fn with_nexthops(mut self, mode: NexthopMode) -> Result<Self, BackendError> {
+        self.nexthops_supported = self.nexthop.supported().await;
+        self.use_nexthops = match mode {
+            NexthopMode::Off => false,
+            NexthopMode::Auto => self.nexthops_supported,
+            NexthopMode::On if self.nexthops_supported => true,
+            NexthopMode::On => {
+                return Err(BackendError::Device(
+                    "-nexthop-objects=on: this kernel has no nexthop objects (Linux 5.3 or later has them)".into(),
+                ))
+            }
+        };
+        Ok(self)
+    }
+
+    /// Whether peer routes go through nexthop objects.
+    pub fn uses_nexthops(&self) -> bool {
+        self.use_nexthops
+    }
+
+    /// Every nexthop object of the namespace (none when the kernel has no nexthop objects).
+    pub async fn nexthops(&self) -> Result<Vec<nexthop::Nexthop>, BackendError> {
+        if self.nexthops_supported {
+            self.nexthop.list(None).await
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    /// The socket of nexthop messages (listing, replacing and deleting nexthop objects).
+    pub fn nexthop_socket(&self) -> &nexthop::NexthopSocket {
+        &self.nexthop
     }
 
     pub(crate) fn handle(&self) -> &Handle {

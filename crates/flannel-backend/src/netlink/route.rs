@@ -21,6 +21,9 @@ pub struct Route {
     pub gateway: Option<IpAddr>,
     pub oif: Option<u32>,
     pub onlink: bool,
+    /// `nhid <id>`: through a nexthop object ([`super::nexthop`]); the gateway and device are
+    /// the nexthop's (a listing shows them too, in the kernel's compatibility mode).
+    pub nhid: Option<u32>,
 }
 
 fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
@@ -52,8 +55,10 @@ fn parse(msg: &RouteMessage, family: Family) -> Option<Route> {
     let mut dst = unspecified;
     let mut gateway = None;
     let mut oif = None;
+    let mut nhid = None;
     for attr in &msg.attributes {
         match attr {
+            RouteAttribute::NhId(id) => nhid = Some(*id),
             RouteAttribute::Table(t) => table = *t,
             RouteAttribute::Destination(a) => dst = ip_of(a).unwrap_or(dst),
             RouteAttribute::Gateway(a) => gateway = ip_of(a),
@@ -69,6 +74,7 @@ fn parse(msg: &RouteMessage, family: Family) -> Option<Route> {
         gateway,
         oif,
         onlink: msg.header.flags.contains(RouteFlags::Onlink),
+        nhid,
     })
 }
 
@@ -81,6 +87,13 @@ fn message(route: &Route, protocol: RouteProtocol) -> Result<RouteMessage, Backe
         .destination_prefix(route.dst.network(), route.dst.prefix())
         .map_err(invalid(route))?
         .protocol(protocol);
+    if let Some(id) = route.nhid {
+        // the nexthop object holds gateway, device and flags: the kernel refuses them here,
+        // and matches a deletion by the id alone
+        let mut msg = b.build();
+        msg.attributes.push(RouteAttribute::NhId(id));
+        return Ok(msg);
+    }
     if let Some(gw) = route.gateway {
         b = b.gateway(gw).map_err(invalid(route))?;
     }

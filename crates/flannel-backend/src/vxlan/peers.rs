@@ -8,6 +8,7 @@ use flannel_net::{Lease, MacAddr};
 use ipnetwork::IpNetwork;
 
 use crate::netlink::neighbour::{FdbEntry, NeighbourEntry};
+use crate::netlink::nexthop::{self, Nexthop};
 use crate::netlink::route::Route;
 use crate::ExtIface;
 
@@ -50,6 +51,7 @@ impl Peer {
                 gateway: Some(self.public_ip),
                 oif: None,
                 onlink: false,
+                nhid: None,
             }
         } else {
             Route {
@@ -57,7 +59,35 @@ impl Peer {
                 gateway: Some(self.gateway()),
                 oif: Some(device),
                 onlink: true,
+                nhid: None,
             }
+        }
+    }
+}
+
+impl Peer {
+    /// The nexthop object its route goes through when peer routes use them: VTEP peers whose
+    /// gateway gives an id (IPv4; see [`nexthop::id_for`]).
+    pub fn nexthop(&self, device: u32) -> Option<Nexthop> {
+        if self.direct {
+            return None;
+        }
+        Some(Nexthop {
+            id: nexthop::id_for(self.gateway())?,
+            gateway: self.gateway(),
+            oif: device,
+            onlink: true,
+        })
+    }
+
+    /// `<subnet> nhid <id>`.
+    pub fn route_via(&self, id: u32) -> Route {
+        Route {
+            dst: self.subnet,
+            gateway: None,
+            oif: None,
+            onlink: false,
+            nhid: Some(id),
         }
     }
 }
@@ -104,17 +134,23 @@ pub struct Observed {
     pub neighbours: Vec<NeighbourEntry>,
     pub fdb: Vec<FdbEntry>,
     pub routes: Vec<Route>,
+    /// Every nexthop object of the namespace (ours are those on the device; the others'
+    /// ids are never taken).
+    pub nexthops: Vec<Nexthop>,
 }
 
 /// Changes, to be done in this order: deletions (routes, FDB, neighbours), then additions per
-/// peer (neighbour, FDB, route: the route last, so the kernel never ARPs for a gateway it
-/// should know).
+/// peer (neighbour, FDB, nexthop, route: the route last, so the kernel never ARPs for a
+/// gateway it should know), then the nexthop objects no route needs any more (last: deleting
+/// a nexthop deletes the routes through it, and a route switching to the classic form is
+/// replaced first).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     pub del_routes: Vec<Route>,
     pub del_fdb: Vec<FdbEntry>,
     pub del_neighbours: Vec<IpAddr>,
     pub add: Vec<PeerChange>,
+    pub del_nexthops: Vec<u32>,
 }
 
 /// The entries one peer is missing.
@@ -122,6 +158,7 @@ pub struct Plan {
 pub struct PeerChange {
     pub neighbour: Option<NeighbourEntry>,
     pub fdb: Option<FdbEntry>,
+    pub nexthop: Option<Nexthop>,
     pub route: Option<Route>,
 }
 
@@ -131,12 +168,14 @@ impl Plan {
         self.del_routes.clear();
         self.del_fdb.clear();
         self.del_neighbours.clear();
+        self.del_nexthops.clear();
     }
 
     pub fn is_empty(&self) -> bool {
         self.del_routes.is_empty()
             && self.del_fdb.is_empty()
             && self.del_neighbours.is_empty()
+            && self.del_nexthops.is_empty()
             && self.add.is_empty()
     }
 
@@ -145,12 +184,14 @@ impl Plan {
         self.del_routes.len()
             + self.del_fdb.len()
             + self.del_neighbours.len()
+            + self.del_nexthops.len()
             + self
                 .add
                 .iter()
                 .map(|c| {
                     usize::from(c.neighbour.is_some())
                         + usize::from(c.fdb.is_some())
+                        + usize::from(c.nexthop.is_some())
                         + usize::from(c.route.is_some())
                 })
                 .sum::<usize>()
@@ -173,21 +214,59 @@ pub fn is_flannel_route(
 }
 
 fn same_route(have: &Route, want: &Route) -> bool {
-    have.dst == want.dst
+    if want.nhid.is_some() {
+        return have.dst == want.dst && have.nhid == want.nhid;
+    }
+    have.nhid.is_none()
+        && have.dst == want.dst
         && have.gateway == want.gateway
         && have.onlink == want.onlink
         && (want.oif.is_none() || have.oif == want.oif)
 }
 
-/// The plan that makes `observed` equal to `desired`.
+/// The plan that makes `observed` equal to `desired`; peer routes through nexthop objects
+/// when `use_nexthops` (a peer whose id another program's nexthop holds keeps a classic route).
 pub fn plan(
     desired: &BTreeMap<IpNetwork, Peer>,
     observed: &Observed,
     device: u32,
     network: IpNetwork,
     direct_routing: bool,
+    use_nexthops: bool,
 ) -> Plan {
     let mut plan = Plan::default();
+    let ours: HashMap<u32, Nexthop> = observed
+        .nexthops
+        .iter()
+        .filter(|n| n.oif == device)
+        .map(|n| (n.id, *n))
+        .collect();
+    let foreign: HashSet<u32> = observed
+        .nexthops
+        .iter()
+        .filter(|n| n.oif != device)
+        .map(|n| n.id)
+        .collect();
+    // each peer's nexthop (if any) and route
+    let want: BTreeMap<IpNetwork, (Option<Nexthop>, Route)> = desired
+        .values()
+        .map(|p| {
+            let nh = if use_nexthops {
+                p.nexthop(device).filter(|n| !foreign.contains(&n.id))
+            } else {
+                None
+            };
+            let route = nh.map_or_else(|| p.route(device), |n| p.route_via(n.id));
+            (p.subnet, (nh, route))
+        })
+        .collect();
+    let wanted_ids: HashSet<u32> = want.values().filter_map(|(n, _)| n.map(|n| n.id)).collect();
+    plan.del_nexthops = ours
+        .keys()
+        .filter(|id| !wanted_ids.contains(id))
+        .copied()
+        .collect();
+    plan.del_nexthops.sort_unstable();
     let want_neighbours: HashMap<IpAddr, NeighbourEntry> = desired
         .values()
         .filter_map(|p| p.neighbour())
@@ -198,12 +277,13 @@ pub fn plan(
     let have_fdb: HashSet<FdbEntry> = observed.fdb.iter().copied().collect();
 
     for route in &observed.routes {
-        if !is_flannel_route(route, device, network, direct_routing) {
+        let through_ours = route.nhid.is_some_and(|id| ours.contains_key(&id));
+        if !through_ours && !is_flannel_route(route, device, network, direct_routing) {
             continue;
         }
-        let wanted = desired
+        let wanted = want
             .get(&route.dst)
-            .is_some_and(|p| same_route(route, &p.route(device)));
+            .is_some_and(|(_, w)| same_route(route, w));
         if !wanted {
             plan.del_routes.push(*route);
         }
@@ -233,10 +313,13 @@ pub fn plan(
             .any(|r| same_route(r, want))
     };
     for peer in desired.values() {
-        let route = peer.route(device);
+        let Some((nexthop, route)) = want.get(&peer.subnet).copied() else {
+            continue;
+        };
         let change = PeerChange {
             neighbour: peer.neighbour().filter(|a| !have_neighbours.contains(a)),
             fdb: peer.fdb().filter(|f| !have_fdb.contains(f)),
+            nexthop: nexthop.filter(|n| ours.get(&n.id) != Some(n)),
             route: (!has_route(&route)).then_some(route),
         };
         if change != PeerChange::default() {
@@ -379,13 +462,15 @@ mod tests {
             gateway: Some("192.168.77.254".parse().unwrap()),
             oif: Some(2),
             onlink: false,
+            nhid: None,
         };
         let observed = Observed {
             neighbours: vec![a.neighbour().unwrap(), stale.neighbour().unwrap()],
             fdb: vec![a.fdb().unwrap(), old_mac_fdb, stale.fdb().unwrap()],
             routes: vec![a.route(3), stale.route(3), foreign_route],
+            nexthops: vec![],
         };
-        let p = plan(&desired, &observed, 3, net, true);
+        let p = plan(&desired, &observed, 3, net, true, false);
         assert_eq!(
             p.del_routes,
             vec![stale.route(3)],
@@ -400,6 +485,7 @@ mod tests {
             vec![PeerChange {
                 neighbour: b.neighbour(),
                 fdb: b.fdb(),
+                nexthop: None,
                 route: Some(b.route(3))
             }]
         );
@@ -409,7 +495,8 @@ mod tests {
             neighbours: vec![a.neighbour().unwrap(), b.neighbour().unwrap()],
             fdb: vec![a.fdb().unwrap(), b.fdb().unwrap()],
             routes: vec![a.route(3), b.route(3), foreign_route],
+            nexthops: vec![],
         };
-        assert!(plan(&desired, &done, 3, net, true).is_empty());
+        assert!(plan(&desired, &done, 3, net, true, false).is_empty());
     }
 }

@@ -3,7 +3,7 @@
 //! neighbour (ARP / NDP), FDB and onlink route entries. [`super::VxlanBackend`] holds one
 //! tunnel per enabled family and hands each every lease event.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,6 +20,8 @@ use super::peer_set::PeerSet;
 use super::peers::{self, Plan, Skip};
 use super::run_all;
 use crate::netlink::link::VxlanLinkSpec;
+use crate::netlink::nexthop::Nexthop;
+use crate::netlink::route::Route;
 use crate::netlink::{neighbour, route, Family, Netlink};
 use crate::{BackendError, BackendStats, ExtIface};
 
@@ -47,6 +49,9 @@ pub struct Tunnel {
     /// Valid leases left out because they overlap a peer's subnet (their routes and
     /// neighbour entries would collide); each gets its turn when the peer in its way goes.
     shadowed: BTreeMap<IpNetwork, Lease>,
+    /// Nexthop ids other programs hold (as of the last reconcile): never replaced; a peer
+    /// whose id is among them keeps a classic route.
+    foreign_nexthops: HashSet<u32>,
     stats: Arc<BackendStats>,
 }
 
@@ -105,6 +110,7 @@ impl Tunnel {
             own: None,
             peers: PeerSet::default(),
             shadowed: BTreeMap::new(),
+            foreign_nexthops: HashSet::new(),
             stats,
         })
     }
@@ -151,7 +157,6 @@ impl Tunnel {
     pub(super) async fn apply(&mut self, batch: &LeaseBatch) -> usize {
         let v6 = self.family == Family::V6;
         let mut plan = Plan::default();
-        let index = self.device.index;
         let removed = batch.events.iter().filter_map(|e| match e {
             LeaseEvent::Removed(l) => Some(l),
             LeaseEvent::Added(_) => None,
@@ -168,7 +173,7 @@ impl Tunnel {
             self.shadowed.remove(&subnet);
             if let Some(old) = self.peers.remove(&subnet) {
                 debug!(subnet = %old.subnet, public_ip = %old.public_ip, "removing peer");
-                plan.del_routes.push(old.route(index));
+                plan.del_routes.push(self.entries_of(&old).1);
                 plan.del_fdb.extend(old.fdb());
                 plan.del_neighbours.extend(old.neighbour().map(|a| a.ip));
             }
@@ -235,13 +240,28 @@ impl Tunnel {
                 }
             }
             debug!(subnet = %peer.subnet, public_ip = %peer.public_ip, vtep_mac = %peer.mac, "adding peer");
+            let (nexthop, route) = self.entries_of(&peer);
             plan.add.push(peers::PeerChange {
                 neighbour: peer.neighbour(),
                 fdb: peer.fdb(),
-                route: Some(peer.route(index)),
+                nexthop,
+                route: Some(route),
             });
         }
         self.execute(plan).await
+    }
+
+    /// A peer's nexthop object (when routes go through them and its id is free) and route.
+    fn entries_of(&self, peer: &peers::Peer) -> (Option<Nexthop>, Route) {
+        let index = self.device.index;
+        let nexthop = if self.nl.uses_nexthops() {
+            peer.nexthop(index)
+                .filter(|n| !self.foreign_nexthops.contains(&n.id))
+        } else {
+            None
+        };
+        let route = nexthop.map_or_else(|| peer.route(index), |n| peer.route_via(n.id));
+        (nexthop, route)
     }
 
     /// Makes the kernel match the desired set: device, address, and every peer entry;
@@ -273,13 +293,21 @@ impl Tunnel {
             neighbours: self.nl.neighbour_entries(index, self.family).await?,
             fdb: self.nl.fdb_entries(index).await?,
             routes: self.nl.routes(self.family).await?,
+            nexthops: self.nl.nexthops().await?,
         };
+        self.foreign_nexthops = observed
+            .nexthops
+            .iter()
+            .filter(|n| n.oif != index)
+            .map(|n| n.id)
+            .collect();
         let mut plan = peers::plan(
             self.peers.by_subnet(),
             &observed,
             index,
             self.network,
             self.config.direct_routing,
+            self.nl.uses_nexthops(),
         );
         if !listed {
             // The desired set is not known yet: what looks stale may be a live peer's.
@@ -288,7 +316,7 @@ impl Tunnel {
         let size = plan.size();
         if size > 0 {
             info!(
-                "reconcile {}: {} stale routes, {} stale FDB, {} stale {} entries to delete; {} peers to (re)program",
+                "reconcile {}: {} stale routes, {} stale FDB, {} stale {} entries, {} stale nexthops to delete; {} peers to (re)program",
                 self.device.name,
                 plan.del_routes.len(),
                 plan.del_fdb.len(),
@@ -297,6 +325,7 @@ impl Tunnel {
                     Family::V4 => "ARP",
                     Family::V6 => "NDP",
                 },
+                plan.del_nexthops.len(),
                 plan.add.len()
             );
             self.stats.repairs.fetch_add(size as u64, Ordering::Relaxed);
@@ -335,6 +364,14 @@ impl Tunnel {
             )
             .await,
         );
+        // the nexthop objects before the routes through them, many per datagram
+        let nexthops: Vec<Nexthop> = plan.add.iter().filter_map(|c| c.nexthop).collect();
+        if !nexthops.is_empty() {
+            match nl.nexthop_socket().replace(nexthops).await {
+                Ok(results) => count(results),
+                Err(e) => count(vec![Err(e)]),
+            }
+        }
         count(
             run_all(plan.add.into_iter().map(|change| async move {
                 if let Some(neighbour) = change.neighbour {
@@ -356,6 +393,13 @@ impl Tunnel {
             }))
             .await,
         );
+        // last: deleting a nexthop deletes the routes through it
+        if !plan.del_nexthops.is_empty() {
+            match nl.nexthop_socket().delete(plan.del_nexthops).await {
+                Ok(results) => count(results),
+                Err(e) => count(vec![Err(e)]),
+            }
+        }
         self.stats
             .errors
             .fetch_add(failures as u64, Ordering::Relaxed);

@@ -231,6 +231,7 @@ async fn peers_of(
             neighbours: nl.neighbour_entries(index, family).await?,
             fdb: nl.fdb_entries(index).await?,
             routes: nl.routes(family).await?,
+            nexthops: nl.nexthops().await?,
         })
     }
     .await
@@ -241,7 +242,14 @@ async fn peers_of(
             return;
         }
     };
-    let plan = peers::plan(&desired, &observed, index, network, vx.direct_routing);
+    let plan = peers::plan(
+        &desired,
+        &observed,
+        index,
+        network,
+        vx.direct_routing,
+        nl.uses_nexthops(),
+    );
     let neighbour = match family {
         Family::V4 => "ARP",
         Family::V6 => "NDP",
@@ -271,6 +279,9 @@ async fn peers_of(
         if change.fdb.is_some() {
             what.push("FDB");
         }
+        if change.nexthop.is_some() {
+            what.push("nexthop");
+        }
         missing.push(format!("{who}: {} missing", what.join(", ")));
     }
     if !missing.is_empty() {
@@ -292,6 +303,7 @@ async fn peers_of(
             .iter()
             .map(|f| format!("FDB {} dst {}", f.mac, f.dst)),
     );
+    stray.extend(plan.del_nexthops.iter().map(|id| format!("nexthop {id}")));
     if !stray.is_empty() {
         r.fail(
             "peers",

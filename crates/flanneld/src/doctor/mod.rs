@@ -59,7 +59,9 @@ pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
     let mut r = Report::default();
     check_daemon(&opts, &mut r);
     let store = check_store(&opts, &mut r).await;
-    let nl = Netlink::connect()?;
+    let nl = Netlink::connect()?
+        .with_nexthops(opts.nexthop_objects)
+        .await?;
     if let Some(store) = store {
         check_node(&opts, &store, &nl, &mut r).await;
     }

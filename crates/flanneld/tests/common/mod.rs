@@ -129,6 +129,10 @@ pub fn expected_kernel_of(
     (neigh, fdb, routes)
 }
 
+/// The entries on host `index`'s flannel.1. A route through a nexthop object (flanneld-rs's
+/// default where the kernel has them: `<subnet> nhid <id> via <gw> dev flannel.1 onlink`) is
+/// compared by what it does, as the classic form upstream makes; the form itself is asserted
+/// by `nexthops.rs`.
 pub fn actual_kernel(lab: &Lab, index: usize) -> (Vec<String>, Vec<String>, Vec<String>) {
     (
         sorted_lines(&lab.on_host(index, &["ip", "neigh", "show", "dev", "flannel.1"])),
@@ -136,8 +140,35 @@ pub fn actual_kernel(lab: &Lab, index: usize) -> (Vec<String>, Vec<String>, Vec<
         sorted_lines(&lab.on_host(index, &["ip", "route"]))
             .into_iter()
             .filter(|l| l.contains("flannel.1"))
+            .map(|l| without_nhid(&l))
             .collect(),
     )
+}
+
+/// `ip route` on host `i`, routes through nexthop objects written as the classic form
+/// (`<subnet> via …`), so that a check of a peer's route means the same in both forms.
+pub fn routes_text(lab: &Lab, i: usize) -> String {
+    lab.on_host(i, &["ip", "route"])
+        .lines()
+        .map(without_nhid)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `10.200.2.0/24 nhid 180879872 via …` → `10.200.2.0/24 via …`.
+pub fn without_nhid(route: &str) -> String {
+    let words: Vec<&str> = route.split_whitespace().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        if words[i] == "nhid" {
+            i += 2;
+            continue;
+        }
+        out.push(words[i]);
+        i += 1;
+    }
+    out.join(" ")
 }
 
 pub fn converged(lab: &Lab) -> bool {

@@ -300,14 +300,32 @@ fn converge(o: &Opts, dir: &Path) -> Vec<Row> {
 /// Scenarios 3 and 4: start with N peer leases in etcd until every route, ARP and FDB entry
 /// is programmed, and readyz; memory afterwards.
 fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
-    let sizes: &[u32] = if o.quick { &[100] } else { &[100, 1000, 5000] };
+    let sizes: &[u32] = if o.quick {
+        &[100]
+    } else {
+        &[100, 1000, 5000, 10_000]
+    };
     let idle = if o.quick {
         Duration::from_secs(3)
     } else {
         Duration::from_secs(60)
     };
     let mut rows = Vec::new();
-    for bin in &o.binaries {
+    // flanneld-rs twice with VXLAN: peer routes through nexthop objects (its default where
+    // the kernel has them) and classic onlink routes (upstream's form)
+    let variants: Vec<(&PathBuf, &[&str], &str)> = o
+        .binaries
+        .iter()
+        .flat_map(|bin| {
+            let ours = label(bin).contains("flanneld-rs") && !host_gw();
+            let mut v: Vec<(&PathBuf, &[&str], &str)> = vec![(bin, &[], "")];
+            if ours {
+                v.push((bin, &["-nexthop-objects=off"], " classic"));
+            }
+            v
+        })
+        .collect();
+    for (bin, flags, suffix) in variants {
         let mut lab = lab("bk", bin, dir);
         let ns = lab.hosts[0].ns.clone();
         let host_ip = lab.hosts[0].ip;
@@ -369,7 +387,7 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
                 })
             });
             let t0 = Instant::now();
-            lab.start_binary(1, bin, &[]);
+            lab.start_full(1, bin, &[], flags);
             ready_tx.send(t0).expect("readiness thread");
             let ready = readiness.join().expect("readiness thread");
             let (w0, programmed) = waiter.join().expect("watcher thread");
@@ -381,7 +399,7 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
             let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
             rows.push(Row {
                 scenario: format!("cold start, {n} peers"),
-                binary: label(bin),
+                binary: format!("{}{suffix}", label(bin)),
                 metrics: vec![
                     ("programmed_ms".into(), ms(programmed)),
                     ("per_peer_us".into(), ms(programmed) * 1000.0 / f64::from(n)),

@@ -406,7 +406,9 @@ impl Lab {
         self.start_full(index, flanneld, env, &[]);
     }
 
-    fn start_full(
+    /// Starts `flanneld` on host `index` with extra environment and flags added after the
+    /// lab's (a later flag wins).
+    pub fn start_full(
         &mut self,
         index: usize,
         flanneld: &Path,

@@ -169,6 +169,35 @@ pub fn decide(
     Plan { delete, decision }
 }
 
+/// Whether two leases' subnets overlap in a family both have (an IPv6-only key's `0.0.0.0/0`
+/// is no IPv4 subnet).
+pub fn collides(a: &SubnetKey, b: &SubnetKey) -> bool {
+    let v4 = a.ipv4.prefix() != 0
+        && b.ipv4.prefix() != 0
+        && (a.ipv4.contains(b.ipv4.network()) || b.ipv4.contains(a.ipv4.network()));
+    let v6 = match (a.ipv6, b.ipv6) {
+        (Some(x), Some(y)) => x.contains(y.network()) || y.contains(x.network()),
+        _ => false,
+    };
+    v4 || v6
+}
+
+/// After this node created `ours` (at `revision`): whether another key, created earlier,
+/// holds one of its subnets. Two nodes that picked the same IPv6 (or IPv4) subnet with
+/// different subnets of the other family write different keys, so the conditional create
+/// lets both through; the later one (the higher revision: it always sees the earlier one
+/// when it lists after its write) gives its key up and picks again.
+pub fn lost_to<'a>(
+    ours: &SubnetKey,
+    revision: u64,
+    others: impl IntoIterator<Item = (&'a SubnetKey, u64)>,
+) -> Option<&'a SubnetKey> {
+    others
+        .into_iter()
+        .find(|(key, rev)| *key != ours && *rev < revision && collides(ours, key))
+        .map(|(key, _)| key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +308,36 @@ mod tests {
         assert_eq!(
             decide(&full, &me, &garbage, None, &mut rng).decision,
             Decision::OutOfSubnets
+        );
+    }
+
+    #[test]
+    fn a_later_key_with_a_taken_subnet_of_either_family_loses() {
+        let k = |s: &str| s.parse::<SubnetKey>().unwrap();
+        let ours = k("10.200.68.0-24&fd00:200:0:11::-64");
+        let earlier_same_v6 = k("10.200.50.0-24&fd00:200:0:11::-64");
+        let earlier_same_v4 = k("10.200.68.0-24&fd00:200:0:12::-64");
+        let unrelated = k("10.200.70.0-24&fd00:200:0:13::-64");
+        assert!(collides(&ours, &earlier_same_v6) && collides(&ours, &earlier_same_v4));
+        assert!(!collides(&ours, &unrelated));
+        // IPv6-only keys share 0.0.0.0/0: no IPv4 collision
+        assert!(!collides(
+            &k("0.0.0.0-0&fd00::-64"),
+            &k("0.0.0.0-0&fd00:0:0:1::-64")
+        ));
+        assert_eq!(
+            lost_to(&ours, 10, [(&earlier_same_v6, 9)]),
+            Some(&earlier_same_v6)
+        );
+        // a later one loses, not us; ours itself is no rival
+        assert_eq!(
+            lost_to(&ours, 10, [(&earlier_same_v6, 11), (&ours, 10)]),
+            None
+        );
+        assert_eq!(lost_to(&ours, 10, [(&unrelated, 3)]), None);
+        assert_eq!(
+            lost_to(&ours, 10, [(&earlier_same_v4, 4)]),
+            Some(&earlier_same_v4)
         );
     }
 }

@@ -220,6 +220,9 @@ impl<S: Store> LeaseManager<S> {
                 {
                     return Ok(Attempt::Raced);
                 }
+                if self.gave_way(&subnet).await? {
+                    return Ok(Attempt::Raced);
+                }
                 info!(
                     "Allocated lease (ip: {} ipv6: {}) to current node ({}) ",
                     subnet.ipv4,
@@ -231,6 +234,30 @@ impl<S: Store> LeaseManager<S> {
                 Ok(done(subnet, attrs, Some(self.policy.ttl)))
             }
         }
+    }
+
+    /// Right after creating `ours`: when a key created earlier holds one of its subnets
+    /// (another node picked the same subnet of one family at the same time), deletes ours
+    /// and says so (`true`): the caller picks again. See [`acquire::lost_to`].
+    async fn gave_way(&self, ours: &SubnetKey) -> Result<bool, SubnetError> {
+        let (records, parsed) = self.list_parsed().await?;
+        let name = ours.to_string();
+        let Some(mine) = records.iter().find(|r| r.name == name) else {
+            // gone already (expired, deleted): pick again
+            return Ok(true);
+        };
+        let others = parsed
+            .iter()
+            .zip(&records)
+            .filter_map(|(p, r)| Some((p.subnet.as_ref()?, r.revision)));
+        let Some(winner) = acquire::lost_to(ours, mine.revision, others) else {
+            return Ok(false);
+        };
+        warn!(
+            "another node took subnet {winner} at the same time as this node's {ours}; giving {ours} up and picking again"
+        );
+        self.store.delete(&Key::Subnet(name), mine.revision).await?;
+        Ok(true)
     }
 
     /// Takes over this node's existing lease: a reservation stays one; a lease gets its full

@@ -7,14 +7,13 @@
 //! annotations.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flannel_lab::kube::Authz;
-use flannel_lab::lab::{Lab, HEALTHZ_PORT};
+use flannel_lab::lab::Lab;
 use serde_json::{json, Value};
 
-use crate::probe::{self, in_netns, Watch};
-use crate::{entries, label, peer_value, spec, Opts, Row};
+use crate::{label, peer_value, spec, Opts, Row};
 
 const NET_CONF: &str = r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#;
 const P: &str = "flannel.alpha.coreos.com/";
@@ -107,79 +106,12 @@ pub fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
                 &["10.255.0.0/24"],
                 Some(json!({"node.alpha.kubernetes.io/ttl": "0"})),
             );
-            rows.push(measure(&mut lab, bin, n, idle));
+            rows.push(Row {
+                scenario: format!("kube cold start, {n} nodes"),
+                binary: label(bin),
+                metrics: crate::cold_start(&mut lab, bin, &[], n, idle, Duration::from_secs(300)),
+            });
         }
     }
     rows
-}
-
-fn measure(lab: &mut Lab, bin: &Path, n: u32, idle: Duration) -> Row {
-    let ns = lab.hosts[0].ns.clone();
-    let host_ip = lab.hosts[0].ip;
-    let want: Vec<_> = (0..n)
-        .flat_map(|i| {
-            let (s, m, _) = peer_value(i);
-            entries(s, m)
-        })
-        .collect();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let ns2 = ns.clone();
-    let waiter = std::thread::spawn(move || {
-        in_netns(&ns2, move || async move {
-            let mut watch = Watch::start();
-            tx.send(()).expect("ready to watch");
-            let t0 = Instant::now();
-            let programmed = watch.until(&want, true, t0, Duration::from_secs(300)).await;
-            (t0, programmed)
-        })
-    });
-    rx.recv().expect("watcher");
-    let ns3 = ns.clone();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Instant>();
-    let readiness = std::thread::spawn(move || {
-        in_netns(&ns3, move || async move {
-            let t0: Instant = ready_rx.recv().expect("start time");
-            while t0.elapsed() < Duration::from_secs(300) {
-                match probe::http_status(host_ip, HEALTHZ_PORT, "/readyz") {
-                    Some(200) => return Some(t0.elapsed()),
-                    // a flanneld without /readyz (upstream v0.20.2): not measured
-                    Some(404) => return None,
-                    _ => {}
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            None
-        })
-    });
-    let t0 = Instant::now();
-    lab.start_binary(1, bin, &[]);
-    ready_tx.send(t0).expect("readiness thread");
-    let ready = readiness.join().expect("readiness thread");
-    let (w0, programmed) = waiter.join().expect("watcher thread");
-    let programmed = programmed.map(|d| d.saturating_sub(t0.saturating_duration_since(w0)));
-    let pid = lab.pid(1).unwrap_or(0);
-    let hwm = probe::proc_status_kib(pid, "VmHWM").unwrap_or(0) as f64;
-    std::thread::sleep(idle);
-    let rss = probe::proc_status_kib(pid, "VmRSS").unwrap_or(0) as f64;
-    if programmed.is_none() {
-        eprintln!(
-            "{}: not every entry programmed; log:\n{}",
-            label(bin),
-            lab.log(1)
-        );
-    }
-    let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
-    let row = Row {
-        scenario: format!("kube cold start, {n} nodes"),
-        binary: label(bin),
-        metrics: vec![
-            ("programmed_ms".into(), ms(programmed)),
-            ("per_peer_us".into(), ms(programmed) * 1000.0 / f64::from(n)),
-            ("readyz_ms".into(), ms(ready)),
-            ("VmHWM_MiB".into(), hwm / 1024.0),
-            ("VmRSS_idle_MiB".into(), rss / 1024.0),
-        ],
-    };
-    lab.stop(1, "KILL");
-    row
 }

@@ -328,7 +328,6 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
     for (bin, flags, suffix) in variants {
         let mut lab = lab("bk", bin, dir);
         let ns = lab.hosts[0].ns.clone();
-        let host_ip = lab.hosts[0].ip;
         for &n in sizes {
             in_netns(&ns, move || async move {
                 let mut c = etcd().await;
@@ -351,67 +350,90 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
                     .stderr(std::process::Stdio::null())
                     .status();
             }
-            let want: Vec<Entry> = (0..n)
-                .flat_map(|i| {
-                    let (s, m, _) = peer_value(i);
-                    entries(s, m)
-                })
-                .collect();
-            let (tx, rx) = std::sync::mpsc::channel::<()>();
-            let ns2 = ns.clone();
-            let waiter = std::thread::spawn(move || {
-                in_netns(&ns2, move || async move {
-                    let mut watch = Watch::start();
-                    tx.send(()).expect("ready to watch");
-                    let t0 = Instant::now();
-                    let programmed = watch.until(&want, true, t0, Duration::from_secs(120)).await;
-                    (t0, programmed)
-                })
-            });
-            rx.recv().expect("watcher");
-            let ns3 = ns.clone();
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Instant>();
-            let readiness = std::thread::spawn(move || {
-                in_netns(&ns3, move || async move {
-                    let t0: Instant = ready_rx.recv().expect("start time");
-                    while t0.elapsed() < Duration::from_secs(120) {
-                        match probe::http_status(host_ip, HEALTHZ_PORT, "/readyz") {
-                            Some(200) => return Some(t0.elapsed()),
-                            // a flanneld without /readyz (upstream): not measured
-                            Some(404) => return None,
-                            _ => {}
-                        }
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    None
-                })
-            });
-            let t0 = Instant::now();
-            lab.start_full(1, bin, &[], flags);
-            ready_tx.send(t0).expect("readiness thread");
-            let ready = readiness.join().expect("readiness thread");
-            let (w0, programmed) = waiter.join().expect("watcher thread");
-            let programmed = programmed.map(|d| d.saturating_sub(t0.saturating_duration_since(w0)));
-            let pid = lab.pid(1).unwrap_or(0);
-            let hwm = probe::proc_status_kib(pid, "VmHWM").unwrap_or(0) as f64;
-            std::thread::sleep(idle);
-            let rss = probe::proc_status_kib(pid, "VmRSS").unwrap_or(0) as f64;
-            let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
             rows.push(Row {
                 scenario: format!("cold start, {n} peers"),
                 binary: format!("{}{suffix}", label(bin)),
-                metrics: vec![
-                    ("programmed_ms".into(), ms(programmed)),
-                    ("per_peer_us".into(), ms(programmed) * 1000.0 / f64::from(n)),
-                    ("readyz_ms".into(), ms(ready)),
-                    ("VmHWM_MiB".into(), hwm / 1024.0),
-                    ("VmRSS_idle_MiB".into(), rss / 1024.0),
-                ],
+                metrics: cold_start(&mut lab, bin, flags, n, idle, Duration::from_secs(120)),
             });
-            lab.stop(1, "KILL");
         }
     }
     rows
+}
+
+/// Starts `bin` (with `flags`) on host 1, whose store holds peers 0..n: the time until every
+/// peer's entries are programmed (netlink notifications) and `/readyz` answers (not measured
+/// for a flanneld without it), VmHWM right after, VmRSS after `idle`; then kills it. Shared by
+/// the etcd and the kube cold starts.
+fn cold_start(
+    lab: &mut Lab,
+    bin: &Path,
+    flags: &[&str],
+    n: u32,
+    idle: Duration,
+    limit: Duration,
+) -> Vec<(String, f64)> {
+    let ns = lab.hosts[0].ns.clone();
+    let host_ip = lab.hosts[0].ip;
+    let want: Vec<Entry> = (0..n)
+        .flat_map(|i| {
+            let (s, m, _) = peer_value(i);
+            entries(s, m)
+        })
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let ns2 = ns.clone();
+    let waiter = std::thread::spawn(move || {
+        in_netns(&ns2, move || async move {
+            let mut watch = Watch::start();
+            tx.send(()).expect("ready to watch");
+            let t0 = Instant::now();
+            let programmed = watch.until(&want, true, t0, limit).await;
+            (t0, programmed)
+        })
+    });
+    rx.recv().expect("watcher");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Instant>();
+    let readiness = std::thread::spawn(move || {
+        in_netns(&ns, move || async move {
+            let t0: Instant = ready_rx.recv().expect("start time");
+            while t0.elapsed() < limit {
+                match probe::http_status(host_ip, HEALTHZ_PORT, "/readyz") {
+                    Some(200) => return Some(t0.elapsed()),
+                    // a flanneld without /readyz (upstream before v0.28.9): not measured
+                    Some(404) => return None,
+                    _ => {}
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            None
+        })
+    });
+    let t0 = Instant::now();
+    lab.start_full(1, bin, &[], flags);
+    ready_tx.send(t0).expect("readiness thread");
+    let ready = readiness.join().expect("readiness thread");
+    let (w0, programmed) = waiter.join().expect("watcher thread");
+    let programmed = programmed.map(|d| d.saturating_sub(t0.saturating_duration_since(w0)));
+    let pid = lab.pid(1).unwrap_or(0);
+    let hwm = probe::proc_status_kib(pid, "VmHWM").unwrap_or(0) as f64;
+    std::thread::sleep(idle);
+    let rss = probe::proc_status_kib(pid, "VmRSS").unwrap_or(0) as f64;
+    if programmed.is_none() {
+        eprintln!(
+            "{}: not every entry programmed; log:\n{}",
+            label(bin),
+            lab.log(1)
+        );
+    }
+    lab.stop(1, "KILL");
+    let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
+    vec![
+        ("programmed_ms".into(), ms(programmed)),
+        ("per_peer_us".into(), ms(programmed) * 1000.0 / f64::from(n)),
+        ("readyz_ms".into(), ms(ready)),
+        ("VmHWM_MiB".into(), hwm / 1024.0),
+        ("VmRSS_idle_MiB".into(), rss / 1024.0),
+    ]
 }
 
 /// Scenario 5: steady state with 3 peers: CPU, processes started (counted by wrappers on

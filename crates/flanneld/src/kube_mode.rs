@@ -36,7 +36,7 @@ pub async fn subnet_manager_for_listing(
     kube: &KubeOptions,
 ) -> anyhow::Result<Box<dyn SubnetManager>> {
     let (config, api) = config_and_client(kube).await?;
-    let node = std::env::var("NODE_NAME").unwrap_or_default();
+    let node = env("NODE_NAME").unwrap_or_default();
     Ok(Box::new(KubeSubnetManager::new(
         api,
         kube.annotations.clone(),
@@ -52,7 +52,6 @@ pub async fn subnet_manager_for_listing(
 pub fn check_settings(kube: &KubeOptions) -> Result<(), CliError> {
     read_net_conf(kube).map_err(|e| CliError(e.to_string()))?;
     kube.settings.check().map_err(CliError)?;
-    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     if env("NODE_NAME").is_none() && (env("POD_NAME").is_none() || env("POD_NAMESPACE").is_none()) {
         return Err(CliError(
             "env variables POD_NAME and POD_NAMESPACE must be set".into(),
@@ -76,8 +75,12 @@ async fn config_and_client(kube: &KubeOptions) -> anyhow::Result<(NetworkConfig,
     Ok((config, api))
 }
 
+/// An environment variable that is set and not empty (upstream treats empty as unset).
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
 async fn node_name(api: &KubeApi) -> anyhow::Result<String> {
-    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     if let Some(name) = env("NODE_NAME") {
         return Ok(name);
     }

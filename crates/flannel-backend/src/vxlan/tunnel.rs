@@ -173,7 +173,9 @@ impl Tunnel {
             self.shadowed.remove(&subnet);
             if let Some(old) = self.peers.remove(&subnet) {
                 debug!(subnet = %old.subnet, public_ip = %old.public_ip, "removing peer");
-                plan.del_routes.push(self.entries_of(&old).1);
+                let (nexthop, route) = self.entries_of(&old);
+                plan.del_routes.push(route);
+                plan.del_nexthops.extend(nexthop.map(|n| n.id));
                 plan.del_fdb.extend(old.fdb());
                 plan.del_neighbours.extend(old.neighbour().map(|a| a.ip));
             }
@@ -366,6 +368,10 @@ impl Tunnel {
         );
         // the nexthop objects before the routes through them, many per datagram
         let nexthops: Vec<Nexthop> = plan.add.iter().filter_map(|c| c.nexthop).collect();
+        // a subnet removed and added in one batch (a dual-stack lease whose other family
+        // changed) keeps its nexthop: it is the new peer's too
+        let mut del_nexthops = plan.del_nexthops;
+        del_nexthops.retain(|id| !nexthops.iter().any(|n| n.id == *id));
         if !nexthops.is_empty() {
             match nl.nexthop_socket().replace(nexthops).await {
                 Ok(results) => count(results),
@@ -394,8 +400,8 @@ impl Tunnel {
             .await,
         );
         // last: deleting a nexthop deletes the routes through it
-        if !plan.del_nexthops.is_empty() {
-            match nl.nexthop_socket().delete(plan.del_nexthops).await {
+        if !del_nexthops.is_empty() {
+            match nl.nexthop_socket().delete(del_nexthops).await {
                 Ok(results) => count(results),
                 Err(e) => count(vec![Err(e)]),
             }

@@ -163,12 +163,14 @@ fn request(
     r.body(body).unwrap_or_default()
 }
 
-/// A path element, escaped (node and pod names are DNS names; this keeps a bad one from
-/// reaching another URL).
-fn element(s: &str) -> String {
+/// A path element or query value, percent-escaped but for RFC 3986's unreserved characters
+/// (node and pod names are DNS names; this keeps a bad one from reaching another URL).
+fn escape(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
             other => format!("%{other:02X}"),
         })
         .collect()
@@ -226,7 +228,7 @@ impl KubeApi {
 
     /// One Node; `None` when it does not exist.
     pub async fn get_node(&self, name: &str) -> Result<Option<NodeObject>, ApiError> {
-        let path = format!("/api/v1/nodes/{}", element(name));
+        let path = format!("/api/v1/nodes/{}", escape(name));
         match self.call(request("GET", &path, vec![], None)).await {
             Ok(node) => Ok(Some(node)),
             Err(e) if e.is_not_found() => Ok(None),
@@ -238,8 +240,8 @@ impl KubeApi {
     pub async fn pod_node_name(&self, namespace: &str, pod: &str) -> Result<String, ApiError> {
         let path = format!(
             "/api/v1/namespaces/{}/pods/{}",
-            element(namespace),
-            element(pod)
+            escape(namespace),
+            escape(pod)
         );
         let p: PodObject = self.call(request("GET", &path, vec![], None)).await?;
         Ok(p.spec.node_name)
@@ -253,7 +255,7 @@ impl KubeApi {
             let mut path = format!("/api/v1/nodes?limit={PAGE}");
             if let Some(t) = &token {
                 path.push_str("&continue=");
-                path.push_str(&form_escape(t));
+                path.push_str(&escape(t));
             }
             let page: NodeList = self.call(request("GET", &path, vec![], None)).await?;
             nodes.extend(page.items.into_iter().map(|o| Node::from_object(o, names)));
@@ -273,7 +275,7 @@ impl KubeApi {
     {
         let path = format!(
             "/api/v1/nodes?watch=1&allowWatchBookmarks=true&timeoutSeconds={WATCH_SECONDS}&resourceVersion={}",
-            form_escape(resource_version)
+            escape(resource_version)
         );
         let connect = self
             .client
@@ -293,7 +295,7 @@ impl KubeApi {
     /// A strategic merge patch of the Node's status subresource (upstream patches both the
     /// annotations and the conditions there).
     pub async fn patch_node_status(&self, name: &str, patch: &Value) -> Result<(), ApiError> {
-        let path = format!("/api/v1/nodes/{}/status", element(name));
+        let path = format!("/api/v1/nodes/{}/status", escape(name));
         let _: Value = self
             .call(request(
                 "PATCH",
@@ -304,16 +306,4 @@ impl KubeApi {
             .await?;
         Ok(())
     }
-}
-
-/// A query value, escaped.
-fn form_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }

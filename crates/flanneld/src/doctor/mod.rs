@@ -196,22 +196,13 @@ async fn check_store(opts: &Options, r: &mut Report) -> Option<Store> {
             return None;
         }
     };
-    let (leases, bad) = parse_entries(entries, r);
-    r.ok(
-        "store",
-        format!(
-            "etcd {api} API at {endpoints}: config {} ({} backend), {} leases{}",
-            config.network,
-            config.backend_kind(),
-            leases.len(),
-            if bad > 0 {
-                format!(", {bad} bad")
-            } else {
-                String::new()
-            }
-        ),
-    );
-    Some(Store { config, leases })
+    Some(found(
+        r,
+        format!("etcd {api} API at {endpoints}"),
+        "leases",
+        config,
+        entries,
+    ))
 }
 
 /// Kube mode: the API reachable, the nodes' leases read (the config is the local file).
@@ -252,29 +243,24 @@ async fn check_kube(kube: &crate::options::KubeOptions, r: &mut Report) -> Optio
             return None;
         }
     };
-    let (leases, bad) = parse_entries(entries, r);
-    r.ok(
-        "store",
-        format!(
-            "Kubernetes API ({server}): config {} ({} backend), {} flannel nodes{}",
-            config.network,
-            config.backend_kind(),
-            leases.len(),
-            if bad > 0 {
-                format!(", {bad} bad")
-            } else {
-                String::new()
-            }
-        ),
-    );
-    Some(Store { config, leases })
+    Some(found(
+        r,
+        format!("Kubernetes API ({server})"),
+        "flannel nodes",
+        config,
+        entries,
+    ))
 }
 
-/// The leases that parse; each that does not is a warning.
-fn parse_entries(
-    entries: Vec<flannel_subnet::LeaseEntry>,
+/// The store read: its summary line, the leases that parse (each that does not is a
+/// warning).
+fn found(
     r: &mut Report,
-) -> (Vec<flannel_net::Lease>, usize) {
+    place: String,
+    what: &str,
+    config: flannel_net::NetworkConfig,
+    entries: Vec<flannel_subnet::LeaseEntry>,
+) -> Store {
     let mut bad = 0;
     let mut leases = Vec::new();
     for e in entries {
@@ -290,7 +276,21 @@ fn parse_entries(
             }
         }
     }
-    (leases, bad)
+    let bad = if bad > 0 {
+        format!(", {bad} bad")
+    } else {
+        String::new()
+    };
+    r.ok(
+        "store",
+        format!(
+            "{place}: config {} ({} backend), {} {what}{bad}",
+            config.network,
+            config.backend_kind(),
+            leases.len(),
+        ),
+    );
+    Store { config, leases }
 }
 
 /// Everything that needs this node's lease: subnet.env, the data path, the rules, the host.

@@ -1,12 +1,12 @@
 //! `flannel-bench`: what flanneld exists for, measured in the lab, for any flanneld binary.
 //!
 //! ```text
-//! flannel-bench [--flanneld PATH]... [--quick] [--out FILE] [--scenario NAME]...
+//! flannel-bench [--flanneld PATH]... [--quick] [--out FILE] [--peers N,N...] [--scenario NAME]...
 //! ```
 //! Every scenario runs for each binary in turn (alternating where it repeats) against a real
 //! etcd, with the lab's upstream-style flags, and prints one row per scenario and binary;
 //! the ratio column compares with the first binary. Results also go to a JSON file.
-//! Scenarios: start, converge, cold (N = 100, 1000, 5000), steady, churn, etcd-load (10 nodes
+//! Scenarios: start, converge, cold (N = 100, 1000, 5000, 10 000, or `--peers`), steady, churn, etcd-load (10 nodes
 //! on a 3-member etcd: messages and bytes per node per hour at rest, and for a node's join). `--quick` is the
 //! short mode CI runs so that the harness cannot rot (N = 100, few repetitions).
 //! `--backend host-gw` runs start, converge and cold with the host-gw backend: peers are
@@ -84,6 +84,8 @@ struct Opts {
     binaries: Vec<PathBuf>,
     quick: bool,
     soak_minutes: u64,
+    /// `--peers`: the cold start's sizes instead of the default ones.
+    peers: Vec<u32>,
     out: PathBuf,
     scenarios: Vec<String>,
 }
@@ -300,7 +302,9 @@ fn converge(o: &Opts, dir: &Path) -> Vec<Row> {
 /// Scenarios 3 and 4: start with N peer leases in etcd until every route, ARP and FDB entry
 /// is programmed, and readyz; memory afterwards.
 fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
-    let sizes: &[u32] = if o.quick {
+    let sizes: &[u32] = if !o.peers.is_empty() {
+        &o.peers
+    } else if o.quick {
         &[100]
     } else {
         &[100, 1000, 5000, 10_000]
@@ -362,7 +366,7 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
 
 /// Starts `bin` (with `flags`) on host 1, whose store holds peers 0..n: the time until every
 /// peer's entries are programmed (netlink notifications) and `/readyz` answers (not measured
-/// for a flanneld without it), VmHWM right after, VmRSS after `idle`; then kills it. Shared by
+/// for a flanneld without it), VmHWM and VmRSS after `idle` (the peak of the whole start); then kills it. Shared by
 /// the etcd and the kube cold starts.
 fn cold_start(
     lab: &mut Lab,
@@ -415,8 +419,9 @@ fn cold_start(
     let (w0, programmed) = waiter.join().expect("watcher thread");
     let programmed = programmed.map(|d| d.saturating_sub(t0.saturating_duration_since(w0)));
     let pid = lab.pid(1).unwrap_or(0);
-    let hwm = probe::proc_status_kib(pid, "VmHWM").unwrap_or(0) as f64;
     std::thread::sleep(idle);
+    // the peak of the whole start, the full reconcile after the first listing included
+    let hwm = probe::proc_status_kib(pid, "VmHWM").unwrap_or(0) as f64;
     let rss = probe::proc_status_kib(pid, "VmRSS").unwrap_or(0) as f64;
     if programmed.is_none() {
         eprintln!(
@@ -851,6 +856,7 @@ fn main() {
         binaries: Vec::new(),
         quick: false,
         soak_minutes: 10,
+        peers: Vec::new(),
         out: PathBuf::from("target/bench-results.json"),
         scenarios: Vec::new(),
     };
@@ -865,6 +871,17 @@ fn main() {
             "--soak-minutes" => {
                 i += 1;
                 o.soak_minutes = args[i].parse().unwrap_or(10);
+            }
+            "--peers" => {
+                i += 1;
+                o.peers = args
+                    .get(i)
+                    .map(|v| v.split(',').map(str::parse).collect::<Result<_, _>>())
+                    .and_then(Result::ok)
+                    .unwrap_or_else(|| {
+                        eprintln!("--peers: a comma-separated list of peer counts");
+                        std::process::exit(2);
+                    });
             }
             "--out" => {
                 i += 1;
@@ -897,7 +914,7 @@ fn main() {
                 o.scenarios.push(args[i].clone());
             }
             other => {
-                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw] [--ip ipv4|dual] [--out FILE] [--scenario start|converge|cold|steady|churn|etcd-load|kube-cold]...");
+                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw] [--ip ipv4|dual] [--out FILE] [--peers N,N...] [--scenario start|converge|cold|steady|churn|etcd-load|kube-cold]...");
                 std::process::exit(2);
             }
         }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flannel_net::{Lease, LeaseAttrs, LeaseBatch, LeaseEvent};
+use flannel_net::{BackendData, Lease, LeaseAttrs, LeaseBatch, LeaseEvent};
 use ipnetwork::Ipv4Network;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
@@ -268,7 +268,7 @@ impl ExtensionBackend {
         if command.is_empty() {
             return;
         }
-        let stdin = match &lease.attrs.backend_data {
+        let stdin = match lease.attrs.backend_data.as_ref().map(BackendData::to_value) {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(s)) => s.clone(),
             Some(other) => {
@@ -314,7 +314,7 @@ impl Backend for ExtensionBackend {
             public_ip: self.public_ip,
             public_ipv6: self.public_ipv6,
             backend_type: "extension".into(),
-            backend_data: self.backend_data.clone().map(Value::String),
+            backend_data: self.backend_data.clone().map(|s| Value::String(s).into()),
             backend_v6_data: None,
         }
     }

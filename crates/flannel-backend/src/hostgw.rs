@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::lease_check::{self, Skip};
+use crate::netlink::batch::Request;
 use crate::netlink::route::{self, Route};
 use crate::netlink::{Family, Netlink};
 use crate::reconciler::Reconciler;
@@ -159,11 +160,13 @@ impl HostGwBackend {
                 failures += 1;
             }
         }
-        for r in add {
-            if let Err(e) = self.nl.replace_route(r).await {
-                warn!("{e}");
-                failures += 1;
-            }
+        let results = self
+            .nl
+            .replace_all(add.into_iter().map(Request::Route).collect())
+            .await;
+        for e in results.into_iter().filter_map(Result::err) {
+            warn!("{e}");
+            failures += 1;
         }
         self.stats
             .errors

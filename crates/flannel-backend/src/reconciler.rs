@@ -73,7 +73,17 @@ pub(crate) async fn serve<R: Reconciler>(
                 let Some(batch) = batch else { return Ok(()) };
                 pending_sync |= batch.snapshot;
                 let first_listing = batch.snapshot && !backend.listed();
-                if backend.apply(&batch).await > 0 {
+                if first_listing {
+                    // Our own thousands of additions would come back as notifications, each
+                    // parsed and queued while we apply (megabytes at the peak); the full
+                    // reconcile right after the first listing sees any damage instead.
+                    kernel.close();
+                }
+                let failed = backend.apply(&batch).await;
+                if first_listing {
+                    kernel = subscribe()?;
+                }
+                if failed > 0 {
                     repair_at.get_or_insert(Instant::now() + Duration::from_secs(1));
                 } else if first_listing {
                     // now the stale entries (nodes gone while we were down) can go
@@ -139,11 +149,37 @@ fn subscribe() -> Result<KernelEvents, BackendError> {
         MulticastGroup::Ipv6Route,
     ])
     .map_err(BackendError::Socket)?;
-    tokio::spawn(conn);
-    Ok(events)
+    let connection = tokio::spawn(conn).abort_handle();
+    Ok(KernelEvents { events, connection })
 }
 
-type KernelEvents = futures::channel::mpsc::UnboundedReceiver<(
-    rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>,
-    rtnetlink::sys::SocketAddr,
-)>;
+/// A subscription to the kernel's notifications; dropping it closes its socket.
+struct KernelEvents {
+    events: futures::channel::mpsc::UnboundedReceiver<(
+        rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>,
+        rtnetlink::sys::SocketAddr,
+    )>,
+    connection: tokio::task::AbortHandle,
+}
+
+impl KernelEvents {
+    async fn next(
+        &mut self,
+    ) -> Option<(
+        rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>,
+        rtnetlink::sys::SocketAddr,
+    )> {
+        self.events.next().await
+    }
+
+    /// Stops the subscription: its socket is closed, nothing more is queued.
+    fn close(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl Drop for KernelEvents {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

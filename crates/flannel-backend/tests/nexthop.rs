@@ -29,7 +29,6 @@ fn nexthops_are_added_listed_replaced_and_deleted_as_ip_nexthop_shows_them() {
             .await
             .unwrap();
         assert!(nl.uses_nexthops());
-        let s = nl.nexthop_socket();
         let gw: IpAddr = "10.200.2.0".parse().unwrap();
         let nh = |id: u32, gateway: IpAddr| Nexthop {
             id,
@@ -42,7 +41,7 @@ fn nexthops_are_added_listed_replaced_and_deleted_as_ip_nexthop_shows_them() {
             .collect();
         let mut all = vec![nh(7, gw)];
         all.extend(many.iter().copied());
-        for r in s.replace(all.clone()).await.unwrap() {
+        for r in nl.replace_nexthops(all.clone()).await {
             r.unwrap();
         }
         let shown = ip(&["nexthop", "show", "id", "7"]);
@@ -57,13 +56,13 @@ fn nexthops_are_added_listed_replaced_and_deleted_as_ip_nexthop_shows_them() {
         // another program's, added by ip: listed as it is
         ip(&["nexthop", "add", "id", "5", "dev", "dummy0"]);
         assert_eq!(
-            s.list(Some(index)).await.unwrap().len(),
+            nl.list_nexthops(Some(index)).await.unwrap().len(),
             301,
             "a nexthop without gateway is none of flannel's form"
         );
         // replace moves the gateway
         let moved = nh(7, "10.200.3.0".parse().unwrap());
-        s.replace(vec![moved]).await.unwrap()[0].as_ref().unwrap();
+        nl.replace_nexthops(vec![moved]).await[0].as_ref().unwrap();
         assert!(ip(&["nexthop", "show", "id", "7"]).contains("via 10.200.3.0"));
         // a route through it, as the backend makes it
         ip(&["route", "add", "10.200.3.0/24", "nhid", "7"]);
@@ -77,7 +76,7 @@ fn nexthops_are_added_listed_replaced_and_deleted_as_ip_nexthop_shows_them() {
             .any(|r| r.nhid == Some(7) && r.dst.to_string() == "10.200.3.0/24"));
         // delete: the route goes with it; a gone one is no error
         let ids: Vec<u32> = all.iter().map(|n| n.id).chain([424242]).collect();
-        for r in s.delete(ids).await.unwrap() {
+        for r in nl.delete_nexthops(ids).await {
             r.unwrap();
         }
         assert_eq!(

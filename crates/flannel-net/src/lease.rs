@@ -45,8 +45,44 @@ pub struct LeaseAttrs {
     /// Empty when absent (upstream omits it then).
     pub backend_type: String,
     /// Backend specific, kept as stored; see [`VxlanBackendData`].
-    pub backend_data: Option<Value>,
-    pub backend_v6_data: Option<Value>,
+    pub backend_data: Option<BackendData>,
+    pub backend_v6_data: Option<BackendData>,
+}
+
+/// A lease's `BackendData` (or `BackendV6Data`): compact JSON text, as upstream keeps it
+/// (`json.RawMessage`), parsed by the backend that reads it. Text rather than a parsed
+/// [`Value`] because every lease of the cluster is held at once (thousands at a cold start):
+/// a VXLAN node's data is 41 bytes of text, and about 500 bytes as a map of strings.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendData(Box<str>);
+
+impl BackendData {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The parsed JSON (the text is JSON: it was written from a [`Value`]).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(&self.0).unwrap_or(Value::Null)
+    }
+}
+
+impl From<&Value> for BackendData {
+    fn from(v: &Value) -> Self {
+        BackendData(v.to_string().into_boxed_str())
+    }
+}
+
+impl From<Value> for BackendData {
+    fn from(v: Value) -> Self {
+        BackendData::from(&v)
+    }
+}
+
+impl fmt::Display for BackendData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl LeaseAttrs {
@@ -56,7 +92,7 @@ impl LeaseAttrs {
             public_ip,
             public_ipv6: None,
             backend_type: "vxlan".to_string(),
-            backend_data: Some(data.to_value()),
+            backend_data: Some(data.to_value().into()),
             backend_v6_data: None,
         }
     }
@@ -65,7 +101,7 @@ impl LeaseAttrs {
     /// per-family data (VXLAN), `BackendV6Data`.
     pub fn with_ipv6(mut self, public_ipv6: Ipv6Addr, v6_data: Option<Value>) -> Self {
         self.public_ipv6 = Some(public_ipv6);
-        self.backend_v6_data = v6_data;
+        self.backend_v6_data = v6_data.map(BackendData::from);
         self
     }
 
@@ -98,11 +134,11 @@ impl LeaseAttrs {
         }
         if let Some(data) = &self.backend_data {
             out.push_str(",\"BackendData\":");
-            out.push_str(&data.to_string());
+            out.push_str(data.as_str());
         }
         if let Some(data) = &self.backend_v6_data {
             out.push_str(",\"BackendV6Data\":");
-            out.push_str(&data.to_string());
+            out.push_str(data.as_str());
         }
         out.push('}');
         out
@@ -167,8 +203,8 @@ impl LeaseAttrs {
             public_ip,
             public_ipv6,
             backend_type,
-            backend_data: f.get("BackendData").cloned(),
-            backend_v6_data: f.get("BackendV6Data").cloned(),
+            backend_data: f.get("BackendData").map(BackendData::from),
+            backend_v6_data: f.get("BackendV6Data").map(BackendData::from),
         })
     }
 
@@ -178,7 +214,7 @@ impl LeaseAttrs {
             return None;
         }
         Some(match &self.backend_data {
-            Some(v) => VxlanBackendData::from_value(v),
+            Some(v) => VxlanBackendData::from_value(&v.to_value()),
             None => Err(LeaseError::Field {
                 field: "BackendData",
                 message: "missing from a vxlan lease".into(),
@@ -192,7 +228,7 @@ impl LeaseAttrs {
             return None;
         }
         Some(match &self.backend_v6_data {
-            Some(v) => VxlanBackendData::from_value(v).map_err(|e| match e {
+            Some(v) => VxlanBackendData::from_value(&v.to_value()).map_err(|e| match e {
                 LeaseError::Field { field, message } => LeaseError::Field {
                     field: if field == "BackendData" {
                         "BackendV6Data"
@@ -445,6 +481,20 @@ mod tests {
             LeaseAttrs::from_json(&huge),
             Err(LeaseError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn backend_data_is_kept_as_compact_text() {
+        let v = br#"{"PublicIP":"10.0.0.5","BackendType":"vxlan","BackendData":{ "VNI" : 1, "VtepMAC":"ae:2f:d6:1d:74:57" }}"#;
+        let attrs = LeaseAttrs::from_json(v).unwrap();
+        let data = attrs.backend_data.as_ref().unwrap();
+        assert_eq!(data.as_str(), r#"{"VNI":1,"VtepMAC":"ae:2f:d6:1d:74:57"}"#);
+        assert_eq!(BackendData::from(data.to_value()), *data);
+        assert_eq!(attrs.vxlan_data().unwrap().unwrap().vni, Some(1));
+        // null is kept as it was written
+        let null = br#"{"PublicIP":"10.0.0.5","BackendType":"host-gw","BackendData":null}"#;
+        let attrs = LeaseAttrs::from_json(null).unwrap();
+        assert_eq!(attrs.backend_data.unwrap().as_str(), "null");
     }
 
     #[test]

@@ -169,7 +169,8 @@ async fn reuse_by_public_ip_keeps_subnet_and_etcd_lease() {
             vni: Some(1),
             vtep_mac: "02:00:00:00:00:09".parse().unwrap(),
         }
-        .to_value(),
+        .to_value()
+        .into(),
     );
     let again = second.acquire_lease(&config, &new_attrs).await.unwrap();
     assert_eq!(again.subnet, lease.subnet);

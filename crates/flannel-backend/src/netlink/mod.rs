@@ -3,6 +3,7 @@
 //! entries are family-neutral (`IpAddr`, `IpNetwork`); listings take the [`Family`] to ask for.
 
 pub mod address;
+pub mod batch;
 pub mod link;
 pub mod neighbour;
 pub mod nexthop;
@@ -51,7 +52,8 @@ pub enum NexthopMode {
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
-    nexthop: nexthop::NexthopSocket,
+    /// Requests in bulk ([`batch`]).
+    requests: batch::RequestSocket,
     /// The kernel has nexthop objects (flannel's are then listed, to remove them when unused).
     nexthops_supported: bool,
     /// Peer routes go through nexthop objects.
@@ -66,7 +68,7 @@ impl Netlink {
         tokio::spawn(conn);
         Ok(Netlink {
             handle,
-            nexthop: nexthop::NexthopSocket::open()?,
+            requests: batch::RequestSocket::open()?,
             nexthops_supported: false,
             use_nexthops: false,
         })
@@ -75,7 +77,7 @@ impl Netlink {
     /// Probes the kernel for nexthop objects and chooses the form of peer routes; `On`
     /// without kernel support is an error naming the requirement.
     pub async fn with_nexthops(mut self, mode: NexthopMode) -> Result<Self, BackendError> {
-        self.nexthops_supported = self.nexthop.supported().await;
+        self.nexthops_supported = self.list_nexthops(None).await.is_ok();
         self.use_nexthops = match mode {
             NexthopMode::Off => false,
             NexthopMode::Auto => self.nexthops_supported,
@@ -97,15 +99,14 @@ impl Netlink {
     /// Every nexthop object of the namespace (none when the kernel has no nexthop objects).
     pub async fn nexthops(&self) -> Result<Vec<nexthop::Nexthop>, BackendError> {
         if self.nexthops_supported {
-            self.nexthop.list(None).await
+            self.list_nexthops(None).await
         } else {
             Ok(Vec::new())
         }
     }
 
-    /// The socket of nexthop messages (listing, replacing and deleting nexthop objects).
-    pub fn nexthop_socket(&self) -> &nexthop::NexthopSocket {
-        &self.nexthop
+    pub(crate) fn requests(&self) -> &batch::RequestSocket {
+        &self.requests
     }
 
     pub(crate) fn handle(&self) -> &Handle {

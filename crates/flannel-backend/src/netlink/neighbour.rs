@@ -85,21 +85,27 @@ impl Netlink {
         Ok(out)
     }
 
-    /// `ip neigh replace <ip> lladdr <mac> dev <index> nud permanent`
-    pub async fn replace_neighbour(
-        &self,
-        index: u32,
-        entry: NeighbourEntry,
-    ) -> Result<(), BackendError> {
+    /// The message of `ip neigh replace <ip> lladdr <mac> dev <index> nud permanent`.
+    pub(crate) fn neighbour_message(&self, index: u32, entry: NeighbourEntry) -> NeighbourMessage {
         self.handle()
             .neighbours()
             .add(index, entry.ip)
             .link_layer_address(&entry.mac.octets())
             .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl_err(format!("adding neighbour entry {}", entry.ip)))
+            .message_mut()
+            .clone()
+    }
+
+    /// The message of `bridge fdb replace <mac> dev <index> dst <dst> self permanent`.
+    pub(crate) fn fdb_message(&self, index: u32, entry: FdbEntry) -> NeighbourMessage {
+        self.handle()
+            .neighbours()
+            .add_bridge(index, &entry.mac.octets())
+            .destination(entry.dst)
+            .flags(NeighbourFlags::Own)
+            .state(NeighbourState::Permanent)
+            .message_mut()
+            .clone()
     }
 
     pub async fn del_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), BackendError> {
@@ -133,20 +139,6 @@ impl Netlink {
             }
         }
         Ok(out)
-    }
-
-    /// `bridge fdb replace <mac> dev <index> dst <dst> self permanent`
-    pub async fn replace_fdb(&self, index: u32, entry: FdbEntry) -> Result<(), BackendError> {
-        self.handle()
-            .neighbours()
-            .add_bridge(index, &entry.mac.octets())
-            .destination(entry.dst)
-            .flags(NeighbourFlags::Own)
-            .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl_err(format!("adding FDB entry for {}", entry.dst)))
     }
 
     pub async fn del_fdb(&self, index: u32, entry: FdbEntry) -> Result<(), BackendError> {

@@ -7,13 +7,12 @@
 //! netlink-packet-route has the route attribute (`RTA_NH_ID`) but no nexthop messages, so
 //! they are encoded here (`RTM_NEWNEXTHOP` / `RTM_DELNEXTHOP` / `RTM_GETNEXTHOP`, `struct
 //! nhmsg`, `NHA_ID`, `NHA_OIF`, `NHA_GATEWAY`, `RTNH_F_ONLINK`: include/uapi/linux/nexthop.h)
-//! and sent on a socket of their own, many requests per datagram.
+//! and sent with the other requests in bulk ([`super::batch`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::{Arc, Mutex};
 
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
-
+use super::batch::{errno_err, io_err, parse, u16_at, u32_at, Reply, Request};
+use super::Netlink;
 use crate::BackendError;
 
 /// A nexthop object: `id <id> via <gateway> dev <oif> [onlink]`.
@@ -28,8 +27,6 @@ pub struct Nexthop {
 const RTM_NEWNEXTHOP: u16 = 104;
 const RTM_DELNEXTHOP: u16 = 105;
 const RTM_GETNEXTHOP: u16 = 106;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_REPLACE: u16 = 0x100;
@@ -44,8 +41,6 @@ const AF_INET6: u8 = 10;
 const AF_UNSPEC: u8 = 0;
 /// `proto boot`, as iproute2 and flannel's routes.
 const RTPROT_BOOT: u8 = 3;
-/// Requests per datagram: the kernel handles them in order and acks each.
-const BATCH: usize = 128;
 
 /// One netlink message: header, `struct nhmsg`, attributes. Only a new nexthop carries a
 /// protocol: the kernel refuses a dump or a deletion whose header has one.
@@ -143,69 +138,6 @@ pub fn dump_message(oif: Option<u32>, seq: u32) -> Vec<u8> {
     )
 }
 
-/// One message of a datagram the kernel sent.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Reply {
-    /// An ack (`errno` 0) or an error (`errno` > 0) for request `seq`.
-    Ack {
-        seq: u32,
-        errno: i32,
-    },
-    /// The end of a dump; `errno` > 0 when the dump failed (the kernel reports a dump's
-    /// error here, not in an error message).
-    Done {
-        seq: u32,
-        errno: i32,
-    },
-    Nexthop {
-        seq: u32,
-        nexthop: Option<Nexthop>,
-    },
-    Other,
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-/// The messages of one datagram; a truncated or malformed tail ends the list.
-pub fn parse(datagram: &[u8]) -> Vec<Reply> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while let (Some(len), Some(kind), Some(seq)) = (
-        u32_at(datagram, at),
-        u16_at(datagram, at + 4),
-        u32_at(datagram, at + 8),
-    ) {
-        let len = len as usize;
-        if len < 16 || at + len > datagram.len() {
-            break;
-        }
-        let body = &datagram[at + 16..at + len];
-        out.push(match kind {
-            NLMSG_ERROR => Reply::Ack {
-                seq,
-                errno: u32_at(body, 0).map_or(0, |e| -(e as i32)),
-            },
-            NLMSG_DONE => Reply::Done {
-                seq,
-                errno: u32_at(body, 0).map_or(0, |e| -(e as i32)),
-            },
-            RTM_NEWNEXTHOP => Reply::Nexthop {
-                seq,
-                nexthop: parse_nexthop(body),
-            },
-            _ => Reply::Other,
-        });
-        at += len.next_multiple_of(4);
-    }
-    out
-}
-
 /// A `struct nhmsg` and its attributes; `None` for one flannel never makes (a group, a
 /// blackhole, no gateway).
 fn parse_nexthop(body: &[u8]) -> Option<Nexthop> {
@@ -245,181 +177,72 @@ fn parse_nexthop(body: &[u8]) -> Option<Nexthop> {
     })
 }
 
-/// A route netlink socket for nexthop messages, in the network namespace it was opened in
-/// (a socket keeps its namespace, so the blocking calls may run on any thread).
-#[derive(Clone)]
-pub struct NexthopSocket {
-    inner: Arc<Mutex<(Socket, u32)>>,
-}
-
-fn io_err(context: &str, e: std::io::Error) -> BackendError {
-    BackendError::Device(format!("{context}: {e}"))
-}
-
-impl NexthopSocket {
-    pub fn open() -> Result<Self, BackendError> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(BackendError::Socket)?;
-        socket.bind_auto().map_err(BackendError::Socket)?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(BackendError::Socket)?;
-        // the acks of a whole batch must fit
-        let _ = socket.set_rx_buf_sz(4 * 1024 * 1024);
-        Ok(NexthopSocket {
-            inner: Arc::new(Mutex::new((socket, 1))),
-        })
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Socket, &mut u32) -> Result<T, BackendError> + Send + 'static,
-    ) -> Result<T, BackendError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = inner
-                .lock()
-                .map_err(|_| BackendError::Device("nexthop socket lock poisoned".into()))?;
-            let (socket, seq) = &mut *guard;
-            f(socket, seq)
-        })
-        .await
-        .map_err(|e| BackendError::Device(format!("nexthop request: {e}")))?
-    }
-
+impl Netlink {
     /// Every nexthop on `oif` (every one with `None`); `Err` with the errno's words when the
     /// kernel has no nexthop objects.
-    pub async fn list(&self, oif: Option<u32>) -> Result<Vec<Nexthop>, BackendError> {
-        self.blocking(move |socket, seq| {
-            *seq = seq.wrapping_add(1);
-            let me = *seq;
-            socket
-                .send(&dump_message(oif, me), 0)
-                .map_err(|e| io_err("listing nexthops", e))?;
-            let mut out = Vec::new();
-            loop {
-                let (datagram, _) = socket
-                    .recv_from_full()
-                    .map_err(|e| io_err("listing nexthops", e))?;
-                for reply in parse(&datagram) {
-                    match reply {
-                        Reply::Nexthop { seq, nexthop } if seq == me => out.extend(nexthop),
-                        Reply::Done { seq, errno } if seq == me && errno != 0 => {
-                            return Err(BackendError::Device(format!(
-                                "listing nexthops: {}",
-                                std::io::Error::from_raw_os_error(errno)
-                            )))
-                        }
-                        Reply::Done { seq, .. } if seq == me => {
-                            // the kernel's filter by device is a hint on old kernels
-                            out.retain(|n| oif.is_none_or(|o| n.oif == o));
-                            return Ok(out);
-                        }
-                        Reply::Ack { seq, errno } if seq == me && errno != 0 => {
-                            return Err(BackendError::Device(format!(
-                                "listing nexthops: {}",
-                                std::io::Error::from_raw_os_error(errno)
-                            )))
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        })
-        .await
-    }
-
-    /// Whether this kernel has nexthop objects (a listing works).
-    pub async fn supported(&self) -> bool {
-        self.list(None).await.is_ok()
-    }
-
-    /// Sends `requests` (built by [`replace_message`] / [`delete_message`] with the sequence
-    /// numbers given to `build`), many per datagram; the errno of each (0 for done).
-    async fn transact(
-        &self,
-        count: usize,
-        build: impl Fn(usize, u32) -> Vec<u8> + Send + 'static,
-    ) -> Result<Vec<i32>, BackendError> {
-        self.blocking(move |socket, seq| {
-            let mut results = vec![0; count];
-            let mut start = 0;
-            while start < count {
-                let end = (start + BATCH).min(count);
-                let first = seq.wrapping_add(1);
-                let mut datagram = Vec::new();
-                for i in start..end {
-                    *seq = seq.wrapping_add(1);
-                    datagram.extend(build(i, *seq));
-                }
+    pub async fn list_nexthops(&self, oif: Option<u32>) -> Result<Vec<Nexthop>, BackendError> {
+        self.requests()
+            .with_socket(1, move |socket, seq| {
+                *seq = seq.wrapping_add(1);
+                let me = *seq;
+                let failed = |errno| errno_err("listing nexthops", errno);
                 socket
-                    .send(&datagram, 0)
-                    .map_err(|e| io_err("sending nexthop requests", e))?;
-                let mut acked = 0;
-                while acked < end - start {
-                    let (reply, _) = socket
+                    .send(&dump_message(oif, me), 0)
+                    .map_err(|e| io_err("listing nexthops", e))?;
+                let mut out = Vec::new();
+                loop {
+                    let (datagram, _) = socket
                         .recv_from_full()
-                        .map_err(|e| io_err("reading nexthop acks", e))?;
-                    for r in parse(&reply) {
-                        if let Reply::Ack { seq: s, errno } = r {
-                            let i = s.wrapping_sub(first) as usize;
-                            if i < end - start {
-                                results[start + i] = errno;
-                                acked += 1;
+                        .map_err(|e| io_err("listing nexthops", e))?;
+                    for reply in parse(&datagram) {
+                        match reply {
+                            Reply::Message { kind, seq, body }
+                                if seq == me && kind == RTM_NEWNEXTHOP =>
+                            {
+                                out.extend(parse_nexthop(body))
                             }
+                            Reply::Done { seq, errno } | Reply::Ack { seq, errno }
+                                if seq == me && errno != 0 =>
+                            {
+                                return Err(failed(errno))
+                            }
+                            Reply::Done { seq, .. } if seq == me => {
+                                // the kernel's filter by device is a hint on old kernels
+                                out.retain(|n| oif.is_none_or(|o| n.oif == o));
+                                return Ok(out);
+                            }
+                            _ => {}
                         }
                     }
                 }
-                start = end;
-            }
-            Ok(results)
-        })
-        .await
+            })
+            .await
     }
 
     /// `ip nexthop replace` for each; one result per nexthop.
-    pub async fn replace(
-        &self,
-        nexthops: Vec<Nexthop>,
-    ) -> Result<Vec<Result<(), BackendError>>, BackendError> {
-        let list = nexthops.clone();
-        let errnos = self
-            .transact(nexthops.len(), move |i, seq| replace_message(&list[i], seq))
-            .await?;
-        Ok(nexthops
-            .iter()
-            .zip(errnos)
-            .map(|(nh, e)| match e {
-                0 => Ok(()),
-                e => Err(BackendError::Device(format!(
-                    "adding nexthop {} via {}: {}",
-                    nh.id,
-                    nh.gateway,
-                    std::io::Error::from_raw_os_error(e)
-                ))),
-            })
-            .collect())
+    pub async fn replace_nexthops(&self, nexthops: Vec<Nexthop>) -> Vec<Result<(), BackendError>> {
+        self.replace_all(nexthops.into_iter().map(Request::Nexthop).collect())
+            .await
     }
 
     /// `ip nexthop del` for each (one already gone is no error).
-    pub async fn delete(
-        &self,
-        ids: Vec<u32>,
-    ) -> Result<Vec<Result<(), BackendError>>, BackendError> {
+    pub async fn delete_nexthops(&self, ids: Vec<u32>) -> Vec<Result<(), BackendError>> {
         let list = ids.clone();
         let errnos = self
+            .requests()
             .transact(ids.len(), move |i, seq| delete_message(list[i], seq))
-            .await?;
-        Ok(ids
-            .iter()
+            .await;
+        let errnos = match errnos {
+            Ok(e) => e,
+            Err(e) => return vec![Err(e)],
+        };
+        ids.iter()
             .zip(errnos)
             .map(|(id, e)| match e {
                 0 | super::ENOENT | super::ESRCH => Ok(()),
-                e => Err(BackendError::Device(format!(
-                    "deleting nexthop {id}: {}",
-                    std::io::Error::from_raw_os_error(e)
-                ))),
+                e => Err(errno_err(&format!("deleting nexthop {id}"), e)),
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -457,33 +280,20 @@ mod tests {
         // parsed back as the kernel would report it
         let mut reply = m.clone();
         reply[4..6].copy_from_slice(&RTM_NEWNEXTHOP.to_ne_bytes());
-        assert_eq!(
-            parse(&reply),
-            vec![Reply::Nexthop {
-                seq: 9,
-                nexthop: Some(nh)
-            }]
-        );
+        match parse(&reply)[..] {
+            [Reply::Message { kind, seq, body }] => {
+                assert_eq!((kind, seq), (RTM_NEWNEXTHOP, 9));
+                assert_eq!(parse_nexthop(body), Some(nh));
+            }
+            ref other => panic!("{other:?}"),
+        }
     }
 
     #[test]
-    fn acks_and_garbage() {
-        let mut ack = encode(NLMSG_ERROR, 0, 4, 0, 0, &[]);
-        // errno -17 where nhmsg would be
-        ack[16..20].copy_from_slice(&(-17i32).to_ne_bytes());
-        assert_eq!(parse(&ack), vec![Reply::Ack { seq: 4, errno: 17 }]);
-        // a failed dump ends with NLMSG_DONE carrying the errno (-95: no nexthop objects)
-        let mut done = encode(NLMSG_DONE, 2, 5, 0, 0, &[]);
-        done[16..20].copy_from_slice(&(-95i32).to_ne_bytes());
-        assert_eq!(parse(&done), vec![Reply::Done { seq: 5, errno: 95 }]);
+    fn no_protocol_on_dumps_and_deletions_and_ids() {
         // a dump or deletion request carries no protocol (the kernel refuses one)
         assert_eq!(dump_message(None, 1)[18], 0);
         assert_eq!(delete_message(3, 1)[18], 0);
-        assert_eq!(parse(&[1, 2, 3]), vec![]);
-        assert_eq!(
-            parse(&[200, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-            vec![]
-        );
         assert_eq!(id_for("10.200.2.0".parse().unwrap()), Some(0x0ac8_0200));
         assert_eq!(id_for("fd00::".parse().unwrap()), None);
     }

@@ -106,6 +106,12 @@ fn message(route: &Route, protocol: RouteProtocol) -> Result<RouteMessage, Backe
     Ok(b.build())
 }
 
+/// The message of `ip route replace <dst> via <gateway> [dev <oif>] [onlink]` (or `nhid
+/// <id>`), proto boot like iproute2 and upstream.
+pub(crate) fn add_message(route: &Route) -> Result<RouteMessage, BackendError> {
+    message(route, RouteProtocol::Boot)
+}
+
 impl Netlink {
     /// The blackhole routes of `family` in the main table (their destinations).
     pub async fn blackholes(&self, family: Family) -> Result<Vec<IpNetwork>, BackendError> {
@@ -171,18 +177,6 @@ impl Netlink {
             out.extend(parse(&msg, family));
         }
         Ok(out)
-    }
-
-    /// `ip route replace <dst> via <gateway> [dev <oif>] [onlink]`, proto boot like iproute2
-    /// and upstream (so `ip route` prints it exactly as for upstream flanneld).
-    pub async fn replace_route(&self, route: Route) -> Result<(), BackendError> {
-        self.handle()
-            .route()
-            .add(message(&route, RouteProtocol::Boot)?)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl_err(format!("adding route to {}", route.dst)))
     }
 
     pub async fn del_route(&self, route: Route) -> Result<(), BackendError> {

@@ -427,7 +427,7 @@ mod tests {
             }
         }
         let mut no_mac = lease("10.200.4.0/24", "192.168.77.4", mac);
-        no_mac.attrs.backend_data = Some(serde_json::json!({"VNI": 1}));
+        no_mac.attrs.backend_data = Some(serde_json::json!({"VNI": 1}).into());
         assert!(matches!(peer_of(&no_mac), Err(Skip::Invalid(_))));
     }
 

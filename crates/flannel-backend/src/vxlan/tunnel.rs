@@ -19,6 +19,10 @@ use super::device::{self, Device};
 use super::peer_set::PeerSet;
 use super::peers::{self, Plan, Skip};
 use super::run_all;
+use crate::netlink::batch::Request;
+
+/// Peers whose entries go to the kernel in one bulk call ([`Netlink::replace_all`]).
+const PEERS_PER_CALL: usize = 256;
 use crate::netlink::link::VxlanLinkSpec;
 use crate::netlink::nexthop::Nexthop;
 use crate::netlink::route::Route;
@@ -342,8 +346,8 @@ impl Tunnel {
         Ok(size)
     }
 
-    /// Runs a plan: deletions (routes, FDB, ARP), then each peer's additions (ARP, FDB,
-    /// route), many peers at a time. Returns the number of failures, each logged.
+    /// Runs a plan: deletions (routes, FDB, ARP), then each peer's additions (nexthop, ARP,
+    /// FDB, route) in bulk, then the nexthops no peer uses. Returns the number of failures, each logged.
     async fn execute(&self, plan: Plan) -> usize {
         let index = self.device.index;
         let nl = &self.nl;
@@ -366,45 +370,59 @@ impl Tunnel {
             )
             .await,
         );
-        // the nexthop objects before the routes through them, many per datagram
-        let nexthops: Vec<Nexthop> = plan.add.iter().filter_map(|c| c.nexthop).collect();
         // a subnet removed and added in one batch (a dual-stack lease whose other family
         // changed) keeps its nexthop: it is the new peer's too
         let mut del_nexthops = plan.del_nexthops;
-        del_nexthops.retain(|id| !nexthops.iter().any(|n| n.id == *id));
-        if !nexthops.is_empty() {
-            match nl.nexthop_socket().replace(nexthops).await {
-                Ok(results) => count(results),
-                Err(e) => count(vec![Err(e)]),
+        del_nexthops.retain(|id| {
+            !plan
+                .add
+                .iter()
+                .any(|c| c.nexthop.is_some_and(|n| n.id == *id))
+        });
+        // each peer's nexthop object, ARP, FDB entry and route, in that order, many peers
+        // to a datagram; a few hundred peers at a time, so that a cold start's thousands
+        // are never all encoded at once
+        let mut orphaned_neighbours = Vec::new();
+        for changes in plan.add.chunks(PEERS_PER_CALL) {
+            let mut requests = Vec::with_capacity(changes.len() * 4);
+            for change in changes {
+                requests.extend(change.nexthop.map(Request::Nexthop));
+                requests.extend(
+                    change
+                        .neighbour
+                        .map(|entry| Request::Neighbour { index, entry }),
+                );
+                requests.extend(change.fdb.map(|entry| Request::Fdb { index, entry }));
+                requests.extend(change.route.map(Request::Route));
+            }
+            let mut results = nl.replace_all(requests).await.into_iter();
+            for change in changes {
+                let mut next = |present: bool| if present { results.next() } else { None };
+                let nexthop = next(change.nexthop.is_some());
+                let neighbour = next(change.neighbour.is_some());
+                let fdb = next(change.fdb.is_some());
+                let route = next(change.route.is_some());
+                // upstream: without the FDB entry the ARP entry is no use
+                if matches!(fdb, Some(Err(_))) {
+                    orphaned_neighbours.extend(change.neighbour.map(|n| n.ip));
+                }
+                count(
+                    [nexthop, neighbour, fdb, route]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                );
             }
         }
-        count(
-            run_all(plan.add.into_iter().map(|change| async move {
-                if let Some(neighbour) = change.neighbour {
-                    nl.replace_neighbour(index, neighbour).await?;
-                }
-                if let Some(fdb) = change.fdb {
-                    if let Err(e) = nl.replace_fdb(index, fdb).await {
-                        // upstream: without the FDB entry the ARP entry is no use
-                        if let Some(neighbour) = change.neighbour {
-                            let _ = nl.del_neighbour(index, neighbour.ip).await;
-                        }
-                        return Err(e);
-                    }
-                }
-                if let Some(route) = change.route {
-                    nl.replace_route(route).await?;
-                }
-                Ok(())
-            }))
-            .await,
-        );
+        run_all(
+            orphaned_neighbours
+                .into_iter()
+                .map(|ip| nl.del_neighbour(index, ip)),
+        )
+        .await;
         // last: deleting a nexthop deletes the routes through it
         if !del_nexthops.is_empty() {
-            match nl.nexthop_socket().delete(del_nexthops).await {
-                Ok(results) => count(results),
-                Err(e) => count(vec![Err(e)]),
-            }
+            count(nl.delete_nexthops(del_nexthops).await);
         }
         self.stats
             .errors

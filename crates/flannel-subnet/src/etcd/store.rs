@@ -87,15 +87,22 @@ impl EtcdV3Store {
         self.keys.name_of(&String::from_utf8_lossy(full))
     }
 
-    fn record(&self, kv: &KeyValue) -> Option<Record> {
+    fn record_of(&self, kv: KeyValue) -> Option<Record> {
+        let name = self.name_of(kv.key())?;
+        let (revision, ttl_handle) = (kv.mod_revision().max(0) as u64, kv.lease());
+        let (_, value) = kv.into_key_value();
         Some(Record {
-            name: self.name_of(kv.key())?,
-            value: kv.value().to_vec(),
-            revision: kv.mod_revision().max(0) as u64,
-            expires: kv.lease() != 0,
+            name,
+            value,
+            revision,
+            expires: ttl_handle != 0,
             remaining: None,
-            ttl_handle: kv.lease(),
+            ttl_handle,
         })
+    }
+
+    fn record(&self, kv: &KeyValue) -> Option<Record> {
+        self.record_of(kv.clone())
     }
 
     async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
@@ -179,7 +186,7 @@ impl Store for EtcdV3Store {
 
     async fn list(&self) -> Result<(Vec<Record>, Revision), StoreError> {
         let prefix = self.subnets_prefix.clone();
-        let (resp, _) = self
+        let (mut resp, _) = self
             .members
             .read(|mut c| {
                 let prefix = prefix.clone();
@@ -188,10 +195,13 @@ impl Store for EtcdV3Store {
             .await
             .map_err(etcd_err("listing leases", &self.endpoints))?;
         let revision = resp.header().map_or(0, |h| h.revision()).max(0) as u64;
-        Ok((
-            resp.kvs().iter().filter_map(|kv| self.record(kv)).collect(),
-            revision,
-        ))
+        // the values move into the records (thousands at a cold start: no second copy)
+        let records = resp
+            .take_kvs()
+            .into_iter()
+            .filter_map(|kv| self.record_of(kv))
+            .collect();
+        Ok((records, revision))
     }
 
     async fn put(

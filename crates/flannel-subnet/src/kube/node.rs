@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::SystemTime;
 
-use flannel_net::{Expiration, Lease, LeaseAttrs, NetworkConfig};
+use flannel_net::{BackendData, Expiration, Lease, LeaseAttrs, NetworkConfig};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 use serde_json::Value;
@@ -250,21 +250,21 @@ fn parse_cidr(text: &str) -> Result<IpNetwork, String> {
 }
 
 /// An annotation that holds raw JSON (`backend-data`): `None` for empty or `null`.
-fn raw_json(text: &str, name: &str) -> Result<Option<Value>, String> {
+fn raw_json(text: &str, name: &str) -> Result<Option<BackendData>, String> {
     if text.is_empty() {
         return Ok(None);
     }
     match serde_json::from_str(text) {
         Ok(Value::Null) => Ok(None),
-        Ok(v) => Ok(Some(v)),
+        Ok(v) => Ok(Some(BackendData::from(v))),
         Err(e) => Err(format!("{name}: not JSON: {e}")),
     }
 }
 
 /// Go's `json.RawMessage.MarshalJSON`: the bytes, or `null` for none.
-fn json_or_null(v: &Option<Value>) -> String {
+fn json_or_null(v: &Option<BackendData>) -> String {
     v.as_ref()
-        .map_or_else(|| "null".to_string(), Value::to_string)
+        .map_or_else(|| "null".to_string(), BackendData::to_string)
 }
 
 /// Whether `network` holds `subnet` (upstream `containsCIDR`).
@@ -311,7 +311,7 @@ mod tests {
             public_ip: Ipv4Addr::new(192, 168, 77, 1),
             public_ipv6: None,
             backend_type: "vxlan".into(),
-            backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac})),
+            backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac}).into()),
             backend_v6_data: None,
         }
     }
@@ -443,7 +443,9 @@ mod tests {
         // dual-stack VXLAN: the v6 pair as well
         let dual = LeaseAttrs {
             public_ipv6: Some("fd77::1".parse().unwrap()),
-            backend_v6_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "7a:7c:0f:00:99:cf"})),
+            backend_v6_data: Some(
+                serde_json::json!({"VNI": 1, "VtepMAC": "7a:7c:0f:00:99:cf"}).into(),
+            ),
             ..attrs
         };
         let set = n.wanted_annotations(&names(), &dual).unwrap();

@@ -1,0 +1,321 @@
+//! Requests in bulk: a route netlink socket of its own that sends many requests per datagram
+//! and reads one ack for each. The kernel handles a datagram's requests in order, inside the
+//! send, so a peer's nexthop, ARP, FDB and route requests go out together: at a cold start 128
+//! to a datagram (instead of a request, an ack and a task wakeup each through rtnetlink's
+//! connection task), for a single lease event in one system call.
+//!
+//! Listings stay with rtnetlink (`Netlink`'s other modules); nexthop objects, which
+//! rtnetlink cannot speak, are encoded in [`super::nexthop`] and sent here.
+
+use std::sync::{Arc, Mutex};
+
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use rtnetlink::packet_core::{
+    NetlinkMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
+};
+
+use super::neighbour::{FdbEntry, NeighbourEntry};
+use super::nexthop::{self, Nexthop};
+use super::route::{self, Route};
+use super::Netlink;
+use crate::BackendError;
+
+pub(crate) const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_DONE: u16 = 3;
+/// Requests per datagram.
+const BATCH: usize = 128;
+/// Up to this many requests are sent from the calling task: the kernel has answered them
+/// when the send returns, so the call does not wait (a lease event's four requests). More go
+/// to a blocking thread, so that the runtime keeps serving while the kernel works.
+const INLINE: usize = 16;
+
+/// One request of a batch: what `ip nexthop replace`, `ip neigh replace`, `bridge fdb
+/// replace` or `ip route replace` would send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Nexthop(Nexthop),
+    Neighbour { index: u32, entry: NeighbourEntry },
+    Fdb { index: u32, entry: FdbEntry },
+    Route(Route),
+}
+
+impl Request {
+    /// What failed, in the words of the single-request verbs.
+    fn context(&self) -> String {
+        match self {
+            Request::Nexthop(n) => format!("adding nexthop {} via {}", n.id, n.gateway),
+            Request::Neighbour { entry, .. } => format!("adding neighbour entry {}", entry.ip),
+            Request::Fdb { entry, .. } => format!("adding FDB entry for {}", entry.dst),
+            Request::Route(r) => format!("adding route to {}", r.dst),
+        }
+    }
+}
+
+/// A create-or-replace request as bytes.
+fn replace_request(msg: RouteNetlinkMessage, seq: u32) -> Vec<u8> {
+    let mut req = NetlinkMessage::from(msg);
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE;
+    req.header.sequence_number = seq;
+    req.finalize();
+    let mut out = vec![0; req.buffer_len()];
+    req.serialize(&mut out);
+    out
+}
+
+/// One message of a datagram the kernel sent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply<'a> {
+    /// An ack (`errno` 0) or an error (`errno` > 0) for request `seq`.
+    Ack { seq: u32, errno: i32 },
+    /// The end of a dump; `errno` > 0 when the dump failed (the kernel reports a dump's
+    /// error here, not in an error message).
+    Done { seq: u32, errno: i32 },
+    /// Anything else: a dump's entry.
+    Message { kind: u16, seq: u32, body: &'a [u8] },
+}
+
+pub(crate) fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+pub(crate) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// The messages of one datagram; a truncated or malformed tail ends the list.
+pub fn parse(datagram: &[u8]) -> Vec<Reply<'_>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let (Some(len), Some(kind), Some(seq)) = (
+        u32_at(datagram, at),
+        u16_at(datagram, at + 4),
+        u32_at(datagram, at + 8),
+    ) {
+        let len = len as usize;
+        if len < 16 || at + len > datagram.len() {
+            break;
+        }
+        let body = &datagram[at + 16..at + len];
+        let errno = || u32_at(body, 0).map_or(0, |e| -(e as i32));
+        out.push(match kind {
+            NLMSG_ERROR => Reply::Ack {
+                seq,
+                errno: errno(),
+            },
+            NLMSG_DONE => Reply::Done {
+                seq,
+                errno: errno(),
+            },
+            _ => Reply::Message { kind, seq, body },
+        });
+        at += len.next_multiple_of(4);
+    }
+    out
+}
+
+pub(crate) fn io_err(context: &str, e: std::io::Error) -> BackendError {
+    BackendError::Device(format!("{context}: {e}"))
+}
+
+/// The error of a failed request, with the errno's words.
+pub(crate) fn errno_err(context: &str, errno: i32) -> BackendError {
+    io_err(context, std::io::Error::from_raw_os_error(errno))
+}
+
+/// A route netlink socket in the network namespace it was opened in (a socket keeps its
+/// namespace, so the blocking calls may run on any thread).
+#[derive(Clone)]
+pub struct RequestSocket {
+    inner: Arc<Mutex<(Socket, u32)>>,
+}
+
+impl RequestSocket {
+    pub fn open() -> Result<Self, BackendError> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(BackendError::Socket)?;
+        socket.bind_auto().map_err(BackendError::Socket)?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(BackendError::Socket)?;
+        // the acks of a whole batch must fit
+        let _ = socket.set_rx_buf_sz(4 * 1024 * 1024);
+        Ok(RequestSocket {
+            inner: Arc::new(Mutex::new((socket, 1))),
+        })
+    }
+
+    /// Runs `f` with the socket and its sequence number: here for up to [`INLINE`] requests,
+    /// on a blocking thread for more.
+    pub(crate) async fn with_socket<T: Send + 'static>(
+        &self,
+        requests: usize,
+        f: impl FnOnce(&Socket, &mut u32) -> Result<T, BackendError> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let inner = self.inner.clone();
+        let run = move || {
+            let mut guard = inner
+                .lock()
+                .map_err(|_| BackendError::Device("netlink request socket lock poisoned".into()))?;
+            let (socket, seq) = &mut *guard;
+            f(socket, seq)
+        };
+        if requests <= INLINE {
+            return run();
+        }
+        tokio::task::spawn_blocking(run)
+            .await
+            .map_err(|e| BackendError::Device(format!("netlink requests: {e}")))?
+    }
+
+    /// Sends `count` requests (request `i` built by `build(i, seq)`), many per datagram; the
+    /// errno of each (0: done).
+    pub(crate) async fn transact(
+        &self,
+        count: usize,
+        build: impl Fn(usize, u32) -> Vec<u8> + Send + 'static,
+    ) -> Result<Vec<i32>, BackendError> {
+        self.with_socket(count, move |socket, seq| {
+            let mut results = vec![0; count];
+            let mut start = 0;
+            let mut datagram = Vec::new();
+            while start < count {
+                let end = (start + BATCH).min(count);
+                let first = seq.wrapping_add(1);
+                datagram.clear();
+                for i in start..end {
+                    *seq = seq.wrapping_add(1);
+                    datagram.extend(build(i, *seq));
+                }
+                socket
+                    .send(&datagram, 0)
+                    .map_err(|e| io_err("sending netlink requests", e))?;
+                let mut acked = 0;
+                while acked < end - start {
+                    let (reply, _) = socket
+                        .recv_from_full()
+                        .map_err(|e| io_err("reading netlink acks", e))?;
+                    for r in parse(&reply) {
+                        if let Reply::Ack { seq: s, errno } = r {
+                            let i = s.wrapping_sub(first) as usize;
+                            if i < end - start {
+                                results[start + i] = errno;
+                                acked += 1;
+                            }
+                        }
+                    }
+                }
+                start = end;
+            }
+            Ok(results)
+        })
+        .await
+    }
+}
+
+impl Netlink {
+    /// Sends `requests` in order, many per datagram: one result per request. A request
+    /// that fails does not stop the ones after it.
+    pub async fn replace_all(&self, requests: Vec<Request>) -> Vec<Result<(), BackendError>> {
+        let mut results: Vec<Result<(), BackendError>> = Vec::with_capacity(requests.len());
+        let mut sent = Vec::with_capacity(requests.len());
+        let mut encoded = Vec::with_capacity(requests.len());
+        for (i, request) in requests.iter().enumerate() {
+            // built here: rtnetlink's builders need the handle
+            let message = match *request {
+                Request::Nexthop(n) => Ok(Encoded::Nexthop(n)),
+                Request::Neighbour { index, entry } => Ok(Encoded::Message(
+                    RouteNetlinkMessage::NewNeighbour(self.neighbour_message(index, entry)),
+                )),
+                Request::Fdb { index, entry } => Ok(Encoded::Message(
+                    RouteNetlinkMessage::NewNeighbour(self.fdb_message(index, entry)),
+                )),
+                Request::Route(route) => route::add_message(&route)
+                    .map(|m| Encoded::Message(RouteNetlinkMessage::NewRoute(m))),
+            };
+            match message {
+                Ok(m) => {
+                    sent.push(i);
+                    encoded.push(m);
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        let outcome = self
+            .requests()
+            .transact(encoded.len(), move |i, seq| match &encoded[i] {
+                Encoded::Nexthop(n) => nexthop::replace_message(n, seq),
+                Encoded::Message(m) => replace_request(m.clone(), seq),
+            })
+            .await;
+        match outcome {
+            Ok(errnos) => {
+                for (i, errno) in sent.into_iter().zip(errnos) {
+                    if errno != 0 {
+                        results[i] = Err(errno_err(&requests[i].context(), errno));
+                    }
+                }
+            }
+            Err(e) => {
+                for i in sent {
+                    results[i] = Err(BackendError::Device(format!(
+                        "{}: {e}",
+                        requests[i].context()
+                    )));
+                }
+            }
+        }
+        results
+    }
+}
+
+/// A request ready to encode with its sequence number.
+enum Encoded {
+    Nexthop(Nexthop),
+    Message(RouteNetlinkMessage),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_dones_and_garbage() {
+        let mut ack = vec![0u8; 36];
+        ack[..4].copy_from_slice(&36u32.to_ne_bytes());
+        ack[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        ack[8..12].copy_from_slice(&4u32.to_ne_bytes());
+        ack[16..20].copy_from_slice(&(-17i32).to_ne_bytes());
+        assert_eq!(parse(&ack), vec![Reply::Ack { seq: 4, errno: 17 }]);
+        // a failed dump ends with NLMSG_DONE carrying the errno (-95: no nexthop objects)
+        let mut done = ack.clone();
+        done[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
+        done[16..20].copy_from_slice(&(-95i32).to_ne_bytes());
+        assert_eq!(parse(&done), vec![Reply::Done { seq: 4, errno: 95 }]);
+        // two in one datagram
+        let both = [ack.clone(), done].concat();
+        assert_eq!(parse(&both).len(), 2);
+        assert_eq!(parse(&[1, 2, 3]), vec![]);
+        assert_eq!(
+            parse(&[200, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn a_replace_request_carries_create_and_replace() {
+        let route = Route {
+            dst: "10.5.0.0/24".parse().unwrap(),
+            gateway: Some("10.5.0.0".parse().unwrap()),
+            oif: Some(3),
+            onlink: true,
+            nhid: None,
+        };
+        let m = route::add_message(&route).unwrap();
+        let bytes = replace_request(RouteNetlinkMessage::NewRoute(m), 7);
+        assert_eq!(u32_at(&bytes, 0), Some(bytes.len() as u32));
+        assert_eq!(u16_at(&bytes, 4), Some(24)); // RTM_NEWROUTE
+        assert_eq!(u16_at(&bytes, 6), Some(0x505));
+        assert_eq!(u32_at(&bytes, 8), Some(7));
+    }
+}

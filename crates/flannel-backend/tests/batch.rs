@@ -39,18 +39,12 @@ fn a_batch_programs_peers_in_order_and_a_failed_request_fails_alone() {
             "nolearning",
         ]);
         ip(&["link", "set", "flannel.1", "up"]);
-        let index: u32 = ip(&["-o", "link", "show", "flannel.1"])
-            .split(':')
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
         let nl = Netlink::connect()
             .unwrap()
             .with_nexthops(NexthopMode::On)
             .await
             .unwrap();
+        let index = nl.link_by_name("flannel.1").await.unwrap().unwrap().index;
         // 300 peers: three datagrams, each peer's four requests in order
         let mut requests = Vec::new();
         for i in 0..300u32 {

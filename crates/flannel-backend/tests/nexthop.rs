@@ -16,18 +16,12 @@ fn nexthops_are_added_listed_replaced_and_deleted_as_ip_nexthop_shows_them() {
         ]);
         ip(&["link", "set", "dummy0", "up"]);
         ip(&["link", "set", "dummy1", "up"]);
-        let index: u32 = ip(&["-o", "link", "show", "dummy0"])
-            .split(':')
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
         let nl = Netlink::connect()
             .unwrap()
             .with_nexthops(NexthopMode::On)
             .await
             .unwrap();
+        let index = nl.link_by_name("dummy0").await.unwrap().unwrap().index;
         assert!(nl.uses_nexthops());
         let gw: IpAddr = "10.200.2.0".parse().unwrap();
         let nh = |id: u32, gateway: IpAddr| Nexthop {

@@ -52,11 +52,11 @@ impl Request {
     }
 }
 
-/// A create-or-replace request as bytes.
-fn replace_request(msg: RouteNetlinkMessage, seq: u32) -> Vec<u8> {
+/// A create-or-replace request as bytes (sequence number 0: [`RequestSocket::transact`]
+/// sets it).
+fn replace_request(msg: RouteNetlinkMessage) -> Vec<u8> {
     let mut req = NetlinkMessage::from(msg);
     req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE;
-    req.header.sequence_number = seq;
     req.finalize();
     let mut out = vec![0; req.buffer_len()];
     req.serialize(&mut out);
@@ -167,44 +167,41 @@ impl RequestSocket {
             .map_err(|e| BackendError::Device(format!("netlink requests: {e}")))?
     }
 
-    /// Sends `count` requests (request `i` built by `build(i, seq)`), many per datagram; the
-    /// errno of each (0: done).
-    pub(crate) async fn transact(
-        &self,
-        count: usize,
-        build: impl Fn(usize, u32) -> Vec<u8> + Send + 'static,
-    ) -> Result<Vec<i32>, BackendError> {
+    /// Sends `requests` (each a whole netlink message; its sequence number is set here),
+    /// many per datagram; the errno of each (0: done).
+    pub(crate) async fn transact(&self, requests: Vec<Vec<u8>>) -> Result<Vec<i32>, BackendError> {
+        let count = requests.len();
         self.with_socket(count, move |socket, seq| {
             let mut results = vec![0; count];
-            let mut start = 0;
             let mut datagram = Vec::new();
-            while start < count {
-                let end = (start + BATCH).min(count);
+            for (batch, chunk) in requests.chunks(BATCH).enumerate() {
+                let start = batch * BATCH;
                 let first = seq.wrapping_add(1);
                 datagram.clear();
-                for i in start..end {
+                for request in chunk {
                     *seq = seq.wrapping_add(1);
-                    datagram.extend(build(i, *seq));
+                    let at = datagram.len();
+                    datagram.extend_from_slice(request);
+                    datagram[at + 8..at + 12].copy_from_slice(&seq.to_ne_bytes());
                 }
                 socket
                     .send(&datagram, 0)
                     .map_err(|e| io_err("sending netlink requests", e))?;
                 let mut acked = 0;
-                while acked < end - start {
+                while acked < chunk.len() {
                     let (reply, _) = socket
                         .recv_from_full()
                         .map_err(|e| io_err("reading netlink acks", e))?;
                     for r in parse(&reply) {
                         if let Reply::Ack { seq: s, errno } = r {
                             let i = s.wrapping_sub(first) as usize;
-                            if i < end - start {
+                            if i < chunk.len() {
                                 results[start + i] = errno;
                                 acked += 1;
                             }
                         }
                     }
                 }
-                start = end;
             }
             Ok(results)
         })
@@ -220,35 +217,28 @@ impl Netlink {
         let mut sent = Vec::with_capacity(requests.len());
         let mut encoded = Vec::with_capacity(requests.len());
         for (i, request) in requests.iter().enumerate() {
-            // built here: rtnetlink's builders need the handle
+            // encoded here: rtnetlink's builders need the handle
             let message = match *request {
-                Request::Nexthop(n) => Ok(Encoded::Nexthop(n)),
-                Request::Neighbour { index, entry } => Ok(Encoded::Message(
+                Request::Nexthop(n) => Ok(nexthop::replace_message(&n, 0)),
+                Request::Neighbour { index, entry } => Ok(replace_request(
                     RouteNetlinkMessage::NewNeighbour(self.neighbour_message(index, entry)),
                 )),
-                Request::Fdb { index, entry } => Ok(Encoded::Message(
+                Request::Fdb { index, entry } => Ok(replace_request(
                     RouteNetlinkMessage::NewNeighbour(self.fdb_message(index, entry)),
                 )),
                 Request::Route(route) => route::add_message(&route)
-                    .map(|m| Encoded::Message(RouteNetlinkMessage::NewRoute(m))),
+                    .map(|m| replace_request(RouteNetlinkMessage::NewRoute(m))),
             };
             match message {
-                Ok(m) => {
+                Ok(bytes) => {
                     sent.push(i);
-                    encoded.push(m);
+                    encoded.push(bytes);
                     results.push(Ok(()));
                 }
                 Err(e) => results.push(Err(e)),
             }
         }
-        let outcome = self
-            .requests()
-            .transact(encoded.len(), move |i, seq| match &encoded[i] {
-                Encoded::Nexthop(n) => nexthop::replace_message(n, seq),
-                Encoded::Message(m) => replace_request(m.clone(), seq),
-            })
-            .await;
-        match outcome {
+        match self.requests().transact(encoded).await {
             Ok(errnos) => {
                 for (i, errno) in sent.into_iter().zip(errnos) {
                     if errno != 0 {
@@ -267,12 +257,6 @@ impl Netlink {
         }
         results
     }
-}
-
-/// A request ready to encode with its sequence number.
-enum Encoded {
-    Nexthop(Nexthop),
-    Message(RouteNetlinkMessage),
 }
 
 #[cfg(test)]
@@ -312,10 +296,9 @@ mod tests {
             nhid: None,
         };
         let m = route::add_message(&route).unwrap();
-        let bytes = replace_request(RouteNetlinkMessage::NewRoute(m), 7);
+        let bytes = replace_request(RouteNetlinkMessage::NewRoute(m));
         assert_eq!(u32_at(&bytes, 0), Some(bytes.len() as u32));
         assert_eq!(u16_at(&bytes, 4), Some(24)); // RTM_NEWROUTE
         assert_eq!(u16_at(&bytes, 6), Some(0x505));
-        assert_eq!(u32_at(&bytes, 8), Some(7));
     }
 }

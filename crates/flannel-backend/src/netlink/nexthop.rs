@@ -227,11 +227,8 @@ impl Netlink {
 
     /// `ip nexthop del` for each (one already gone is no error).
     pub async fn delete_nexthops(&self, ids: Vec<u32>) -> Vec<Result<(), BackendError>> {
-        let list = ids.clone();
-        let errnos = self
-            .requests()
-            .transact(ids.len(), move |i, seq| delete_message(list[i], seq))
-            .await;
+        let requests = ids.iter().map(|id| delete_message(*id, 0)).collect();
+        let errnos = self.requests().transact(requests).await;
         let errnos = match errnos {
             Ok(e) => e,
             Err(e) => return vec![Err(e)],

@@ -347,7 +347,8 @@ impl Tunnel {
     }
 
     /// Runs a plan: deletions (routes, FDB, ARP), then each peer's additions (nexthop, ARP,
-    /// FDB, route) in bulk, then the nexthops no peer uses. Returns the number of failures, each logged.
+    /// FDB, route) in bulk, then the nexthops no peer uses. Returns the number of failures,
+    /// each logged.
     async fn execute(&self, plan: Plan) -> usize {
         let index = self.device.index;
         let nl = &self.nl;

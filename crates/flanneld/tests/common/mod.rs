@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use flannel_lab::lab::{wait_until, Lab, LabSpec, DEFAULT_PREFIX};
+use flannel_lab::lab::{try_nsexec, wait_until, Lab, LabSpec, DEFAULT_PREFIX};
 
 pub const LONG: Duration = Duration::from_secs(30);
 
@@ -133,10 +133,20 @@ pub fn expected_kernel_of(
 /// default where the kernel has them: `<subnet> nhid <id> via <gw> dev flannel.1 onlink`) is
 /// compared by what it does, as the classic form upstream makes; the form itself is asserted
 /// by `nexthops.rs`.
+/// While flannel.1 is missing (deleted by a test, not yet re-created by flanneld) the
+/// neighbour and FDB lists say so instead of panicking, so a wait keeps polling.
 pub fn actual_kernel(lab: &Lab, index: usize) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let on_device = |args: &[&str]| {
+        let (ok, out) = try_nsexec(&lab.hosts[index - 1].ns, args);
+        if ok {
+            sorted_lines(&out)
+        } else {
+            vec![format!("({} failed: {})", args.join(" "), out.trim())]
+        }
+    };
     (
-        sorted_lines(&lab.on_host(index, &["ip", "neigh", "show", "dev", "flannel.1"])),
-        sorted_lines(&lab.on_host(index, &["bridge", "fdb", "show", "dev", "flannel.1"])),
+        on_device(&["ip", "neigh", "show", "dev", "flannel.1"]),
+        on_device(&["bridge", "fdb", "show", "dev", "flannel.1"]),
         sorted_lines(&lab.on_host(index, &["ip", "route"]))
             .into_iter()
             .filter(|l| l.contains("flannel.1"))

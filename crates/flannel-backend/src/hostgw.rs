@@ -151,20 +151,22 @@ impl HostGwBackend {
         self.stats.peers_v6.store(v6 as u64, Ordering::Relaxed);
     }
 
-    /// Runs route changes; the number that failed, each logged.
+    /// Runs route changes (deletions first, in one bulk call); the number that failed, each
+    /// logged.
     async fn execute(&self, delete: Vec<Route>, add: Vec<Route>) -> usize {
+        let requests = delete
+            .into_iter()
+            .map(Request::DelRoute)
+            .chain(add.into_iter().map(Request::Route))
+            .collect();
         let mut failures = 0;
-        for r in delete {
-            if let Err(e) = self.nl.del_route(r).await {
-                warn!("{e}");
-                failures += 1;
-            }
-        }
-        let results = self
+        for e in self
             .nl
-            .replace_all(add.into_iter().map(Request::Route).collect())
-            .await;
-        for e in results.into_iter().filter_map(Result::err) {
+            .send_all(requests)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+        {
             warn!("{e}");
             failures += 1;
         }

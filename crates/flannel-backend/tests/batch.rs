@@ -1,6 +1,6 @@
 //! Requests in bulk (`netlink/batch.rs`) against the kernel, in a network namespace of the
-//! test's own: what `ip`, `bridge` and `ip nexthop` show afterwards, and a failed request in
-//! the middle of a batch failing alone.
+//! test's own: what `ip`, `bridge` and `ip nexthop` show afterwards, a failed request in
+//! the middle of a batch failing alone, and deletions (of things already gone too).
 #![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed assertion
 
 use std::net::IpAddr;
@@ -79,7 +79,7 @@ fn a_batch_programs_peers_in_order_and_a_failed_request_fails_alone() {
                 nhid: Some(if i == 100 { 424_242 } else { id }),
             }));
         }
-        let results = nl.replace_all(requests).await;
+        let results = nl.send_all(requests).await;
         assert_eq!(results.len(), 1200);
         let failed: Vec<usize> = results
             .iter()
@@ -111,6 +111,56 @@ fn a_batch_programs_peers_in_order_and_a_failed_request_fails_alone() {
                 mac: "02:00:00:00:00:07".parse().unwrap(),
             },
         }];
-        assert!(nl.replace_all(again).await[0].is_ok());
+        assert!(nl.send_all(again).await[0].is_ok());
+
+        // deletions in bulk: peer 7's route, FDB and ARP entries and nexthop in one call,
+        // then the same again (all already gone: no error), and a route that never was
+        let gw: IpAddr = "10.200.7.0".parse().unwrap();
+        let mac = "02:00:00:00:00:07".parse().unwrap();
+        let peer7 = vec![
+            Request::DelRoute(Route {
+                dst: "10.200.7.0/24".parse().unwrap(),
+                gateway: None,
+                oif: None,
+                onlink: false,
+                nhid: Some(1007),
+            }),
+            Request::DelFdb {
+                index,
+                entry: FdbEntry {
+                    mac,
+                    dst: "192.168.0.8".parse().unwrap(),
+                },
+            },
+            Request::DelNeighbour { index, ip: gw },
+            Request::DelNexthop(1007),
+        ];
+        for r in nl.send_all(peer7.clone()).await {
+            r.unwrap();
+        }
+        assert!(!ip(&["route", "show", "dev", "flannel.1"]).contains("10.200.7.0/24"));
+        assert!(!ip(&["neigh", "show", "dev", "flannel.1"]).contains("10.200.7.0 "));
+        assert!(!bridge(&["fdb", "show", "dev", "flannel.1"]).contains("02:00:00:00:00:07"));
+        assert!(!ip(&["nexthop", "show"]).contains("id 1007 "));
+        assert_eq!(ip(&["nexthop", "show"]).lines().count(), 299);
+        for r in nl.send_all(peer7).await {
+            r.unwrap();
+        }
+        // a classic route by gateway and device, whatever its flags
+        let classic = Route {
+            dst: "10.250.0.0/24".parse().unwrap(),
+            gateway: Some("10.250.0.0".parse().unwrap()),
+            oif: Some(index),
+            onlink: true,
+            nhid: None,
+        };
+        nl.send_all(vec![Request::Route(classic)]).await[0]
+            .as_ref()
+            .unwrap();
+        assert!(ip(&["route", "show", "dev", "flannel.1"])
+            .contains("10.250.0.0/24 via 10.250.0.0 onlink"));
+        nl.del_route(classic).await.unwrap();
+        assert!(!ip(&["route", "show", "dev", "flannel.1"]).contains("10.250.0.0/24"));
+        nl.del_route(classic).await.unwrap();
     });
 }

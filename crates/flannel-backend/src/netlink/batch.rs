@@ -2,11 +2,13 @@
 //! and reads one ack for each. The kernel handles a datagram's requests in order, inside the
 //! send, so a peer's nexthop, ARP, FDB and route requests go out together: at a cold start 128
 //! to a datagram (instead of a request, an ack and a task wakeup each through rtnetlink's
-//! connection task), for a single lease event in one system call.
+//! connection task), for a single lease event (its additions or its deletions) in one system
+//! call.
 //!
 //! Listings stay with rtnetlink (`Netlink`'s other modules); nexthop objects, which
 //! rtnetlink cannot speak, are encoded in [`super::nexthop`] and sent here.
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use netlink_packet_route::RouteNetlinkMessage;
@@ -18,7 +20,7 @@ use rtnetlink::packet_core::{
 use super::neighbour::{FdbEntry, NeighbourEntry};
 use super::nexthop::{self, Nexthop};
 use super::route::{self, Route};
-use super::Netlink;
+use super::{Netlink, ENODEV, ENOENT, ESRCH};
 use crate::BackendError;
 
 pub(crate) const NLMSG_ERROR: u16 = 2;
@@ -31,13 +33,31 @@ const BATCH: usize = 128;
 const INLINE: usize = 16;
 
 /// One request of a batch: what `ip nexthop replace`, `ip neigh replace`, `bridge fdb
-/// replace` or `ip route replace` would send.
+/// replace` or `ip route replace` would send, or the matching `del`. A deletion of something
+/// already gone succeeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
     Nexthop(Nexthop),
-    Neighbour { index: u32, entry: NeighbourEntry },
-    Fdb { index: u32, entry: FdbEntry },
+    Neighbour {
+        index: u32,
+        entry: NeighbourEntry,
+    },
+    Fdb {
+        index: u32,
+        entry: FdbEntry,
+    },
     Route(Route),
+    DelNexthop(u32),
+    DelNeighbour {
+        index: u32,
+        ip: IpAddr,
+    },
+    DelFdb {
+        index: u32,
+        entry: FdbEntry,
+    },
+    /// Any route to the destination with this gateway and device (its flags do not matter).
+    DelRoute(Route),
 }
 
 impl Request {
@@ -48,19 +68,45 @@ impl Request {
             Request::Neighbour { entry, .. } => format!("adding neighbour entry {}", entry.ip),
             Request::Fdb { entry, .. } => format!("adding FDB entry for {}", entry.dst),
             Request::Route(r) => format!("adding route to {}", r.dst),
+            Request::DelNexthop(id) => format!("deleting nexthop {id}"),
+            Request::DelNeighbour { ip, .. } => format!("deleting neighbour entry {ip}"),
+            Request::DelFdb { entry, .. } => format!("deleting FDB entry for {}", entry.dst),
+            Request::DelRoute(r) => format!("deleting route to {}", r.dst),
         }
+    }
+
+    fn is_deletion(&self) -> bool {
+        matches!(
+            self,
+            Request::DelNexthop(_)
+                | Request::DelNeighbour { .. }
+                | Request::DelFdb { .. }
+                | Request::DelRoute(_)
+        )
     }
 }
 
-/// A create-or-replace request as bytes (sequence number 0: [`RequestSocket::transact`]
-/// sets it).
-fn replace_request(msg: RouteNetlinkMessage) -> Vec<u8> {
+/// A request as bytes, `flags` set (sequence number 0: [`RequestSocket::transact`] sets it).
+fn request_bytes(msg: RouteNetlinkMessage, flags: u16) -> Vec<u8> {
     let mut req = NetlinkMessage::from(msg);
-    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE;
+    req.header.flags = flags;
     req.finalize();
     let mut out = vec![0; req.buffer_len()];
     req.serialize(&mut out);
     out
+}
+
+/// A create-or-replace request as bytes.
+fn replace_request(msg: RouteNetlinkMessage) -> Vec<u8> {
+    request_bytes(
+        msg,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE,
+    )
+}
+
+/// A delete request as bytes.
+fn delete_request(msg: RouteNetlinkMessage) -> Vec<u8> {
+    request_bytes(msg, NLM_F_REQUEST | NLM_F_ACK)
 }
 
 /// One message of a datagram the kernel sent.
@@ -212,24 +258,12 @@ impl RequestSocket {
 impl Netlink {
     /// Sends `requests` in order, many per datagram: one result per request. A request
     /// that fails does not stop the ones after it.
-    pub async fn replace_all(&self, requests: Vec<Request>) -> Vec<Result<(), BackendError>> {
+    pub async fn send_all(&self, requests: Vec<Request>) -> Vec<Result<(), BackendError>> {
         let mut results: Vec<Result<(), BackendError>> = Vec::with_capacity(requests.len());
         let mut sent = Vec::with_capacity(requests.len());
         let mut encoded = Vec::with_capacity(requests.len());
         for (i, request) in requests.iter().enumerate() {
-            // encoded here: rtnetlink's builders need the handle
-            let message = match *request {
-                Request::Nexthop(n) => Ok(nexthop::replace_message(&n, 0)),
-                Request::Neighbour { index, entry } => Ok(replace_request(
-                    RouteNetlinkMessage::NewNeighbour(self.neighbour_message(index, entry)),
-                )),
-                Request::Fdb { index, entry } => Ok(replace_request(
-                    RouteNetlinkMessage::NewNeighbour(self.fdb_message(index, entry)),
-                )),
-                Request::Route(route) => route::add_message(&route)
-                    .map(|m| replace_request(RouteNetlinkMessage::NewRoute(m))),
-            };
-            match message {
+            match self.encode(request) {
                 Ok(bytes) => {
                     sent.push(i);
                     encoded.push(bytes);
@@ -241,7 +275,8 @@ impl Netlink {
         match self.requests().transact(encoded).await {
             Ok(errnos) => {
                 for (i, errno) in sent.into_iter().zip(errnos) {
-                    if errno != 0 {
+                    let gone = matches!(errno, ENOENT | ESRCH | ENODEV);
+                    if errno != 0 && !(gone && requests[i].is_deletion()) {
                         results[i] = Err(errno_err(&requests[i].context(), errno));
                     }
                 }
@@ -256,6 +291,34 @@ impl Netlink {
             }
         }
         results
+    }
+
+    /// One request as bytes; encoded here because rtnetlink's builders need the handle.
+    fn encode(&self, request: &Request) -> Result<Vec<u8>, BackendError> {
+        use RouteNetlinkMessage::{DelNeighbour, DelRoute, NewNeighbour, NewRoute};
+        Ok(match *request {
+            Request::Nexthop(n) => nexthop::replace_message(&n, 0),
+            Request::Neighbour { index, entry } => {
+                replace_request(NewNeighbour(self.neighbour_message(index, entry)))
+            }
+            Request::Fdb { index, entry } => {
+                replace_request(NewNeighbour(self.fdb_message(index, entry)))
+            }
+            Request::Route(route) => replace_request(NewRoute(route::add_message(&route)?)),
+            Request::DelNexthop(id) => nexthop::delete_message(id, 0),
+            Request::DelNeighbour { index, ip } => {
+                delete_request(DelNeighbour(self.neighbour_key(index, ip)))
+            }
+            Request::DelFdb { index, entry } => {
+                delete_request(DelNeighbour(self.fdb_key(index, entry)))
+            }
+            Request::DelRoute(route) => delete_request(DelRoute(route::del_message(&route)?)),
+        })
+    }
+
+    /// Sends one request.
+    pub(crate) async fn send_one(&self, request: Request) -> Result<(), BackendError> {
+        self.send_all(vec![request]).await.pop().unwrap_or(Ok(()))
     }
 }
 

@@ -10,7 +10,8 @@ use netlink_packet_route::neighbour::{
 };
 use netlink_packet_route::AddressFamily;
 
-use super::{is_gone, nl_err, Family, Netlink};
+use super::batch::Request;
+use super::{nl_err, Family, Netlink};
 use crate::BackendError;
 
 /// A permanent neighbour entry: ARP for IPv4, NDP for IPv6.
@@ -108,16 +109,19 @@ impl Netlink {
             .clone()
     }
 
-    pub async fn del_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), BackendError> {
-        let mut req = self.handle().neighbours().add(index, ip);
-        let msg = req.message_mut().clone();
-        match self.handle().neighbours().del(msg).execute().await {
-            Err(e) if !is_gone(&e) => Err(nl_err(format!("deleting neighbour entry {ip}"))(e)),
-            _ => Ok(()),
-        }
+    /// The neighbour entry of `ip` on device `index`, as a deletion names it.
+    pub(crate) fn neighbour_key(&self, index: u32, ip: IpAddr) -> NeighbourMessage {
+        self.handle()
+            .neighbours()
+            .add(index, ip)
+            .message_mut()
+            .clone()
     }
 
-    /// The FDB entries with a destination that a vxlan link holds for itself (NTF_SELF).
+    pub async fn del_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), BackendError> {
+        self.send_one(Request::DelNeighbour { index, ip }).await
+    }
+
     pub async fn fdb_entries(&self, index: u32) -> Result<Vec<FdbEntry>, BackendError> {
         let mut out = Vec::new();
         let mut req = self
@@ -141,19 +145,18 @@ impl Netlink {
         Ok(out)
     }
 
-    pub async fn del_fdb(&self, index: u32, entry: FdbEntry) -> Result<(), BackendError> {
-        let mut req = self
-            .handle()
+    /// The FDB entry on device `index`, as a deletion names it.
+    pub(crate) fn fdb_key(&self, index: u32, entry: FdbEntry) -> NeighbourMessage {
+        self.handle()
             .neighbours()
             .add_bridge(index, &entry.mac.octets())
             .destination(entry.dst)
-            .flags(NeighbourFlags::Own);
-        let msg = req.message_mut().clone();
-        match self.handle().neighbours().del(msg).execute().await {
-            Err(e) if !is_gone(&e) => {
-                Err(nl_err(format!("deleting FDB entry for {}", entry.dst))(e))
-            }
-            _ => Ok(()),
-        }
+            .flags(NeighbourFlags::Own)
+            .message_mut()
+            .clone()
+    }
+
+    pub async fn del_fdb(&self, index: u32, entry: FdbEntry) -> Result<(), BackendError> {
+        self.send_one(Request::DelFdb { index, entry }).await
     }
 }

@@ -221,25 +221,14 @@ impl Netlink {
 
     /// `ip nexthop replace` for each; one result per nexthop.
     pub async fn replace_nexthops(&self, nexthops: Vec<Nexthop>) -> Vec<Result<(), BackendError>> {
-        self.replace_all(nexthops.into_iter().map(Request::Nexthop).collect())
+        self.send_all(nexthops.into_iter().map(Request::Nexthop).collect())
             .await
     }
 
     /// `ip nexthop del` for each (one already gone is no error).
     pub async fn delete_nexthops(&self, ids: Vec<u32>) -> Vec<Result<(), BackendError>> {
-        let requests = ids.iter().map(|id| delete_message(*id, 0)).collect();
-        let errnos = self.requests().transact(requests).await;
-        let errnos = match errnos {
-            Ok(e) => e,
-            Err(e) => return vec![Err(e)],
-        };
-        ids.iter()
-            .zip(errnos)
-            .map(|(id, e)| match e {
-                0 | super::ENOENT | super::ESRCH => Ok(()),
-                e => Err(errno_err(&format!("deleting nexthop {id}"), e)),
-            })
-            .collect()
+        self.send_all(ids.into_iter().map(Request::DelNexthop).collect())
+            .await
     }
 }
 

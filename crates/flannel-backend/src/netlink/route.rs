@@ -9,6 +9,7 @@ use netlink_packet_route::route::{
 };
 use rtnetlink::RouteMessageBuilder;
 
+use super::batch::Request;
 use super::{is_gone, nl_err, Family, Netlink};
 use crate::BackendError;
 
@@ -112,6 +113,29 @@ pub(crate) fn add_message(route: &Route) -> Result<RouteMessage, BackendError> {
     message(route, RouteProtocol::Boot)
 }
 
+/// What `ip route del` sends: any route to the destination through the gateway and device,
+/// whatever its flags and protocol. A route through a nexthop object is named by its
+/// destination alone: the kernel refuses a deletion naming a nexthop that is gone (EINVAL),
+/// and matches none that names its gateway.
+pub(crate) fn del_message(route: &Route) -> Result<RouteMessage, BackendError> {
+    let any_flags = match route.nhid {
+        Some(_) => Route {
+            dst: route.dst,
+            gateway: None,
+            oif: None,
+            onlink: false,
+            nhid: None,
+        },
+        None => Route {
+            onlink: false,
+            ..*route
+        },
+    };
+    let mut msg = message(&any_flags, RouteProtocol::Unspec)?;
+    msg.header.scope = RouteScope::NoWhere;
+    Ok(msg)
+}
+
 impl Netlink {
     /// The blackhole routes of `family` in the main table (their destinations).
     pub async fn blackholes(&self, family: Family) -> Result<Vec<IpNetwork>, BackendError> {
@@ -180,17 +204,6 @@ impl Netlink {
     }
 
     pub async fn del_route(&self, route: Route) -> Result<(), BackendError> {
-        // Like `ip route del`: any protocol, scope "nowhere", so the kernel matches whatever
-        // protocol the route was added with.
-        let any_flags = Route {
-            onlink: false,
-            ..route
-        };
-        let mut msg = message(&any_flags, RouteProtocol::Unspec)?;
-        msg.header.scope = RouteScope::NoWhere;
-        match self.handle().route().del(msg).execute().await {
-            Err(e) if !is_gone(&e) => Err(nl_err(format!("deleting route to {}", route.dst))(e)),
-            _ => Ok(()),
-        }
+        self.send_one(Request::DelRoute(route)).await
     }
 }

@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flannel_net::{Lease, LeaseAttrs, LeaseBatch, VxlanBackendData};
-use futures::StreamExt;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use netlink_packet_route::RouteNetlinkMessage;
 use serde_json::Value;
@@ -42,9 +41,6 @@ use tunnel::Tunnel;
 use crate::netlink::Family;
 use crate::reconciler::Reconciler;
 use crate::{Backend, BackendError, BackendStats, NodeContext};
-
-/// How many netlink requests are in flight at once when many peers change.
-const PIPELINE_DEPTH: usize = 128;
 
 pub struct VxlanBackend {
     config: VxlanConfig,
@@ -294,15 +290,4 @@ impl Backend for VxlanBackend {
     ) -> Result<(), BackendError> {
         crate::reconciler::serve(*self, events, synced, resync).await
     }
-}
-
-/// Runs the futures with at most [`PIPELINE_DEPTH`] in flight.
-async fn run_all<F>(futures: impl Iterator<Item = F>) -> Vec<Result<(), BackendError>>
-where
-    F: std::future::Future<Output = Result<(), BackendError>>,
-{
-    futures::stream::iter(futures)
-        .buffer_unordered(PIPELINE_DEPTH)
-        .collect::<Vec<_>>()
-        .await
 }

@@ -18,16 +18,15 @@ use super::config::{self, VxlanConfig};
 use super::device::{self, Device};
 use super::peer_set::PeerSet;
 use super::peers::{self, Plan, Skip};
-use super::run_all;
 use crate::netlink::batch::Request;
-
-/// Peers whose entries go to the kernel in one bulk call ([`Netlink::replace_all`]).
-const PEERS_PER_CALL: usize = 256;
 use crate::netlink::link::VxlanLinkSpec;
 use crate::netlink::nexthop::Nexthop;
 use crate::netlink::route::Route;
 use crate::netlink::{neighbour, route, Family, Netlink};
 use crate::{BackendError, BackendStats, ExtIface};
+
+/// Peers whose entries go to the kernel in one bulk call ([`Netlink::send_all`]).
+const PEERS_PER_CALL: usize = 256;
 
 /// What makes one family's tunnel: its Network, this node's address (the VTEP's local
 /// address) and the MAC it advertised before, if any.
@@ -346,14 +345,15 @@ impl Tunnel {
         Ok(size)
     }
 
-    /// Runs a plan: deletions (routes, FDB, ARP), then each peer's additions (nexthop, ARP,
-    /// FDB, route) in bulk, then the nexthops no peer uses. Returns the number of failures,
-    /// each logged.
+    /// Runs a plan in bulk calls, in this order: deletions (routes, FDB, ARP), each peer's
+    /// additions (nexthop, ARP, FDB, route), the nexthops no peer uses. A lease event is one
+    /// call; a cold start's peers go a few hundred to a call, so that thousands are never
+    /// all encoded at once. Returns the number of failures, each logged.
     async fn execute(&self, plan: Plan) -> usize {
         let index = self.device.index;
         let nl = &self.nl;
         let mut failures = 0;
-        let mut count = |results: Vec<Result<(), BackendError>>| {
+        let mut count = |results: &mut dyn Iterator<Item = Result<(), BackendError>>| {
             for r in results {
                 if let Err(e) = r {
                     warn!("{e}");
@@ -361,18 +361,24 @@ impl Tunnel {
                 }
             }
         };
-        count(run_all(plan.del_routes.into_iter().map(|r| nl.del_route(r))).await);
-        count(run_all(plan.del_fdb.into_iter().map(|f| nl.del_fdb(index, f))).await);
-        count(
-            run_all(
+        let mut deletions: Vec<Request> = plan
+            .del_routes
+            .into_iter()
+            .map(Request::DelRoute)
+            .chain(
+                plan.del_fdb
+                    .into_iter()
+                    .map(|entry| Request::DelFdb { index, entry }),
+            )
+            .chain(
                 plan.del_neighbours
                     .into_iter()
-                    .map(|ip| nl.del_neighbour(index, ip)),
+                    .map(|ip| Request::DelNeighbour { index, ip }),
             )
-            .await,
-        );
+            .collect();
         // a subnet removed and added in one batch (a dual-stack lease whose other family
-        // changed) keeps its nexthop: it is the new peer's too
+        // changed) keeps its nexthop: it is the new peer's too. Deleting a nexthop deletes
+        // the routes through it: last.
         let mut del_nexthops = plan.del_nexthops;
         del_nexthops.retain(|id| {
             !plan
@@ -380,12 +386,16 @@ impl Tunnel {
                 .iter()
                 .any(|c| c.nexthop.is_some_and(|n| n.id == *id))
         });
-        // each peer's nexthop object, ARP, FDB entry and route, in that order, many peers
-        // to a datagram; a few hundred peers at a time, so that a cold start's thousands
-        // are never all encoded at once
+        let mut calls: Vec<&[peers::PeerChange]> = plan.add.chunks(PEERS_PER_CALL).collect();
+        if calls.is_empty() {
+            calls.push(&[]);
+        }
+        let last = calls.len() - 1;
         let mut orphaned_neighbours = Vec::new();
-        for changes in plan.add.chunks(PEERS_PER_CALL) {
-            let mut requests = Vec::with_capacity(changes.len() * 4);
+        for (call, changes) in calls.into_iter().enumerate() {
+            let mut requests = std::mem::take(&mut deletions);
+            let deleted = requests.len();
+            requests.reserve(changes.len() * 4);
             for change in changes {
                 requests.extend(change.nexthop.map(Request::Nexthop));
                 requests.extend(
@@ -396,7 +406,14 @@ impl Tunnel {
                 requests.extend(change.fdb.map(|entry| Request::Fdb { index, entry }));
                 requests.extend(change.route.map(Request::Route));
             }
-            let mut results = nl.replace_all(requests).await.into_iter();
+            if call == last {
+                requests.extend(del_nexthops.drain(..).map(Request::DelNexthop));
+            }
+            if requests.is_empty() {
+                continue;
+            }
+            let mut results = nl.send_all(requests).await.into_iter();
+            count(&mut results.by_ref().take(deleted));
             for change in changes {
                 let mut next = |present: bool| if present { results.next() } else { None };
                 let nexthop = next(change.nexthop.is_some());
@@ -407,23 +424,16 @@ impl Tunnel {
                 if matches!(fdb, Some(Err(_))) {
                     orphaned_neighbours.extend(change.neighbour.map(|n| n.ip));
                 }
-                count(
-                    [nexthop, neighbour, fdb, route]
-                        .into_iter()
-                        .flatten()
-                        .collect(),
-                );
+                count(&mut [nexthop, neighbour, fdb, route].into_iter().flatten());
             }
+            count(&mut results);
         }
-        run_all(
-            orphaned_neighbours
+        if !orphaned_neighbours.is_empty() {
+            let requests = orphaned_neighbours
                 .into_iter()
-                .map(|ip| nl.del_neighbour(index, ip)),
-        )
-        .await;
-        // last: deleting a nexthop deletes the routes through it
-        if !del_nexthops.is_empty() {
-            count(nl.delete_nexthops(del_nexthops).await);
+                .map(|ip| Request::DelNeighbour { index, ip })
+                .collect();
+            nl.send_all(requests).await;
         }
         self.stats
             .errors

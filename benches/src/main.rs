@@ -1,7 +1,7 @@
 //! `flannel-bench`: what flanneld exists for, measured in the lab, for any flanneld binary.
 //!
 //! ```text
-//! flannel-bench [--flanneld PATH]... [--quick] [--out FILE] [--peers N,N...] [--scenario NAME]...
+//! flannel-bench [--flanneld PATH]... [--quick] [--out FILE] [--peers N,N...] [--idle SECONDS] [--scenario NAME]...
 //! ```
 //! Every scenario runs for each binary in turn (alternating where it repeats) against a real
 //! etcd, with the lab's upstream-style flags, and prints one row per scenario and binary;
@@ -86,6 +86,8 @@ struct Opts {
     soak_minutes: u64,
     /// `--peers`: the cold start's sizes instead of the default ones.
     peers: Vec<u32>,
+    /// `--idle SECONDS`: how long the cold start waits before reading memory (60, 3 quick).
+    idle: Option<Duration>,
     out: PathBuf,
     scenarios: Vec<String>,
 }
@@ -369,11 +371,11 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
     } else {
         &[100, 1000, 5000, 10_000]
     };
-    let idle = if o.quick {
+    let idle = o.idle.unwrap_or(if o.quick {
         Duration::from_secs(3)
     } else {
         Duration::from_secs(60)
-    };
+    });
     let mut rows = Vec::new();
     // flanneld-rs twice with VXLAN: peer routes through nexthop objects (its default where
     // the kernel has them) and classic onlink routes (upstream's form)
@@ -483,6 +485,10 @@ fn cold_start(
     // the peak of the whole start, the full reconcile after the first listing included
     let hwm = probe::proc_status_kib(pid, "VmHWM").unwrap_or(0) as f64;
     let rss = probe::proc_status_kib(pid, "VmRSS").unwrap_or(0) as f64;
+    // of the resident memory: the program's code and read-only data mapped from its file,
+    // and its own (heap, stacks)
+    let rss_file = probe::proc_status_kib(pid, "RssFile").unwrap_or(0) as f64;
+    let rss_anon = probe::proc_status_kib(pid, "RssAnon").unwrap_or(0) as f64;
     if programmed.is_none() {
         eprintln!(
             "{}: not every entry programmed; log:\n{}",
@@ -498,6 +504,8 @@ fn cold_start(
         ("readyz_ms".into(), ms(ready)),
         ("VmHWM_MiB".into(), hwm / 1024.0),
         ("VmRSS_idle_MiB".into(), rss / 1024.0),
+        ("RssFile_idle_MiB".into(), rss_file / 1024.0),
+        ("RssAnon_idle_MiB".into(), rss_anon / 1024.0),
     ]
 }
 
@@ -945,6 +953,7 @@ fn main() {
         quick: false,
         soak_minutes: 10,
         peers: Vec::new(),
+        idle: None,
         out: PathBuf::from("target/bench-results.json"),
         scenarios: Vec::new(),
     };
@@ -959,6 +968,13 @@ fn main() {
             "--soak-minutes" => {
                 i += 1;
                 o.soak_minutes = args[i].parse().unwrap_or(10);
+            }
+            "--idle" => {
+                i += 1;
+                o.idle = args
+                    .get(i)
+                    .and_then(|v| v.parse().ok())
+                    .map(Duration::from_secs);
             }
             "--peers" => {
                 i += 1;
@@ -1002,7 +1018,7 @@ fn main() {
                 o.scenarios.push(args[i].clone());
             }
             other => {
-                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw] [--ip ipv4|dual] [--out FILE] [--peers N,N...] [--scenario start|converge|cold|steady|churn|etcd-load|kube-cold]...");
+                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw] [--ip ipv4|dual] [--out FILE] [--peers N,N...] [--idle SECONDS] [--scenario start|converge|cold|steady|churn|etcd-load|kube-cold]...");
                 std::process::exit(2);
             }
         }

@@ -60,7 +60,7 @@ pub fn is_compatible(config: &NetworkConfig, key: &SubnetKey) -> bool {
 
 /// Whether `lease` is this node's: the same PublicIP, or, IPv6-only, the same PublicIPv6
 /// (upstream compares PublicIP alone, which is 0.0.0.0 for every IPv6-only node).
-fn is_mine(config: &NetworkConfig, attrs: &LeaseAttrs, lease: &Lease) -> bool {
+pub(crate) fn is_mine(config: &NetworkConfig, attrs: &LeaseAttrs, lease: &Lease) -> bool {
     if config.enable_ipv4 {
         lease.attrs.public_ip == attrs.public_ip
     } else {

@@ -37,7 +37,7 @@ impl LeaseSet {
 
     /// Replaces the whole set: `Removed` for what is gone, `Added` for what is new or changed;
     /// unchanged leases stay silent. Events come in key order.
-    pub fn reset(&mut self, snapshot: Vec<Lease>) -> Vec<LeaseEvent> {
+    pub fn reset(&mut self, snapshot: impl IntoIterator<Item = Lease>) -> Vec<LeaseEvent> {
         let fresh: BTreeMap<SubnetKey, Lease> =
             snapshot.into_iter().map(|l| (l.key(), l)).collect();
         let removed = self
@@ -53,10 +53,13 @@ impl LeaseSet {
                     .is_none_or(|old| old.attrs != new.attrs)
             })
             .map(|(_, lease)| lease);
-        let events = removed
-            .map(|l| LeaseEvent::Removed(l.clone()))
-            .chain(added.map(|l| LeaseEvent::Added(l.clone())))
-            .collect();
+        // at its size at once: a first listing adds thousands
+        let mut events = Vec::with_capacity(removed.clone().count() + added.clone().count());
+        events.extend(
+            removed
+                .map(|l| LeaseEvent::Removed(l.clone()))
+                .chain(added.map(|l| LeaseEvent::Added(l.clone()))),
+        );
         self.leases = fresh;
         events
     }

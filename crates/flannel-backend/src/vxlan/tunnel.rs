@@ -160,6 +160,14 @@ impl Tunnel {
     pub(super) async fn apply(&mut self, batch: &LeaseBatch) -> usize {
         let v6 = self.family == Family::V6;
         let mut plan = Plan::default();
+        // at its size at once: a cold start adds thousands
+        plan.add.reserve(
+            batch
+                .events
+                .iter()
+                .filter(|e| matches!(e, LeaseEvent::Added(_)))
+                .count(),
+        );
         let removed = batch.events.iter().filter_map(|e| match e {
             LeaseEvent::Removed(l) => Some(l),
             LeaseEvent::Added(_) => None,

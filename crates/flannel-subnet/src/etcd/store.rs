@@ -195,12 +195,11 @@ impl Store for EtcdV3Store {
             .await
             .map_err(etcd_err("listing leases", &self.endpoints))?;
         let revision = resp.header().map_or(0, |h| h.revision()).max(0) as u64;
-        // the values move into the records (thousands at a cold start: no second copy)
-        let records = resp
-            .take_kvs()
-            .into_iter()
-            .filter_map(|kv| self.record_of(kv))
-            .collect();
+        // the values move into the records (thousands at a cold start: no second copy), and
+        // the records' vector is allocated once, at its size
+        let kvs = resp.take_kvs();
+        let mut records = Vec::with_capacity(kvs.len());
+        records.extend(kvs.into_iter().filter_map(|kv| self.record_of(kv)));
         Ok((records, revision))
     }
 

@@ -175,7 +175,7 @@ struct Peers {
 impl Peers {
     fn reset(&mut self, leases: BTreeMap<String, Lease>) -> Vec<LeaseEvent> {
         self.by_name = leases.iter().map(|(n, l)| (n.clone(), l.key())).collect();
-        self.set.reset(leases.into_values().collect())
+        self.set.reset(leases.into_values())
     }
 
     /// A node's new state: its lease, or `None` when it is gone or no (usable) flannel node.

@@ -76,6 +76,14 @@ struct Parsed {
     lease: Result<Lease, String>,
 }
 
+/// A subnet key's record as acquiring reads it ([`LeaseManager::list_subnets`]).
+struct Subnets {
+    /// The subnets the key names, even when the value is garbage.
+    subnet: Option<SubnetKey>,
+    /// The lease, when it parses and was kept.
+    lease: Option<Box<Lease>>,
+}
+
 fn parse(record: &Record) -> Parsed {
     let key = record.name.parse::<SubnetKey>().map_err(|e| e.to_string());
     let lease = key.clone().and_then(|k| {
@@ -181,18 +189,49 @@ impl<S: Store> LeaseManager<S> {
         Ok((records, parsed))
     }
 
+    /// Every subnet key as acquiring reads it: its subnets, and the lease itself only when
+    /// `keep` wants it; bad ones are logged. The others' values and attributes are dropped
+    /// as they are read: a cold start lists thousands, and only this node's own leases
+    /// matter beyond their subnets.
+    async fn list_subnets(
+        &self,
+        keep: impl Fn(&Lease) -> bool,
+    ) -> Result<(Vec<Record>, Vec<Subnets>), SubnetError> {
+        let (mut records, _) = self.store.list().await?;
+        let mut subnets = Vec::with_capacity(records.len());
+        for record in &mut records {
+            let Parsed { subnet, lease } = parse(record);
+            let lease = match lease {
+                Ok(lease) if keep(&lease) => Some(Box::new(lease)),
+                Ok(_) => None,
+                Err(e) => {
+                    warn!(key = %record.name, "ignoring bad subnet lease: {e}");
+                    None
+                }
+            };
+            if lease.is_none() {
+                record.value = Vec::new();
+            }
+            subnets.push(Subnets { subnet, lease });
+        }
+        Ok((records, subnets))
+    }
+
     /// One read-decide-write round of acquiring this node's lease.
     async fn try_acquire(
         &self,
         config: &NetworkConfig,
         attrs: &LeaseAttrs,
     ) -> Result<Attempt, SubnetError> {
-        let (mut records, parsed) = self.list_parsed().await?;
+        // a lease is reused only when it is this node's (acquire::decide)
+        let (mut records, parsed) = self
+            .list_subnets(|l| acquire::is_mine(config, attrs, l))
+            .await?;
         let seen: Vec<acquire::Seen> = parsed
             .iter()
             .map(|p| acquire::Seen {
                 subnet: p.subnet,
-                lease: p.lease.as_ref().ok(),
+                lease: p.lease.as_deref(),
             })
             .collect();
         let plan = acquire::decide(config, attrs, &seen, self.previous_subnet, &mut rand::rng());
@@ -240,7 +279,7 @@ impl<S: Store> LeaseManager<S> {
     /// (another node picked the same subnet of one family at the same time), deletes ours
     /// and says so (`true`): the caller picks again. See [`acquire::lost_to`].
     async fn gave_way(&self, ours: &SubnetKey) -> Result<bool, SubnetError> {
-        let (records, parsed) = self.list_parsed().await?;
+        let (records, parsed) = self.list_subnets(|_| false).await?;
         let name = ours.to_string();
         let Some(mine) = records.iter().find(|r| r.name == name) else {
             // gone already (expired, deleted): pick again

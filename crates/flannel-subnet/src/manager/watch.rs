@@ -54,14 +54,16 @@ impl<S: Store> LeaseManager<S> {
         tx: &mpsc::Sender<LeaseBatch>,
     ) -> Result<(), SubnetError> {
         let (records, revision) = self.store.list().await?;
-        let mut snapshot = Vec::with_capacity(records.len());
-        for record in &records {
-            match parse(record).lease {
-                Ok(lease) => snapshot.push(lease),
-                Err(e) => warn!(key = %record.name, "ignoring bad subnet lease: {e}"),
-            }
-        }
-        drop(records);
+        // each record goes as its lease goes into the set (a cold start lists thousands)
+        let snapshot = records
+            .into_iter()
+            .filter_map(|record| match parse(&record).lease {
+                Ok(lease) => Some(lease),
+                Err(e) => {
+                    warn!(key = %record.name, "ignoring bad subnet lease: {e}");
+                    None
+                }
+            });
         let events = set.reset(snapshot);
         tx.send(LeaseBatch {
             events,

@@ -13,7 +13,8 @@ use crate::allocate;
 pub struct Seen<'a> {
     /// The subnets the key names (`None`: not a subnet key).
     pub subnet: Option<SubnetKey>,
-    /// The lease, when the value parses.
+    /// The lease, when the value parses; [`decide`] looks only at this node's own (see
+    /// `is_mine`), so the caller may leave the others out.
     pub lease: Option<&'a Lease>,
 }
 

@@ -10,19 +10,10 @@ use flannel_backend::netlink::neighbour::{FdbEntry, NeighbourEntry};
 use flannel_backend::netlink::nexthop::Nexthop;
 use flannel_backend::netlink::route::Route;
 use flannel_backend::netlink::{Netlink, NexthopMode};
-use flannel_lab::netns::{self, ip};
-
-fn bridge(args: &[&str]) -> String {
-    let out = std::process::Command::new("bridge")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "bridge {args:?}");
-    String::from_utf8(out.stdout).unwrap()
-}
+use flannel_lab::netns::{self, bridge, ip};
 
 #[test]
-fn a_batch_programs_peers_in_order_and_a_failed_request_fails_alone() {
+fn a_batch_programs_and_deletes_peers_in_order_and_a_failed_request_fails_alone() {
     netns::run(|| async {
         ip(&[
             "link",

@@ -56,7 +56,8 @@ pub enum Request {
         index: u32,
         entry: FdbEntry,
     },
-    /// Any route to the destination with this gateway and device (its flags do not matter).
+    /// Any route to the destination with this gateway and device, whatever its flags; one
+    /// through a nexthop object by its destination alone (`route::del_message`).
     DelRoute(Route),
 }
 
@@ -310,7 +311,7 @@ impl Netlink {
                 delete_request(DelNeighbour(self.neighbour_key(index, ip)))
             }
             Request::DelFdb { index, entry } => {
-                delete_request(DelNeighbour(self.fdb_key(index, entry)))
+                delete_request(DelNeighbour(self.fdb_message(index, entry)))
             }
             Request::DelRoute(route) => delete_request(DelRoute(route::del_message(&route)?)),
         })

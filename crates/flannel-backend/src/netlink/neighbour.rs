@@ -97,7 +97,8 @@ impl Netlink {
             .clone()
     }
 
-    /// The message of `bridge fdb replace <mac> dev <index> dst <dst> self permanent`.
+    /// The message of `bridge fdb replace <mac> dev <index> dst <dst> self permanent`; a
+    /// deletion names the entry with it too.
     pub(crate) fn fdb_message(&self, index: u32, entry: FdbEntry) -> NeighbourMessage {
         self.handle()
             .neighbours()
@@ -122,6 +123,7 @@ impl Netlink {
         self.send_one(Request::DelNeighbour { index, ip }).await
     }
 
+    /// The FDB entries with a destination that a vxlan link holds for itself (NTF_SELF).
     pub async fn fdb_entries(&self, index: u32) -> Result<Vec<FdbEntry>, BackendError> {
         let mut out = Vec::new();
         let mut req = self
@@ -143,17 +145,6 @@ impl Netlink {
             }
         }
         Ok(out)
-    }
-
-    /// The FDB entry on device `index`, as a deletion names it.
-    pub(crate) fn fdb_key(&self, index: u32, entry: FdbEntry) -> NeighbourMessage {
-        self.handle()
-            .neighbours()
-            .add_bridge(index, &entry.mac.octets())
-            .destination(entry.dst)
-            .flags(NeighbourFlags::Own)
-            .message_mut()
-            .clone()
     }
 
     pub async fn del_fdb(&self, index: u32, entry: FdbEntry) -> Result<(), BackendError> {

@@ -5,8 +5,9 @@
 //! connection task), for a single lease event (its additions or its deletions) in one system
 //! call.
 //!
-//! Listings stay with rtnetlink (`Netlink`'s other modules); nexthop objects, which
-//! rtnetlink cannot speak, are encoded in [`super::nexthop`] and sent here.
+//! Listings of many entries go through this socket too ([`super::dump`]); links and
+//! addresses stay with rtnetlink. Nexthop objects, which rtnetlink cannot speak, are encoded
+//! in [`super::nexthop`] and sent here.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -88,7 +89,7 @@ impl Request {
 }
 
 /// A request as bytes, `flags` set (sequence number 0: [`RequestSocket::transact`] sets it).
-fn request_bytes(msg: RouteNetlinkMessage, flags: u16) -> Vec<u8> {
+pub(crate) fn request_bytes(msg: RouteNetlinkMessage, flags: u16) -> Vec<u8> {
     let mut req = NetlinkMessage::from(msg);
     req.header.flags = flags;
     req.finalize();
@@ -191,11 +192,11 @@ impl RequestSocket {
         })
     }
 
-    /// Runs `f` with the socket and its sequence number: here for up to [`INLINE`] requests,
-    /// on a blocking thread for more.
+    /// Runs `f` with the socket and its sequence number: here when `inline` (a few requests:
+    /// the kernel has answered them when the send returns), else on a blocking thread.
     pub(crate) async fn with_socket<T: Send + 'static>(
         &self,
-        requests: usize,
+        inline: bool,
         f: impl FnOnce(&Socket, &mut u32) -> Result<T, BackendError> + Send + 'static,
     ) -> Result<T, BackendError> {
         let inner = self.inner.clone();
@@ -206,7 +207,7 @@ impl RequestSocket {
             let (socket, seq) = &mut *guard;
             f(socket, seq)
         };
-        if requests <= INLINE {
+        if inline {
             return run();
         }
         tokio::task::spawn_blocking(run)
@@ -218,7 +219,7 @@ impl RequestSocket {
     /// many per datagram; the errno of each (0: done).
     pub(crate) async fn transact(&self, requests: Vec<Vec<u8>>) -> Result<Vec<i32>, BackendError> {
         let count = requests.len();
-        self.with_socket(count, move |socket, seq| {
+        self.with_socket(count <= INLINE, move |socket, seq| {
             let mut results = vec![0; count];
             let mut datagram = Vec::new();
             for (batch, chunk) in requests.chunks(BATCH).enumerate() {

@@ -4,6 +4,7 @@
 
 pub mod address;
 pub mod batch;
+mod dump;
 pub mod link;
 pub mod neighbour;
 pub mod nexthop;

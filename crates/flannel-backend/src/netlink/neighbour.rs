@@ -4,14 +4,13 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use flannel_net::MacAddr;
-use futures::TryStreamExt;
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::AddressFamily;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::batch::Request;
-use super::{nl_err, Family, Netlink};
+use super::{dump, Family, Netlink};
 use crate::BackendError;
 
 /// A permanent neighbour entry: ARP for IPv4, NDP for IPv6.
@@ -64,26 +63,23 @@ impl Netlink {
         index: u32,
         family: Family,
     ) -> Result<Vec<NeighbourEntry>, BackendError> {
-        let mut out = Vec::new();
-        let mut req = self
-            .handle()
-            .neighbours()
-            .get()
-            .set_address_family(family.netlink())
-            .execute();
-        while let Some(msg) = req
-            .try_next()
+        let mut filter = NeighbourMessage::default();
+        filter.header.family = family.netlink();
+        let request = dump::request(RouteNetlinkMessage::GetNeighbour(filter));
+        self.requests()
+            .dump("listing neighbour entries", request, move |kind, body| {
+                let RouteNetlinkMessage::NewNeighbour(msg) = dump::message(kind, body)? else {
+                    return None;
+                };
+                if msg.header.ifindex != index || msg.header.state != NeighbourState::Permanent {
+                    return None;
+                }
+                Some(NeighbourEntry {
+                    ip: ip_of(&msg)?,
+                    mac: mac_of(&msg)?,
+                })
+            })
             .await
-            .map_err(nl_err("listing neighbour entries"))?
-        {
-            if msg.header.ifindex != index || msg.header.state != NeighbourState::Permanent {
-                continue;
-            }
-            if let (Some(ip), Some(mac)) = (ip_of(&msg), mac_of(&msg)) {
-                out.push(NeighbourEntry { ip, mac });
-            }
-        }
-        Ok(out)
     }
 
     /// The message of `ip neigh replace <ip> lladdr <mac> dev <index> nud permanent`.
@@ -125,26 +121,23 @@ impl Netlink {
 
     /// The FDB entries with a destination that a vxlan link holds for itself (NTF_SELF).
     pub async fn fdb_entries(&self, index: u32) -> Result<Vec<FdbEntry>, BackendError> {
-        let mut out = Vec::new();
-        let mut req = self
-            .handle()
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute();
-        while let Some(msg) = req
-            .try_next()
+        let mut filter = NeighbourMessage::default();
+        filter.header.family = AddressFamily::Bridge;
+        let request = dump::request(RouteNetlinkMessage::GetNeighbour(filter));
+        self.requests()
+            .dump("listing FDB entries", request, move |kind, body| {
+                let RouteNetlinkMessage::NewNeighbour(msg) = dump::message(kind, body)? else {
+                    return None;
+                };
+                if msg.header.ifindex != index || !msg.header.flags.contains(NeighbourFlags::Own) {
+                    return None;
+                }
+                Some(FdbEntry {
+                    mac: mac_of(&msg)?,
+                    dst: ip_of(&msg)?,
+                })
+            })
             .await
-            .map_err(nl_err("listing FDB entries"))?
-        {
-            if msg.header.ifindex != index || !msg.header.flags.contains(NeighbourFlags::Own) {
-                continue;
-            }
-            if let (Some(mac), Some(dst)) = (mac_of(&msg), ip_of(&msg)) {
-                out.push(FdbEntry { mac, dst });
-            }
-        }
-        Ok(out)
     }
 
     pub async fn del_fdb(&self, index: u32, entry: FdbEntry) -> Result<(), BackendError> {

@@ -11,7 +11,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::batch::{errno_err, io_err, parse, u16_at, u32_at, Reply, Request};
+use super::batch::{u16_at, u32_at, Request};
 use super::Netlink;
 use crate::BackendError;
 
@@ -181,42 +181,17 @@ impl Netlink {
     /// Every nexthop on `oif` (every one with `None`); `Err` with the errno's words when the
     /// kernel has no nexthop objects.
     pub async fn list_nexthops(&self, oif: Option<u32>) -> Result<Vec<Nexthop>, BackendError> {
-        self.requests()
-            .with_socket(1, move |socket, seq| {
-                *seq = seq.wrapping_add(1);
-                let me = *seq;
-                let failed = |errno| errno_err("listing nexthops", errno);
-                socket
-                    .send(&dump_message(oif, me), 0)
-                    .map_err(|e| io_err("listing nexthops", e))?;
-                let mut out = Vec::new();
-                loop {
-                    let (datagram, _) = socket
-                        .recv_from_full()
-                        .map_err(|e| io_err("listing nexthops", e))?;
-                    for reply in parse(&datagram) {
-                        match reply {
-                            Reply::Message { kind, seq, body }
-                                if seq == me && kind == RTM_NEWNEXTHOP =>
-                            {
-                                out.extend(parse_nexthop(body))
-                            }
-                            Reply::Done { seq, errno } | Reply::Ack { seq, errno }
-                                if seq == me && errno != 0 =>
-                            {
-                                return Err(failed(errno))
-                            }
-                            Reply::Done { seq, .. } if seq == me => {
-                                // the kernel's filter by device is a hint on old kernels
-                                out.retain(|n| oif.is_none_or(|o| n.oif == o));
-                                return Ok(out);
-                            }
-                            _ => {}
-                        }
-                    }
-                }
+        let mut out = self
+            .requests()
+            .dump("listing nexthops", dump_message(oif, 0), |kind, body| {
+                (kind == RTM_NEWNEXTHOP)
+                    .then(|| parse_nexthop(body))
+                    .flatten()
             })
-            .await
+            .await?;
+        // the kernel's filter by device is a hint on old kernels
+        out.retain(|n| oif.is_none_or(|o| n.oif == o));
+        Ok(out)
     }
 
     /// `ip nexthop replace` for each; one result per nexthop.
@@ -245,6 +220,7 @@ pub fn id_for(gateway: IpAddr) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::batch::{parse, Reply};
 
     #[test]
     fn a_replace_request_is_what_iproute2_sends() {

@@ -2,15 +2,15 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
+use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::RouteMessageBuilder;
 
 use super::batch::Request;
-use super::{is_gone, nl_err, Family, Netlink};
+use super::{dump, is_gone, nl_err, Family, Netlink};
 use crate::BackendError;
 
 const MAIN_TABLE: u32 = 254;
@@ -136,25 +136,34 @@ pub(crate) fn del_message(route: &Route) -> Result<RouteMessage, BackendError> {
     Ok(msg)
 }
 
+/// `ip route show` of one family (the kernel sends every table's: [`parse`] keeps the main).
+fn dump_request(family: Family) -> Vec<u8> {
+    let filter = match family {
+        Family::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        Family::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    };
+    dump::request(RouteNetlinkMessage::GetRoute(filter))
+}
+
 impl Netlink {
     /// The blackhole routes of `family` in the main table (their destinations).
     pub async fn blackholes(&self, family: Family) -> Result<Vec<IpNetwork>, BackendError> {
-        let filter = match family {
-            Family::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
-            Family::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
-        };
-        let mut out = Vec::new();
-        let mut req = self.handle().route().get(filter).execute();
-        while let Some(msg) = req.try_next().await.map_err(nl_err("listing routes"))? {
-            let main = msg.attributes.iter().all(|a| match a {
-                RouteAttribute::Table(t) => *t == MAIN_TABLE,
-                _ => true,
-            }) && u32::from(msg.header.table) == MAIN_TABLE;
-            if msg.header.kind == RouteType::BlackHole && main {
-                out.extend(destination_of(&msg));
-            }
-        }
-        Ok(out)
+        self.requests()
+            .dump("listing routes", dump_request(family), |kind, body| {
+                let RouteNetlinkMessage::NewRoute(msg) = dump::message(kind, body)? else {
+                    return None;
+                };
+                let main = msg.attributes.iter().all(|a| match a {
+                    RouteAttribute::Table(t) => *t == MAIN_TABLE,
+                    _ => true,
+                }) && u32::from(msg.header.table) == MAIN_TABLE;
+                if msg.header.kind == RouteType::BlackHole && main {
+                    destination_of(&msg)
+                } else {
+                    None
+                }
+            })
+            .await
     }
 
     /// `ip route replace blackhole <dst>` (upstream's `AddBlackholeV4Route`).
@@ -191,16 +200,16 @@ impl Netlink {
 
     /// Unicast routes of `family` in the main table.
     pub async fn routes(&self, family: Family) -> Result<Vec<Route>, BackendError> {
-        let filter = match family {
-            Family::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
-            Family::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
-        };
-        let mut out = Vec::new();
-        let mut req = self.handle().route().get(filter).execute();
-        while let Some(msg) = req.try_next().await.map_err(nl_err("listing routes"))? {
-            out.extend(parse(&msg, family));
-        }
-        Ok(out)
+        self.requests()
+            .dump(
+                "listing routes",
+                dump_request(family),
+                move |kind, body| match dump::message(kind, body)? {
+                    RouteNetlinkMessage::NewRoute(msg) => parse(&msg, family),
+                    _ => None,
+                },
+            )
+            .await
     }
 
     pub async fn del_route(&self, route: Route) -> Result<(), BackendError> {

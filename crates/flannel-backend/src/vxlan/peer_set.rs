@@ -36,6 +36,21 @@ fn key_range(ip: IpAddr) -> Option<(IpNetwork, IpNetwork)> {
     Some((IpNetwork::new(ip, 0).ok()?, IpNetwork::new(ip, max).ok()?))
 }
 
+/// Whether a peer of `by_subnet` needs the neighbour (ARP/NDP) entry `ip` (its gateway) with
+/// `mac` (any MAC when `None`): a look at the few subnets whose network address is `ip`.
+pub(super) fn needs_neighbour(
+    by_subnet: &BTreeMap<IpNetwork, Peer>,
+    ip: IpAddr,
+    mac: Option<MacAddr>,
+) -> bool {
+    let Some((lo, hi)) = key_range(ip) else {
+        return false;
+    };
+    by_subnet
+        .range(lo..=hi)
+        .any(|(_, p)| !p.direct && p.gateway() == ip && mac.is_none_or(|m| m == p.mac))
+}
+
 fn family(n: &IpNetwork) -> Family {
     Family::of(n.ip())
 }
@@ -124,12 +139,7 @@ impl PeerSet {
 
     /// Whether a peer needs the neighbour (ARP/NDP) entry `ip` (its gateway) with `mac` (any MAC when `None`).
     pub fn needs_neighbour(&self, ip: IpAddr, mac: Option<MacAddr>) -> bool {
-        let Some((lo, hi)) = key_range(ip) else {
-            return false;
-        };
-        self.by_subnet
-            .range(lo..=hi)
-            .any(|(_, p)| !p.direct && p.gateway() == ip && mac.is_none_or(|m| m == p.mac))
+        needs_neighbour(&self.by_subnet, ip, mac)
     }
 
     /// Whether a peer needs the FDB entry `mac dst ip`.

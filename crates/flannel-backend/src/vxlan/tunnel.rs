@@ -316,7 +316,7 @@ impl Tunnel {
             .collect();
         let mut plan = peers::plan(
             self.peers.by_subnet(),
-            &observed,
+            observed,
             index,
             self.network,
             self.config.direct_routing,

@@ -244,7 +244,7 @@ async fn peers_of(
     };
     let plan = peers::plan(
         &desired,
-        &observed,
+        observed,
         index,
         network,
         vx.direct_routing,

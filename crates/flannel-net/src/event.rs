@@ -2,17 +2,30 @@
 //! `subnet.Event` / `LeaseWatchResult`). Defined here, in the vocabulary, so that the two meet
 //! without knowing each other.
 
+use std::sync::Arc;
+
 use crate::lease::Lease;
 
+/// The lease is shared with the watcher's lease set: a first listing's thousands of events
+/// are a pointer each, not a copy of every lease (a megabyte at 5 000 leases, held while the
+/// backend applies them).
 #[derive(Debug, Clone, PartialEq)]
 pub enum LeaseEvent {
     /// A new lease, or a lease whose attributes changed (the new version).
-    Added(Lease),
+    Added(Arc<Lease>),
     /// A lease that is gone (the last version seen: its VTEP MAC is needed to clean up).
-    Removed(Lease),
+    Removed(Arc<Lease>),
 }
 
 impl LeaseEvent {
+    pub fn added(lease: Lease) -> Self {
+        LeaseEvent::Added(Arc::new(lease))
+    }
+
+    pub fn removed(lease: Lease) -> Self {
+        LeaseEvent::Removed(Arc::new(lease))
+    }
+
     pub fn lease(&self) -> &Lease {
         match self {
             LeaseEvent::Added(l) | LeaseEvent::Removed(l) => l,
@@ -33,7 +46,7 @@ impl LeaseBatch {
     /// A batch of additions only (tests, benchmarks).
     pub fn added(leases: impl IntoIterator<Item = Lease>) -> Self {
         LeaseBatch {
-            events: leases.into_iter().map(LeaseEvent::Added).collect(),
+            events: leases.into_iter().map(LeaseEvent::added).collect(),
             snapshot: false,
         }
     }
@@ -41,7 +54,7 @@ impl LeaseBatch {
     /// A batch of removals only (tests, benchmarks).
     pub fn removed(leases: impl IntoIterator<Item = Lease>) -> Self {
         LeaseBatch {
-            events: leases.into_iter().map(LeaseEvent::Removed).collect(),
+            events: leases.into_iter().map(LeaseEvent::removed).collect(),
             snapshot: false,
         }
     }

@@ -10,12 +10,14 @@
 //! it keeps them in key order for the events.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use flannel_net::{Lease, LeaseEvent, SubnetKey};
 
+/// Each lease is held once, shared with the events that carry it.
 #[derive(Debug, Default, Clone)]
 pub struct LeaseSet {
-    leases: BTreeMap<SubnetKey, Lease>,
+    leases: BTreeMap<SubnetKey, Arc<Lease>>,
 }
 
 impl LeaseSet {
@@ -28,18 +30,20 @@ impl LeaseSet {
     }
 
     pub fn get(&self, key: &SubnetKey) -> Option<&Lease> {
-        self.leases.get(key)
+        self.leases.get(key).map(|l| &**l)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Lease> {
-        self.leases.values()
+        self.leases.values().map(|l| &**l)
     }
 
     /// Replaces the whole set: `Removed` for what is gone, `Added` for what is new or changed;
     /// unchanged leases stay silent. Events come in key order.
     pub fn reset(&mut self, snapshot: impl IntoIterator<Item = Lease>) -> Vec<LeaseEvent> {
-        let fresh: BTreeMap<SubnetKey, Lease> =
-            snapshot.into_iter().map(|l| (l.key(), l)).collect();
+        let fresh: BTreeMap<SubnetKey, Arc<Lease>> = snapshot
+            .into_iter()
+            .map(|l| (l.key(), Arc::new(l)))
+            .collect();
         let removed = self
             .leases
             .iter()
@@ -57,8 +61,8 @@ impl LeaseSet {
         let mut events = Vec::with_capacity(removed.clone().count() + added.clone().count());
         events.extend(
             removed
-                .map(|l| LeaseEvent::Removed(l.clone()))
-                .chain(added.map(|l| LeaseEvent::Added(l.clone()))),
+                .map(|l| LeaseEvent::Removed(Arc::clone(l)))
+                .chain(added.map(|l| LeaseEvent::Added(Arc::clone(l)))),
         );
         self.leases = fresh;
         events
@@ -67,6 +71,7 @@ impl LeaseSet {
     /// Records a new version of one lease; an event when it is new or its attributes changed.
     pub fn put(&mut self, lease: Lease) -> Option<LeaseEvent> {
         let key = lease.key();
+        let lease = Arc::new(lease);
         match self.leases.get(&key) {
             Some(old) if old.attrs == lease.attrs => {
                 // A renewal: keep the newer expiration, say nothing.
@@ -74,7 +79,7 @@ impl LeaseSet {
                 None
             }
             _ => {
-                self.leases.insert(key, lease.clone());
+                self.leases.insert(key, Arc::clone(&lease));
                 Some(LeaseEvent::Added(lease))
             }
         }
@@ -125,9 +130,9 @@ mod tests {
         assert_eq!(
             events,
             vec![
-                LeaseEvent::Removed(lease("10.1.2.0/24", "192.0.2.2")),
-                LeaseEvent::Added(lease("10.1.3.0/24", "192.0.2.3")),
-                LeaseEvent::Added(lease("10.1.4.0/24", "192.0.2.44")),
+                LeaseEvent::removed(lease("10.1.2.0/24", "192.0.2.2")),
+                LeaseEvent::added(lease("10.1.3.0/24", "192.0.2.3")),
+                LeaseEvent::added(lease("10.1.4.0/24", "192.0.2.44")),
             ]
         );
         assert_eq!(set.len(), 3);
@@ -140,12 +145,12 @@ mod tests {
         assert!(set.put(lease("10.1.1.0/24", "192.0.2.1")).is_none());
         assert_eq!(
             set.put(lease("10.1.1.0/24", "192.0.2.9")),
-            Some(LeaseEvent::Added(lease("10.1.1.0/24", "192.0.2.9")))
+            Some(LeaseEvent::added(lease("10.1.1.0/24", "192.0.2.9")))
         );
         let key = lease("10.1.1.0/24", "192.0.2.9").key();
         assert_eq!(
             set.remove(&key),
-            Some(LeaseEvent::Removed(lease("10.1.1.0/24", "192.0.2.9")))
+            Some(LeaseEvent::removed(lease("10.1.1.0/24", "192.0.2.9")))
         );
         assert_eq!(set.remove(&key), None);
         assert!(set.is_empty());

@@ -171,6 +171,22 @@ impl Plan {
         self.del_nexthops.clear();
     }
 
+    /// The part of the plan that can go now: its deletions and additions. The nexthops to
+    /// delete stay for the last part (deleting a nexthop deletes the routes through it),
+    /// less those the additions taken now use again.
+    pub fn split_off_call(&mut self) -> Plan {
+        let add = std::mem::take(&mut self.add);
+        self.del_nexthops
+            .retain(|id| !add.iter().any(|c| c.nexthop.is_some_and(|n| n.id == *id)));
+        Plan {
+            del_routes: std::mem::take(&mut self.del_routes),
+            del_fdb: std::mem::take(&mut self.del_fdb),
+            del_neighbours: std::mem::take(&mut self.del_neighbours),
+            add,
+            del_nexthops: Vec::new(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.del_routes.is_empty()
             && self.del_fdb.is_empty()
@@ -496,5 +512,31 @@ mod tests {
             nexthops: vec![],
         };
         assert!(plan(&desired, done, 3, net, true, false).is_empty());
+    }
+
+    #[test]
+    fn a_part_split_off_takes_the_deletions_and_leaves_the_nexthops_for_the_last() {
+        let a = peer_of(&lease("10.200.2.0/24", "192.168.77.2", "6a:02:fc:e4:63:47")).unwrap();
+        let gone = peer_of(&lease("10.200.9.0/24", "192.168.77.9", "02:00:00:00:00:09")).unwrap();
+        let reused = a.nexthop(3).unwrap();
+        let mut plan = Plan {
+            del_routes: vec![gone.route(3)],
+            del_fdb: vec![gone.fdb().unwrap()],
+            del_neighbours: vec![gone.gateway()],
+            add: vec![PeerChange {
+                nexthop: Some(reused),
+                route: Some(a.route_via(reused.id)),
+                ..PeerChange::default()
+            }],
+            del_nexthops: vec![reused.id, gone.nexthop(3).unwrap().id],
+        };
+        let part = plan.split_off_call();
+        assert_eq!(part.del_routes, vec![gone.route(3)]);
+        assert_eq!(part.del_fdb.len() + part.del_neighbours.len(), 2);
+        assert_eq!(part.add.len(), 1);
+        assert!(part.del_nexthops.is_empty(), "nexthops go last");
+        // the nexthop the part's addition uses again is no longer deleted
+        assert_eq!(plan.del_nexthops, vec![gone.nexthop(3).unwrap().id]);
+        assert!(plan.add.is_empty() && plan.del_routes.is_empty());
     }
 }

@@ -51,7 +51,7 @@ pub struct Tunnel {
     pub(super) peers: PeerSet,
     /// Valid leases left out because they overlap a peer's subnet (their routes and
     /// neighbour entries would collide); each gets its turn when the peer in its way goes.
-    shadowed: BTreeMap<IpNetwork, Lease>,
+    shadowed: BTreeMap<IpNetwork, Arc<Lease>>,
     /// Nexthop ids other programs hold (as of the last reconcile): never replaced; a peer
     /// whose id is among them keeps a classic route.
     foreign_nexthops: HashSet<u32>,
@@ -160,14 +160,7 @@ impl Tunnel {
     pub(super) async fn apply(&mut self, batch: &LeaseBatch) -> usize {
         let v6 = self.family == Family::V6;
         let mut plan = Plan::default();
-        // at its size at once: a cold start adds thousands
-        plan.add.reserve(
-            batch
-                .events
-                .iter()
-                .filter(|e| matches!(e, LeaseEvent::Added(_)))
-                .count(),
-        );
+        let mut failures = 0;
         let removed = batch.events.iter().filter_map(|e| match e {
             LeaseEvent::Removed(l) => Some(l),
             LeaseEvent::Added(_) => None,
@@ -192,7 +185,7 @@ impl Tunnel {
             }
         }
         // leases shadowed by a peer that is gone now get their turn
-        let unshadowed: Vec<Lease> = if !any_removed {
+        let unshadowed: Vec<Arc<Lease>> = if !any_removed {
             Vec::new()
         } else {
             self.shadowed
@@ -260,8 +253,13 @@ impl Tunnel {
                 nexthop,
                 route: Some(route),
             });
+            if plan.add.len() == PEERS_PER_CALL {
+                // a cold start's thousands of peers go to the kernel a call at a time as
+                // they are read, never all planned at once
+                failures += self.execute(plan.split_off_call()).await;
+            }
         }
-        self.execute(plan).await
+        failures + self.execute(plan).await
     }
 
     /// A peer's nexthop object (when routes go through them and its id is free) and route.

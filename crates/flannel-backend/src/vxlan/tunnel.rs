@@ -155,8 +155,9 @@ impl Tunnel {
         self.own.map(|s| (s, self.public_ip))
     }
 
-    /// Applies lease changes to the desired set and programs exactly the difference.
-    /// Returns the number of netlink operations that failed (the next reconcile retries them).
+    /// Applies lease changes to the desired set and programs exactly the difference, a call
+    /// per [`PEERS_PER_CALL`] added peers as they are planned. Returns the number of netlink
+    /// operations that failed (the next reconcile retries them).
     pub(super) async fn apply(&mut self, batch: &LeaseBatch) -> usize {
         let v6 = self.family == Family::V6;
         let mut plan = Plan::default();

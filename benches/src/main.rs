@@ -971,10 +971,11 @@ fn main() {
             }
             "--idle" => {
                 i += 1;
-                o.idle = args
-                    .get(i)
-                    .and_then(|v| v.parse().ok())
-                    .map(Duration::from_secs);
+                let seconds = args.get(i).and_then(|v| v.parse().ok());
+                o.idle = Some(Duration::from_secs(seconds.unwrap_or_else(|| {
+                    eprintln!("--idle: a number of seconds");
+                    std::process::exit(2);
+                })));
             }
             "--peers" => {
                 i += 1;

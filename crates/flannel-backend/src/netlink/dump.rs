@@ -8,6 +8,7 @@
 
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_core::{ParseableParametrized, NLM_F_DUMP, NLM_F_REQUEST};
+use tracing::debug;
 
 use super::batch::{errno_err, io_err, parse, request_bytes, Reply, RequestSocket};
 use crate::BackendError;
@@ -17,9 +18,14 @@ pub(crate) fn request(msg: RouteNetlinkMessage) -> Vec<u8> {
     request_bytes(msg, NLM_F_REQUEST | NLM_F_DUMP)
 }
 
-/// One entry of a dump as rtnetlink would have parsed it; `None` when it does not parse.
+/// One entry of a dump as rtnetlink would have parsed it; `None` (logged) when it does not
+/// parse: no entry flannel makes is one of those, and the others are none of its business.
 pub(crate) fn message(kind: u16, body: &[u8]) -> Option<RouteNetlinkMessage> {
-    RouteNetlinkMessage::parse_with_param(body, kind).ok()
+    RouteNetlinkMessage::parse_with_param(body, kind)
+        .map_err(|e| {
+            debug!("skipping a netlink dump entry of type {kind} that does not parse: {e}")
+        })
+        .ok()
 }
 
 impl RequestSocket {

@@ -175,16 +175,23 @@ impl Plan {
     /// delete stay for the last part (deleting a nexthop deletes the routes through it),
     /// less those the additions taken now use again.
     pub fn split_off_call(&mut self) -> Plan {
-        let add = std::mem::take(&mut self.add);
-        self.del_nexthops
-            .retain(|id| !add.iter().any(|c| c.nexthop.is_some_and(|n| n.id == *id)));
+        self.spare_reused_nexthops();
         Plan {
             del_routes: std::mem::take(&mut self.del_routes),
             del_fdb: std::mem::take(&mut self.del_fdb),
             del_neighbours: std::mem::take(&mut self.del_neighbours),
-            add,
+            add: std::mem::take(&mut self.add),
             del_nexthops: Vec::new(),
         }
+    }
+
+    /// Keeps the nexthops an addition uses again off the deletions: a subnet removed and
+    /// added in one batch (a dual-stack lease whose other family changed) keeps its
+    /// nexthop, the new peer's too.
+    pub fn spare_reused_nexthops(&mut self) {
+        let add = &self.add;
+        self.del_nexthops
+            .retain(|id| !add.iter().any(|c| c.nexthop.is_some_and(|n| n.id == *id)));
     }
 
     pub fn is_empty(&self) -> bool {

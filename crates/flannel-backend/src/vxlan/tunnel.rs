@@ -356,7 +356,7 @@ impl Tunnel {
     /// additions (nexthop, ARP, FDB, route), the nexthops no peer uses. A lease event is one
     /// call; a cold start's peers go a few hundred to a call, so that thousands are never
     /// all encoded at once. Returns the number of failures, each logged.
-    async fn execute(&self, plan: Plan) -> usize {
+    async fn execute(&self, mut plan: Plan) -> usize {
         let index = self.device.index;
         let nl = &self.nl;
         let mut failures = 0;
@@ -368,6 +368,7 @@ impl Tunnel {
                 }
             }
         };
+        plan.spare_reused_nexthops();
         let mut deletions: Vec<Request> = plan
             .del_routes
             .into_iter()
@@ -383,16 +384,8 @@ impl Tunnel {
                     .map(|ip| Request::DelNeighbour { index, ip }),
             )
             .collect();
-        // a subnet removed and added in one batch (a dual-stack lease whose other family
-        // changed) keeps its nexthop: it is the new peer's too. Deleting a nexthop deletes
-        // the routes through it: last.
+        // deleting a nexthop deletes the routes through it: last
         let mut del_nexthops = plan.del_nexthops;
-        del_nexthops.retain(|id| {
-            !plan
-                .add
-                .iter()
-                .any(|c| c.nexthop.is_some_and(|n| n.id == *id))
-        });
         let mut calls: Vec<&[peers::PeerChange]> = plan.add.chunks(PEERS_PER_CALL).collect();
         if calls.is_empty() {
             calls.push(&[]);

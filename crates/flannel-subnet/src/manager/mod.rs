@@ -77,7 +77,7 @@ struct Parsed {
 }
 
 /// A subnet key's record as acquiring reads it ([`LeaseManager::list_subnets`]).
-struct Subnets {
+struct ListedKey {
     /// The subnets the key names, even when the value is garbage.
     subnet: Option<SubnetKey>,
     /// The lease, when it parses and was kept.
@@ -196,7 +196,7 @@ impl<S: Store> LeaseManager<S> {
     async fn list_subnets(
         &self,
         keep: impl Fn(&Lease) -> bool,
-    ) -> Result<(Vec<Record>, Vec<Subnets>), SubnetError> {
+    ) -> Result<(Vec<Record>, Vec<ListedKey>), SubnetError> {
         let (mut records, _) = self.store.list().await?;
         let mut subnets = Vec::with_capacity(records.len());
         for record in &mut records {
@@ -212,7 +212,7 @@ impl<S: Store> LeaseManager<S> {
             if lease.is_none() {
                 record.value = Vec::new();
             }
-            subnets.push(Subnets { subnet, lease });
+            subnets.push(ListedKey { subnet, lease });
         }
         Ok((records, subnets))
     }

@@ -7,12 +7,13 @@
 //! - `SubnetAddCommand` / `SubnetRemoveCommand` per other node's extension lease, with
 //!   `SUBNET`, `IPV6SUBNET`, `PUBLIC_IP`, `PUBLIC_IPV6` and that node's BackendData on stdin.
 //!
-//! A command is split on whitespace and each word `$VAR`/`${VAR}`-expanded (the variables
-//! above, then the process environment); a word in double quotes loses them (so upstream's
-//! documented `ip route add "$SUBNET" via "$PUBLIC_IP"` works). Never through a shell: the
-//! words are the program and its arguments. A failing command is logged with its exit status
-//! and output; one still running after the timeout (`CommandTimeout`, seconds, default 30;
-//! flanneld-rs only) is killed and logged.
+//! Every command runs as upstream runs it: `sh -c COMMAND` (its Documentation/extension.md:
+//! "All commands are run through the `sh` shell"), with the process environment plus the
+//! variables above, stdout and stderr combined. The network config is trusted as upstream
+//! trusts it: whoever can write it runs commands as flanneld on every node. A failing command
+//! is logged with its exit status and output, in upstream's words; one still running after the
+//! timeout (`CommandTimeout`, seconds, default 30; flanneld-rs only) is killed with every
+//! process it started, and logged.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -88,100 +89,95 @@ impl ExtensionConfig {
     }
 }
 
-/// `$NAME` and `${NAME}` replaced by `vars`, then by the environment (Go's `os.Expand`
-/// with the same lookup); a `$` not followed by a name stays.
-pub fn expand(word: &str, vars: &BTreeMap<&str, String>) -> String {
-    let lookup = |name: &str| {
-        vars.get(name)
-            .cloned()
-            .or_else(|| std::env::var(name).ok())
-            .unwrap_or_default()
-    };
-    let mut out = String::with_capacity(word.len());
-    let mut rest = word;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
-        if let Some(braced) = after.strip_prefix('{') {
-            if let Some(end) = braced.find('}') {
-                out.push_str(&lookup(&braced[..end]));
-                rest = &braced[end + 1..];
-                continue;
-            }
-        }
-        let len = after
-            .char_indices()
-            .take_while(|(_, c)| c.is_ascii_alphanumeric() || *c == '_')
-            .count();
-        if len == 0 {
-            out.push('$');
-            rest = after;
-        } else {
-            out.push_str(&lookup(&after[..len]));
-            rest = &after[len..];
-        }
+/// Go's text for a finished process's status (`exec.ExitError`), which upstream's messages
+/// carry: `exit status 1`, `signal: killed`.
+fn go_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => match nix::sys::signal::Signal::try_from(sig) {
+            Ok(s) => format!("signal: {}", signal_name(s)),
+            Err(_) => format!("signal: {sig}"),
+        },
+        (None, None) => status.to_string(),
     }
-    out.push_str(rest);
-    out
 }
 
-/// The program and its arguments: whitespace-separated words, each expanded, surrounding
-/// double quotes removed.
-pub fn command_words(command: &str, vars: &BTreeMap<&str, String>) -> Vec<String> {
-    command
-        .split_whitespace()
-        .map(|w| {
-            let w = w
-                .strip_prefix('"')
-                .and_then(|w| w.strip_suffix('"'))
-                .unwrap_or(w);
-            expand(w, vars)
-        })
-        .collect()
+/// Go's names of the signals a command is usually ended by.
+fn signal_name(s: nix::sys::signal::Signal) -> &'static str {
+    use nix::sys::signal::Signal::*;
+    match s {
+        SIGKILL => "killed",
+        SIGTERM => "terminated",
+        SIGINT => "interrupt",
+        SIGHUP => "hangup",
+        SIGPIPE => "broken pipe",
+        SIGSEGV => "segmentation fault",
+        SIGABRT => "aborted",
+        other => other.as_str(),
+    }
 }
 
-/// Runs `command` with `vars` in its environment and `stdin` (and a newline) as input,
-/// as upstream's `runCmd`; the output, trimmed, or what went wrong.
+/// Runs `command` as upstream's `runCmd` does: `sh -c COMMAND`, the process environment
+/// plus `vars`, `stdin` and a newline as input, stdout and stderr through one pipe (Go's
+/// `CombinedOutput`); the output, trimmed, or what went wrong with the output so far. A
+/// command still running after `timeout` is killed with everything it started (its own
+/// process group).
 async fn run_command(
     command: &str,
     vars: &BTreeMap<&str, String>,
     stdin: &str,
     timeout: Duration,
 ) -> Result<String, String> {
-    let words = command_words(command, vars);
-    let Some((program, args)) = words.split_first() else {
-        return Ok(String::new());
-    };
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
+    let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+    let writer2 = writer
+        .try_clone()
+        .map_err(|e| format!("cannot make a pipe: {e}"))?;
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
         .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(writer)
+        .stderr(writer2)
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot start {program}: {e}"))?;
+        .map_err(|e| format!("cannot start sh: {e}"))?;
+    let group = child
+        .id()
+        .map(|id| nix::unistd::Pid::from_raw(-(id as i32)));
     if let Some(mut pipe) = child.stdin.take() {
         // a command that does not read its input is fine
         let _ = pipe.write_all(format!("{stdin}\n").as_bytes()).await;
     }
-    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => return Err(format!("waiting for it: {e}")),
-        // dropping the child kills it
-        Err(_) => return Err(format!("still running after {timeout:?}: killed")),
+    // the output is read on a thread of its own: it ends when every process holding the
+    // pipe's write end (sh and what it started) is gone
+    let output = tokio::task::spawn_blocking(move || {
+        let mut reader = reader;
+        let mut out = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut reader, &mut out);
+        out
+    });
+    let finished = tokio::time::timeout(timeout, async {
+        let status = child.wait().await;
+        (status, output.await.unwrap_or_default())
+    })
+    .await;
+    let (status, out) = match finished {
+        Ok(done) => done,
+        Err(_) => {
+            if let Some(group) = group {
+                let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            }
+            return Err(format!("still running after {timeout:?}: killed"));
+        }
     };
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-    .trim()
-    .to_string();
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(format!("{}; output: {text}", out.status))
+    let text = String::from_utf8_lossy(&out).trim().to_string();
+    match status {
+        Ok(status) if status.success() => Ok(text),
+        Ok(status) => Err(format!("{} Output: {text}", go_status(status))),
+        Err(e) => Err(format!("waiting for it: {e}")),
     }
 }
 
@@ -384,27 +380,83 @@ impl Backend for ExtensionBackend {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed assertion
 mod tests {
     use super::*;
 
+    fn run(
+        command: &str,
+        vars: &[(&'static str, &str)],
+        stdin: &str,
+        timeout: u64,
+    ) -> Result<String, String> {
+        let vars = vars.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(run_command(
+                command,
+                &vars,
+                stdin,
+                Duration::from_secs(timeout),
+            ))
+    }
+
     #[test]
-    fn words_are_split_expanded_and_unquoted_never_shell_parsed() {
-        let vars = BTreeMap::from([
-            ("SUBNET", "10.50.3.0/24".to_string()),
-            ("PUBLIC_IP", "192.168.77.3".to_string()),
-        ]);
+    fn commands_run_through_sh_with_their_variables_and_stdin() {
+        // upstream's documented VXLAN recipe is shell: `export`, `;`, `&&`, backticks
         assert_eq!(
-            command_words(r#"ip route add "$SUBNET" via "$PUBLIC_IP""#, &vars),
-            ["ip", "route", "add", "10.50.3.0/24", "via", "192.168.77.3"]
+            run(
+                "export VNI=1; export SUBNET_IP=`echo $SUBNET | cut -d'/' -f 1`; echo $VNI $SUBNET_IP && read VTEP; echo \"$VTEP\" via $PUBLIC_IP",
+                &[("SUBNET", "10.50.3.0/24"), ("PUBLIC_IP", "192.168.77.3")],
+                "0e:00:00:00:00:01",
+                5
+            ),
+            Ok("1 10.50.3.0\n0e:00:00:00:00:01 via 192.168.77.3".to_string())
+        );
+        // the process environment is there too
+        assert_eq!(
+            run("echo $HOME", &[], "", 5),
+            Ok(std::env::var("HOME").unwrap_or_default())
+        );
+        // stdout and stderr in the order they were written (one pipe, as Go's CombinedOutput)
+        assert_eq!(
+            run("echo a; echo b >&2; echo c", &[], "", 5),
+            Ok("a\nb\nc".to_string())
+        );
+    }
+
+    #[test]
+    fn failures_carry_gos_status_text_and_the_output() {
+        assert_eq!(
+            run("echo half; exit 3", &[], "", 5),
+            Err("exit status 3 Output: half".to_string())
         );
         assert_eq!(
-            command_words("echo ${SUBNET}x $NOPE_NOT_SET $ a$", &vars),
-            ["echo", "10.50.3.0/24x", "", "$", "a$"]
+            run("kill -9 $$", &[], "", 5),
+            Err("signal: killed Output: ".to_string())
         );
-        // shell syntax is just text
-        assert_eq!(
-            command_words("echo $(id) ; rm -rf / && `x`", &vars),
-            ["echo", "$(id)", ";", "rm", "-rf", "/", "&&", "`x`"]
+    }
+
+    #[test]
+    fn a_command_past_its_timeout_is_killed_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("late");
+        let started = std::time::Instant::now();
+        let result = run(
+            &format!("(sleep 2; touch {}) & sleep 100", marker.display()),
+            &[],
+            "",
+            1,
+        );
+        assert_eq!(result, Err("still running after 1s: killed".to_string()));
+        assert!(started.elapsed() < Duration::from_secs(3));
+        // the background child was in the command's process group: killed too
+        std::thread::sleep(Duration::from_millis(2500));
+        assert!(
+            !marker.exists(),
+            "a child of the timed-out command lived on"
         );
     }
 

@@ -5,9 +5,12 @@
 //!
 //! [`plan`] computes every file (binary, unit, CNI conflist and plugin, etcd certificates)
 //! and compares it with what is on disk; [`Plan::diff`] shows the changes (`--dry-run`);
-//! [`Plan::apply`] writes only what changed, atomically, and records what it laid down so
-//! that [`uninstall`] removes exactly that. The network config in etcd is the binary's part
-//! (it speaks etcd); this crate only handles files.
+//! [`Plan::apply`] writes only what changed, atomically, and records what it laid down (with a
+//! digest of each file's contents) so that [`uninstall`] removes exactly that. A file that was
+//! there before the first install (upstream's flanneld binary and unit, say) is kept aside
+//! under [`REPLACED_DIR`] and put back by [`uninstall`]; a file changed by hand since install
+//! is left where it is. The network config in etcd is the binary's part (it speaks etcd); this
+//! crate only handles files.
 
 pub mod conflist;
 pub mod unit;
@@ -33,6 +36,23 @@ pub enum InstallError {
 
 /// Where the manifest of installed files lives (under the root).
 pub const MANIFEST: &str = "/var/lib/flanneld-rs/installed";
+
+/// Where install keeps the files it replaced (under the root), each at its own path below
+/// this directory, with its mode: uninstall puts them back.
+pub const REPLACED_DIR: &str = "/var/lib/flanneld-rs/replaced";
+
+/// Where the file install replaced at `path` is kept (a node path, without the root).
+pub fn replaced_path(path: &Path) -> PathBuf {
+    Path::new(REPLACED_DIR).join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// A file's contents in the manifest: 64-bit FNV-1a, enough to tell "as installed" from
+/// "changed by hand" (no adversary: whoever can write the file can write the manifest).
+fn digest(contents: &[u8]) -> u64 {
+    contents.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
 
 /// The etcd certificates flanneld uses, with their modes. The CA's private key is not
 /// among them: flanneld never needs it (the role copies it to every node).
@@ -96,6 +116,10 @@ pub struct Plan {
     pub stale: Vec<PathBuf>,
     /// Notes for the operator (e.g. the CA key that was not copied).
     pub notes: Vec<String>,
+    /// Files that are there but were not laid down by an install (upstream's flanneld, a
+    /// conflist of another plugin): [`Plan::apply`] keeps each at [`replaced_path`] before it
+    /// writes over it, and [`uninstall`] puts it back.
+    pub replaced: Vec<PathBuf>,
 }
 
 /// `root` + an absolute node path.
@@ -161,6 +185,8 @@ pub fn plan(spec: &InstallSpec) -> Result<Plan, InstallError> {
             }
         }
     }
+    let installed = read_manifest(&under(&spec.root, Path::new(MANIFEST)))?;
+    let mut replaced = Vec::new();
     let mut planned = Vec::new();
     for file in files {
         let on_disk = under(&spec.root, &file.path);
@@ -172,6 +198,9 @@ pub fn plan(spec: &InstallSpec) -> Result<Plan, InstallError> {
                 if old == file.contents && old_mode == file.mode {
                     Change::Unchanged
                 } else {
+                    if !installed.iter().any(|i| i.path == file.path) {
+                        replaced.push(file.path.clone());
+                    }
                     Change::Update { old, old_mode }
                 }
             }
@@ -199,6 +228,7 @@ pub fn plan(spec: &InstallSpec) -> Result<Plan, InstallError> {
         files: planned,
         stale,
         notes,
+        replaced,
     })
 }
 
@@ -265,8 +295,24 @@ impl Plan {
         out
     }
 
-    /// Writes what changed and records it in the manifest.
+    /// Writes what changed and records it in the manifest; first keeps aside every file it
+    /// replaces that no install laid down.
     pub fn apply(&self) -> Result<(), InstallError> {
+        for (file, change) in &self.files {
+            let Change::Update { old, old_mode } = change else {
+                continue;
+            };
+            if !self.replaced.contains(&file.path) {
+                continue;
+            }
+            let kept = under(&self.root, &replaced_path(&file.path));
+            // a second install over the same foreign file keeps the first copy
+            if kept.exists() {
+                continue;
+            }
+            write_atomic(&kept, old, *old_mode)
+                .map_err(|source| InstallError::Write { path: kept, source })?;
+        }
         for file in self.changed() {
             let target = under(&self.root, &file.path);
             if file.kind == Kind::Cert {
@@ -291,14 +337,16 @@ impl Plan {
         let manifest = under(&self.root, Path::new(MANIFEST));
         let mut listed = read_manifest(&manifest)?;
         for (file, _) in &self.files {
-            if !listed.contains(&file.path) {
-                listed.push(file.path.clone());
+            let entry = Installed {
+                path: file.path.clone(),
+                digest: Some(digest(&file.contents)),
+            };
+            match listed.iter_mut().find(|i| i.path == file.path) {
+                Some(known) => *known = entry,
+                None => listed.push(entry),
             }
         }
-        let text: String = listed
-            .iter()
-            .map(|p| format!("{}\n", p.display()))
-            .collect();
+        let text: String = listed.iter().map(Installed::line).collect();
         write_atomic(&manifest, text.as_bytes(), 0o644).map_err(|source| InstallError::Write {
             path: manifest,
             source,
@@ -306,12 +354,44 @@ impl Plan {
     }
 }
 
-fn read_manifest(path: &Path) -> Result<Vec<PathBuf>, InstallError> {
+/// A manifest line: a file an install laid down, and the digest of what it wrote there
+/// (absent in manifests of installs before digests were kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Installed {
+    path: PathBuf,
+    digest: Option<u64>,
+}
+
+impl Installed {
+    /// `<digest, 16 hex digits> <path>`; older manifests hold the path alone (which starts
+    /// with `/`, a digest never does).
+    fn parse(line: &str) -> Installed {
+        match line.split_once(' ') {
+            Some((hex, path)) if !hex.starts_with('/') => Installed {
+                path: PathBuf::from(path),
+                digest: u64::from_str_radix(hex, 16).ok(),
+            },
+            _ => Installed {
+                path: PathBuf::from(line),
+                digest: None,
+            },
+        }
+    }
+
+    fn line(&self) -> String {
+        match self.digest {
+            Some(d) => format!("{d:016x} {}\n", self.path.display()),
+            None => format!("{}\n", self.path.display()),
+        }
+    }
+}
+
+fn read_manifest(path: &Path) -> Result<Vec<Installed>, InstallError> {
     match fs::read_to_string(path) {
         Ok(text) => Ok(text
             .lines()
             .filter(|l| !l.trim().is_empty())
-            .map(PathBuf::from)
+            .map(Installed::parse)
             .collect()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(source) => Err(InstallError::Read {
@@ -321,32 +401,71 @@ fn read_manifest(path: &Path) -> Result<Vec<PathBuf>, InstallError> {
     }
 }
 
-/// Removes what [`Plan::apply`] laid down (never the etcd config or the leases). Returns
-/// the files removed; with `dry_run`, those that would be, touching nothing.
-pub fn uninstall(root: &Path, dry_run: bool) -> Result<Vec<PathBuf>, InstallError> {
+/// What [`uninstall`] did with one file an install laid down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Undo {
+    /// Removed (it was as installed, and nothing was there before).
+    Removed,
+    /// The file install replaced was put back.
+    Restored,
+    /// Left where it is: changed by hand since install. `kept` is where the file install
+    /// replaced still is, if there was one.
+    Changed { kept: Option<PathBuf> },
+}
+
+/// Undoes what [`Plan::apply`] laid down (never the etcd config or the leases): a file as
+/// installed is removed, or replaced by the file that was there before install; a file
+/// changed by hand since install is left alone. Returns each file with what was done; with
+/// `dry_run`, what would be, touching nothing.
+pub fn uninstall(root: &Path, dry_run: bool) -> Result<Vec<(PathBuf, Undo)>, InstallError> {
     let manifest = under(root, Path::new(MANIFEST));
-    let mut removed = Vec::new();
-    for path in read_manifest(&manifest)? {
-        let target = under(root, &path);
-        if dry_run {
-            if target.exists() {
-                removed.push(path);
-            }
-            continue;
-        }
-        match fs::remove_file(&target) {
-            Ok(()) => removed.push(path),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+    let mut done = Vec::new();
+    for entry in read_manifest(&manifest)? {
+        let target = under(root, &entry.path);
+        let current = match fs::read(&target) {
+            Ok(current) => Some(current),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(source) => {
-                return Err(InstallError::Write {
+                return Err(InstallError::Read {
                     path: target,
                     source,
                 })
             }
+        };
+        let kept_at = replaced_path(&entry.path);
+        let kept = under(root, &kept_at);
+        let kept = kept.exists().then_some(kept);
+        let edited = match (&current, entry.digest) {
+            (Some(c), Some(d)) => digest(c) != d,
+            _ => false,
+        };
+        let undo = if edited {
+            Undo::Changed {
+                kept: kept.as_ref().map(|_| kept_at),
+            }
+        } else if kept.is_some() {
+            Undo::Restored
+        } else if current.is_some() {
+            Undo::Removed
+        } else {
+            continue;
+        };
+        if !dry_run {
+            match (&undo, &kept) {
+                (Undo::Restored, Some(kept)) => restore(kept, &target)?,
+                (Undo::Removed, _) => {
+                    fs::remove_file(&target).map_err(|source| InstallError::Write {
+                        path: target.clone(),
+                        source,
+                    })?
+                }
+                _ => {}
+            }
         }
+        done.push((entry.path, undo));
     }
     if dry_run {
-        return Ok(removed);
+        return Ok(done);
     }
     match fs::remove_file(&manifest) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -357,7 +476,26 @@ pub fn uninstall(root: &Path, dry_run: bool) -> Result<Vec<PathBuf>, InstallErro
         }
         _ => {}
     }
-    Ok(removed)
+    Ok(done)
+}
+
+/// Puts the file kept at `kept` back at `target`, with its mode, and removes the copy.
+fn restore(kept: &Path, target: &Path) -> Result<(), InstallError> {
+    let contents = read(kept)?;
+    let mode = fs::metadata(kept)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .map_err(|source| InstallError::Read {
+            path: kept.to_owned(),
+            source,
+        })?;
+    write_atomic(target, &contents, mode).map_err(|source| InstallError::Write {
+        path: target.to_owned(),
+        source,
+    })?;
+    fs::remove_file(kept).map_err(|source| InstallError::Write {
+        path: kept.to_owned(),
+        source,
+    })
 }
 
 /// Reads a settings file: `key=value` per line (`#` comments, blank lines), keys with or

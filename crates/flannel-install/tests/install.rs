@@ -5,7 +5,9 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use flannel_install::{plan, under, uninstall, Change, InstallSpec, Kind, UnitSpec};
+use flannel_install::{
+    plan, replaced_path, under, uninstall, Change, InstallSpec, Kind, Undo, UnitSpec,
+};
 
 fn mode(p: &Path) -> u32 {
     fs::metadata(p).unwrap().permissions().mode() & 0o7777
@@ -140,17 +142,110 @@ fn install_twice_then_uninstall() {
     let would = uninstall(root.path(), true).unwrap();
     assert!(!would.is_empty());
     assert!(
-        would.iter().all(|p| under(root.path(), p).exists()),
+        would.iter().all(|(p, _)| under(root.path(), p).exists()),
         "a dry run removes nothing"
     );
     let removed = uninstall(root.path(), false).unwrap();
     assert_eq!(removed, would);
     assert_eq!(removed.len(), 7);
+    assert!(removed.iter().all(|(_, undo)| *undo == Undo::Removed));
     let left: Vec<PathBuf> = walk(root.path())
         .into_iter()
         .filter(|p| p.is_file())
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// Installed over upstream's flanneld binary and unit: install keeps them aside and says so,
+/// uninstall puts them back (issue 32: the node was left with no flanneld); a conflist edited
+/// by hand after install is left where it is, and so is its original.
+#[test]
+fn install_over_upstream_keeps_what_it_replaced_and_uninstall_puts_it_back() {
+    let root = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let spec = spec(root.path(), src.path());
+    let at = |p: &str| under(root.path(), Path::new(p));
+    let upstream = [
+        (
+            "/usr/local/sbin/flanneld",
+            &b"upstream flanneld v0.20.2"[..],
+            0o755,
+        ),
+        (
+            "/etc/systemd/system/flanneld.service",
+            b"[Service]\nExecStart=/usr/local/sbin/flanneld\n",
+            0o644,
+        ),
+        (
+            "/etc/cni/net.d/10-flannel.conflist",
+            b"{\"name\":\"cbr0\"}",
+            0o600,
+        ),
+    ];
+    for (path, contents, mode) in upstream {
+        fs::create_dir_all(at(path).parent().unwrap()).unwrap();
+        fs::write(at(path), contents).unwrap();
+        fs::set_permissions(at(path), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let p = plan(&spec).unwrap();
+    let mut replaced: Vec<&str> = p.replaced.iter().map(|p| p.to_str().unwrap()).collect();
+    replaced.sort_unstable();
+    let mut want = upstream.map(|(p, _, _)| p);
+    want.sort_unstable();
+    assert_eq!(replaced, want);
+    p.apply().unwrap();
+    for (path, contents, want_mode) in upstream {
+        let kept = under(root.path(), &replaced_path(Path::new(path)));
+        assert_eq!(fs::read(&kept).unwrap(), contents, "{path}");
+        assert_eq!(mode(&kept), want_mode, "{path}");
+        assert_ne!(
+            fs::read(at(path)).unwrap(),
+            contents,
+            "{path} not installed"
+        );
+    }
+    // installing again (a changed flag) replaces our own unit: no new copy over the original
+    let mut changed = spec.clone();
+    changed.unit.flags.insert("iface".into(), "eth1".into());
+    let again = plan(&changed).unwrap();
+    assert!(again.replaced.is_empty(), "{:?}", again.replaced);
+    again.apply().unwrap();
+    // the conflist edited by hand after install
+    fs::write(
+        at("/etc/cni/net.d/10-flannel.conflist"),
+        "{\"edited\":true}",
+    )
+    .unwrap();
+
+    let done = uninstall(root.path(), false).unwrap();
+    let undo = |path: &str| {
+        done.iter()
+            .find(|(p, _)| p == Path::new(path))
+            .unwrap()
+            .1
+            .clone()
+    };
+    assert_eq!(undo("/usr/local/sbin/flanneld"), Undo::Restored);
+    assert_eq!(undo("/etc/systemd/system/flanneld.service"), Undo::Restored);
+    let conflist = "/etc/cni/net.d/10-flannel.conflist";
+    assert_eq!(
+        undo(conflist),
+        Undo::Changed {
+            kept: Some(replaced_path(Path::new(conflist)))
+        }
+    );
+    assert_eq!(undo("/opt/cni/bin/flannel"), Undo::Removed);
+    for (path, contents, want_mode) in &upstream[..2] {
+        assert_eq!(fs::read(at(path)).unwrap(), *contents, "{path}");
+        assert_eq!(mode(&at(path)), *want_mode, "{path}");
+        assert!(!under(root.path(), &replaced_path(Path::new(path))).exists());
+    }
+    assert_eq!(
+        fs::read_to_string(at(conflist)).unwrap(),
+        "{\"edited\":true}"
+    );
+    assert!(under(root.path(), &replaced_path(Path::new(conflist))).exists());
+    assert!(!at("/opt/cni/bin/flannel").exists());
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

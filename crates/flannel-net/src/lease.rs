@@ -17,14 +17,20 @@ use crate::gojson;
 use crate::mac::MacAddr;
 use crate::subnet_key::SubnetKey;
 
-/// Lease values longer than this are refused: upstream's are under 200 bytes, and a peer that
-/// writes megabytes is broken or hostile.
-pub const MAX_LEASE_VALUE_LEN: usize = 64 * 1024;
+/// The longest lease value read or written: what a default etcd stores (a request of at most
+/// 1.5 MiB, `--max-request-bytes`), less 1 KiB for the key and the request's framing. Upstream
+/// stores any value etcd takes (an extension backend's PreStartupCommand output can be tens of
+/// kilobytes), so every value another node could write is read; one larger than this is only
+/// possible on an etcd configured beyond its default, and is refused as broken or hostile.
+/// This node never writes a value it would refuse ([`LeaseAttrs::encode`]).
+pub const MAX_LEASE_VALUE_LEN: usize = 1536 * 1024 - 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LeaseError {
     #[error("lease value is {0} bytes, more than the {MAX_LEASE_VALUE_LEN} allowed")]
     TooLarge(usize),
+    #[error("this node's lease value would be {0} bytes, more than the {MAX_LEASE_VALUE_LEN} allowed (etcd's default request limit of 1.5 MiB, less room for the key): nothing was written; make the backend's data smaller (for the extension backend: PreStartupCommand's output)")]
+    OwnTooLarge(usize),
     #[error("lease value is not JSON: {0}")]
     Json(String),
     #[error("lease value is a JSON {0}, not an object")]
@@ -83,6 +89,11 @@ impl fmt::Display for BackendData {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The one size check of a lease value, read or written.
+fn fits(len: usize) -> bool {
+    len <= MAX_LEASE_VALUE_LEN
 }
 
 impl LeaseAttrs {
@@ -144,9 +155,20 @@ impl LeaseAttrs {
         out
     }
 
+    /// The value this node writes ([`Self::to_json`]), refused when it is larger than any
+    /// lease value [`Self::from_json`] reads: a node must never write a lease that it, or
+    /// any other node, would ignore.
+    pub fn encode(&self) -> Result<String, LeaseError> {
+        let json = self.to_json();
+        if !fits(json.len()) {
+            return Err(LeaseError::OwnTooLarge(json.len()));
+        }
+        Ok(json)
+    }
+
     /// Reads a lease value written by any flanneld release.
     pub fn from_json(value: &[u8]) -> Result<Self, LeaseError> {
-        if value.len() > MAX_LEASE_VALUE_LEN {
+        if !fits(value.len()) {
             return Err(LeaseError::TooLarge(value.len()));
         }
         let parsed: Value =
@@ -481,6 +503,32 @@ mod tests {
             LeaseAttrs::from_json(&huge),
             Err(LeaseError::TooLarge(_))
         ));
+    }
+
+    /// What a node writes it reads back, up to the limit; past it, nothing is written.
+    #[test]
+    fn a_node_writes_only_values_it_would_read() {
+        let with_data = |len: usize| LeaseAttrs {
+            public_ip: Ipv4Addr::new(192, 168, 77, 2),
+            public_ipv6: None,
+            backend_type: "extension".into(),
+            backend_data: Some(Value::String("x".repeat(len)).into()),
+            backend_v6_data: None,
+        };
+        // 67 KB, as an extension's PreStartupCommand printing `seq 1 13000`
+        let big = with_data(67_000);
+        let value = big.encode().unwrap();
+        assert_eq!(LeaseAttrs::from_json(value.as_bytes()).unwrap(), big);
+        let frame = with_data(0).to_json().len();
+        let largest = with_data(MAX_LEASE_VALUE_LEN - frame);
+        let value = largest.encode().unwrap();
+        assert_eq!(value.len(), MAX_LEASE_VALUE_LEN);
+        assert!(LeaseAttrs::from_json(value.as_bytes()).is_ok());
+        let over = with_data(MAX_LEASE_VALUE_LEN - frame + 1);
+        assert_eq!(
+            over.encode(),
+            Err(LeaseError::OwnTooLarge(MAX_LEASE_VALUE_LEN + 1))
+        );
     }
 
     #[test]

@@ -19,7 +19,9 @@ pub mod time;
 
 pub use config::{ConfigError, NetworkConfig};
 pub use event::{LeaseBatch, LeaseEvent};
-pub use lease::{BackendData, Expiration, Lease, LeaseAttrs, LeaseError, VxlanBackendData};
+pub use lease::{
+    BackendData, Expiration, Lease, LeaseAttrs, LeaseError, VxlanBackendData, MAX_LEASE_VALUE_LEN,
+};
 pub use mac::MacAddr;
 pub use subnet_env::{SubnetEnv, SubnetEnvError};
 pub use subnet_key::{SubnetKey, SubnetKeyError};

@@ -96,6 +96,9 @@ pub enum SubnetError {
         holder: String,
         ours: String,
     },
+    /// This node's own lease value cannot be written (too large).
+    #[error("{0}")]
+    LeaseValue(#[from] flannel_net::LeaseError),
     #[error("{0} is not supported yet by flanneld-rs")]
     Unsupported(&'static str),
     #[error(transparent)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context};
-use flannel_install::{plan, under, InstallSpec, UnitSpec};
+use flannel_install::{plan, under, InstallSpec, Undo, UnitSpec};
 use flannel_net::NetworkConfig;
 use flannel_subnet::etcd::EtcdV3Store;
 use flannel_subnet::store::{Key, Store};
@@ -338,7 +338,16 @@ pub async fn install(program: &str, args: &[String]) -> anyhow::Result<i32> {
         } else {
             what.to_string()
         };
-        outln!("{what}: {}", under(&root, &file.path).display());
+        let kept = if plan.replaced.contains(&file.path) {
+            format!(
+                " (not laid down by flanneld-rs: the file there {} kept in {}; uninstall puts it back)",
+                if dry_run { "would be" } else { "is" },
+                under(&root, &flannel_install::replaced_path(&file.path)).display()
+            )
+        } else {
+            String::new()
+        };
+        outln!("{what}: {}{kept}", under(&root, &file.path).display());
     }
 
     let network_changed = match &network {
@@ -455,20 +464,39 @@ pub fn uninstall(program: &str, args: &[String]) -> anyhow::Result<i32> {
     if systemd {
         systemctl(&["disable", "--now", "flanneld.service"])?;
     }
-    let removed = flannel_install::uninstall(&root, dry_run)?;
-    let verb = if dry_run {
-        "would be removed"
-    } else {
-        "removed"
-    };
-    for p in &removed {
-        outln!("{verb}: {}", under(&root, p).display());
+    let done = flannel_install::uninstall(&root, dry_run)?;
+    let would = if dry_run { "would be " } else { "" };
+    for (p, undo) in &done {
+        let at = under(&root, p).display().to_string();
+        match undo {
+            Undo::Removed => outln!("{would}removed: {at}"),
+            Undo::Restored => {
+                outln!("{would}restored: {at} (the file that was there before install)")
+            }
+            Undo::Changed { kept: None } => outln!(
+                "kept: {at} (changed since install: remove it by hand if it is no longer wanted)"
+            ),
+            Undo::Changed { kept: Some(k) } => outln!(
+                "kept: {at} (changed since install); the file install replaced there is in {}",
+                under(&root, k).display()
+            ),
+        }
     }
-    if removed.is_empty() {
+    if done.is_empty() {
         outln!("nothing to remove");
     }
+    // the flanneld that was there before install is back: it runs again
+    let restored_unit = done.iter().any(|(p, undo)| {
+        *undo == Undo::Restored && p == Path::new("/etc/systemd/system/flanneld.service")
+    });
     if systemd {
         systemctl(&["daemon-reload"])?;
+        if restored_unit {
+            systemctl(&["enable", "--now", "flanneld.service"])?;
+            outln!("started: flanneld.service (the unit that was there before install)");
+        }
+    } else if restored_unit && !dry_run {
+        outln!("note: flanneld.service was restored to the unit that was there before install: enable and start it");
     }
     outln!("note: the network config and the leases in etcd are left as they are");
     Ok(0)

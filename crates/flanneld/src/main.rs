@@ -59,7 +59,7 @@ mod sdnotify;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// flanneld-rs's own crates: what `-v` turns up. Dependencies (HTTP/2, gRPC, netlink) stay
@@ -261,6 +261,36 @@ fn install_command(program: &str, args: &[String], uninstall: bool) -> ExitCode 
     }
 }
 
+/// Signals whose default action would end the process, that an operator or a process manager
+/// may send without meaning "stop" (`kill -USR1` to ask for a dump, a CPU or file size
+/// limit, a power event): caught and ignored, as Go's runtime (and so upstream) ignores them.
+/// Must be called inside the runtime.
+fn ignore_signals() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let ignored = [
+        (SignalKind::user_defined1(), "SIGUSR1"),
+        (SignalKind::user_defined2(), "SIGUSR2"),
+        (SignalKind::alarm(), "SIGALRM"),
+        (SignalKind::io(), "SIGIO"),
+        (SignalKind::from_raw(nix::libc::SIGVTALRM), "SIGVTALRM"),
+        (SignalKind::from_raw(nix::libc::SIGPWR), "SIGPWR"),
+        (SignalKind::from_raw(nix::libc::SIGXCPU), "SIGXCPU"),
+        (SignalKind::from_raw(nix::libc::SIGXFSZ), "SIGXFSZ"),
+    ];
+    for (kind, name) in ignored {
+        match signal(kind) {
+            Ok(mut stream) => {
+                tokio::spawn(async move {
+                    while stream.recv().await.is_some() {
+                        tracing::debug!("Received {name}; ignored");
+                    }
+                });
+            }
+            Err(e) => warn!("cannot catch {name}, which would then end flanneld-rs: {e}"),
+        }
+    }
+}
+
 fn daemon_command(program: &str, args: &[String]) -> ExitCode {
     // -version is handled before the environment is read, as upstream.
     let values = match cli::parse(cli::DAEMON_FLAGS, args, &|k| std::env::var(k).ok()) {
@@ -303,9 +333,11 @@ fn daemon_command(program: &str, args: &[String]) -> ExitCode {
     let code = rt.block_on(async {
         let signals = async {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            ignore_signals();
+            let (Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut hup)) = (
                 signal(SignalKind::terminate()),
                 signal(SignalKind::interrupt()),
+                signal(SignalKind::quit()),
                 signal(SignalKind::hangup()),
             ) else {
                 return std::future::pending().await;
@@ -314,6 +346,7 @@ fn daemon_command(program: &str, args: &[String]) -> ExitCode {
                 tokio::select! {
                     _ = term.recv() => return "SIGTERM",
                     _ = int.recv() => return "SIGINT",
+                    _ = quit.recv() => return "SIGQUIT",
                     _ = hup.recv() => info!(
                         "Received SIGHUP; flanneld-rs reloads nothing: restart it to apply changed flags or network config"
                     ),

@@ -1,10 +1,9 @@
-//! The extension backend in the lab: upstream's documented host-gw recipe as commands, the
-//! commands' environment and stdin, nothing through a shell, failures and timeouts logged.
+//! The extension backend in the lab: upstream's documented host-gw and VXLAN recipes as
+//! commands, run through `sh -c` as upstream runs them, with their environment and stdin;
+//! failures and timeouts logged; a large PreStartupCommand output stored as upstream stores it.
 #![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed assertion
 
 mod common;
-
-use std::time::Duration;
 
 use common::*;
 use flannel_lab::lab::{wait_until, Lab, DEFAULT_PREFIX};
@@ -64,7 +63,49 @@ fn upstreams_host_gw_recipe_as_an_extension() {
 }
 
 #[test]
-fn commands_get_their_environment_and_stdin_and_never_a_shell() {
+fn upstreams_vxlan_recipe_as_an_extension() {
+    // Documentation/extension.md of upstream, "Complex example (vxlan)", word for word: it is
+    // shell (export, `;`, `&&`, backticks, read)
+    let backend = serde_json::json!({
+        "Type": "extension",
+        "PreStartupCommand": "export VNI=1; export IF_NAME=flannel-vxlan; ip link del $IF_NAME 2>/dev/null; ip link add $IF_NAME type vxlan id $VNI dstport 8472 && cat /sys/class/net/$IF_NAME/address",
+        "PostStartupCommand": "export IF_NAME=flannel-vxlan; export SUBNET_IP=`echo $SUBNET | cut -d'/' -f 1`; ip addr add $SUBNET_IP/32 dev $IF_NAME && ip link set $IF_NAME up",
+        "SubnetAddCommand": "export SUBNET_IP=`echo $SUBNET | cut -d'/' -f 1`; export IF_NAME=flannel-vxlan; read VTEP; ip route add $SUBNET nexthop via $SUBNET_IP dev $IF_NAME onlink && arp -s $SUBNET_IP $VTEP dev $IF_NAME && bridge fdb add $VTEP dev $IF_NAME self dst $PUBLIC_IP"
+    });
+    let (mut lab, _dir) = lab('X', 2, Some(&config(backend)));
+    lab.start_all();
+    lab.wait_ready(LONG);
+    // the lease's BackendData is the device's MAC, as PreStartupCommand printed it
+    for i in 1..=2 {
+        let mac = lab
+            .on_host(i, &["cat", "/sys/class/net/flannel-vxlan/address"])
+            .trim()
+            .to_string();
+        let key = format!(
+            "{DEFAULT_PREFIX}/subnets/{}",
+            lab.subnet(i).unwrap().replace('/', "-")
+        );
+        let value = lab.etcd().ctl(&["get", "--print-value-only", &key]);
+        assert!(
+            value.contains(&format!(
+                r#""BackendType":"extension","BackendData":"{mac}""#
+            )),
+            "{value}"
+        );
+    }
+    for i in 1..=2 {
+        lab.add_pod(i);
+    }
+    assert!(
+        wait_until(LONG, || lab.ping_matrix().is_empty()),
+        "pods do not reach each other over the recipe's VXLAN: {:?}\n{}",
+        lab.ping_matrix(),
+        lab.log(1)
+    );
+}
+
+#[test]
+fn commands_run_through_sh_with_their_environment_and_stdin() {
     let out = tempfile::tempdir().unwrap();
     let d = out.path().display().to_string();
     let backend = serde_json::json!({
@@ -72,7 +113,7 @@ fn commands_get_their_environment_and_stdin_and_never_a_shell() {
         "PreStartupCommand": "echo pre-data",
         "PostStartupCommand": format!("mkdir -p {d}/post/$PUBLIC_IP/$SUBNET"),
         "SubnetAddCommand": format!("tee -a {d}/added-$PUBLIC_IP"),
-        "SubnetRemoveCommand": format!("echo $(id) > {d}/shell")
+        "SubnetRemoveCommand": format!("echo \"$SUBNET\" $(cat) > {d}/removed")
     });
     let (mut lab, _dir) = lab('y', 2, Some(&config(backend)));
     lab.start_all();
@@ -101,19 +142,74 @@ fn commands_get_their_environment_and_stdin_and_never_a_shell() {
         "{}",
         lab.log(1)
     );
-    // a removal runs `echo` with the words as arguments: no redirection happens
-    leave(&mut lab, 2);
-    assert!(wait_until(LONG, || lab.log(1).contains("Subnet removed")));
-    std::thread::sleep(Duration::from_millis(300));
+    // a removal: the shell's substitution and redirection happen, as upstream's `sh -c`
+    let gone = leave(&mut lab, 2);
+    let removed = out.path().join("removed");
     assert!(
-        !out.path().join("shell").exists(),
-        "a shell ran the command"
+        wait_until(LONG, || std::fs::read_to_string(&removed)
+            .is_ok_and(|t| t.trim() == format!("{gone} pre-data"))),
+        "{:?}\n{}",
+        std::fs::read_to_string(&removed),
+        lab.log(1)
     );
+}
+
+/// Upstream stores a lease value as large as etcd takes; a PreStartupCommand that prints
+/// 67 KB is a lease like any other, kept across restarts (issue 32: each restart took another
+/// subnet once the node refused its own value).
+#[test]
+fn a_large_backend_data_is_stored_and_the_same_subnet_kept_across_restarts() {
+    let backend = serde_json::json!({
+        "Type": "extension",
+        "PreStartupCommand": "seq 1 13000",
+    });
+    let (mut lab, _dir) = lab('w', 2, Some(&config(backend)));
+    lab.start_all();
+    lab.wait_ready(LONG);
+    let first = lab.subnet(1).unwrap();
+    for _ in 0..3 {
+        assert_eq!(lab.stop(1, "TERM"), Some(0));
+        lab.start(1);
+        lab.wait_ready(LONG);
+        assert_eq!(lab.subnet(1).unwrap(), first, "{}", lab.log(1));
+    }
+    let held = leases(&lab);
+    assert_eq!(held.len(), 2, "{:?}", held.keys());
+    assert!(held
+        .values()
+        .all(|v| v.len() > 67_000 && v.contains("12999\\n13000")));
     assert!(
-        lab.log(1).contains("Ran command: echo $(id) >"),
+        !lab.log(1).contains("ignoring bad subnet lease"),
         "{}",
         lab.log(1)
     );
+    assert!(
+        !lab.log(2).contains("ignoring bad subnet lease"),
+        "{}",
+        lab.log(2)
+    );
+    assert!(lab.running(1) && lab.running(2));
+}
+
+/// A value larger than any lease the node would read is refused before anything is written.
+#[test]
+fn a_lease_value_too_large_stops_start_up_before_anything_is_written() {
+    let backend = serde_json::json!({
+        "Type": "extension",
+        "PreStartupCommand": "head -c 1600000 /dev/zero | tr '\\0' x",
+    });
+    let (mut lab, _dir) = lab('v', 1, Some(&config(backend)));
+    lab.start(1);
+    assert!(wait_until(LONG, || !lab.running(1)), "{}", lab.log(1));
+    assert_eq!(lab.stop(1, "KILL"), Some(1));
+    let log = lab.log(1);
+    assert!(
+        log.contains("this node's lease value would be 1600")
+            && log.contains("more than the 1571840 allowed"),
+        "{log}"
+    );
+    assert!(leases(&lab).is_empty(), "{:?}", leases(&lab));
+    assert!(lab.subnet_env(1).is_empty());
 }
 
 #[test]
@@ -136,9 +232,9 @@ fn failing_and_hanging_commands_are_reported() {
     );
     leave(&mut lab, 2);
     assert!(
-        wait_until(LONG, || lab
-            .log(1)
-            .contains("failed to run command: false Err: exit status: 1")),
+        wait_until(LONG, || lab.log(1).contains(
+            "failed to run command: false Err: exit status 1 Output: "
+        )),
         "{}",
         lab.log(1)
     );

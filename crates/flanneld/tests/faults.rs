@@ -311,7 +311,14 @@ fn lease_show_needs_only_a_read_only_etcd_user() {
 
 #[test]
 fn bad_leases_of_other_nodes_are_skipped_with_a_warning_and_nothing_else_is_lost() {
-    let (mut lab, _dir) = lab('o', 2, Some(DEFAULT_CONFIG));
+    // an etcd that takes requests of 4 MiB, so that a value larger than a default etcd holds
+    // (and flanneld reads) can be written
+    let (mut lab, _dir) = lab_with_etcd(
+        'o',
+        2,
+        Some(DEFAULT_CONFIG),
+        &["--max-request-bytes=4194304"],
+    );
     lab.start_all();
     lab.wait_ready(LONG);
     wait_converged(&lab);
@@ -348,10 +355,11 @@ fn bad_leases_of_other_nodes_are_skipped_with_a_warning_and_nothing_else_is_lost
         lab.etcd()
             .ctl(&["put", &format!("{DEFAULT_PREFIX}/subnets/{key}"), value]);
     }
-    // a 1 MiB value, through stdin (one argument cannot be that long)
+    // a 1.8 MB value, through stdin (one argument cannot be that long; etcdctl sends at
+    // most 2 MiB)
     let huge = format!(
         r#"{{"PublicIP":"192.168.77.98","Pad":"{}"}}"#,
-        "x".repeat(1 << 20)
+        "x".repeat(1_800_000)
     );
     let mut put = std::process::Command::new("ip")
         .args([
@@ -385,7 +393,9 @@ fn bad_leases_of_other_nodes_are_skipped_with_a_warning_and_nothing_else_is_lost
         );
     }
     assert!(
-        wait_until(LONG, || lab.log(2).contains("more than the 65536 allowed")),
+        wait_until(LONG, || lab
+            .log(2)
+            .contains("more than the 1571840 allowed")),
         "{}",
         lab.log(2)
     );

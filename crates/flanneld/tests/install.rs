@@ -281,3 +281,65 @@ fn bad_inputs_are_refused_naming_the_flag() {
         );
     }
 }
+
+/// Over upstream's flanneld: install says it keeps the files it replaces, uninstall says it
+/// puts them back (and which file it leaves because it changed since install).
+#[test]
+fn install_over_upstream_then_uninstall_says_what_it_kept_and_restored() {
+    let root = tempfile::tempdir().unwrap();
+    let at = |p: &str| root.path().join(p.trim_start_matches('/'));
+    for (path, text) in [
+        ("/usr/local/sbin/flanneld", "upstream flanneld"),
+        ("/etc/systemd/system/flanneld.service", "[Service]\n"),
+    ] {
+        std::fs::create_dir_all(at(path).parent().unwrap()).unwrap();
+        std::fs::write(at(path), text).unwrap();
+    }
+    let root_arg = format!("--root={}", root.path().display());
+    let out = ok(run(&[
+        "install",
+        &root_arg,
+        "--cni-plugin=/bin/true",
+        "--no-restart",
+        "--flag",
+        "etcd-endpoints=http://127.0.0.1:2379",
+    ]));
+    let kept = |path: &str| {
+        format!(
+            "updated: {} (not laid down by flanneld-rs: the file there is kept in {}; uninstall puts it back)",
+            at(path).display(),
+            at(&format!("/var/lib/flanneld-rs/replaced{path}")).display()
+        )
+    };
+    assert!(out.contains(&kept("/usr/local/sbin/flanneld")), "{out}");
+    assert!(
+        out.contains(&kept("/etc/systemd/system/flanneld.service")),
+        "{out}"
+    );
+    std::fs::write(at("/etc/cni/net.d/10-flannel.conflist"), "{}").unwrap();
+    let out = ok(run(&["uninstall", &root_arg, "--no-restart"]));
+    for path in [
+        "/usr/local/sbin/flanneld",
+        "/etc/systemd/system/flanneld.service",
+    ] {
+        assert!(
+            out.contains(&format!(
+                "restored: {} (the file that was there before install)",
+                at(path).display()
+            )),
+            "{out}"
+        );
+    }
+    assert!(
+        out.contains(&format!(
+            "kept: {} (changed since install: remove it by hand if it is no longer wanted)",
+            at("/etc/cni/net.d/10-flannel.conflist").display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("flanneld.service was restored"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(at("/usr/local/sbin/flanneld")).unwrap(),
+        "upstream flanneld"
+    );
+}

@@ -22,6 +22,16 @@ use crate::error::{reason, StoreError};
 use crate::store::{Change, Cond, Key, KeyPaths, Life, Record, Revision, Store, Watched};
 use crate::SubnetError;
 
+/// The largest response read (a listing, a watch batch), as etcd's own Go client
+/// (`MaxCallRecvMsgSize`, math.MaxInt32); gRPC's default of 4 MiB would refuse the listing of
+/// a cluster whose leases are large (extension backends) or many.
+const MAX_RESPONSE: usize = i32::MAX as usize;
+
+/// A KV client of `c` that reads responses up to [`MAX_RESPONSE`].
+fn kv(c: &etcd_client::Client) -> etcd_client::KvClient {
+    c.kv_client().max_decoding_message_size(MAX_RESPONSE)
+}
+
 #[derive(Clone)]
 pub struct EtcdV3Store {
     members: Arc<Members>,
@@ -174,9 +184,9 @@ impl Store for EtcdV3Store {
         let path = self.path(key);
         let (resp, _) = self
             .members
-            .read(|mut c| {
+            .read(|c| {
                 let path = path.clone();
-                async move { c.get(path, None).await }
+                async move { kv(&c).get(path, None).await }
             })
             .await
             .map_err(etcd_err(format!("reading {path}"), &self.endpoints))?;
@@ -188,9 +198,13 @@ impl Store for EtcdV3Store {
         let prefix = self.subnets_prefix.clone();
         let (mut resp, _) = self
             .members
-            .read(|mut c| {
+            .read(|c| {
                 let prefix = prefix.clone();
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+                async move {
+                    kv(&c)
+                        .get(prefix, Some(GetOptions::new().with_prefix()))
+                        .await
+                }
             })
             .await
             .map_err(etcd_err("listing leases", &self.endpoints))?;
@@ -305,9 +319,14 @@ impl Store for EtcdV3Store {
         let opts = opts.with_start_revision(after as i64 + 1);
         let (stream, member) = self
             .members
-            .call(|mut c| {
+            .call(|c| {
                 let (path, opts) = (path.clone(), opts.clone());
-                async move { c.watch(path, Some(opts)).await }
+                async move {
+                    c.watch_client()
+                        .max_decoding_message_size(MAX_RESPONSE)
+                        .watch(path, Some(opts))
+                        .await
+                }
             })
             .await
             .map_err(etcd_err(format!("watching {path}"), &self.endpoints))?;

@@ -215,6 +215,7 @@ impl SubnetManager for KubeSubnetManager {
         config: &NetworkConfig,
         attrs: &LeaseAttrs,
     ) -> Result<Lease, SubnetError> {
+        attrs.encode()?;
         let node = self.own_node().await?;
         if node.pod_cidrs.is_empty() {
             return Err(SubnetError::Setup(format!(

@@ -411,6 +411,9 @@ impl<S: Store> SubnetManager for LeaseManager<S> {
         config: &NetworkConfig,
         attrs: &LeaseAttrs,
     ) -> Result<Lease, SubnetError> {
+        // before anything is written: a value this node would refuse to read back would leave
+        // its key unrecognised at the next start, and the node would take another subnet
+        attrs.encode()?;
         for _ in 0..RACE_RETRIES {
             match self.try_acquire(config, attrs).await? {
                 Attempt::Done(lease) => return Ok(*lease),

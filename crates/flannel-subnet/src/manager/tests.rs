@@ -404,3 +404,20 @@ async fn the_previous_dual_stack_subnets_are_taken_again_when_free() {
     let l = m.acquire_lease(&config, &dual_attrs(3)).await.unwrap();
     assert_eq!(l.key().to_string(), "10.5.77.0-24&fd00:5:0:4d::-64");
 }
+
+/// A lease value too large to be read back is refused before anything is written (issue 32:
+/// the node wrote it, ignored its own key at the next start and took another subnet each time).
+#[tokio::test]
+async fn a_lease_value_this_node_would_refuse_is_never_written() {
+    let store = store_with(NET).await;
+    let m = manager(&store);
+    let config = m.get_network_config().await.unwrap();
+    let mut big = attrs(1);
+    big.backend_type = "extension".into();
+    big.backend_data =
+        Some(serde_json::Value::String("x".repeat(flannel_net::MAX_LEASE_VALUE_LEN)).into());
+    let err = m.acquire_lease(&config, &big).await.unwrap_err();
+    assert!(matches!(err, SubnetError::LeaseValue(_)), "{err}");
+    assert!(err.to_string().contains("nothing was written"), "{err}");
+    assert!(store.list().await.unwrap().0.is_empty());
+}

@@ -215,18 +215,25 @@ pub fn delegate(n: &NetConf, env: &FlannelEnv) -> Value {
         Some(Value::Array(r)) => r.clone(),
         _ => Vec::new(),
     };
-    // With a gateway bridge the kernel routes the networks via the bridge's address anyway;
-    // naming that gateway makes the result say so, and the bridge plugin's CHECK (which
-    // compares the result's routes with the kernel's) pass. Upstream leaves it out.
-    let gateway = (d.get("type") == Some(&json!("bridge"))
-        && d.get("isGateway") == Some(&json!(true)))
-    .then_some(env.subnet)
-    .flatten()
-    .map(|sn| std::net::Ipv4Addr::from(u32::from(sn.network()) + 1).to_string());
+    // With a gateway bridge the kernel routes the networks via the bridge's address (the
+    // subnet's first, as host-local gives it) anyway; naming that gateway, for each family,
+    // makes the result say so, and the bridge plugin's CHECK (which compares the result's
+    // routes with the kernel's) pass. Upstream leaves it out, and its CHECK fails.
+    let gateway_bridge =
+        d.get("type") == Some(&json!("bridge")) && d.get("isGateway") == Some(&json!(true));
+    let gw4 = env
+        .subnet
+        .filter(|_| gateway_bridge)
+        .map(|sn| std::net::Ipv4Addr::from(u32::from(sn.network()) + 1).to_string());
+    let gw6 = env
+        .ipv6_subnet
+        .filter(|_| gateway_bridge)
+        .map(|sn| std::net::Ipv6Addr::from(u128::from(sn.network()) + 1).to_string());
     for nw in &env.networks {
-        match (&gateway, nw.contains(':')) {
-            (Some(gw), false) => routes.push(json!({"dst": nw, "gw": gw})),
-            _ => routes.push(json!({"dst": nw})),
+        let gw = if nw.contains(':') { &gw6 } else { &gw4 };
+        match gw {
+            Some(gw) => routes.push(json!({"dst": nw, "gw": gw})),
+            None => routes.push(json!({"dst": nw})),
         }
     }
     ipam.insert("routes".into(), Value::Array(routes));

@@ -123,6 +123,44 @@ fn add_check_del_with_the_bridge_plugin() {
     });
 }
 
+/// ADD then CHECK for dual-stack and IPv6-only subnet.env: every route of the result names
+/// its gateway, so that the bridge plugin's CHECK finds it in the pod's table (issue 32: the
+/// IPv6 routes had none, and CHECK failed with `Expected Route {Dst:fd00:200::/56 GW:<nil>}
+/// not found in routing table`).
+#[test]
+fn check_passes_for_dual_stack_and_ipv6_only() {
+    flannel_lab::require_program("/usr/lib/cni/bridge", "containernetworking-plugins");
+    let dual = "FLANNEL_NETWORK=10.200.0.0/16\nFLANNEL_SUBNET=10.200.74.1/24\nFLANNEL_IPV6_NETWORK=fd00:200::/56\nFLANNEL_IPV6_SUBNET=fd00:200:0:4a::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+    let v6only = "FLANNEL_IPV6_NETWORK=fd00:200::/56\nFLANNEL_IPV6_SUBNET=fd00:200:0:4a::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n";
+    for env in [dual, v6only] {
+        netns::run(move || async move {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("subnet.env"), env).unwrap();
+            let pod = PodNs::new();
+            let conf = conf(dir.path());
+            let (ok, result) = plugin("ADD", &conf, &pod.0);
+            assert!(ok, "{result}");
+            let routes = result["routes"].as_array().unwrap();
+            assert!(
+                routes.contains(&json!({"dst": "fd00:200::/56", "gw": "fd00:200:0:4a::1"})),
+                "{result}"
+            );
+            assert!(routes.iter().all(|r| r.get("gw").is_some()), "{result}");
+            let pod_routes = run_cmd("ip", &["-n", &pod.0, "-6", "route"]);
+            assert!(
+                pod_routes.contains("fd00:200::/56 via fd00:200:0:4a::1 dev eth0"),
+                "{pod_routes}"
+            );
+            let mut check = conf.clone();
+            check["prevResult"] = result.clone();
+            let (ok, out) = plugin("CHECK", &check, &pod.0);
+            assert!(ok, "CHECK ({env}): {out}");
+            let (ok, out) = plugin("DEL", &conf, &pod.0);
+            assert!(ok, "DEL: {out}");
+        });
+    }
+}
+
 #[test]
 fn bad_subnet_env_and_version() {
     netns::run(|| async {

@@ -335,21 +335,31 @@ impl NetworkConfig {
 }
 
 impl fmt::Display for NetworkConfig {
-    /// One line for logs: the Network, the subnet range and the backend.
+    /// One line for logs: the IPv4 Network and subnet range, the backend, the IPv6 ones. A family
+    /// that is off is left out, and so is a range that is not set (kube mode's config has
+    /// none: the pod CIDRs are the subnets), never printed as zeros.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Network={} SubnetLen={} SubnetMin={} SubnetMax={} Backend={}",
-            self.network, self.subnet_len, self.subnet_min, self.subnet_max, self.backend_type
-        )?;
-        if let Some(n6) = self.ipv6_network {
-            write!(
-                f,
-                " IPv6Network={n6} IPv6SubnetLen={}",
-                self.ipv6_subnet_len
-            )?;
+        let mut parts = Vec::new();
+        if self.enable_ipv4 {
+            parts.push(format!("Network={}", self.network));
+            if self.subnet_len != 0 {
+                parts.push(format!(
+                    "SubnetLen={} SubnetMin={} SubnetMax={}",
+                    self.subnet_len, self.subnet_min, self.subnet_max
+                ));
+            }
         }
-        Ok(())
+        parts.push(format!("Backend={}", self.backend_type));
+        if let Some(n6) = self.ipv6_network.filter(|_| self.enable_ipv6) {
+            parts.push(format!("IPv6Network={n6}"));
+            if self.ipv6_subnet_len != 0 {
+                parts.push(format!("IPv6SubnetLen={}", self.ipv6_subnet_len));
+            }
+            if let (Some(min), Some(max)) = (self.ipv6_subnet_min, self.ipv6_subnet_max) {
+                parts.push(format!("IPv6SubnetMin={min} IPv6SubnetMax={max}"));
+            }
+        }
+        f.write_str(&parts.join(" "))
     }
 }
 

@@ -1,14 +1,14 @@
 //! `flanneld-rs lease show`: the leases in etcd, one row each, for people (a table) or
 //! scripts (`--json`). Read-only by construction: it only lists and gets.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::time::SystemTime;
 
 use anyhow::Context;
 use flannel_net::time::format_utc;
 use flannel_net::{Expiration, Lease};
 use flannel_subnet::LeaseEntry;
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
 
 use crate::cli::{self, CliError, Flag, Kind, Parsed, DAEMON_FLAGS};
@@ -76,12 +76,12 @@ pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
         }
     };
     let json_out = values.bool(&flags, "json");
-    let only: Option<Ipv4Network> = match values.string(&flags, "subnet") {
+    let only: Option<IpNetwork> = match values.string(&flags, "subnet") {
         s if s.is_empty() => None,
         s => {
-            let net: Ipv4Network = s
+            let net: IpNetwork = s
                 .parse()
-                .map_err(|_| CliError(format!("--subnet {s:?} is not a CIDR")))?;
+                .map_err(|_| CliError(format!("--subnet {s:?} is not a CIDR (IPv4 or IPv6)")))?;
             if net.ip() != net.network() {
                 return Err(CliError(format!(
                     "--subnet {s} has host bits set: leases are subnets like {}/{}",
@@ -95,9 +95,9 @@ pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
     };
     let ours: Vec<IpAddr> = match values.string(&flags, "public-ip") {
         s if s.is_empty() => local_addresses().await,
-        s => vec![IpAddr::V4(s.parse::<Ipv4Addr>().map_err(|_| {
-            CliError(format!("--public-ip {s:?} is not an IPv4 address"))
-        })?)],
+        s => vec![s
+            .parse::<IpAddr>()
+            .map_err(|_| CliError(format!("--public-ip {s:?} is not an IP address")))?],
     };
     if values.bool(&flags, "kube-subnet-mgr") {
         return kube_leases(&values, json_out, only, &ours).await;
@@ -128,7 +128,7 @@ pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
         return Ok(1);
     }
     if let Some(only) = only {
-        entries.retain(|e| e.lease.as_ref().is_ok_and(|l| l.subnet == only));
+        entries.retain(|e| e.lease.as_ref().is_ok_and(|l| has_subnet(l, only)));
         if entries.is_empty() {
             errln!("no lease for subnet {only} under {prefix}/subnets (etcd {api} keyspace)");
         }
@@ -161,10 +161,12 @@ fn to_json(
             Ok(l) => {
                 let (expires, ttl, _) = expiry(l);
                 let vx = l.attrs.vxlan_data().and_then(Result::ok);
+                // a family the lease does not have is null, never a zero address
                 let mut row = json!({
                     "key": e.key,
-                    "subnet": l.subnet.to_string(),
-                    "public_ip": l.attrs.public_ip.to_string(),
+                    "subnet": l.has_ipv4().then(|| l.subnet.to_string()),
+                    "public_ip": (!l.attrs.public_ip.is_unspecified())
+                        .then(|| l.attrs.public_ip.to_string()),
                     "public_ipv6": l.attrs.public_ipv6.map(|i| i.to_string()),
                     "backend_type": l.attrs.backend_type,
                     "vni": vx.and_then(|v| v.vni),
@@ -187,16 +189,44 @@ fn to_json(
         }
     }
     let config = match config {
-        Ok(c) => json!({
-            "network": c.network.to_string(),
-            "subnet_len": c.subnet_len,
-            "subnet_min": c.subnet_min.to_string(),
-            "subnet_max": c.subnet_max.to_string(),
-            "backend_type": c.backend_type,
-        }),
+        Ok(c) => config_json(c),
         Err(e) => json!({"error": e.to_string()}),
     };
     json!({"config": config, "leases": leases, "errors": errors})
+}
+
+/// The network config: what applies only (a family that is off, or a subnet range kube mode
+/// does not have, is absent).
+fn config_json(c: &flannel_net::NetworkConfig) -> Value {
+    let mut o = serde_json::Map::new();
+    if c.enable_ipv4 {
+        o.insert("network".into(), json!(c.network.to_string()));
+        if c.subnet_len != 0 {
+            o.insert("subnet_len".into(), json!(c.subnet_len));
+            o.insert("subnet_min".into(), json!(c.subnet_min.to_string()));
+            o.insert("subnet_max".into(), json!(c.subnet_max.to_string()));
+        }
+    }
+    if let Some(n6) = c.ipv6_network.filter(|_| c.enable_ipv6) {
+        o.insert("ipv6_network".into(), json!(n6.to_string()));
+        if c.ipv6_subnet_len != 0 {
+            o.insert("ipv6_subnet_len".into(), json!(c.ipv6_subnet_len));
+        }
+        if let (Some(min), Some(max)) = (c.ipv6_subnet_min, c.ipv6_subnet_max) {
+            o.insert("ipv6_subnet_min".into(), json!(min.to_string()));
+            o.insert("ipv6_subnet_max".into(), json!(max.to_string()));
+        }
+    }
+    o.insert("backend_type".into(), json!(c.backend_type));
+    Value::Object(o)
+}
+
+/// Whether `l` holds `subnet`, in its family.
+fn has_subnet(l: &Lease, subnet: IpNetwork) -> bool {
+    match subnet {
+        IpNetwork::V4(n) => l.has_ipv4() && l.subnet == n,
+        IpNetwork::V6(n) => l.ipv6_subnet == Some(n),
+    }
 }
 
 fn to_table(
@@ -221,43 +251,46 @@ fn to_table(
         match &e.lease {
             Ok(l) => {
                 let mark = if is_ours(ours, l) { " *" } else { "" };
-                let mac = l
-                    .attrs
-                    .vxlan_data()
-                    .and_then(Result::ok)
-                    .map_or("-".to_string(), |v| v.vtep_mac.to_string());
-                out += &format!(
-                    "{:<20} {:<16} {:<9} {:<18} {}\n",
-                    if l.has_ipv4() {
-                        format!("{}{mark}", l.subnet)
-                    } else {
-                        format!("-{mark}")
-                    },
-                    l.attrs.public_ip.to_string(),
-                    if l.attrs.backend_type.is_empty() {
-                        "-"
-                    } else {
-                        &l.attrs.backend_type
-                    },
-                    mac,
-                    if kube { e.key.clone() } else { expiry(l).2 }
-                );
-                // the IPv6 side of a dual-stack or IPv6-only lease, on a line of its own
+                let mac = |data: Option<Result<flannel_net::VxlanBackendData, _>>| {
+                    data.and_then(Result::ok)
+                        .map_or("-".to_string(), |v| v.vtep_mac.to_string())
+                };
+                // a row per family the lease has: IPv4 first, the IPv6 side indented under
+                // it (or alone, IPv6-only)
+                let mut sides = Vec::new();
+                if l.has_ipv4() {
+                    sides.push((
+                        l.subnet.to_string(),
+                        l.attrs.public_ip.to_string(),
+                        mac(l.attrs.vxlan_data()),
+                    ));
+                }
                 if let Some(sn6) = l.ipv6_subnet {
-                    let mac6 = l
-                        .attrs
-                        .vxlan_v6_data()
-                        .and_then(Result::ok)
-                        .map_or("-".to_string(), |v| v.vtep_mac.to_string());
-                    out += &format!(
-                        "  {:<18} {:<16} {:<9} {:<18}\n",
+                    sides.push((
                         sn6.to_string(),
                         l.attrs
                             .public_ipv6
                             .map_or_else(|| "-".to_string(), |ip| ip.to_string()),
-                        "",
-                        mac6
-                    );
+                        mac(l.attrs.vxlan_v6_data()),
+                    ));
+                }
+                for (i, (subnet, public_ip, mac)) in sides.into_iter().enumerate() {
+                    if i == 0 {
+                        out += &format!(
+                            "{:<20} {:<16} {:<9} {:<18} {}\n",
+                            format!("{subnet}{mark}"),
+                            public_ip,
+                            if l.attrs.backend_type.is_empty() {
+                                "-"
+                            } else {
+                                &l.attrs.backend_type
+                            },
+                            mac,
+                            if kube { e.key.clone() } else { expiry(l).2 }
+                        );
+                    } else {
+                        out += &format!("  {subnet:<18} {public_ip:<16} {:<9} {mac:<18}\n", "");
+                    }
                 }
             }
             Err(err) => out += &format!("{:<20} (bad lease: {err})\n", e.key),
@@ -299,7 +332,7 @@ async fn local_addresses() -> Vec<IpAddr> {
 async fn kube_leases(
     values: &cli::Values,
     json_out: bool,
-    only: Option<Ipv4Network>,
+    only: Option<IpNetwork>,
     ours: &[IpAddr],
 ) -> anyhow::Result<i32> {
     let kube = crate::options::KubeOptions::from_values(values)?;
@@ -307,7 +340,7 @@ async fn kube_leases(
     let config = sm.get_network_config().await;
     let mut entries = sm.list_leases().await.context("listing the nodes")?;
     if let Some(only) = only {
-        entries.retain(|e| e.lease.as_ref().is_ok_and(|l| l.subnet == only));
+        entries.retain(|e| e.lease.as_ref().is_ok_and(|l| has_subnet(l, only)));
         if entries.is_empty() {
             errln!("no node has the pod CIDR {only}");
         }

@@ -281,6 +281,7 @@ fn ipv6_only_vxlan_mesh() {
     }
     assert_ne!(key_of(&lab, 1), key_of(&lab, 2));
     assert!(!lab.on_host(1, &["ip", "-o", "link"]).contains("flannel.1"));
+    lease_show_prints_what_applies(&lab);
     for i in 1..=2 {
         lab.add_pod(i);
     }
@@ -292,6 +293,60 @@ fn ipv6_only_vxlan_mesh() {
     // answer within a few seconds
     wait_until(Duration::from_secs(10), || lab.ping_matrix().is_empty());
     assert_eq!(lab.ping_matrix(), vec![]);
+}
+
+/// `lease show` on an IPv6-only cluster: the IPv6 subnets, PublicIPv6 and config, no zero
+/// address for the IPv4 side it does not have (issue 32), and `--subnet` in either family.
+fn lease_show_prints_what_applies(lab: &Lab) {
+    let bin = env!("CARGO_BIN_EXE_flanneld-rs");
+    let endpoints = format!("-etcd-endpoints=http://{}:2379", flannel_lab::lab::ETCD_IP);
+    let prefix = format!("-etcd-prefix={}", flannel_lab::lab::DEFAULT_PREFIX);
+    let args = |extra: &[&'static str]| {
+        let mut args = vec![bin, "lease", "show", endpoints.as_str(), prefix.as_str()];
+        args.extend_from_slice(extra);
+        args
+    };
+    let show = |extra: &[&'static str]| lab.on_host(1, &args(extra));
+    let text = show(&[]);
+    assert!(
+        !text.contains("0.0.0.0") && !text.contains("SubnetLen=0"),
+        "{text}"
+    );
+    assert!(text.contains("IPv6Network=fd00:200::/56"), "{text}");
+    let h1 = lab.subnet6(1).unwrap();
+    assert!(
+        text.lines().any(|l| l.starts_with(&format!("{h1} *"))
+            && l.contains("fd77::1")
+            && l.contains(" vxlan ")),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&show(&["--json"])).unwrap();
+    assert!(json["config"].get("network").is_none(), "{json}");
+    assert_eq!(json["config"]["ipv6_network"], "fd00:200::/56");
+    for row in json["leases"].as_array().unwrap() {
+        assert!(
+            row["subnet"].is_null() && row["public_ip"].is_null(),
+            "{row}"
+        );
+        assert!(
+            row["ipv6_subnet"]
+                .as_str()
+                .unwrap()
+                .starts_with("fd00:200:0:"),
+            "{row}"
+        );
+    }
+    let subnet_flag = format!("--subnet={h1}");
+    let mut one_args = args(&["--json"]);
+    one_args.push(&subnet_flag);
+    let one: serde_json::Value = serde_json::from_str(&lab.on_host(1, &one_args)).unwrap();
+    assert_eq!(one["leases"].as_array().unwrap().len(), 1, "{one}");
+    assert_eq!(one["leases"][0]["ipv6_subnet"], h1.as_str());
+    let (ok, none) = flannel_lab::lab::try_nsexec(&lab.hosts[0].ns, &args(&["--subnet=0.0.0.0/0"]));
+    assert!(
+        !ok && none.contains("no lease for subnet 0.0.0.0/0"),
+        "{none}"
+    );
 }
 
 #[test]

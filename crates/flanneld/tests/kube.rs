@@ -137,6 +137,11 @@ fn three_nodes_mesh_with_upstreams_annotations_and_follow_the_nodes() {
     args.extend(kube_flags.iter().cloned());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let table = lab.on_host(1, &args);
+    // the pod CIDRs are the subnets: no range of zeros (issue 32)
+    assert!(
+        table.starts_with("network config: Network=10.244.0.0/16 Backend=vxlan\n"),
+        "{table}"
+    );
     for i in 1..=3 {
         let mut want = vec![format!("10.244.{i}.0/24")];
         if i == 1 {
@@ -271,6 +276,10 @@ fn args_json_check(lab: &Lab, args: &[&str]) {
     assert_eq!(leases[1]["node"], "h2");
     assert_eq!(leases[1]["subnet"], "10.244.2.0/24");
     assert_eq!(leases[1]["reservation"], false);
+    assert_eq!(
+        out["config"],
+        serde_json::json!({"network": "10.244.0.0/16", "backend_type": "vxlan"})
+    );
 }
 
 /// Runs flanneld on host `i` until it exits; its log.

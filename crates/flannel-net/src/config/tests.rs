@@ -227,3 +227,30 @@ proptest! {
         }
     }
 }
+
+/// A family that is off, or a range that is not set (kube mode), is left out: never zeros.
+#[test]
+fn the_one_line_form_prints_what_applies() {
+    let v4 = checked(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+    assert_eq!(
+        v4.to_string(),
+        "Network=10.5.0.0/16 SubnetLen=24 SubnetMin=10.5.1.0 SubnetMax=10.5.255.0 Backend=vxlan"
+    );
+    let v6 = checked(
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:300::/56","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let text = v6.to_string();
+    assert!(
+        text.starts_with("Backend=vxlan IPv6Network=fd00:300::/56 IPv6SubnetLen=64"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("0.0.0.0") && !text.contains("SubnetLen=0"),
+        "{text}"
+    );
+    // kube mode reads the config without the etcd checks: no ranges
+    let kube =
+        NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+    assert_eq!(kube.to_string(), "Network=10.244.0.0/16 Backend=vxlan");
+}

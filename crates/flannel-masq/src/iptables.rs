@@ -113,6 +113,64 @@ pub fn restore_payload(current: &SavedTable, want: &ChainRules, keep: bool) -> O
     Some(format!("*{}\n{body}COMMIT\n", want.table))
 }
 
+/// What is wrong with `want` in `current`, in an operator's words (`None`: nothing; the same
+/// test as [`restore_payload`]).
+pub fn difference(current: &SavedTable, want: &ChainRules, keep: bool) -> Option<String> {
+    restore_payload(current, want, keep)?;
+    let (chain, table, hook) = (want.chain, want.table, want.hook);
+    let jump = want.jump();
+    let jumps = current.rules_of(hook).filter(|r| *r == jump).count();
+    let mut why = Vec::new();
+    if !keep {
+        if current.has_chain(chain) {
+            why.push(format!(
+                "chain {chain} of table {table} is there but should be gone"
+            ));
+        }
+        if jumps > 0 {
+            why.push(format!("{hook} still jumps to {chain}"));
+        }
+    } else if !current.has_chain(chain) {
+        why.push(format!("chain {chain} of table {table} is missing"));
+    } else {
+        let have: Vec<&str> = current.rules_of(chain).collect();
+        if have.is_empty() {
+            why.push(format!("chain {chain} of table {table} is empty (flushed)"));
+        } else if !have
+            .iter()
+            .copied()
+            .eq(want.rules.iter().map(String::as_str))
+        {
+            let missing = want
+                .rules
+                .iter()
+                .filter(|r| !have.contains(&r.as_str()))
+                .count();
+            let foreign = have
+                .iter()
+                .filter(|r| !want.rules.iter().any(|w| w == *r))
+                .count();
+            why.push(format!(
+                "chain {chain} of table {table} differs from flannel's: {missing} of its {} rules missing, {foreign} not flannel's{}",
+                want.rules.len(),
+                if missing == 0 && foreign == 0 { ", in another order" } else { "" }
+            ));
+        }
+    }
+    if keep && jumps == 0 {
+        why.push(format!("no jump to {chain} from {hook}"));
+    } else if keep && jumps > 1 {
+        why.push(format!("{jumps} jumps to {chain} from {hook}, not one"));
+    }
+    if current
+        .rules_of(hook)
+        .any(|r| want.legacy.iter().any(|l| l == r))
+    {
+        why.push(format!("an old flannel rule is left in {hook}"));
+    }
+    Some(why.join("; "))
+}
+
 /// Drives iptables (or ip6tables) for one address family.
 #[derive(Debug, Clone)]
 pub struct Iptables {
@@ -148,21 +206,17 @@ impl Iptables {
         run(&self.cli, &["--version"], None).await
     }
 
-    /// The chains of `chains` whose table does not hold them as wanted (a missing or changed
-    /// rule, a missing or doubled jump, one left that should be gone): one `iptables-save`,
-    /// nothing written.
-    pub async fn differing<'a>(
-        &self,
-        chains: &'a [(ChainRules, bool)],
-    ) -> Result<Vec<&'a ChainRules>, MasqError> {
+    /// What is wrong with each chain of `chains` whose table does not hold it as wanted (a
+    /// missing, flushed or changed chain, a missing or doubled jump, one left that should be
+    /// gone), in words: one `iptables-save`, nothing written.
+    pub async fn differing(&self, chains: &[(ChainRules, bool)]) -> Result<Vec<String>, MasqError> {
         let tables = parse_tables(&run(&self.save, &[], None).await?);
         let empty = SavedTable::default();
         Ok(chains
             .iter()
-            .filter(|(want, keep)| {
-                restore_payload(tables.get(want.table).unwrap_or(&empty), want, *keep).is_some()
+            .filter_map(|(want, keep)| {
+                difference(tables.get(want.table).unwrap_or(&empty), want, *keep)
             })
-            .map(|(want, _)| want)
             .collect())
     }
 
@@ -265,6 +319,44 @@ mod tests {
         }
         s += extra;
         s + "COMMIT\n"
+    }
+
+    /// doctor's words for each way a chain can be wrong (issue 32: a flushed chain was "not
+    /// flannel's").
+    #[test]
+    fn each_difference_is_said_in_words() {
+        let w = want();
+        let said = |text: &str, keep| difference(&SavedTable::parse(text), &w, keep);
+        assert_eq!(said(&saved(""), true), None);
+        let flushed = format!(
+            "*nat\n:POSTROUTING ACCEPT [0:0]\n:FLANNEL-POSTRTG - [0:0]\n-A POSTROUTING {}\nCOMMIT\n",
+            w.jump()
+        );
+        assert_eq!(
+            said(&flushed, true).unwrap(),
+            "chain FLANNEL-POSTRTG of table nat is empty (flushed)"
+        );
+        assert_eq!(
+            said("*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n", true).unwrap(),
+            "chain FLANNEL-POSTRTG of table nat is missing; no jump to FLANNEL-POSTRTG from POSTROUTING"
+        );
+        let extra = said(&saved("-A FLANNEL-POSTRTG -j ACCEPT\n"), true).unwrap();
+        assert_eq!(
+            extra,
+            format!(
+                "chain FLANNEL-POSTRTG of table nat differs from flannel's: 0 of its {} rules missing, 1 not flannel's",
+                w.rules.len()
+            )
+        );
+        let doubled = said(&saved(&format!("-A POSTROUTING {}\n", w.jump())), true).unwrap();
+        assert_eq!(
+            doubled,
+            "2 jumps to FLANNEL-POSTRTG from POSTROUTING, not one"
+        );
+        assert_eq!(
+            said(&saved(""), false).unwrap(),
+            "chain FLANNEL-POSTRTG of table nat is there but should be gone; POSTROUTING still jumps to FLANNEL-POSTRTG"
+        );
     }
 
     #[test]

@@ -249,11 +249,8 @@ impl TrafficManager {
                 } else {
                     "iptables"
                 };
-                for c in self.iptables.differing(&chains).await? {
-                    out.push(format!(
-                        "{tool}: chain {} of table {} (or its jump from {}) is not flannel's",
-                        c.chain, c.table, c.hook
-                    ));
+                for why in self.iptables.differing(&chains).await? {
+                    out.push(format!("{tool}: {why}"));
                 }
             }
             Mode::Nftables => {
@@ -261,9 +258,10 @@ impl TrafficManager {
                 let want = rules::nft_listing(&self.spec);
                 match self.nft.read(family, table).await? {
                     None => out.push(format!("nftables: table {family} {table} is missing")),
-                    Some(have) if have != want => {
-                        out.push(format!("nftables: table {family} {table} is not flannel's"))
-                    }
+                    Some(have) if have != want => out.push(format!(
+                        "nftables: table {family} {table} {}",
+                        nftables::difference(&have, &want)
+                    )),
                     Some(_) => {}
                 }
             }

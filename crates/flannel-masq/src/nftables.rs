@@ -67,3 +67,78 @@ impl Nftables {
         }
     }
 }
+
+/// The rule lines of an `nft list table` listing (not the table, chain and hook lines).
+fn rule_lines(listing: &str) -> Vec<&str> {
+    listing
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && *l != "}"
+                && !l.starts_with("table ")
+                && !l.starts_with("chain ")
+                && !l.starts_with("type ")
+        })
+        .collect()
+}
+
+/// How the table listed as `have` differs from flannel's `want`, in words.
+pub fn difference(have: &str, want: &str) -> String {
+    let (have, want) = (rule_lines(have), rule_lines(want));
+    if have.is_empty() {
+        return "holds none of flannel's rules (flushed)".to_string();
+    }
+    let missing = want.iter().filter(|r| !have.contains(r)).count();
+    let foreign = have.iter().filter(|r| !want.contains(r)).count();
+    format!(
+        "differs from flannel's: {missing} of its {} rules missing, {foreign} not flannel's{}",
+        want.len(),
+        if missing == 0 && foreign == 0 {
+            " (its chains differ)"
+        } else {
+            ""
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{nft_listing, RuleSpec};
+
+    #[test]
+    fn a_flushed_or_changed_table_is_said_in_words() {
+        let want = nft_listing(&RuleSpec {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            ip_masq: true,
+            forward: true,
+            random_fully: true,
+            previous: None,
+        });
+        let flushed: String = want
+            .lines()
+            .filter(|l| {
+                let t = l.trim();
+                t.starts_with("table")
+                    || t.starts_with("chain")
+                    || t.starts_with("type")
+                    || t == "}"
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            difference(&flushed, &want),
+            "holds none of flannel's rules (flushed)"
+        );
+        let one_gone: String = want
+            .lines()
+            .filter(|l| !l.contains("masquerade"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let said = difference(&one_gone, &want);
+        assert!(said.starts_with("differs from flannel's: "), "{said}");
+        assert!(!said.contains(" 0 of its"), "{said}");
+    }
+}

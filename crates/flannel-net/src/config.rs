@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::gojson;
 
@@ -193,6 +193,39 @@ impl NetworkConfig {
         // "Networks" is the multi-cluster-CIDR list of v0.21-v0.22 (kube mode only):
         // accepted and ignored.
         Ok(config)
+    }
+
+    /// The config as JSON that [`Self::parse`] reads back to the same config (the running
+    /// config a daemon records for `doctor`); every field written, `Backend` as stored.
+    pub fn to_json(&self) -> String {
+        let mut o = Map::new();
+        o.insert("EnableIPv4".into(), Value::Bool(self.enable_ipv4));
+        o.insert("EnableIPv6".into(), Value::Bool(self.enable_ipv6));
+        o.insert("EnableNFTables".into(), Value::Bool(self.enable_nftables));
+        o.insert("Network".into(), Value::String(self.network.to_string()));
+        o.insert("SubnetLen".into(), Value::from(self.subnet_len));
+        o.insert(
+            "SubnetMin".into(),
+            Value::String(self.subnet_min.to_string()),
+        );
+        o.insert(
+            "SubnetMax".into(),
+            Value::String(self.subnet_max.to_string()),
+        );
+        if let Some(n6) = self.ipv6_network {
+            o.insert("IPv6Network".into(), Value::String(n6.to_string()));
+        }
+        o.insert("IPv6SubnetLen".into(), Value::from(self.ipv6_subnet_len));
+        if let Some(min) = self.ipv6_subnet_min {
+            o.insert("IPv6SubnetMin".into(), Value::String(min.to_string()));
+        }
+        if let Some(max) = self.ipv6_subnet_max {
+            o.insert("IPv6SubnetMax".into(), Value::String(max.to_string()));
+        }
+        if let Some(backend) = &self.backend {
+            o.insert("Backend".into(), backend.clone());
+        }
+        Value::Object(o).to_string()
     }
 
     /// Fills in SubnetLen, SubnetMin and SubnetMax and validates them (upstream

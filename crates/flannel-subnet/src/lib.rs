@@ -172,6 +172,13 @@ pub trait SubnetManager: Send + Sync {
         Ok((None, None))
     }
 
+    /// Why this node has no lease, when the store can say more than "no lease names this
+    /// node" (kube mode: its Node is gone, has no pod CIDR, or has no flannel annotations);
+    /// `None` when it cannot (etcd: a lease is found by its PublicIP alone).
+    async fn why_no_lease(&self) -> Result<Option<String>, SubnetError> {
+        Ok(None)
+    }
+
     /// Called once the node is ready (subnet.env written): kube mode marks the Node's
     /// network available (upstream `CompleteLease`); nothing in etcd mode.
     async fn complete_lease(&self) -> Result<(), SubnetError> {

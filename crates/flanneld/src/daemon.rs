@@ -35,7 +35,7 @@ const BACKEND_RESYNC: Duration = Duration::from_secs(10);
 /// Runs until an unrecoverable error; the caller ends it on SIGTERM/SIGINT.
 pub async fn run(mut opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
     // before anything is touched: a second instance would undo the first one's work
-    let _lock = crate::lock::acquire(&opts.subnet_file)?;
+    let mut lock = crate::lock::acquire()?;
     let previous = read_previous(&opts.subnet_file);
     if opts.kube.is_none() {
         opts.etcd.insecure_warning();
@@ -69,6 +69,7 @@ pub async fn run(mut opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
     let _ = shared.subnet_stats.set(sm.stats());
 
     let config = wait_for_config(sm).await;
+    lock.record_config(&config);
     info!(
         "Found network config - Backend type: {}",
         config.backend_type
@@ -373,7 +374,7 @@ async fn ensure_blackhole(nl: &Netlink, dst: IpNetwork, wanted: bool) {
 }
 
 /// Whether a new config needs nothing re-plumbed on this node.
-fn same_plumbing(running: &NetworkConfig, new: &NetworkConfig) -> bool {
+pub(crate) fn same_plumbing(running: &NetworkConfig, new: &NetworkConfig) -> bool {
     running.network == new.network
         && running.subnet_len == new.subnet_len
         && running.subnet_min == new.subnet_min

@@ -250,6 +250,8 @@ impl Options {
                     .map_err(|_| CliError(format!("-iface-can-reach {s:?}: not an IP address")))?,
             ),
         };
+        let subnet_file = PathBuf::from(v.string(f, "subnet-file"));
+        check_subnet_file(&subnet_file)?;
         let iface_regex = v
             .list("iface-regex")
             .iter()
@@ -262,7 +264,7 @@ impl Options {
             iface: v.list("iface"),
             iface_regex,
             iface_can_reach,
-            subnet_file: PathBuf::from(v.string(f, "subnet-file")),
+            subnet_file,
             public_ip,
             public_ipv6,
             ip_masq: v.bool(f, "ip-masq"),
@@ -285,6 +287,24 @@ impl Options {
             },
         })
     }
+}
+
+/// A `-subnet-file` that can never be written is refused before anything is touched (it
+/// failed only after the lease and the device were set up).
+fn check_subnet_file(path: &std::path::Path) -> Result<(), CliError> {
+    let shown = path.display();
+    if path.as_os_str().is_empty() || path.file_name().is_none() || path.is_dir() {
+        return Err(CliError(format!(
+            "-subnet-file {shown:?}: is a directory, not a file: give the file's path (default /run/flannel/subnet.env)"
+        )));
+    }
+    if let Some(parent) = path.parent().filter(|p| p.exists() && !p.is_dir()) {
+        return Err(CliError(format!(
+            "-subnet-file {shown}: {} is not a directory",
+            parent.display()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -343,6 +363,13 @@ mod tests {
             ),
             (vec!["-iface-regex=("], "-iface-regex"),
             (vec!["-etcd-endpoints=,"], "no endpoint"),
+            (vec!["-subnet-file=/tmp"], "-subnet-file \"/tmp\": is a directory, not a file"),
+            (vec!["-subnet-file=/run/flannel/"], "is a directory, not a file"),
+            (vec!["-subnet-file="], "is a directory, not a file"),
+            (
+                vec!["-subnet-file=/etc/hostname/subnet.env"],
+                "-subnet-file /etc/hostname/subnet.env: /etc/hostname is not a directory",
+            ),
             (
                 vec!["-kube-subnet-mgr", "-kube-annotation-prefix=a/b/c"],
                 "-kube-annotation-prefix \"a/b/c\": subnet/kube: prefix can contain at most single slash",

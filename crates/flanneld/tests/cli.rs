@@ -3,8 +3,24 @@
 
 use std::process::{Command, Output};
 
+/// flanneld-rs in a network namespace of its own, loopback up (`unshare` and `sh` exec it:
+/// the child's PID is flanneld-rs's): a node is a network namespace, and daemons of tests
+/// running at once must not share one (the second would find the first's instance lock).
+fn flanneld_cmd() -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--net",
+        "--",
+        "sh",
+        "-c",
+        "ip link set lo up && exec \"$0\" \"$@\"",
+        env!("CARGO_BIN_EXE_flanneld-rs"),
+    ]);
+    cmd
+}
+
 fn flanneld(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flanneld-rs"));
+    let mut cmd = flanneld_cmd();
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default());
@@ -62,6 +78,12 @@ fn unknown_flags_and_bad_values_exit_2_before_touching_anything() {
         ),
         (vec!["-healthz-port=70000"], vec![], "expected 0 to 65535"),
         (vec!["-ip-masq=maybe"], vec![], "expected a boolean"),
+        // a directory (it failed only after the lease and the device were set up)
+        (
+            vec!["-subnet-file=/tmp"],
+            vec![],
+            "-subnet-file \"/tmp\": is a directory, not a file",
+        ),
         (
             vec![],
             vec![("FLANNELD_IPTABLES_RESYNC", "soon")],
@@ -126,7 +148,7 @@ fn lease_subcommand_usage() {
 fn arguments_that_are_not_utf8_are_named_not_a_crash() {
     use std::os::unix::ffi::OsStrExt;
     for sub in [&[][..], &["lease", "show"][..]] {
-        let o = Command::new(env!("CARGO_BIN_EXE_flanneld-rs"))
+        let o = flanneld_cmd()
             .args(sub)
             .arg(std::ffi::OsStr::from_bytes(b"-etcd-prefix=\xff\xfe"))
             .output()
@@ -144,7 +166,7 @@ fn a_closed_stderr_does_not_kill_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let subnet_file = format!("-subnet-file={}", dir.path().join("subnet.env").display());
     // no etcd there: the daemon logs a line every second while it waits
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flanneld-rs"))
+    let mut child = flanneld_cmd()
         .args(["-etcd-endpoints=http://127.0.0.1:1", &subnet_file])
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
@@ -293,7 +315,7 @@ fn signals_that_do_not_mean_stop_are_survived_sighup_logged_sigquit_clean() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     let subnet_file = format!("-subnet-file={}", dir.path().join("subnet.env").display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flanneld-rs"))
+    let mut child = flanneld_cmd()
         .args(["-etcd-endpoints=http://127.0.0.1:1", &subnet_file])
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

@@ -127,7 +127,7 @@ fn doctor_finds_what_was_broken_and_passes_a_healthy_node() {
     for want in [
         "daemon: flanneld-rs is not running",
         "device: flannel.1: MAC 02:11:22:33:44:55 but the lease says",
-        "rules: iptables: chain FLANNEL-POSTRTG of table nat",
+        "rules: iptables: chain FLANNEL-POSTRTG of table nat is empty (flushed)",
         "host: net.ipv4.ip_forward is 0",
         "subnet.env: ",
     ] {
@@ -163,14 +163,120 @@ fn doctor_finds_what_was_broken_and_passes_a_healthy_node() {
         "{json}"
     );
 
-    // etcd gone: the store is named, exit 1
+    // etcd gone: the store is named, exit 1; what can be checked locally still is
+    lab.on_host(2, &["sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward"]);
     lab.etcd_mut().stop();
     let (code, json) = doctor(&lab, 2, &["--json"]);
     assert_eq!(code, 1, "{json}");
+    let fails = failures(&json);
     assert!(
-        failures(&json)
+        fails
             .iter()
             .any(|f| f.starts_with("store: etcd at http://192.168.77.254:2379")),
         "{json}"
     );
+    assert!(
+        fails.iter().any(|f| f == "host: net.ipv4.ip_forward is 0"),
+        "{json}"
+    );
+    assert!(
+        json.contains("not checked without the store: this node's lease, the peers' entries"),
+        "{json}"
+    );
+    assert!(json.contains("flannel.1 up, MTU 1450"), "{json}");
+    assert!(
+        json.contains("masquerade and forward rules in place (iptables)"),
+        "{json}"
+    );
+    // h1: neither the store nor a daemon; subnet.env's networks still tell the rules
+    let (code, json) = doctor(&lab, 1, &["--json"]);
+    assert_eq!(code, 1, "{json}");
+    let fails = failures(&json);
+    assert!(
+        fails.iter().any(|f| f == "host: net.ipv4.ip_forward is 0"),
+        "{json}"
+    );
+    assert!(
+        fails
+            .iter()
+            .any(|f| f.starts_with("rules: iptables: chain FLANNEL-POSTRTG of table nat")),
+        "{json}"
+    );
+}
+
+/// What doctor says of what the first pass of a newcomer found (issue 32): `-version`, a run
+/// without root, a config changed in the store while the daemon runs, cni0 with the address
+/// of an old subnet.
+#[test]
+fn doctor_version_root_a_stale_config_and_an_old_cni0() {
+    let (mut lab, _dir) = lab('D', 2, Some(DEFAULT_CONFIG));
+    lab.start_all();
+    lab.wait_ready(LONG);
+    assert!(wait_until(LONG, || lab
+        .on_host(1, &["ip", "route"])
+        .contains("dev flannel.1")));
+
+    let (code, out) = doctor(&lab, 1, &["-version"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, concat!("v", env!("CARGO_PKG_VERSION")))
+    );
+
+    let o = Command::new("ip")
+        .args(["netns", "exec", &lab.hosts[0].ns])
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .arg(env!("CARGO_BIN_EXE_flanneld-rs"))
+        .arg("doctor")
+        .args(lab.flags(1))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("doctor needs root"), "{err}");
+    assert!(
+        o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    // cni0 left with an address of an old subnet: every CNI ADD would fail
+    lab.on_host(1, &["ip", "link", "add", "cni0", "type", "bridge"]);
+    lab.on_host(1, &["ip", "addr", "add", "10.200.250.1/24", "dev", "cni0"]);
+    let (code, json) = doctor(&lab, 1, &["--json"]);
+    assert_eq!(code, 1, "{json}");
+    let want = format!(
+        "host: cni0 holds 10.200.250.1/24, not the gateway of subnet.env's subnet ({})",
+        lab.subnet(1).unwrap().replace(".0/", ".1/")
+    );
+    assert!(failures(&json).contains(&want), "{want}\n{json}");
+    lab.on_host(1, &["ip", "link", "del", "cni0"]);
+
+    // the config changed to host-gw while the daemons run: they keep VXLAN, doctor says so
+    // first and checks the VXLAN that runs (not host-gw's routes)
+    let host_gw = DEFAULT_CONFIG.replace("vxlan", "host-gw");
+    assert_ne!(host_gw, DEFAULT_CONFIG);
+    lab.etcd().ctl(&[
+        "put",
+        &format!("{}/config", flannel_lab::lab::DEFAULT_PREFIX),
+        &host_gw,
+    ]);
+    assert!(wait_until(LONG, || lab
+        .log(1)
+        .contains("does not re-plumb a running node")));
+    let (code, text) = doctor(&lab, 1, &[]);
+    assert_eq!(code, 1, "{text}");
+    let first = text.lines().nth(1).unwrap_or_default();
+    assert!(
+        first.starts_with("FAIL  config     the network config changed in the store"),
+        "{text}"
+    );
+    let (_, json) = doctor(&lab, 1, &["--json"]);
+    assert_eq!(failures(&json).len(), 1, "{json}");
+    assert!(json.contains("flannel.1 up, MAC"), "{json}");
+    assert!(!json.contains("routes missing"), "{json}");
 }

@@ -599,6 +599,22 @@ fn bad_interfaces_and_public_ips_a_second_instance_credentials_and_no_backend() 
         )),
         "{out}"
     );
+    assert!(out.contains("the lock of this network namespace"), "{out}");
+    // the lock is the node's (its network namespace), not the subnet file's directory
+    let other = lab.dir().join("elsewhere").join("subnet.env");
+    let other_flag = format!("-subnet-file={}", other.display());
+    let (ok, out) = run(&lab, false, &[&other_flag]);
+    assert!(
+        !ok,
+        "a second instance with another -subnet-file started: {out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "another flanneld-rs (PID {pid}) is already running on this node"
+        )),
+        "{out}"
+    );
+    assert!(!other.exists());
     assert!(lab.running(1));
     std::thread::sleep(Duration::from_millis(300));
     assert!(converged(&lab), "the first instance's state was disturbed");

@@ -168,6 +168,11 @@ fn three_nodes_mesh_with_upstreams_annotations_and_follow_the_nodes() {
     let (ok, report) = flannel_lab::lab::try_nsexec(&lab.hosts[0].ns, &doctor);
     assert!(ok, "{report}");
     assert!(report.contains("3 flannel nodes"), "{report}");
+    assert!(report.contains("(the pod CIDR of its Node)"), "{report}");
+    assert!(
+        !report.contains("reservation") && !report.contains("::/0"),
+        "{report}"
+    );
 
     // a node that is not a flannel node (no annotations) is no peer; one without any
     // annotation does not crash anybody (upstream v0.20.2 panics on it)
@@ -196,6 +201,21 @@ fn three_nodes_mesh_with_upstreams_annotations_and_follow_the_nodes() {
         lab.on_host(1, &["ip", "route"])
     );
     assert!(lab.running(1) && lab.running(2));
+    // doctor on the node whose Node is gone says so (not "same -iface / -public-ip?")
+    let mut doctor3 = vec![
+        "env".to_string(),
+        "NODE_NAME=h3".into(),
+        lab.spec.flanneld.display().to_string(),
+        "doctor".into(),
+    ];
+    doctor3.extend(lab.flags(3));
+    let doctor3: Vec<&str> = doctor3.iter().map(String::as_str).collect();
+    let (ok, report) = flannel_lab::lab::try_nsexec(&lab.hosts[2].ns, &doctor3);
+    assert!(!ok, "{report}");
+    assert!(
+        report.contains("Node \"h3\" does not exist in the API"),
+        "{report}"
+    );
 }
 
 #[test]

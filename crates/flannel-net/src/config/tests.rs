@@ -254,3 +254,19 @@ fn the_one_line_form_prints_what_applies() {
         NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
     assert_eq!(kube.to_string(), "Network=10.244.0.0/16 Backend=vxlan");
 }
+
+/// What a daemon records of its running config reads back as the same config.
+#[test]
+fn the_json_form_reads_back_to_the_same_config() {
+    for json in [
+        r#"{"Network":"10.5.0.0/16","SubnetLen":26,"Backend":{"Type":"vxlan","VNI":7,"Port":4789}}"#,
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:300::/56","Backend":{"Type":"host-gw"}}"#,
+        r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:300::/56","EnableNFTables":true}"#,
+    ] {
+        let c = checked(json).unwrap();
+        assert_eq!(NetworkConfig::parse(&c.to_json()).unwrap(), c, "{json}");
+    }
+    let kube =
+        NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+    assert_eq!(NetworkConfig::parse(&kube.to_json()).unwrap(), kube);
+}

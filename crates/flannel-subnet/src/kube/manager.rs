@@ -407,6 +407,32 @@ impl SubnetManager for KubeSubnetManager {
         }
     }
 
+    async fn why_no_lease(&self) -> Result<Option<String>, SubnetError> {
+        if self.node_name.is_empty() {
+            return Ok(None);
+        }
+        let name = &self.node_name;
+        let object = self.api.get_node(name).await.map_err(|e| {
+            SubnetError::Store(e.into_store_error(format!("reading node {name:?}")))
+        })?;
+        let Some(object) = object else {
+            return Ok(Some(format!(
+                "Node {name:?} does not exist in the API (deleted?)"
+            )));
+        };
+        let node = Node::from_object(object, &self.names);
+        Ok(Some(if node.pod_cidrs.is_empty() {
+            format!("Node {name:?} has no podCIDR (the controller manager assigns them with --allocate-node-cidrs)")
+        } else if !node.is_flannel_node(&self.names) {
+            format!("Node {name:?} has podCIDR {} but no flannel annotations (flanneld-rs writes them when it starts on that node)", node.pod_cidrs.join(","))
+        } else {
+            match node.to_lease(&self.names, &self.config) {
+                Ok(_) => return Ok(None),
+                Err(e) => format!("Node {name:?}: {e}"),
+            }
+        }))
+    }
+
     async fn stored_public_ips(&self) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), SubnetError> {
         match self.api.get_node(&self.node_name).await {
             Ok(Some(object)) => Node::from_object(object, &self.names)

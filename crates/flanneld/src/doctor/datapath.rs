@@ -147,6 +147,51 @@ async fn vxlan(n: &Node<'_>, r: &mut Report) -> Option<u32> {
     mtu
 }
 
+/// Without the lease (the store cannot be read): each VXLAN device of the config is there,
+/// a VXLAN device of the config's VNI, and up. Its MAC and the peers' entries need the
+/// leases.
+pub async fn device_only(config: &NetworkConfig, nl: &Netlink, r: &mut Report) {
+    if config.backend_kind() != "vxlan" {
+        return;
+    }
+    let Ok(vx) = VxlanConfig::from_backend(config.backend.as_ref()) else {
+        return;
+    };
+    let mut families = Vec::new();
+    if config.enable_ipv4 {
+        families.push(Family::V4);
+    }
+    if config.enable_ipv6 {
+        families.push(Family::V6);
+    }
+    for family in families {
+        let name = vx.device_name_of(family);
+        match nl.link_by_name(&name).await {
+            Ok(Some(l)) if l.kind.as_deref() == Some("vxlan") && l.up => {
+                match l.vxlan.as_ref().map(|v| v.vni) {
+                    Some(vni) if vni != vx.vni => r.fail(
+                        "device",
+                        format!("{name}: VNI {vni} (the config: {})", vx.vni),
+                        "restart flanneld-rs: it re-creates a device whose attributes differ",
+                    ),
+                    _ => r.ok("device", format!("{name} up, MTU {}", l.mtu)),
+                }
+            }
+            Ok(Some(_)) => r.fail(
+                "device",
+                format!("{name} is down or not a VXLAN device"),
+                "no pod traffic leaves or reaches this node over VXLAN; a running flanneld-rs repairs it: is it running?",
+            ),
+            Ok(None) => r.fail(
+                "device",
+                format!("{name} is missing"),
+                "no pod traffic leaves or reaches this node over VXLAN; a running flanneld-rs re-creates it (same MAC) within 10 s: is it running?",
+            ),
+            Err(e) => r.fail("device", format!("{name}: {e}"), ""),
+        }
+    }
+}
+
 /// The TX checksum offload of a VXLAN device (`ethtool -k`). With it on, nodes behind NAT
 /// send VXLAN packets whose UDP checksum the NAT breaks, and receivers drop them (upstream
 /// #1279, #2152; the workaround of upstream's troubleshooting.md).
@@ -339,10 +384,11 @@ async fn host_gw(n: &Node<'_>, r: &mut Report) {
                 continue;
             }
             if !ext.on_link(gw) {
-                r.warn(
+                // a problem, not a warning: that node's pods cannot be reached from here
+                r.fail(
                     "peers",
                     format!("{subnet} via {gw}: not on the segment of {}", ext.name),
-                    "host-gw needs every node on one L2 segment; that node's pods are unreachable from here (use vxlan)",
+                    "host-gw needs every node on one L2 segment; that node's pods are unreachable from here, and the daemon programs no route to it (use vxlan, or put the nodes on one segment)",
                 );
                 continue;
             }

@@ -3,10 +3,15 @@
 //! Same flags and `FLANNELD_*` environment as the daemon (so it reads the same store and
 //! files), plus `--json`. It changes nothing.
 //!
-//! Checks: the daemon (running, /healthz, /readyz), the store (reachable, config valid, this
-//! node's lease, its PublicIP), subnet.env against the lease, the data path ([`datapath`]:
-//! device, MAC, MTU; every peer's route, neighbour and FDB entry; strays), the rules, and the
-//! host (forwarding, rp_filter, the MTU chain to cni0, another route over the Network).
+//! Checks: the daemon (running, /healthz, /readyz, the config it runs with), the store
+//! (reachable, config valid and the one the daemon runs with, this node's lease, its
+//! PublicIP), subnet.env against the lease, the data path ([`datapath`]: device, MAC, MTU;
+//! every peer's route, neighbour and FDB entry; strays), the rules, and the host (forwarding,
+//! rp_filter, the MTU chain to cni0, cni0's address against subnet.env, another route over
+//! the Network). A config changed in the store while the daemon runs is reported first, and
+//! the data path that runs is checked. Without the store, what can be checked locally still
+//! is (with the daemon's running config, or subnet.env's networks), and what could not be is
+//! said. It needs root (the rules and the daemon's lock are root's).
 
 mod datapath;
 mod report;
@@ -33,10 +38,12 @@ fn flags() -> Vec<Flag> {
     flags
 }
 
-/// What the checks of the store found: the config and every lease, and this node's.
+/// What the checks of the store found: the config and every lease, and the manager, for
+/// what only the store can explain.
 struct Store {
     config: NetworkConfig,
     leases: Vec<Lease>,
+    sm: Box<dyn flannel_subnet::SubnetManager>,
 }
 
 pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
@@ -54,16 +61,34 @@ pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
             return Ok(2);
         }
     };
+    if values.from_cli.contains(&"version") && values.bool(&flags, "version") {
+        errln!("v{}", env!("CARGO_PKG_VERSION"));
+        return Ok(0);
+    }
     let json = values.bool(&flags, "json");
     let opts = Options::from_values(&values)?;
+    if !nix::unistd::Uid::effective().is_root() {
+        errln!(
+            "{name} needs root: the firewall rules, the FORWARD policy, the daemon's lock and its running config can only be read by root (as another user they look empty or wrong); run it as root"
+        );
+        return Ok(1);
+    }
     let mut r = Report::default();
-    check_daemon(&opts, &mut r);
+    let running = check_daemon(&opts, &mut r);
     let store = check_store(&opts, &mut r).await;
     let nl = Netlink::connect()?
         .with_nexthops(opts.nexthop_objects)
         .await?;
-    if let Some(store) = store {
-        check_node(&opts, &store, &nl, &mut r).await;
+    match (running, store) {
+        (running, Some(store)) => {
+            let config = match running {
+                Some(running) => compare_configs(running, &store.config, &mut r),
+                None => store.config.clone(),
+            };
+            check_node(&opts, &config, Some(&store), &nl, &mut r).await;
+        }
+        (Some(running), None) => check_node(&opts, &running, None, &nl, &mut r).await,
+        (None, None) => check_local(&opts, &nl, &mut r).await,
     }
     if json {
         outln!("{}", serde_json::to_string_pretty(&r.json())?);
@@ -73,27 +98,22 @@ pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
     Ok(if r.failed() { 1 } else { 0 })
 }
 
-/// Whether a flanneld-rs holds the instance lock, and what its health endpoints say.
-fn check_daemon(opts: &Options, r: &mut Report) {
-    let lock = crate::lock::lock_path(&opts.subnet_file);
-    let holder = std::fs::File::open(&lock).ok().and_then(|mut f| {
-        use nix::fcntl::{Flock, FlockArg};
-        let mut pid = String::new();
-        let _ = f.read_to_string(&mut pid);
-        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-            Ok(_released_on_drop) => None,
-            Err(_) => Some(pid.trim().to_string()),
-        }
-    });
-    let Some(pid) = holder else {
+/// Whether a flanneld-rs holds this node's instance lock, and what its health endpoints say;
+/// the network config it runs with, when it has one.
+fn check_daemon(opts: &Options, r: &mut Report) -> Option<NetworkConfig> {
+    let Some(holder) = crate::lock::holder() else {
         r.fail(
             "daemon",
-            format!("flanneld-rs is not running (nobody holds {})", lock.display()),
+            format!(
+                "flanneld-rs is not running (nobody holds {})",
+                crate::lock::lock_path().display()
+            ),
             "nothing keeps this node's routes, lease and rules in place; start it (systemctl start flanneld), and look at its log if it stopped",
         );
-        return;
+        return None;
     };
-    let mut text = format!("running (PID {pid})");
+    let config = holder.config;
+    let mut text = format!("running (PID {})", holder.pid);
     if let Some(addr) = opts.healthz {
         let ip = match addr.ip() {
             IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -113,7 +133,7 @@ fn check_daemon(opts: &Options, r: &mut Report) {
                             "the daemon is unhealthy; see its log"
                         },
                     );
-                    return;
+                    return config;
                 }
                 None => {
                     r.fail(
@@ -121,12 +141,62 @@ fn check_daemon(opts: &Options, r: &mut Report) {
                         format!("{path} at {addr} does not answer"),
                         "the daemon is hung or listens elsewhere (-healthz-ip, -healthz-port): check the flags it runs with",
                     );
-                    return;
+                    return config;
                 }
             }
         }
     }
     r.ok("daemon", text);
+    config
+}
+
+/// The config to check the node against: the one the daemon runs with. A different one in
+/// the store (changed while the daemon ran; the daemon refuses it live) is a problem, said
+/// before the others.
+fn compare_configs(
+    running: NetworkConfig,
+    stored: &NetworkConfig,
+    r: &mut Report,
+) -> NetworkConfig {
+    if !crate::daemon::same_plumbing(&running, stored) {
+        r.fail(
+            "config",
+            format!("the network config changed in the store while flanneld-rs ran: it runs with {running}; the store holds {stored}"),
+            "flanneld-rs keeps the running config until it restarts (flanneld_config_stale is 1); the checks below are of what runs. Restart flanneld on every node to apply the new config, or write the old one back",
+        );
+    }
+    running
+}
+
+/// Without the store nor a running daemon's config: what can be checked from subnet.env and
+/// the kernel alone.
+async fn check_local(opts: &Options, nl: &Netlink, r: &mut Report) {
+    let env = match SubnetEnv::read(&opts.subnet_file) {
+        Ok(Some((env, _))) => env,
+        _ => {
+            r.warn(
+                "subnet.env",
+                format!("{} is missing: nothing is known of this node's networks", opts.subnet_file.display()),
+                "with neither the store nor a running flanneld-rs nor subnet.env, only the host can be checked",
+            );
+            check_forwarding(true, false, r);
+            return;
+        }
+    };
+    let mut json = serde_json::json!({
+        "EnableIPv4": env.network.is_some(),
+        "EnableIPv6": env.ipv6_network.is_some(),
+    });
+    if let Some(n) = env.network {
+        json["Network"] = n.to_string().into();
+    }
+    if let Some(n6) = env.ipv6_network {
+        json["IPv6Network"] = n6.to_string().into();
+    }
+    match NetworkConfig::parse(&json.to_string()) {
+        Ok(config) => check_node(opts, &config, None, nl, r).await,
+        Err(e) => r.fail("subnet.env", format!("its networks: {e}"), ""),
+    }
 }
 
 fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
@@ -164,9 +234,9 @@ async fn check_store(opts: &Options, r: &mut Report) -> Option<Store> {
         .await?;
         let config = sm.get_network_config().await;
         let entries = sm.list_leases().await?;
-        Ok::<_, flannel_subnet::SubnetError>((api, config, entries))
+        Ok::<_, flannel_subnet::SubnetError>((api, config, entries, sm))
     };
-    let (api, config, entries) = match tokio::time::timeout(STORE_TIMEOUT, read).await {
+    let (api, config, entries, sm) = match tokio::time::timeout(STORE_TIMEOUT, read).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             r.fail(
@@ -202,6 +272,7 @@ async fn check_store(opts: &Options, r: &mut Report) -> Option<Store> {
         "leases",
         config,
         entries,
+        sm,
     ))
 }
 
@@ -222,9 +293,9 @@ async fn check_kube(kube: &crate::options::KubeOptions, r: &mut Report) -> Optio
         let sm = crate::kube_mode::subnet_manager_for_listing(kube).await?;
         let config = sm.get_network_config().await?;
         let entries = sm.list_leases().await?;
-        Ok::<_, anyhow::Error>((config, entries))
+        Ok::<_, anyhow::Error>((config, entries, sm))
     };
-    let (config, entries) = match tokio::time::timeout(STORE_TIMEOUT, read).await {
+    let (config, entries, sm) = match tokio::time::timeout(STORE_TIMEOUT, read).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             r.fail(
@@ -249,6 +320,7 @@ async fn check_kube(kube: &crate::options::KubeOptions, r: &mut Report) -> Optio
         "flannel nodes",
         config,
         entries,
+        sm,
     ))
 }
 
@@ -260,12 +332,22 @@ fn found(
     what: &str,
     config: flannel_net::NetworkConfig,
     entries: Vec<flannel_subnet::LeaseEntry>,
+    sm: Box<dyn flannel_subnet::SubnetManager>,
 ) -> Store {
+    let kube = what == "flannel nodes";
     let mut bad = 0;
     let mut leases = Vec::new();
     for e in entries {
         match e.lease {
             Ok(l) => leases.push(l),
+            Err(why) if kube => {
+                bad += 1;
+                r.warn(
+                    "store",
+                    format!("Node {} has flannel annotations that do not parse: {why}", e.key),
+                    format!("every node skips it, so its pods are unreachable; the flanneld on that node writes them at start: restart it there, or fix them (kubectl annotate node {} ...)", e.key),
+                );
+            }
             Err(why) => {
                 bad += 1;
                 r.warn(
@@ -285,17 +367,54 @@ fn found(
         "store",
         format!(
             "{place}: config {} ({} backend), {} {what}{bad}",
-            config.network,
+            networks_text(&config),
             config.backend_kind(),
             leases.len(),
         ),
     );
-    Store { config, leases }
+    Store { config, leases, sm }
 }
 
-/// Everything that needs this node's lease: subnet.env, the data path, the rules, the host.
-async fn check_node(opts: &Options, store: &Store, nl: &Netlink, r: &mut Report) {
-    let config = &store.config;
+/// The config's networks, for the store's line: each family it enables.
+fn networks_text(config: &NetworkConfig) -> String {
+    let mut nets = Vec::new();
+    if config.enable_ipv4 {
+        nets.push(config.network.to_string());
+    }
+    if let Some(n6) = config.ipv6_network.filter(|_| config.enable_ipv6) {
+        nets.push(n6.to_string());
+    }
+    nets.join(" and ")
+}
+
+/// This node's subnets as subnet.env holds them, as a lease without attributes: what the
+/// rules are checked against when the store cannot be read.
+fn lease_of_subnet_env(opts: &Options) -> Option<Lease> {
+    let (env, _) = SubnetEnv::read(&opts.subnet_file).ok()??;
+    Some(Lease {
+        subnet: env.subnet.unwrap_or_else(flannel_subnet::acquire::no_ipv4),
+        ipv6_subnet: env.ipv6_subnet,
+        attrs: flannel_net::LeaseAttrs {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            public_ipv6: None,
+            backend_type: String::new(),
+            backend_data: None,
+            backend_v6_data: None,
+        },
+        expiration: flannel_net::Expiration::Unknown,
+    })
+}
+
+/// Everything about this node: its lease, subnet.env, the data path, the rules, the host.
+/// Without the store (`store` is `None`) the lease and the peers cannot be checked: the
+/// rest is checked against subnet.env's subnets, and what was left out is said.
+async fn check_node(
+    opts: &Options,
+    config: &NetworkConfig,
+    store: Option<&Store>,
+    nl: &Netlink,
+    r: &mut Report,
+) {
     let Some(stack) = iface::Stack::of(config.enable_ipv4, config.enable_ipv6) else {
         return;
     };
@@ -311,8 +430,30 @@ async fn check_node(opts: &Options, store: &Store, nl: &Netlink, r: &mut Report)
                 e,
                 "flanneld-rs would not start with these flags on this host: check -iface / -public-ip",
             );
+            check_forwarding(config.enable_ipv4, config.enable_ipv6, r);
             return;
         }
+    };
+    let Some(store) = store else {
+        r.warn(
+            "store",
+            "not checked without the store: this node's lease, the peers' entries, subnet.env against the lease",
+            "the checks of the device, the rules and the host below use the daemon's running config or subnet.env",
+        );
+        match lease_of_subnet_env(opts) {
+            Some(lease) => {
+                check_device(config, nl, r).await;
+                check_rules(opts, config, &lease, r).await;
+                check_cni0(opts, nl, r).await;
+            }
+            None => r.fail(
+                "subnet.env",
+                format!("{} is missing", opts.subnet_file.display()),
+                "the CNI plugin cannot give pods addresses; flanneld-rs writes it once it has its lease",
+            ),
+        }
+        check_host(config, &chosen.ext, None, nl, r).await;
+        return;
     };
     let public = opts.public_ip.or(chosen.iface_addr);
     let public6 = opts.public_ipv6.or(chosen.iface_v6_addr);
@@ -325,21 +466,35 @@ async fn check_node(opts: &Options, store: &Store, nl: &Netlink, r: &mut Report)
         .map(|i| i.to_string())
         .or(public6.map(|i| i.to_string()))
         .unwrap_or_default();
+    let kube = opts.kube.is_some();
     let Some(lease) = mine else {
-        r.fail(
-            "lease",
-            format!("no lease names this node ({node}, interface {})", chosen.ext.name),
-            "other nodes have no route to this node's pods; flanneld-rs writes its lease at start: is it running with the same -iface / -public-ip? (the interface it would choose today is shown here)",
-        );
+        match store.sm.why_no_lease().await {
+            Ok(Some(why)) => r.fail(
+                "lease",
+                why,
+                "other nodes have no route to this node's pods; in kube mode a node's lease is its Node: its podCIDR and flannel's annotations",
+            ),
+            _ => r.fail(
+                "lease",
+                format!(
+                    "no {} names this node ({node}, interface {})",
+                    if kube { "flannel Node" } else { "lease" },
+                    chosen.ext.name
+                ),
+                "other nodes have no route to this node's pods; flanneld-rs writes its lease at start: is it running with the same -iface / -public-ip? (the interface it would choose today is shown here)",
+            ),
+        }
+        check_forwarding(config.enable_ipv4, config.enable_ipv6, r);
         return;
     };
     r.ok(
         "lease",
         format!(
             "{} for {node} on {} ({})",
-            lease.subnets_text(),
+            subnets_text(lease),
             chosen.ext.name,
             match lease.expiration {
+                _ if kube => "the pod CIDR of its Node".to_string(),
                 flannel_net::Expiration::Never => "a reservation".to_string(),
                 _ => "kept alive".to_string(),
             }
@@ -357,7 +512,94 @@ async fn check_node(opts: &Options, store: &Store, nl: &Netlink, r: &mut Report)
     let mtu = datapath::check(&node, r).await;
     check_subnet_env(opts, config, lease, mtu, r);
     check_rules(opts, config, lease, r).await;
+    check_cni0(opts, nl, r).await;
     check_host(config, &chosen.ext, mtu, nl, r).await;
+}
+
+/// The subnets a lease has, each family once: `10.5.3.0/24`, `fd00::/64`, or both.
+fn subnets_text(lease: &Lease) -> String {
+    let mut subnets = Vec::new();
+    if lease.has_ipv4() {
+        subnets.push(lease.subnet.to_string());
+    }
+    if let Some(s6) = lease.ipv6_subnet {
+        subnets.push(s6.to_string());
+    }
+    subnets.join(" and ")
+}
+
+/// Without the lease: whether the backend's device is there and up (VXLAN); what its
+/// entries should be cannot be known.
+async fn check_device(config: &NetworkConfig, nl: &Netlink, r: &mut Report) {
+    if config.backend_type.is_empty() || config.backend.is_none() {
+        return;
+    }
+    datapath::device_only(config, nl, r).await;
+}
+
+/// cni0 (the bridge the CNI plugin makes) holds the gateway of subnet.env's subnets and no
+/// other address of the network: an address of an old subnet makes every CNI ADD fail
+/// (`"cni0" already has an IP address different from …`).
+async fn check_cni0(opts: &Options, nl: &Netlink, r: &mut Report) {
+    let Ok(Some((env, _))) = SubnetEnv::read(&opts.subnet_file) else {
+        return;
+    };
+    let Ok(Some(cni0)) = nl.link_by_name("cni0").await else {
+        return;
+    };
+    let mut addresses = nl
+        .addresses(cni0.index, Family::V4)
+        .await
+        .unwrap_or_default();
+    addresses.extend(
+        nl.addresses(cni0.index, Family::V6)
+            .await
+            .unwrap_or_default(),
+    );
+    // the bridge plugin's rule (ensureAddr): any other IPv4 address, or an IPv6 address
+    // overlapping the gateway's subnet, makes ADD fail
+    let gw4 = env.subnet.map(|s| gateway(IpNetwork::V4(s)));
+    let gw6 = env.ipv6_subnet.map(|s| gateway(IpNetwork::V6(s)));
+    let wrong: Vec<String> = addresses
+        .iter()
+        .filter(|a| match (a, gw4, gw6) {
+            (IpNetwork::V4(_), Some(gw), _) => **a != gw,
+            (IpNetwork::V6(_), _, Some(gw)) => {
+                **a != gw && (a.contains(gw.ip()) || gw.contains(a.ip()))
+            }
+            _ => false,
+        })
+        .map(ToString::to_string)
+        .collect();
+    if wrong.is_empty() {
+        if !addresses.is_empty() {
+            r.ok("host", "cni0's address fits subnet.env");
+        }
+    } else {
+        r.fail(
+            "host",
+            format!(
+                "cni0 holds {}, not the gateway of subnet.env's subnet ({})",
+                wrong.join(", "),
+                [gw4, gw6]
+                    .into_iter()
+                    .flatten()
+                    .map(|g| g.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "the node's subnet changed since cni0 was made: every new pod fails (CNI ADD: \"cni0\" already has an IP address different from ...); delete the bridge (ip link del cni0) for the CNI plugin to make it again, and re-create the pods that had old addresses",
+        );
+    }
+}
+
+/// The bridge's address for `subnet`: its first address, with the subnet's prefix.
+fn gateway(subnet: IpNetwork) -> IpNetwork {
+    let ip = match subnet {
+        IpNetwork::V4(s) => IpAddr::V4(Ipv4Addr::from(u32::from(s.network()) + 1)),
+        IpNetwork::V6(s) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(s.network()) + 1)),
+    };
+    IpNetwork::new(ip, subnet.prefix()).unwrap_or(subnet)
 }
 
 fn check_subnet_env(
@@ -463,7 +705,13 @@ async fn check_rules(opts: &Options, config: &NetworkConfig, lease: &Lease, r: &
     if problems.is_empty() {
         r.ok(
             "rules",
-            format!("masquerade and forward rules in place ({mode:?})"),
+            format!(
+                "masquerade and forward rules in place ({})",
+                match mode {
+                    Mode::Iptables => "iptables",
+                    Mode::Nftables => "nftables",
+                }
+            ),
         );
     } else {
         r.fail(
@@ -509,25 +757,20 @@ fn forward_policy(opts: &Options, r: &mut Report) {
     }
 }
 
-/// Forwarding, rp_filter on the external interface, the MTU chain to cni0, another route
-/// over the Network.
-async fn check_host(
-    config: &NetworkConfig,
-    ext: &flannel_backend::ExtIface,
-    mtu: Option<u32>,
-    nl: &Netlink,
-    r: &mut Report,
-) {
-    let sysctl = |path: &str| {
-        std::fs::read_to_string(path)
-            .ok()
-            .map(|v| v.trim().to_string())
-    };
+/// The kernel's setting `path`, trimmed.
+fn sysctl(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|v| v.trim().to_string())
+}
+
+/// Forwarding is on for each family flannel carries.
+fn check_forwarding(ipv4: bool, ipv6: bool, r: &mut Report) {
     let mut forwarding = Vec::new();
-    if config.enable_ipv4 {
+    if ipv4 {
         forwarding.push(("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"));
     }
-    if config.enable_ipv6 {
+    if ipv6 {
         forwarding.push((
             "/proc/sys/net/ipv6/conf/all/forwarding",
             "net.ipv6.conf.all.forwarding",
@@ -544,6 +787,18 @@ async fn check_host(
             r.ok("host", format!("{name} is 1"));
         }
     }
+}
+
+/// Forwarding, rp_filter on the external interface, the MTU chain to cni0, another route
+/// over the Network.
+async fn check_host(
+    config: &NetworkConfig,
+    ext: &flannel_backend::ExtIface,
+    mtu: Option<u32>,
+    nl: &Netlink,
+    r: &mut Report,
+) {
+    check_forwarding(config.enable_ipv4, config.enable_ipv6, r);
     let rp = |name: &str| sysctl(&format!("/proc/sys/net/ipv4/conf/{name}/rp_filter"));
     let effective = rp("all")
         .and_then(|a| a.parse::<u8>().ok())

@@ -132,15 +132,19 @@ fn read_env(text: &str) -> BTreeMap<String, String> {
 }
 
 /// The Docker env file's text for subnet.env's variables `env` and the caller's environment
-/// `environ` (the combined key's value, `DOCKER_OPT_*`), as the script writes it.
+/// `environ` (the combined key's value, `DOCKER_OPT_*`, from either; subnet.env's win, as
+/// the script sources it), as the script writes it.
 pub fn render(
     o: &Opts,
     env: &BTreeMap<String, String>,
     environ: &BTreeMap<String, String>,
 ) -> Result<String, String> {
     let get = |k: &str| env.get(k).filter(|v| !v.is_empty());
-    // `set | grep DOCKER_OPT_` lists them sorted by name, the environment's among them
-    let mut opts: BTreeMap<String, String> = environ
+    // the script sources subnet.env into its environment: what the file sets wins
+    let mut vars = environ.clone();
+    vars.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // `set | grep DOCKER_OPT_` lists them sorted by name, the environment's and the file's
+    let mut opts: BTreeMap<String, String> = vars
         .iter()
         .filter(|(k, _)| k.contains("DOCKER_OPT_"))
         .map(|(k, v)| (k.clone(), v.clone()))
@@ -159,7 +163,7 @@ pub fn render(
         };
         opts.insert("DOCKER_OPT_IPMASQ".into(), format!("--ip-masq={docker}"));
     }
-    let mut combined = environ.get(&o.key).cloned().unwrap_or_default();
+    let mut combined = vars.get(&o.key).cloned().unwrap_or_default();
     if !combined.is_empty() {
         combined.push(' ');
     }
@@ -261,6 +265,24 @@ mod tests {
     }
 
     const ENV: &str = "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.74.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+
+    /// DOCKER_OPTS and DOCKER_OPT_* set inside subnet.env, which the script sources: they
+    /// count, and win over the environment's (upstream v0.20.2's script under dash wrote
+    /// exactly this, with and without the environment's own values).
+    #[test]
+    fn docker_options_inside_subnet_env_count_as_the_script_sources_them() {
+        let env = read_env(&format!(
+            "{ENV}DOCKER_OPTS=\"--debug\"\nDOCKER_OPT_LOG=\"--log-level=warn\"\n"
+        ));
+        let want = "DOCKER_OPT_BIP=\"--bip=10.1.74.1/24\"\nDOCKER_OPT_IPMASQ=\"--ip-masq=false\"\nDOCKER_OPT_LOG=\"--log-level=warn\"\nDOCKER_OPT_MTU=\"--mtu=1450\"\nDOCKER_OPTS=\"--debug  --bip=10.1.74.1/24 --ip-masq=false --log-level=warn --mtu=1450\"\n";
+        let o = parse("p", &[]).unwrap();
+        assert_eq!(render(&o, &env, &BTreeMap::new()).unwrap(), want);
+        let environ = BTreeMap::from([
+            ("DOCKER_OPTS".to_string(), "--iptables=false".to_string()),
+            ("DOCKER_OPT_LOG".to_string(), "--x".to_string()),
+        ]);
+        assert_eq!(render(&o, &env, &environ).unwrap(), want);
+    }
 
     /// What upstream's mk-docker-opts.sh (v0.28.9, run under Debian's dash) wrote for ENV.
     #[test]

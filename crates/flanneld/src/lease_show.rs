@@ -338,7 +338,7 @@ async fn kube_leases(
     let kube = crate::options::KubeOptions::from_values(values)?;
     let sm = crate::kube_mode::subnet_manager_for_listing(&kube).await?;
     let config = sm.get_network_config().await;
-    let mut entries = sm.list_leases().await.context("listing the nodes")?;
+    let mut entries = sm.list_leases().await?;
     if let Some(only) = only {
         entries.retain(|e| e.lease.as_ref().is_ok_and(|l| has_subnet(l, only)));
         if entries.is_empty() {

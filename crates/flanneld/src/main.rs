@@ -83,6 +83,11 @@ fn log_filter(verbosity: i64) -> String {
     };
     let mut directives = vec!["warn".to_string()];
     directives.extend(OWN_TARGETS.iter().map(|t| format!("{t}={level}")));
+    // kube-rs logs each failed request itself, in its types' words (`failed with error
+    // client error (Connect)`); ours says what was tried and what answered. Shown from -v=2.
+    if verbosity < 2 {
+        directives.push("kube_client=off".to_string());
+    }
     directives.join(",")
 }
 
@@ -402,6 +407,8 @@ mod tests {
         assert!(debug.starts_with("warn,"));
         assert!(debug.contains("flannel_subnet=debug"));
         assert!(!debug.contains("h2") && !debug.contains("netlink_proto"));
+        assert!(log_filter(0).contains("kube_client=off"));
+        assert!(!debug.contains("kube_client"));
         assert!(log_filter(5).contains("flannel_backend=trace"));
     }
 

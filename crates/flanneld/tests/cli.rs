@@ -516,3 +516,92 @@ fn kube_mode_settings_that_cannot_work_are_named() {
         assert!(stderr(&o).contains(&want), "{all:?}: want {want:?}\n{}", stderr(&o));
     }
 }
+
+/// A server on 127.0.0.1 that answers every request with a web page (HTTP/1.1 404): an
+/// endpoint that is not etcd nor a Kubernetes API. Its URL.
+fn web_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(50) {
+            let Ok(mut stream) = stream else { continue };
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 4096];
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let _ = stream.read(&mut buf);
+            let body = "<!DOCTYPE HTML>\n<html><body><h1>Not Found</h1></body></html>\n";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// An endpoint that answers but is not etcd (v3, v2) nor a Kubernetes API: said in those
+/// words, never a library's (`h2 protocol error: http2 error`, `client error (Connect)`, a
+/// whole HTML page).
+#[test]
+fn an_endpoint_that_is_not_etcd_nor_the_kubernetes_api_is_named() {
+    let url = web_server();
+    let here = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_flanneld-rs"))
+            .args(args)
+            .env_clear()
+            .output()
+            .unwrap()
+    };
+    let endpoint = format!("-etcd-endpoints={url}");
+    let o = here(&["lease", "show", &endpoint, "-etcd-api=v3"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{url} answered, but not as etcd (no gRPC over HTTP/2)"
+        )),
+        "{err}"
+    );
+    let o = here(&["lease", "show", &endpoint, "-etcd-api=v2"]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("HTTP 404 Not Found and no answer of etcd's v2 API (not JSON, it begins \"<!DOCTYPE HTML> <html><body>"),
+        "{err}"
+    );
+    assert!(!err.contains("</html>"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("net-conf.json");
+    std::fs::write(
+        &conf,
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let conf = format!("-net-config-path={}", conf.display());
+    let api = format!("-kube-api-url={url}");
+    let o = here(&["lease", "show", "-kube-subnet-mgr", &api, &conf]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "listing nodes at {url}/: HTTP 404 and no answer of a Kubernetes API"
+        )),
+        "{err}"
+    );
+    let o = here(&[
+        "lease",
+        "show",
+        "-kube-subnet-mgr",
+        "-kube-api-url=http://127.0.0.1:1",
+        &conf,
+    ]);
+    let err = stderr(&o);
+    assert_eq!(
+        err.trim(),
+        "error: listing nodes at http://127.0.0.1:1/: connection refused",
+        "{err}"
+    );
+    for internal in ["h2 protocol", "http2 error", "client error", "(Connect)"] {
+        assert!(!err.contains(internal), "{err}");
+    }
+}

@@ -47,6 +47,14 @@ pub struct EtcdV3Store {
 pub(crate) fn describe(e: &etcd_client::Error, endpoints: &str) -> String {
     use etcd_client::Error as E;
     let unreachable = |why: String| format!("cannot reach etcd at {endpoints}: {why}");
+    // something answered, but not gRPC over HTTP/2 (a web server, a TLS port asked in
+    // plain text): hyper's and h2's words say nothing to an operator
+    let text = e.to_string();
+    if text.contains("h2 protocol error") || text.contains("http2 error") {
+        return format!(
+            "{endpoints} answered, but not as etcd (no gRPC over HTTP/2): is it etcd's client URL (port 2379 by default), with https:// if etcd serves TLS?"
+        );
+    }
     match e {
         E::GRpcStatus(s) if s.code() == tonic::Code::Unavailable => {
             let why = reason(s);

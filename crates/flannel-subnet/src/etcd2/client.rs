@@ -299,8 +299,13 @@ impl V2Client {
             };
             let json: Value = serde_json::from_str(&text).map_err(|_| {
                 V2Error::Transport(format!(
-                    "{url}: HTTP {status}, not JSON: {}",
-                    text.chars().take(200).collect::<String>()
+                    "{url}: HTTP {status} and no answer of etcd's v2 API (not JSON, it begins {:?}): is it etcd's client URL, with its v2 API enabled (--enable-v2)?",
+                    text.split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .chars()
+                        .take(40)
+                        .collect::<String>()
                 ))
             })?;
             if let Some(code) = json["errorCode"].as_u64() {

@@ -84,6 +84,22 @@ impl ApiError {
 
     fn from_kube(e: kube::Error) -> ApiError {
         match e {
+            // a body that is no Kubernetes Status (a web server's page): not the API
+            kube::Error::Api(status) if status.message.trim_start().starts_with('<') => ApiError {
+                code: Some(status.code),
+                message: format!(
+                    "HTTP {} and no answer of a Kubernetes API (it begins {:?}): check -kube-api-url or the kubeconfig's server",
+                    status.code,
+                    status
+                        .message
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .chars()
+                        .take(40)
+                        .collect::<String>()
+                ),
+            },
             kube::Error::Api(status) => ApiError {
                 code: Some(status.code),
                 message: if status.message.is_empty() {
@@ -92,10 +108,16 @@ impl ApiError {
                     status.message.clone()
                 },
             },
-            other => ApiError {
-                code: None,
-                message: crate::error::reason(&other),
-            },
+            other => {
+                let mut message = crate::error::reason(&other);
+                if message.contains("corrupt message") || message.contains("InvalidContentType") {
+                    message += " (a TLS handshake with a server that does not speak TLS there: http:// or https:// in the URL?)";
+                }
+                ApiError {
+                    code: None,
+                    message,
+                }
+            }
         }
     }
 }

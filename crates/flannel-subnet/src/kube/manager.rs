@@ -369,11 +369,9 @@ impl SubnetManager for KubeSubnetManager {
     }
 
     async fn list_leases(&self) -> Result<Vec<LeaseEntry>, SubnetError> {
-        let (nodes, _) = self
-            .api
-            .list_nodes(&self.names)
-            .await
-            .map_err(|e| SubnetError::Store(e.into_store_error("listing nodes")))?;
+        let (nodes, _) = self.api.list_nodes(&self.names).await.map_err(|e| {
+            SubnetError::Store(e.into_store_error(format!("listing nodes at {}", self.api.server)))
+        })?;
         Ok(nodes
             .iter()
             .filter(|n| n.is_flannel_node(&self.names))

@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context};
 use flannel_backend::netlink::Netlink;
 use flannel_backend::{Backend, NodeContext};
 use flannel_masq::{Mode, Tools, TrafficManager};
-use flannel_net::{Lease, LeaseBatch, NetworkConfig, SubnetEnv, SubnetKey};
+use flannel_net::{Expiration, Lease, LeaseBatch, NetworkConfig, SubnetEnv, SubnetKey};
 use flannel_subnet::{EtcdApi, SubnetError, SubnetManager};
 use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
@@ -433,6 +433,7 @@ async fn steady_state(
     let (synced_tx, mut synced_rx) = watch::channel(false);
     let mut synced_for_memory = synced_rx.clone();
 
+    let synced_for_status = synced_rx.clone();
     let ready = async {
         let _ = synced_rx.wait_for(|s| *s).await;
         shared.ready.store(true, Ordering::Relaxed);
@@ -440,11 +441,19 @@ async fn steady_state(
         info!("flannel is ready");
         std::future::pending::<()>().await
     };
+    // a lease the keeper publishes as lost for now (kube mode: the Node was deleted) makes
+    // the node not ready until it is back
     let lease_status = async {
         while status_rx.changed().await.is_ok() {
             let lease = status_rx.borrow_and_update().clone();
+            let lost = lease.expiration == Expiration::Unknown;
             if let Ok(mut slot) = shared.lease.lock() {
                 *slot = Some(lease);
+            }
+            if lost {
+                shared.ready.store(false, Ordering::Relaxed);
+            } else if *synced_for_status.borrow() {
+                shared.ready.store(true, Ordering::Relaxed);
             }
         }
         std::future::pending::<()>().await

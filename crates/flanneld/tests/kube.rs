@@ -168,7 +168,8 @@ fn three_nodes_mesh_with_upstreams_annotations_and_follow_the_nodes() {
     let (ok, report) = flannel_lab::lab::try_nsexec(&lab.hosts[0].ns, &doctor);
     assert!(ok, "{report}");
     assert!(report.contains("3 flannel nodes"), "{report}");
-    assert!(report.contains("(the pod CIDR of its Node)"), "{report}");
+    let words = report.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(words.contains("(the pod CIDR of its Node)"), "{report}");
     assert!(
         !report.contains("reservation") && !report.contains("::/0"),
         "{report}"
@@ -302,6 +303,77 @@ fn args_json_check(lab: &Lab, args: &[&str]) {
     );
 }
 
+/// The node's own Node deleted while flanneld runs (issue 32: nothing was said, /readyz stayed
+/// 200, and a re-created Node stayed without annotations until a restart): said, not ready,
+/// annotated again once kubelet (here the test) creates it again, ready again, peers follow;
+/// re-created with another pod CIDR, flanneld ends saying so, and the same RBAC that stops a
+/// fresh node stops a restart whose annotations are already there.
+#[test]
+fn the_own_node_deleted_while_running_is_said_and_annotated_again() {
+    let (mut lab, _dir) = lab('n', 2, None);
+    lab.use_kube(Authz::AlwaysAllow, NET_CONF);
+    for i in 1..=2 {
+        lab.kube()
+            .create_node(&lab.node_name(i), &[&pod_cidr(i)], None);
+    }
+    lab.start_all();
+    lab.wait_ready(LONG);
+    wait_kube_converged(&lab);
+
+    lab.kube().delete_node("h2");
+    assert!(
+        wait_until(LONG, || lab
+            .log(2)
+            .contains("this node's Node \"h2\" was deleted")),
+        "{}",
+        lab.log(2)
+    );
+    assert!(wait_until(LONG, || !lab.ready(2)), "h2 still ready");
+    assert!(lab.running(2));
+    assert!(wait_until(LONG, || !lab
+        .on_host(1, &["ip", "route"])
+        .contains(&pod_cidr(2))));
+
+    // kubelet registers the Node again: flanneld-rs annotates it, is ready, peers follow
+    lab.kube().create_node("h2", &[&pod_cidr(2)], None);
+    assert!(
+        wait_until(LONG, || lab.log(2).contains("annotated Node \"h2\" again")),
+        "{}",
+        lab.log(2)
+    );
+    assert!(wait_until(LONG, || lab.ready(2)), "{}", lab.log(2));
+    let a = lab.kube().annotations("h2");
+    assert_eq!(a[&format!("{P}kube-subnet-manager")], "true");
+    assert_eq!(
+        a[&format!("{P}backend-data")],
+        format!("{{\"VNI\":1,\"VtepMAC\":\"{}\"}}", vtep_mac(&lab, 2))
+    );
+    wait_kube_converged(&lab);
+
+    // annotations removed by hand: written again
+    lab.kube().patch_node(
+        "h2",
+        &json!({"metadata": {"annotations": {format!("{P}backend-data"): null}}}),
+    );
+    assert!(wait_until(LONG, || lab
+        .kube()
+        .annotations("h2")
+        .contains_key(&format!("{P}backend-data"))));
+
+    // created again with another pod CIDR: this node's subnet is gone
+    lab.kube().delete_node("h2");
+    lab.kube().create_node("h2", &["10.244.9.0/24"], None);
+    let log = exits(&mut lab, 2);
+    assert!(
+        log.contains(
+            "Node \"h2\" now has podCIDR 10.244.9.0/24, not this node's subnet 10.244.2.0-24"
+        ),
+        "{log}"
+    );
+    assert_eq!(lab.stop(2, "KILL"), Some(1));
+    assert!(lab.running(1));
+}
+
 /// Runs flanneld on host `i` until it exits; its log.
 fn exits(lab: &mut Lab, i: usize) -> String {
     assert!(
@@ -328,6 +400,19 @@ fn what_cannot_work_ends_start_up_in_upstreams_words() {
     );
     assert!(log.contains("nodes/status patch"), "{log}");
     // with upstream's ClusterRole, the same node starts
+    lab.kube().grant_flanneld(true);
+    lab.start(4);
+    assert!(wait_until(LONG, || lab.ready(4)), "{}", lab.log(4));
+    // the same RBAC on a restart whose annotations are there already: the same refusal
+    // (before: `CompleteLease … forbidden` logged, then ready)
+    lab.stop(4, "TERM");
+    let before = lab.log(4).len();
+    lab.kube().grant_flanneld(false);
+    lab.start(4);
+    let log = exits(&mut lab, 4)[before..].to_string();
+    assert!(log.contains("patching node \"h4\" (annotations)"), "{log}");
+    assert!(log.contains("nodes/status patch"), "{log}");
+    assert!(!log.contains("flannel is ready"), "{log}");
     lab.kube().grant_flanneld(true);
     lab.start(4);
     assert!(wait_until(LONG, || lab.ready(4)), "{}", lab.log(4));

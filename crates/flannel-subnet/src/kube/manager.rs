@@ -40,6 +40,18 @@ pub struct KubeSubnetManager {
     /// `-set-node-network-unavailable`: set `NetworkUnavailable=False` once ready.
     set_network_unavailable: bool,
     stats: Arc<SubnetStats>,
+    /// This node's Node as the lease watch last saw it, for the keeper: no request of its own.
+    own: watch::Sender<OwnNode>,
+}
+
+/// This node's Node, as the lease watch sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OwnNode {
+    /// Not listed yet.
+    Unseen,
+    /// Deleted, or absent from the last listing.
+    Gone,
+    Present(Node),
 }
 
 impl KubeSubnetManager {
@@ -57,7 +69,21 @@ impl KubeSubnetManager {
             config,
             set_network_unavailable,
             stats: Arc::default(),
+            own: watch::Sender::new(OwnNode::Unseen),
         }
+    }
+
+    /// What the lease watch saw of `node` (`None`: deleted), when it is this node's.
+    fn saw(&self, name: &str, node: Option<&Node>) {
+        if name != self.node_name {
+            return;
+        }
+        let state = node.map_or(OwnNode::Gone, |n| OwnNode::Present(n.clone()));
+        self.own.send_if_modified(|own| {
+            let changed = *own != state;
+            *own = state;
+            changed
+        });
     }
 
     /// A node's lease when it is a flannel node with usable annotations; a bad one is said.
@@ -144,6 +170,8 @@ impl KubeSubnetManager {
     /// resource version to watch from.
     async fn list(&self) -> Result<(BTreeMap<String, Lease>, String), ApiError> {
         let (nodes, rv) = self.api.list_nodes(&self.names).await?;
+        let own = nodes.iter().find(|n| n.name == self.node_name);
+        self.saw(&self.node_name, own);
         let leases = nodes
             .iter()
             .filter_map(|n| Some((n.name.clone(), self.peer_lease(n)?)))
@@ -224,7 +252,15 @@ impl SubnetManager for KubeSubnetManager {
             )));
         }
         let (cidr, ipv6_cidr) = node.pod_subnets().map_err(SubnetError::Setup)?;
-        if let Some(set) = node.wanted_annotations(&self.names, attrs) {
+        let wanted = node.wanted_annotations(&self.names, attrs);
+        if wanted.is_none() {
+            // nothing to write (a restart), but the keeper may have to write them again
+            // later and the Node is marked ready: a permission that is missing stops start-up
+            // now, as on a node that needs its annotations (an empty patch changes nothing)
+            self.patch_status(&serde_json::json!({}), "annotations")
+                .await?;
+        }
+        if let Some(set) = wanted {
             if let Some(ip) = set.get(&self.names.public_ip) {
                 if ip != &attrs.public_ip.to_string() {
                     info!(
@@ -288,13 +324,107 @@ impl SubnetManager for KubeSubnetManager {
         Ok(lease)
     }
 
-    /// Nothing expires in kube mode: the lease is the node's pod CIDR for the node's life.
+    /// Nothing expires in kube mode: the lease is the Node's pod CIDR and flannel's
+    /// annotations, for the Node's life. The keeper follows the Node as the lease watch sees
+    /// it: annotations removed are written again; a deleted Node is said, and the lease
+    /// published as lost (`Expiration::Unknown`: not ready) until the Node is created again
+    /// (kubelet re-registers it) and annotated again; a re-created Node with another pod CIDR
+    /// ends it with an error (this node's subnet is gone: restart to take the new one).
     async fn keep_lease(
         &self,
-        _lease: Lease,
-        _status: watch::Sender<Lease>,
+        lease: Lease,
+        status: watch::Sender<Lease>,
     ) -> Result<(), SubnetError> {
-        std::future::pending().await
+        let mut own = self.own.subscribe();
+        let mut lost = false;
+        let mut retry = false;
+        loop {
+            if retry {
+                tokio::select! {
+                    r = own.changed() => if r.is_err() { return std::future::pending().await },
+                    () = tokio::time::sleep(POLL) => {}
+                }
+            } else if own.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let state = own.borrow_and_update().clone();
+            retry = false;
+            let node = match state {
+                OwnNode::Unseen => continue,
+                OwnNode::Gone => {
+                    if !lost {
+                        lost = true;
+                        warn!(
+                            "this node's Node {:?} was deleted: the other nodes drop their routes to its pods; not ready until the Node is created again (kubelet re-registers it), which flanneld-rs then annotates again",
+                            self.node_name
+                        );
+                        status.send_replace(Lease {
+                            expiration: Expiration::Unknown,
+                            ..lease.clone()
+                        });
+                    }
+                    continue;
+                }
+                OwnNode::Present(node) => node,
+            };
+            // flannel's annotations of this node as written (an operator's later
+            // public-ip-overwrite is for the next start, as upstream: not fought here)
+            let annotated = node.is_flannel_node(&self.names)
+                && node.to_lease(&self.names, &self.config).is_ok_and(|l| {
+                    l.attrs.backend_type == lease.attrs.backend_type
+                        && l.attrs.backend_data == lease.attrs.backend_data
+                        && l.attrs.backend_v6_data == lease.attrs.backend_v6_data
+                });
+            let wanted = node.wanted_annotations(&self.names, &lease.attrs);
+            let (false, Some(set)) = (annotated, wanted) else {
+                if std::mem::take(&mut lost) {
+                    status.send_replace(Lease {
+                        expiration: Expiration::At(SystemTime::now() + crate::SUBNET_TTL),
+                        ..lease.clone()
+                    });
+                }
+                continue;
+            };
+            if node.pod_cidrs.is_empty() {
+                info!(
+                    "Node {:?} has no podCIDR yet; annotating it once it has",
+                    self.node_name
+                );
+                continue;
+            }
+            let (v4, v6) = node.pod_subnets().map_err(SubnetError::Setup)?;
+            let same = (!lease.has_ipv4() || v4 == Some(lease.subnet))
+                && (lease.ipv6_subnet.is_none() || v6 == lease.ipv6_subnet);
+            if !same {
+                return Err(SubnetError::Setup(format!(
+                    "Node {:?} now has podCIDR {}, not this node's subnet {}: restart flanneld-rs to use the new one (the pods of this node need new addresses)",
+                    self.node_name,
+                    node.pod_cidrs.join(","),
+                    lease.key()
+                )));
+            }
+            match self
+                .patch_status(&node::annotations_patch(&set), "annotations")
+                .await
+            {
+                Ok(()) => {
+                    info!(
+                        "annotated Node {:?} again (its flannel annotations were {})",
+                        self.node_name,
+                        if lost { "gone with it" } else { "changed" }
+                    );
+                    if lost {
+                        if let Err(e) = self.complete_lease().await {
+                            warn!("marking the re-created Node's network available: {e}");
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!("annotating Node {:?} again: {e}; retrying", self.node_name);
+                    retry = true;
+                }
+            }
+        }
     }
 
     async fn watch_leases(&self, tx: mpsc::Sender<LeaseBatch>) -> Result<(), SubnetError> {
@@ -502,11 +632,13 @@ impl KubeSubnetManager {
                 WatchEvent::Added(object) | WatchEvent::Modified(object) => {
                     rv.clone_from(&object.metadata.resource_version);
                     let node = Node::from_object(object, &self.names);
+                    self.saw(&node.name, Some(&node));
                     let lease = self.peer_lease(&node);
                     peers.update(&node.name, lease)
                 }
                 WatchEvent::Deleted(object) => {
                     rv.clone_from(&object.metadata.resource_version);
+                    self.saw(&object.metadata.name, None);
                     peers.update(&object.metadata.name, None)
                 }
                 WatchEvent::Bookmark(b) => {

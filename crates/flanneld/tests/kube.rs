@@ -179,7 +179,10 @@ fn three_nodes_mesh_with_upstreams_annotations_and_follow_the_nodes() {
     // annotation does not crash anybody (upstream v0.20.2 panics on it)
     lab.kube()
         .create_node("bystander", &["10.244.99.0/24"], None);
-    // an annotation changed (as a re-created device would): the peers' FDB follows
+    // an annotation changed (as a re-created device would): the peers' FDB follows. h3's
+    // own flanneld is stopped first: running, it writes its annotations back (they are its
+    // lease, kept as the etcd keeper keeps a lease value)
+    lab.stop(3, "KILL");
     let new_mac = "0a:0b:0c:0d:0e:0f";
     lab.kube().patch_node(
         "h3",
@@ -192,7 +195,6 @@ fn three_nodes_mesh_with_upstreams_annotations_and_follow_the_nodes() {
         .on_host(1, &["bridge", "fdb", "show", "dev", "flannel.1"])
         .contains(new_mac));
     // node deleted: its peer entries go
-    lab.stop(3, "KILL");
     lab.kube().delete_node("h3");
     assert!(
         wait_until(LONG, || !lab

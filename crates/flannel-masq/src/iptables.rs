@@ -294,17 +294,10 @@ fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::{masq_chain, RuleSpec};
+    use crate::rules::{example_spec, masq_chain};
 
     fn want() -> ChainRules {
-        masq_chain(&RuleSpec {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.1.0/24".parse().unwrap(),
-            ip_masq: true,
-            forward: true,
-            random_fully: true,
-            previous: None,
-        })
+        masq_chain(&example_spec())
     }
 
     fn saved(extra: &str) -> String {

@@ -105,18 +105,11 @@ pub fn difference(have: &str, want: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::{nft_listing, RuleSpec};
+    use crate::rules::{example_spec, nft_listing};
 
     #[test]
     fn a_flushed_or_changed_table_is_said_in_words() {
-        let want = nft_listing(&RuleSpec {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.1.0/24".parse().unwrap(),
-            ip_masq: true,
-            forward: true,
-            random_fully: true,
-            previous: None,
-        });
+        let want = nft_listing(&example_spec());
         let flushed: String = want
             .lines()
             .filter(|l| {

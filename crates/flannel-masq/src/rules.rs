@@ -264,19 +264,25 @@ pub fn nft_listing(spec: &RuleSpec) -> String {
     )
 }
 
+/// The rule spec the unit tests of the drivers share: upstream's example network.
+#[cfg(test)]
+pub(crate) fn example_spec() -> RuleSpec {
+    RuleSpec {
+        network: "10.244.0.0/16".parse().expect("a CIDR"),
+        subnet: "10.244.1.0/24".parse().expect("a CIDR"),
+        ip_masq: true,
+        forward: true,
+        random_fully: true,
+        previous: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn spec() -> RuleSpec {
-        RuleSpec {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.1.0/24".parse().unwrap(),
-            ip_masq: true,
-            forward: true,
-            random_fully: true,
-            previous: None,
-        }
+        example_spec()
     }
 
     #[test]

@@ -7,10 +7,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flannel_net::{Lease, LeaseAttrs, LeaseBatch};
+use flannel_net::{BackendKind, Lease, LeaseAttrs, LeaseBatch, NetworkConfig};
 use tokio::sync::{mpsc, watch};
 
+use crate::table::{self, Made, Row};
 use crate::{Backend, BackendError, BackendStats, NodeContext};
+
+/// The table's row of alloc: nothing to check, make or leave behind.
+pub(crate) const ROW: Row = Row {
+    kind: BackendKind::Alloc,
+    check: table::nothing_to_check,
+    make,
+    gateway_routes: table::no_gateway_routes,
+    leftovers: table::nothing_left,
+    inspect: table::no_data_path,
+    inspect_device: table::no_device,
+};
+
+fn make(_: &NetworkConfig, node: NodeContext) -> Made<'_> {
+    Box::pin(async move { Ok(Box::new(AllocBackend::new(node)) as Box<dyn Backend>) })
+}
 
 pub struct AllocBackend {
     public_ip: Ipv4Addr,
@@ -31,8 +47,8 @@ impl AllocBackend {
 
 #[async_trait]
 impl Backend for AllocBackend {
-    fn kind(&self) -> &'static str {
-        "alloc"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Alloc
     }
 
     /// `PublicIP` only, as upstream: `{"PublicIP":"192.0.2.1","PublicIPv6":null}`.

@@ -23,14 +23,44 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flannel_net::{BackendData, Lease, LeaseAttrs, LeaseBatch, LeaseEvent};
+use flannel_net::{
+    BackendData, BackendKind, Lease, LeaseAttrs, LeaseBatch, LeaseEvent, NetworkConfig,
+};
 use ipnetwork::Ipv4Network;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
+use crate::table::{self, Made, Row};
 use crate::{Backend, BackendError, BackendStats, NodeContext};
+
+/// The table's row of the extension backend. Upstream's documented host-gw recipe makes
+/// routes of host-gw's shape, which are the commands' to keep: not leftovers.
+pub(crate) const ROW: Row = Row {
+    kind: BackendKind::Extension,
+    check,
+    make,
+    gateway_routes: commands_route,
+    leftovers: table::nothing_left,
+    inspect: table::no_data_path,
+    inspect_device: table::no_device,
+};
+
+fn check(config: &NetworkConfig) -> Result<(), BackendError> {
+    ExtensionConfig::from_backend(config.backend.as_ref()).map(|_| ())
+}
+
+fn make(config: &NetworkConfig, node: NodeContext) -> Made<'_> {
+    Box::pin(async move {
+        let backend = ExtensionBackend::new(config.backend.as_ref(), config.network, node).await?;
+        Ok(Box::new(backend) as Box<dyn Backend>)
+    })
+}
+
+fn commands_route(_: &NetworkConfig) -> bool {
+    true
+}
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -46,7 +76,7 @@ pub struct ExtensionConfig {
 
 fn config_error(message: String) -> BackendError {
     BackendError::Config {
-        backend: "extension",
+        backend: BackendKind::Extension.name(),
         message,
     }
 }
@@ -254,7 +284,7 @@ impl ExtensionBackend {
         } else {
             info!("Subnet removed: {}", lease.subnet);
         }
-        if lease.attrs.backend_type != "extension" {
+        if !BackendKind::Extension.is(&lease.attrs.backend_type) {
             warn!(
                 "Ignoring non-extension subnet: type={}",
                 lease.attrs.backend_type
@@ -300,8 +330,8 @@ impl ExtensionBackend {
 
 #[async_trait]
 impl Backend for ExtensionBackend {
-    fn kind(&self) -> &'static str {
-        "extension"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Extension
     }
 
     /// `BackendType` `extension`; `BackendData` PreStartupCommand's output, as a JSON string.
@@ -309,7 +339,7 @@ impl Backend for ExtensionBackend {
         LeaseAttrs {
             public_ip: self.public_ip,
             public_ipv6: self.public_ipv6,
-            backend_type: "extension".into(),
+            backend_type: BackendKind::Extension.name().into(),
             backend_data: self.backend_data.clone().map(|s| Value::String(s).into()),
             backend_v6_data: None,
         }

@@ -21,6 +21,8 @@ pub enum Skip {
     NoPart,
     /// A lease that must not be programmed, and why.
     Invalid(String),
+    /// A peer this node cannot reach with this backend (host-gw: another segment), and why.
+    Unreachable(String),
 }
 
 /// One family's side of a lease: the subnet and the address the node is reached at.

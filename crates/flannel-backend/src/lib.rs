@@ -2,7 +2,8 @@
 //!
 //! Every backend sits behind the [`Backend`] trait (after upstream's `Backend` / `Network` in
 //! `pkg/backend/common.go`); the daemon knows only the trait and [`new_backend`], the factory
-//! keyed by the network config's `Backend.Type`:
+//! keyed by the network config's `Backend.Type`. What differs by kind is one row of the
+//! table in `table.rs`:
 //! - `vxlan` ([`vxlan::VxlanBackend`]): a `flannel.<VNI>` device and, per remote node, a
 //!   permanent ARP entry, a bridge FDB entry and an onlink route, programmed over rtnetlink
 //!   ([`netlink`]) and reconciled rather than replayed;
@@ -22,10 +23,11 @@
 pub mod alloc;
 pub mod extension;
 pub mod hostgw;
+pub mod inspect;
 mod lease_check;
-mod leftovers;
 pub mod netlink;
 mod reconciler;
+mod table;
 pub mod vxlan;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -34,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flannel_net::{Lease, LeaseAttrs, LeaseBatch, NetworkConfig};
+use flannel_net::{BackendKind, Lease, LeaseAttrs, LeaseBatch, NetworkConfig};
 use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 
@@ -53,9 +55,7 @@ pub enum BackendError {
     #[error("the network config has no \"Backend\": upstream then uses the udp backend, which flanneld-rs does not implement; add \"Backend\": {{\"Type\": \"vxlan\"}} to the network config")]
     NoBackend,
     /// `Backend.Type` names no backend flanneld-rs has.
-    #[error(
-        "unknown backend type: {0} (flanneld-rs implements the vxlan, host-gw and alloc backends)"
-    )]
+    #[error("unknown backend type: {0} (flanneld-rs implements {backends})", backends = table::names())]
     UnknownType(String),
     #[error("opening a netlink socket: {0}")]
     Socket(std::io::Error),
@@ -128,8 +128,8 @@ pub struct NodeContext {
 /// the lease, then run on the lease events until they end.
 #[async_trait]
 pub trait Backend: Send {
-    /// `Backend.Type`, lower case: `vxlan`, `alloc`.
-    fn kind(&self) -> &'static str;
+    /// Which backend it is.
+    fn kind(&self) -> BackendKind;
 
     /// What this node publishes in its lease (PublicIP, BackendType, BackendData).
     fn lease_attrs(&self) -> LeaseAttrs;
@@ -158,46 +158,68 @@ pub trait Backend: Send {
 /// Whether flanneld-rs can run the backend `config` asks for, with its settings (the
 /// installer checks a config with this before writing it).
 pub fn check_backend(config: &NetworkConfig) -> Result<(), BackendError> {
+    let row = row_of(config)?;
+    (row.check)(config)
+}
+
+/// The table's row of the backend `config` names.
+fn row_of(config: &NetworkConfig) -> Result<&'static table::Row, BackendError> {
     if config.backend.is_none() {
         return Err(BackendError::NoBackend);
     }
-    match config.backend_kind().as_str() {
-        "vxlan" => vxlan::VxlanConfig::from_backend(config.backend.as_ref()).map(|_| ()),
-        "extension" => {
-            extension::ExtensionConfig::from_backend(config.backend.as_ref()).map(|_| ())
-        }
-        "alloc" | "host-gw" => Ok(()),
-        _ => Err(BackendError::UnknownType(config.backend_type.clone())),
-    }
+    config
+        .backend_kind()
+        .and_then(table::row)
+        .ok_or_else(|| BackendError::UnknownType(config.backend_type.clone()))
 }
 
-/// The backend `config`'s `Backend.Type` names, after removing what another backend left
-/// on this node (see `leftovers.rs`).
+/// Whether the backend `config` names programs routes of host-gw's shape
+/// (`<subnet> via <PublicIP> dev <external interface>`): for doctor's rp_filter advice.
+pub fn makes_gateway_routes(config: &NetworkConfig) -> bool {
+    row_of(config).is_ok_and(|row| (row.gateway_routes)(config))
+}
+
+/// The backend `config`'s `Backend.Type` names, after every backend of the table removed
+/// what it left on this node and no longer needs (another backend's device or routes; a
+/// family turned off).
 pub async fn new_backend(
     config: &NetworkConfig,
     node: NodeContext,
 ) -> Result<Box<dyn Backend>, BackendError> {
     check_backend(config)?;
-    leftovers::remove(&config.backend_kind(), config, &node).await?;
-    match config.backend_kind().as_str() {
-        "vxlan" => Ok(Box::new(
-            vxlan::VxlanBackend::new_dual(
-                config.backend.as_ref(),
-                config.enable_ipv4.then_some(config.network),
-                config.ipv6_network.filter(|_| config.enable_ipv6),
-                node,
-            )
-            .await?,
-        )),
-        "alloc" => Ok(Box::new(alloc::AllocBackend::new(node))),
-        "host-gw" => Ok(Box::new(hostgw::HostGwBackend::new_dual(
-            config.enable_ipv4.then_some(config.network),
-            config.ipv6_network.filter(|_| config.enable_ipv6),
-            node,
-        )?)),
-        "extension" => Ok(Box::new(
-            extension::ExtensionBackend::new(config.backend.as_ref(), config.network, node).await?,
-        )),
-        _ => Err(BackendError::UnknownType(config.backend_type.clone())),
+    let next = row_of(config)?;
+    let gateway_routes_kept = (next.gateway_routes)(config);
+    for row in &table::ROWS {
+        (row.leftovers)(table::Leaving {
+            config,
+            node: &node,
+            running: row.kind == next.kind,
+            gateway_routes_kept,
+        })
+        .await?;
+    }
+    (next.make)(config, node).await
+}
+
+/// doctor: the data path of the backend `ctx.config` names, against the leases; the MTU
+/// pods should get, when it can be told.
+pub async fn inspect(ctx: &inspect::Inspect<'_>, findings: &mut inspect::Findings) -> Option<u32> {
+    match row_of(ctx.config) {
+        Ok(row) => (row.inspect)(ctx, findings).await,
+        Err(e) => {
+            findings.fail("device", e.to_string(), "");
+            None
+        }
+    }
+}
+
+/// doctor without the leases: the devices of the backend `config` names.
+pub async fn inspect_device(
+    config: &NetworkConfig,
+    nl: &Netlink,
+    findings: &mut inspect::Findings,
+) {
+    if let Ok(row) = row_of(config) {
+        (row.inspect_device)(config, nl, findings).await;
     }
 }

@@ -361,9 +361,10 @@ impl NetworkConfig {
         }
     }
 
-    /// The backend type as upstream's backend manager uses it: lower-cased.
-    pub fn backend_kind(&self) -> String {
-        self.backend_type.to_ascii_lowercase()
+    /// The backend `Backend.Type` names (any case, as upstream's backend manager lower-cases
+    /// it); `None` for a type flanneld-rs does not run.
+    pub fn backend_kind(&self) -> Option<crate::BackendKind> {
+        crate::BackendKind::from_type(&self.backend_type)
     }
 }
 

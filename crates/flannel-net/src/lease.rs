@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use crate::gojson;
 use crate::mac::MacAddr;
 use crate::subnet_key::SubnetKey;
+use crate::BackendKind;
 
 /// The longest lease value read or written: what a default etcd stores (a request of at most
 /// 1.5 MiB, `--max-request-bytes`), less 1 KiB for the key and the request's framing. Upstream
@@ -102,7 +103,7 @@ impl LeaseAttrs {
         LeaseAttrs {
             public_ip,
             public_ipv6: None,
-            backend_type: "vxlan".to_string(),
+            backend_type: BackendKind::Vxlan.name().to_string(),
             backend_data: Some(data.to_value().into()),
             backend_v6_data: None,
         }
@@ -232,7 +233,7 @@ impl LeaseAttrs {
 
     /// The VXLAN data of this lease, when it is a VXLAN lease.
     pub fn vxlan_data(&self) -> Option<Result<VxlanBackendData, LeaseError>> {
-        if self.backend_type != "vxlan" {
+        if !BackendKind::Vxlan.is(&self.backend_type) {
             return None;
         }
         Some(match &self.backend_data {
@@ -246,7 +247,7 @@ impl LeaseAttrs {
 
     /// The VXLAN data of the lease's IPv6 side (`BackendV6Data`), when it is a VXLAN lease.
     pub fn vxlan_v6_data(&self) -> Option<Result<VxlanBackendData, LeaseError>> {
-        if self.backend_type != "vxlan" {
+        if !BackendKind::Vxlan.is(&self.backend_type) {
             return None;
         }
         Some(match &self.backend_v6_data {

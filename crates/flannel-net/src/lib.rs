@@ -7,6 +7,7 @@
 
 mod gojson;
 
+pub mod backend_kind;
 pub mod cert_validity;
 pub mod cni;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod subnet_env;
 pub mod subnet_key;
 pub mod time;
 
+pub use backend_kind::BackendKind;
 pub use config::{ConfigError, NetworkConfig};
 pub use event::{LeaseBatch, LeaseEvent};
 pub use lease::{

@@ -85,16 +85,6 @@ pub async fn run(mut opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
         .context("opening netlink")?
         .with_nexthops(opts.nexthop_objects)
         .await?;
-    if config.backend_kind() == "vxlan" {
-        info!(
-            "VXLAN peer routes: {}",
-            if nl.uses_nexthops() {
-                "through nexthop objects (-nexthop-objects)"
-            } else {
-                "classic onlink routes"
-            }
-        );
-    }
     let snapshot = iface::Snapshot::read(&nl)
         .await
         .context("reading the interfaces")?;
@@ -122,7 +112,7 @@ pub async fn run(mut opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
     };
     let mut backend = flannel_backend::new_backend(&config, node)
         .await
-        .with_context(|| format!("setting up the {} backend", config.backend_kind()))?;
+        .with_context(|| format!("setting up the {} backend", config.backend_type))?;
     let _ = shared.backend_stats.set(backend.stats());
 
     let lease = acquire(sm, &config, backend.as_ref()).await?;

@@ -127,7 +127,7 @@ pub const INSTALL_FLAGS: &[Flag] = &[
     flag(
         "backend",
         Kind::Str,
-        "vxlan",
+        flannel_net::BackendKind::Vxlan.name(),
         "the backend type for -network",
     ),
     flag(

@@ -20,8 +20,32 @@ pub struct Link {
     pub mac: Option<MacAddr>,
     pub mtu: u32,
     pub up: bool,
-    pub kind: Option<String>,
+    pub kind: Option<LinkKind>,
     pub vxlan: Option<VxlanAttrs>,
+}
+
+/// The kind of a link (IFLA_INFO_KIND), as far as flannel tells kinds apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkKind {
+    Vxlan,
+    /// Any other, by the kernel's name (`veth`, `bridge`, `dummy`).
+    Other(String),
+}
+
+impl std::fmt::Display for LinkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkKind::Vxlan => InfoKind::Vxlan.fmt(f),
+            LinkKind::Other(name) => f.write_str(name),
+        }
+    }
+}
+
+impl Link {
+    /// Whether it is a VXLAN link.
+    pub fn is_vxlan(&self) -> bool {
+        self.kind == Some(LinkKind::Vxlan)
+    }
 }
 
 /// The attributes of a vxlan link that decide whether flannel can keep it.
@@ -71,7 +95,7 @@ fn parse(msg: &LinkMessage) -> Link {
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {
-                        LinkInfo::Kind(kind) => link.kind = Some(kind_name(kind)),
+                        LinkInfo::Kind(kind) => link.kind = Some(kind_of(kind)),
                         LinkInfo::Data(InfoData::Vxlan(attrs)) => {
                             link.vxlan = Some(parse_vxlan(attrs))
                         }
@@ -85,12 +109,10 @@ fn parse(msg: &LinkMessage) -> Link {
     link
 }
 
-fn kind_name(kind: &InfoKind) -> String {
+fn kind_of(kind: &InfoKind) -> LinkKind {
     match kind {
-        InfoKind::Vxlan => "vxlan".into(),
-        InfoKind::Veth => "veth".into(),
-        InfoKind::Bridge => "bridge".into(),
-        other => format!("{other:?}").to_lowercase(),
+        InfoKind::Vxlan => LinkKind::Vxlan,
+        other => LinkKind::Other(other.to_string()),
     }
 }
 

@@ -10,7 +10,7 @@
 use flannel_net::MacAddr;
 use tracing::{info, warn};
 
-use crate::netlink::link::{Link, VxlanLinkSpec};
+use crate::netlink::link::{Link, LinkKind, VxlanLinkSpec};
 use crate::netlink::{errno, Netlink, EEXIST};
 use crate::BackendError;
 
@@ -26,10 +26,14 @@ pub struct Device {
 /// Why an existing link cannot serve as the device, or `None` when it can (upstream
 /// `vxlanLinksIncompat`: kind, VNI, underlay, local address, port, GBP).
 pub fn incompatibility(existing: &Link, want: &VxlanLinkSpec) -> Option<String> {
-    if existing.kind.as_deref() != Some("vxlan") {
+    if !existing.is_vxlan() {
         return Some(format!(
-            "link type: {:?} vs vxlan",
-            existing.kind.as_deref().unwrap_or("none")
+            "link type: {:?} vs {}",
+            existing
+                .kind
+                .as_ref()
+                .map_or_else(|| "none".to_string(), ToString::to_string),
+            LinkKind::Vxlan
         ));
     }
     let Some(v) = &existing.vxlan else {
@@ -191,7 +195,7 @@ mod tests {
             mac: Some(MacAddr([2, 0, 0, 0, 0, 1])),
             mtu: 1450,
             up: true,
-            kind: Some("vxlan".into()),
+            kind: Some(LinkKind::Vxlan),
             vxlan: Some(v),
         }
     }
@@ -264,7 +268,7 @@ mod tests {
             );
         }
         let mut veth = link(v);
-        veth.kind = Some("veth".into());
+        veth.kind = Some(LinkKind::Other("veth".into()));
         assert!(incompatibility(&veth, &spec())
             .unwrap()
             .contains("link type"));

@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod device;
+mod inspect;
 mod peer_set;
 pub mod peers;
 mod tunnel;
@@ -26,7 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flannel_net::{Lease, LeaseAttrs, LeaseBatch, VxlanBackendData};
+use flannel_net::{BackendKind, Lease, LeaseAttrs, LeaseBatch, NetworkConfig, VxlanBackendData};
+use futures::future::BoxFuture;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use netlink_packet_route::RouteNetlinkMessage;
 use serde_json::Value;
@@ -40,7 +42,87 @@ use tunnel::Tunnel;
 
 use crate::netlink::Family;
 use crate::reconciler::Reconciler;
+use crate::table::{Leaving, Made, Row};
 use crate::{Backend, BackendError, BackendStats, NodeContext};
+
+/// The table's row of VXLAN.
+pub(crate) const ROW: Row = Row {
+    kind: BackendKind::Vxlan,
+    check,
+    make,
+    gateway_routes: direct_routing,
+    leftovers,
+    inspect: inspect::inspect,
+    inspect_device: inspect::inspect_device,
+};
+
+fn check(config: &NetworkConfig) -> Result<(), BackendError> {
+    VxlanConfig::from_backend(config.backend.as_ref()).map(|_| ())
+}
+
+fn make(config: &NetworkConfig, node: NodeContext) -> Made<'_> {
+    Box::pin(async move {
+        info!(
+            "VXLAN peer routes: {}",
+            if node.nl.uses_nexthops() {
+                "through nexthop objects (-nexthop-objects)"
+            } else {
+                "classic onlink routes"
+            }
+        );
+        let backend = VxlanBackend::new_dual(
+            config.backend.as_ref(),
+            config.enable_ipv4.then_some(config.network),
+            config.ipv6_network.filter(|_| config.enable_ipv6),
+            node,
+        )
+        .await?;
+        Ok(Box::new(backend) as Box<dyn Backend>)
+    })
+}
+
+/// With DirectRouting, peers on the same segment get routes of host-gw's shape.
+fn direct_routing(config: &NetworkConfig) -> bool {
+    VxlanConfig::from_backend(config.backend.as_ref()).is_ok_and(|c| c.direct_routing)
+}
+
+/// What VXLAN left: `flannel.<VNI>` and `flannel-v6.<VNI>` devices, with every entry on
+/// them, when the config names another backend; still running, the same VNI's device of a
+/// family the config no longer enables (another VNI's device is left alone: it may be
+/// another flannel network's). A device is ours by name and kind.
+fn leftovers(l: Leaving<'_>) -> BoxFuture<'_, Result<(), BackendError>> {
+    Box::pin(async move {
+        let config = l.config;
+        let running = if l.running {
+            Some(VxlanConfig::from_backend(config.backend.as_ref())?)
+        } else {
+            None
+        };
+        let unused = |name: &str| match &running {
+            None => ["flannel.", "flannel-v6."].iter().any(|p| {
+                name.strip_prefix(p)
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            }),
+            Some(c) => {
+                (!config.enable_ipv4 && name == c.device_name())
+                    || (!config.enable_ipv6 && name == c.device_name_v6())
+            }
+        };
+        for link in l.node.nl.links().await? {
+            if unused(&link.name) && link.is_vxlan() {
+                info!(
+                    "removing {}, left by the vxlan backend (the network config now asks for {}, IPv4 {}, IPv6 {})",
+                    link.name,
+                    config.backend_type,
+                    if config.enable_ipv4 { "on" } else { "off" },
+                    if config.enable_ipv6 { "on" } else { "off" }
+                );
+                l.node.nl.delete_link(link.index).await?;
+            }
+        }
+        Ok(())
+    })
+}
 
 pub struct VxlanBackend {
     config: VxlanConfig,
@@ -239,8 +321,8 @@ impl Reconciler for VxlanBackend {
 
 #[async_trait]
 impl Backend for VxlanBackend {
-    fn kind(&self) -> &'static str {
-        "vxlan"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Vxlan
     }
 
     /// `BackendData` for the IPv4 side, `BackendV6Data` for the IPv6 side; an IPv6-only

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use flannel_net::{Lease, MacAddr};
+use flannel_net::{BackendKind, Lease, MacAddr};
 use ipnetwork::IpNetwork;
 
 use crate::netlink::neighbour::{FdbEntry, NeighbourEntry};
@@ -106,7 +106,7 @@ pub fn peer_from_lease(
     ext: &ExtIface,
 ) -> Result<Peer, Skip> {
     let attrs = &lease.attrs;
-    if attrs.backend_type != "vxlan" {
+    if !BackendKind::Vxlan.is(&attrs.backend_type) {
         return Err(Skip::OtherType(attrs.backend_type.clone()));
     }
     let part = crate::lease_check::check(lease, family, network, own)?;
@@ -221,19 +221,16 @@ impl Plan {
     }
 }
 
-/// Whether a kernel route is flannel's to manage: on the device, or, with DirectRouting, a
-/// route to a node subnet of the flannel network via a gateway.
+/// Whether a kernel route is flannel's to manage: on the device, or, with DirectRouting
+/// (`direct_routing`: the external interface's index), one of host-gw's shape.
 pub fn is_flannel_route(
     route: &Route,
     device: u32,
     network: IpNetwork,
-    direct_routing: bool,
+    direct_routing: Option<u32>,
 ) -> bool {
     route.oif == Some(device)
-        || (direct_routing
-            && route.gateway.is_some()
-            && network.contains(route.dst.network())
-            && route.dst.prefix() > network.prefix())
+        || direct_routing.is_some_and(|ext| crate::hostgw::is_gateway_route(route, network, ext))
 }
 
 fn same_route(have: &Route, want: &Route) -> bool {
@@ -249,6 +246,7 @@ fn same_route(have: &Route, want: &Route) -> bool {
 
 /// The plan that makes `observed` equal to `desired`; peer routes through nexthop objects
 /// when `use_nexthops` (a peer whose id another program's nexthop holds keeps a classic route).
+/// `direct_routing`: the external interface's index when DirectRouting is on.
 ///
 /// The observed lists are sorted in place and every question is a binary search or a look
 /// in `desired`: no hash table beside them (at 5 000 peers, eight of those were most of the
@@ -258,7 +256,7 @@ pub fn plan(
     mut observed: Observed,
     device: u32,
     network: IpNetwork,
-    direct_routing: bool,
+    direct_routing: Option<u32>,
     use_nexthops: bool,
 ) -> Plan {
     let mut plan = Plan::default();
@@ -491,7 +489,7 @@ mod tests {
             routes: vec![a.route(3), stale.route(3), foreign_route],
             nexthops: vec![],
         };
-        let p = plan(&desired, observed, 3, net, true, false);
+        let p = plan(&desired, observed, 3, net, Some(2), false);
         assert_eq!(
             p.del_routes,
             vec![stale.route(3)],
@@ -518,7 +516,7 @@ mod tests {
             routes: vec![a.route(3), b.route(3), foreign_route],
             nexthops: vec![],
         };
-        assert!(plan(&desired, done, 3, net, true, false).is_empty());
+        assert!(plan(&desired, done, 3, net, Some(2), false).is_empty());
     }
 
     #[test]

@@ -219,7 +219,7 @@ impl Tunnel {
                     continue;
                 }
                 Err(Skip::Own | Skip::NoPart) => continue,
-                Err(Skip::Invalid(why)) => {
+                Err(Skip::Invalid(why) | Skip::Unreachable(why)) => {
                     warn!(subnet = %lease.key(), "ignoring lease: {why}");
                     continue;
                 }
@@ -282,7 +282,7 @@ impl Tunnel {
         let link = self.nl.link_by_index(self.device.index).await?;
         let device_ok = link
             .as_ref()
-            .is_some_and(|l| l.name == self.device.name && l.kind.as_deref() == Some("vxlan"));
+            .is_some_and(|l| l.name == self.device.name && l.is_vxlan());
         if !device_ok {
             warn!(
                 "Interface {} deleted; re-creating it with VTEP MAC {}",
@@ -318,7 +318,7 @@ impl Tunnel {
             observed,
             index,
             self.network,
-            self.config.direct_routing,
+            self.config.direct_routing.then_some(self.ext.index),
             self.nl.uses_nexthops(),
         );
         if !listed {

@@ -85,7 +85,7 @@ fn keys_are_case_insensitive_later_key_wins_unknown_ignored() {
     assert_eq!(c.network.to_string(), "10.2.0.0/16");
     assert_eq!(c.subnet_len, 26);
     assert_eq!(c.backend_type, "VXLAN");
-    assert_eq!(c.backend_kind(), "vxlan");
+    assert_eq!(c.backend_kind(), Some(crate::BackendKind::Vxlan));
     assert_eq!(c.backend.as_ref().unwrap()["vni"], 4, "Backend kept raw");
 }
 

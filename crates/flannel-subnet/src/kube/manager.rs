@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use flannel_net::{
-    Expiration, Lease, LeaseAttrs, LeaseBatch, LeaseEvent, NetworkConfig, SubnetKey,
+    BackendKind, Expiration, Lease, LeaseAttrs, LeaseBatch, LeaseEvent, NetworkConfig, SubnetKey,
 };
 use futures::StreamExt;
 use ipnetwork::IpNetwork;
@@ -298,10 +298,8 @@ impl SubnetManager for KubeSubnetManager {
             }
             lease.subnet = cidr;
         }
-        let dual_capable = matches!(
-            attrs.backend_type.as_str(),
-            "vxlan" | "host-gw" | "wireguard"
-        );
+        let dual_capable =
+            BackendKind::from_type(&attrs.backend_type).is_some_and(BackendKind::dual_stack);
         if config.enable_ipv6 && dual_capable {
             let cidr = ipv6_cidr.ok_or_else(|| {
                 SubnetError::Setup(format!(
@@ -428,7 +426,7 @@ impl SubnetManager for KubeSubnetManager {
     }
 
     async fn watch_leases(&self, tx: mpsc::Sender<LeaseBatch>) -> Result<(), SubnetError> {
-        if self.config.backend_kind() == "alloc" {
+        if self.config.backend_kind() == Some(BackendKind::Alloc) {
             // upstream #1617: with alloc, something else routes; no node is watched
             info!("Node controller skips sync");
             if tx

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::SystemTime;
 
-use flannel_net::{BackendData, Expiration, Lease, LeaseAttrs, NetworkConfig};
+use flannel_net::{BackendData, BackendKind, Expiration, Lease, LeaseAttrs, NetworkConfig};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 use serde_json::Value;
@@ -193,8 +193,11 @@ impl Node {
         }
         let mut set = BTreeMap::new();
         set.insert(names.backend_type.clone(), backend_type.to_string());
-        // upstream: VXLAN without an IPv4 side (IPv6-only) writes no IPv4 data
-        if backend_type != "vxlan" || data != "null" {
+        // upstream: per-family data (VXLAN) without an IPv4 side (IPv6-only) writes no IPv4
+        // data
+        let kind = BackendKind::from_type(backend_type);
+        let per_family = kind.is_some_and(BackendKind::per_family_data);
+        if !per_family || data != "null" {
             set.insert(names.backend_data.clone(), data.clone());
             let ip = if overwrite.is_empty() {
                 public_ip.clone()
@@ -204,8 +207,7 @@ impl Node {
             set.insert(names.public_ip.clone(), ip);
         }
         if let Some(ip6) = attrs.public_ipv6 {
-            if (backend_type == "vxlan" && v6_data != "null")
-                || matches!(backend_type, "host-gw" | "extension")
+            if (per_family && v6_data != "null") || kind.is_some_and(BackendKind::ipv6_annotations)
             {
                 set.insert(names.backend_v6_data.clone(), v6_data);
                 let ip = if overwrite6.is_empty() {

@@ -5,7 +5,8 @@
 //!
 //! Checks: the daemon (running, /healthz, /readyz, the config it runs with), the store
 //! (reachable, config valid and the one the daemon runs with, this node's lease, its
-//! PublicIP), subnet.env against the lease, the data path ([`datapath`]: device, MAC, MTU;
+//! PublicIP), subnet.env against the lease, the data path (the backend's inspection,
+//! [`flannel_backend::inspect`]: VXLAN's device, MAC, MTU;
 //! every peer's route, neighbour and FDB entry; strays), the rules, and the host (forwarding,
 //! rp_filter, the MTU chain to cni0, cni0's address against subnet.env, another route over
 //! the Network). A config changed in the store while the daemon runs is reported first, and
@@ -13,7 +14,6 @@
 //! is (with the daemon's running config, or subnet.env's networks), and what could not be is
 //! said. It needs root (the rules and the daemon's lock are root's).
 
-mod datapath;
 mod report;
 
 use std::io::{IsTerminal, Read, Write};
@@ -368,7 +368,7 @@ fn found(
         format!(
             "{place}: config {} ({} backend), {} {what}{bad}",
             networks_text(&config),
-            config.backend_kind(),
+            config.backend_type,
             leases.len(),
         ),
     );
@@ -500,7 +500,7 @@ async fn check_node(
             }
         ),
     );
-    let node = datapath::Node {
+    let ctx = flannel_backend::inspect::Inspect {
         config,
         lease,
         leases: &store.leases,
@@ -509,7 +509,9 @@ async fn check_node(
         behind_nat: public
             .is_some_and(|p| !chosen.ext.addresses.iter().any(|a| a.ip() == IpAddr::V4(p))),
     };
-    let mtu = datapath::check(&node, r).await;
+    let mut found = flannel_backend::inspect::Findings::default();
+    let mtu = flannel_backend::inspect(&ctx, &mut found).await;
+    r.absorb(found);
     check_subnet_env(opts, config, lease, mtu, r);
     check_rules(opts, config, lease, r).await;
     check_cni0(opts, nl, r).await;
@@ -528,13 +530,12 @@ fn subnets_text(lease: &Lease) -> String {
     subnets.join(" and ")
 }
 
-/// Without the lease: whether the backend's device is there and up (VXLAN); what its
+/// Without the lease: whether the backend's devices are there and up (VXLAN); what their
 /// entries should be cannot be known.
 async fn check_device(config: &NetworkConfig, nl: &Netlink, r: &mut Report) {
-    if config.backend_type.is_empty() || config.backend.is_none() {
-        return;
-    }
-    datapath::device_only(config, nl, r).await;
+    let mut found = flannel_backend::inspect::Findings::default();
+    flannel_backend::inspect_device(config, nl, &mut found).await;
+    r.absorb(found);
 }
 
 /// cni0 (the bridge the CNI plugin makes) holds the gateway of subnet.env's subnets and no
@@ -803,7 +804,7 @@ async fn check_host(
     let effective = rp("all")
         .and_then(|a| a.parse::<u8>().ok())
         .max(rp(&ext.name).and_then(|a| a.parse::<u8>().ok()));
-    if effective == Some(1) && config.backend_kind() == "host-gw" {
+    if effective == Some(1) && flannel_backend::makes_gateway_routes(config) {
         r.warn(
             "host",
             format!("rp_filter is strict (1) on {}", ext.name),
@@ -839,10 +840,7 @@ async fn check_host(
             let overlaps = route.dst.prefix() > 0
                 && (route.dst.contains(network.network()) || network.contains(route.dst.network()));
             let flannels = route.oif.is_some_and(|o| ours.contains(&o))
-                || (route.oif == Some(ext.index)
-                    && route.gateway.is_some()
-                    && route.dst.prefix() > network.prefix()
-                    && network.contains(route.dst.network()));
+                || flannel_backend::hostgw::is_gateway_route(&route, network, ext.index);
             if overlaps && !flannels && route.oif.is_some() {
                 let dev = links
                     .iter()

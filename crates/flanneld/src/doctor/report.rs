@@ -4,39 +4,22 @@
 
 use std::fmt::Write as _;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Ok,
-    Warn,
-    Fail,
-}
+pub use flannel_backend::inspect::{Finding, Status};
 
-impl Status {
-    fn word(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::Warn => "warn",
-            Status::Fail => "FAIL",
-        }
-    }
-
-    fn colour(self) -> &'static str {
-        match self {
-            Status::Ok => "\x1b[32m",
-            Status::Warn => "\x1b[33m",
-            Status::Fail => "\x1b[31;1m",
-        }
+fn word(status: Status) -> &'static str {
+    match status {
+        Status::Ok => "ok",
+        Status::Warn => "warn",
+        Status::Fail => "FAIL",
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Finding {
-    /// The area: `daemon`, `store`, `lease`, `subnet.env`, `device`, `peers`, `rules`, `host`.
-    pub check: &'static str,
-    pub status: Status,
-    pub text: String,
-    /// What it means and what to do (empty for an ok).
-    pub advice: String,
+fn colour_of(status: Status) -> &'static str {
+    match status {
+        Status::Ok => "\x1b[32m",
+        Status::Warn => "\x1b[33m",
+        Status::Fail => "\x1b[31;1m",
+    }
 }
 
 #[derive(Debug, Default)]
@@ -65,6 +48,11 @@ impl Report {
         advice: impl Into<String>,
     ) {
         self.push(check, Status::Fail, text.into(), advice.into());
+    }
+
+    /// What a backend's inspection found ([`flannel_backend::inspect`]), in its order.
+    pub fn absorb(&mut self, found: flannel_backend::inspect::Findings) {
+        self.findings.extend(found.list);
     }
 
     fn push(&mut self, check: &'static str, status: Status, text: String, advice: String) {
@@ -106,9 +94,9 @@ impl Report {
         for status in [Status::Fail, Status::Warn, Status::Ok] {
             for f in self.findings.iter().filter(|f| f.status == status) {
                 let word = if colour {
-                    format!("{}{:<4}\x1b[0m", status.colour(), status.word())
+                    format!("{}{:<4}\x1b[0m", colour_of(status), word(status))
                 } else {
-                    format!("{:<4}", status.word())
+                    format!("{:<4}", word(status))
                 };
                 // `FAIL  peers      text...`: 17 columns before the text, 63 for it
                 for (i, line) in wrap(&f.text, 63).iter().enumerate() {
@@ -133,7 +121,7 @@ impl Report {
             .map(|f| {
                 serde_json::json!({
                     "check": f.check,
-                    "status": f.status.word().to_ascii_lowercase(),
+                    "status": word(f.status).to_ascii_lowercase(),
                     "text": f.text,
                     "advice": f.advice,
                 })

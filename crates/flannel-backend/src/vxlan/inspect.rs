@@ -1,69 +1,31 @@
-//! The doctor's look at the data path: for VXLAN, each family's device (present, up, a VXLAN
-//! device of the right VNI, its MAC the lease's, its MTU) and every peer's entries, computed
-//! with the backend's own reconcile plan (what the daemon would add is missing, what it would
-//! delete is stray); for host-gw, the routes. Reads only.
+//! What doctor checks of VXLAN's data path ([`crate::inspect`]): each family's device and
+//! every peer's route, neighbour, FDB entry and nexthop, against the reconcile plan the
+//! backend itself would make. Reads only.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use flannel_backend::netlink::{Family, Netlink};
-use flannel_backend::vxlan::{config::encap_overhead, peers, Skip, VxlanConfig};
-use flannel_backend::ExtIface;
 use flannel_net::{Lease, NetworkConfig};
+use futures::future::BoxFuture;
 use ipnetwork::IpNetwork;
 
-use super::Report;
+use super::config::encap_overhead;
+use super::peers::PeerChange;
+use super::{peers, Peer, Skip, VxlanConfig};
+use crate::inspect::{opt, sides, Findings, Inspect, Side};
+use crate::netlink::{Family, Netlink};
+use crate::ExtIface;
 
-/// What the data path checks look at: the config, this node's lease, every lease, the
-/// external interface.
-pub struct Node<'a> {
-    pub config: &'a NetworkConfig,
-    pub lease: &'a Lease,
-    pub leases: &'a [Lease],
-    pub ext: &'a ExtIface,
-    pub nl: &'a Netlink,
-    /// The PublicIP is not an address of the interface (`-public-ip` behind NAT).
-    pub behind_nat: bool,
+/// VXLAN's data path: each family's device (present, up, a VXLAN device of the right VNI,
+/// its MAC the lease's, its MTU) and every peer's entries, computed with the backend's own
+/// reconcile plan (what the daemon would add is missing, what it would delete is stray).
+/// The MTU pods should get.
+pub(crate) fn inspect<'a>(n: &'a Inspect<'a>, r: &'a mut Findings) -> BoxFuture<'a, Option<u32>> {
+    Box::pin(look(n, r))
 }
 
-/// Checks the data path of the node; returns the MTU pods should get (for subnet.env),
-/// `None` when it cannot be told.
-pub async fn check(n: &Node<'_>, r: &mut Report) -> Option<u32> {
-    match n.config.backend_kind().as_str() {
-        "vxlan" => vxlan(n, r).await,
-        "host-gw" => {
-            host_gw(n, r).await;
-            Some(n.ext.mtu)
-        }
-        other => {
-            r.ok("device", format!("backend {other}: no data path to check"));
-            None
-        }
-    }
-}
-
-/// Each enabled family: its Network, this node's subnet and address.
-fn sides(config: &NetworkConfig, lease: &Lease) -> Vec<(Family, IpNetwork, IpNetwork, IpAddr)> {
-    let mut out = Vec::new();
-    if let (true, Some(s), Some(ip)) = (
-        config.enable_ipv4,
-        lease.subnet_of(false),
-        lease.attrs.public_ip_of(false),
-    ) {
-        out.push((Family::V4, IpNetwork::V4(config.network), s, ip));
-    }
-    if let (Some(n6), Some(s), Some(ip)) = (
-        config.ipv6_network.filter(|_| config.enable_ipv6),
-        lease.subnet_of(true),
-        lease.attrs.public_ip_of(true),
-    ) {
-        out.push((Family::V6, IpNetwork::V6(n6), s, ip));
-    }
-    out
-}
-
-async fn vxlan(n: &Node<'_>, r: &mut Report) -> Option<u32> {
-    let Node {
+async fn look(n: &Inspect<'_>, r: &mut Findings) -> Option<u32> {
+    let Inspect {
         config,
         lease,
         leases,
@@ -73,10 +35,16 @@ async fn vxlan(n: &Node<'_>, r: &mut Report) -> Option<u32> {
     } = *n;
     let vx = VxlanConfig::from_backend(config.backend.as_ref()).ok()?;
     let mut mtu: Option<u32> = None;
-    for (family, network, own, public) in sides(config, lease) {
+    for Side {
+        family,
+        network,
+        own,
+        public,
+    } in sides(config, lease)
+    {
         let name = vx.device_name_of(family);
         let link = match nl.link_by_name(&name).await {
-            Ok(Some(l)) if l.kind.as_deref() == Some("vxlan") => l,
+            Ok(Some(l)) if l.is_vxlan() => l,
             Ok(_) => {
                 r.fail(
                     "device",
@@ -150,10 +118,15 @@ async fn vxlan(n: &Node<'_>, r: &mut Report) -> Option<u32> {
 /// Without the lease (the store cannot be read): each VXLAN device of the config is there,
 /// a VXLAN device of the config's VNI, and up. Its MAC and the peers' entries need the
 /// leases.
-pub async fn device_only(config: &NetworkConfig, nl: &Netlink, r: &mut Report) {
-    if config.backend_kind() != "vxlan" {
-        return;
-    }
+pub(crate) fn inspect_device<'a>(
+    config: &'a NetworkConfig,
+    nl: &'a Netlink,
+    r: &'a mut Findings,
+) -> BoxFuture<'a, ()> {
+    Box::pin(look_at_devices(config, nl, r))
+}
+
+async fn look_at_devices(config: &NetworkConfig, nl: &Netlink, r: &mut Findings) {
     let Ok(vx) = VxlanConfig::from_backend(config.backend.as_ref()) else {
         return;
     };
@@ -167,7 +140,7 @@ pub async fn device_only(config: &NetworkConfig, nl: &Netlink, r: &mut Report) {
     for family in families {
         let name = vx.device_name_of(family);
         match nl.link_by_name(&name).await {
-            Ok(Some(l)) if l.kind.as_deref() == Some("vxlan") && l.up => {
+            Ok(Some(l)) if l.is_vxlan() && l.up => {
                 match l.vxlan.as_ref().map(|v| v.vni) {
                     Some(vni) if vni != vx.vni => r.fail(
                         "device",
@@ -195,7 +168,7 @@ pub async fn device_only(config: &NetworkConfig, nl: &Netlink, r: &mut Report) {
 /// The TX checksum offload of a VXLAN device (`ethtool -k`). With it on, nodes behind NAT
 /// send VXLAN packets whose UDP checksum the NAT breaks, and receivers drop them (upstream
 /// #1279, #2152; the workaround of upstream's troubleshooting.md).
-fn tx_checksum(device: &str, behind_nat: bool, r: &mut Report) {
+fn tx_checksum(device: &str, behind_nat: bool, r: &mut Findings) {
     let out = match std::process::Command::new("ethtool")
         .args(["-k", device])
         .output()
@@ -230,8 +203,29 @@ fn tx_checksum(device: &str, behind_nat: bool, r: &mut Report) {
     }
 }
 
-fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
-    v.map_or_else(|| "none".to_string(), |v| v.to_string())
+/// A peer as doctor names it: `10.200.3.0/24 (192.168.77.3)`.
+fn name(p: &Peer) -> String {
+    format!("{} ({})", p.subnet, p.public_ip)
+}
+
+/// The peer a missing change is for, whatever entries it holds and whichever route form:
+/// a route names its destination (the peer's subnet) whether it goes via the peer's
+/// gateway or through a nexthop object, which names no gateway.
+fn peer_of_change<'a>(
+    desired: &'a BTreeMap<IpNetwork, Peer>,
+    change: &PeerChange,
+    device: u32,
+) -> Option<&'a Peer> {
+    if let Some(route) = change.route {
+        return desired.get(&route.dst);
+    }
+    desired.values().find(|p| {
+        change.neighbour.is_some_and(|n| n.ip == p.gateway())
+            || change.fdb.is_some_and(|f| p.fdb() == Some(f))
+            || change
+                .nexthop
+                .is_some_and(|n| p.nexthop(device).is_some_and(|m| m.id == n.id))
+    })
 }
 
 #[allow(clippy::too_many_arguments)] // one family's view, passed once
@@ -246,10 +240,9 @@ async fn peers_of(
     index: u32,
     device: &str,
     nl: &Netlink,
-    r: &mut Report,
+    r: &mut Findings,
 ) {
     let mut desired = BTreeMap::new();
-    let mut names = BTreeMap::new();
     for l in leases {
         match peers::peer_from_lease(
             l,
@@ -260,7 +253,6 @@ async fn peers_of(
             ext,
         ) {
             Ok(p) => {
-                names.insert(p.gateway(), format!("{} ({})", p.subnet, p.public_ip));
                 desired.insert(p.subnet, p);
             }
             Err(Skip::Invalid(why)) => r.warn(
@@ -272,7 +264,7 @@ async fn peers_of(
         }
     }
     let observed = match async {
-        Ok::<_, flannel_backend::BackendError>(peers::Observed {
+        Ok::<_, crate::BackendError>(peers::Observed {
             neighbours: nl.neighbour_entries(index, family).await?,
             fdb: nl.fdb_entries(index).await?,
             routes: nl.routes(family).await?,
@@ -292,7 +284,7 @@ async fn peers_of(
         observed,
         index,
         network,
-        vx.direct_routing,
+        vx.direct_routing.then_some(ext.index),
         nl.uses_nexthops(),
     );
     let neighbour = match family {
@@ -301,19 +293,8 @@ async fn peers_of(
     };
     let mut missing = Vec::new();
     for change in &plan.add {
-        let gw = change
-            .neighbour
-            .map(|n| n.ip)
-            .or(change.route.and_then(|r| r.gateway))
-            .or(change.fdb.and_then(|f| {
-                desired
-                    .values()
-                    .find(|p| p.fdb() == Some(f))
-                    .map(|p| p.gateway())
-            }));
-        let who = gw
-            .and_then(|g| names.get(&g).cloned())
-            .unwrap_or_else(|| "a peer".to_string());
+        let who =
+            peer_of_change(&desired, change, index).map_or_else(|| "a peer".to_string(), name);
         let mut what = Vec::new();
         if change.route.is_some() {
             what.push("route");
@@ -337,18 +318,30 @@ async fn peers_of(
         );
     }
     let mut stray = Vec::new();
-    stray.extend(plan.del_routes.iter().map(|r| format!("route {}", r.dst)));
+    // an entry no lease explains, of a peer that is there (another form, an old MAC) or
+    // of none (a node that is gone)
+    let of = |p: Option<&Peer>| {
+        p.map_or_else(|| " (no lease)".to_string(), |p| format!(" of {}", name(p)))
+    };
     stray.extend(
-        plan.del_neighbours
+        plan.del_routes
             .iter()
-            .map(|ip| format!("{neighbour} {ip}")),
+            .map(|r| format!("route {}{}", r.dst, of(desired.get(&r.dst)))),
     );
-    stray.extend(
-        plan.del_fdb
-            .iter()
-            .map(|f| format!("FDB {} dst {}", f.mac, f.dst)),
-    );
-    stray.extend(plan.del_nexthops.iter().map(|id| format!("nexthop {id}")));
+    stray.extend(plan.del_neighbours.iter().map(|ip| {
+        let peer = desired.values().find(|p| p.gateway() == *ip);
+        format!("{neighbour} {ip}{}", of(peer))
+    }));
+    stray.extend(plan.del_fdb.iter().map(|f| {
+        let peer = desired.values().find(|p| p.public_ip == f.dst);
+        format!("FDB {} dst {}{}", f.mac, f.dst, of(peer))
+    }));
+    stray.extend(plan.del_nexthops.iter().map(|id| {
+        let peer = desired
+            .values()
+            .find(|p| p.nexthop(index).is_some_and(|n| n.id == *id));
+        format!("nexthop {id}{}", of(peer))
+    }));
     if !stray.is_empty() {
         r.fail(
             "peers",
@@ -364,76 +357,58 @@ async fn peers_of(
     }
 }
 
-async fn host_gw(n: &Node<'_>, r: &mut Report) {
-    let Node {
-        config,
-        lease,
-        leases,
-        ext,
-        nl,
-        ..
-    } = *n;
-    for (family, network, own, public) in sides(config, lease) {
-        let mut want = BTreeMap::new();
-        for l in leases.iter().filter(|l| l.attrs.backend_type == "host-gw") {
-            let v6 = family == Family::V6;
-            let (Some(subnet), Some(gw)) = (l.subnet_of(v6), l.attrs.public_ip_of(v6)) else {
-                continue;
-            };
-            if subnet == own || gw == public {
-                continue;
-            }
-            if !ext.on_link(gw) {
-                // a problem, not a warning: that node's pods cannot be reached from here
-                r.fail(
-                    "peers",
-                    format!("{subnet} via {gw}: not on the segment of {}", ext.name),
-                    "host-gw needs every node on one L2 segment; that node's pods are unreachable from here, and the daemon programs no route to it (use vxlan, or put the nodes on one segment)",
-                );
-                continue;
-            }
-            want.insert(subnet, gw);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(subnet: &str, ip: &str) -> Peer {
+        Peer {
+            subnet: subnet.parse().unwrap(),
+            public_ip: ip.parse().unwrap(),
+            mac: flannel_net::MacAddr([2, 0, 0, 0, 0, 3]),
+            direct: false,
         }
-        let routes = nl.routes(family).await.unwrap_or_default();
-        let ours: Vec<_> = routes
-            .iter()
-            .filter(|rt| {
-                rt.oif == Some(ext.index)
-                    && rt.gateway.is_some()
-                    && network.contains(rt.dst.network())
-                    && rt.dst.prefix() > network.prefix()
-            })
-            .collect();
-        let missing: Vec<String> = want
-            .iter()
-            .filter(|(s, g)| {
-                !ours
-                    .iter()
-                    .any(|rt| rt.dst == **s && rt.gateway == Some(**g))
-            })
-            .map(|(s, g)| format!("{s} via {g}"))
-            .collect();
-        let stray: Vec<String> = ours
-            .iter()
-            .filter(|rt| rt.gateway.is_none_or(|g| want.get(&rt.dst) != Some(&g)))
-            .map(|rt| format!("{} via {}", rt.dst, opt(rt.gateway)))
-            .collect();
-        if !missing.is_empty() {
-            r.fail(
-                "peers",
-                format!("routes missing on {}: {}", ext.name, missing.join("; ")),
-                "pods of those nodes cannot be reached from here; a running flanneld-rs repairs this within milliseconds: is it running?",
+    }
+
+    /// Issue 26 §8: a route through a nexthop object names no gateway; the peer is still named,
+    /// in both route forms, and by its other entries alone.
+    #[test]
+    fn a_missing_entry_names_its_peer_in_both_route_forms() {
+        let a = peer("10.200.2.0/24", "192.168.77.2");
+        let b = peer("10.200.3.0/24", "192.168.77.3");
+        let desired: BTreeMap<_, _> = [(a.subnet, a), (b.subnet, b)].into_iter().collect();
+        let id = b.nexthop(5).unwrap().id;
+        let classic = PeerChange {
+            neighbour: None,
+            fdb: None,
+            nexthop: None,
+            route: Some(b.route(5)),
+        };
+        let via_nexthop = PeerChange {
+            route: Some(b.route_via(id)),
+            ..classic.clone()
+        };
+        assert_eq!(via_nexthop.route.unwrap().gateway, None);
+        for change in [classic.clone(), via_nexthop] {
+            assert_eq!(
+                peer_of_change(&desired, &change, 5).map(name),
+                Some("10.200.3.0/24 (192.168.77.3)".to_string())
             );
         }
-        if !stray.is_empty() {
-            r.fail(
-                "peers",
-                format!("routes no lease explains on {}: {}", ext.name, stray.join("; ")),
-                "traffic goes to a node that is gone; flanneld-rs removes them within 10 s when it runs",
-            );
-        }
-        if missing.is_empty() && stray.is_empty() {
-            r.ok("peers", format!("{} host-gw routes exact", want.len()));
-        }
+        let fdb_only = PeerChange {
+            route: None,
+            fdb: a.fdb(),
+            ..classic.clone()
+        };
+        assert_eq!(
+            peer_of_change(&desired, &fdb_only, 5).map(name).unwrap(),
+            "10.200.2.0/24 (192.168.77.2)"
+        );
+        let nexthop_only = PeerChange {
+            route: None,
+            nexthop: b.nexthop(5),
+            ..classic
+        };
+        assert_eq!(peer_of_change(&desired, &nexthop_only, 5), Some(&b));
     }
 }

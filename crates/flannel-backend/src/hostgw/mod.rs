@@ -17,18 +17,72 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flannel_net::{Lease, LeaseAttrs, LeaseBatch, LeaseEvent};
+use flannel_net::{BackendKind, Lease, LeaseAttrs, LeaseBatch, LeaseEvent, NetworkConfig};
+use futures::future::BoxFuture;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use netlink_packet_route::RouteNetlinkMessage;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::lease_check::{self, Skip};
+use crate::lease_check::Skip;
 use crate::netlink::batch::Request;
 use crate::netlink::route::{self, Route};
 use crate::netlink::{Family, Netlink};
 use crate::reconciler::Reconciler;
+use crate::table::{self, Leaving, Made, Row};
 use crate::{Backend, BackendError, BackendStats, ExtIface, NodeContext};
+
+/// The table's row of host-gw.
+pub(crate) const ROW: Row = Row {
+    kind: BackendKind::HostGw,
+    check: table::nothing_to_check,
+    make,
+    gateway_routes: makes_gateway_routes,
+    leftovers,
+    inspect: inspect::inspect,
+    inspect_device: table::no_device,
+};
+
+fn make(config: &NetworkConfig, node: NodeContext) -> Made<'_> {
+    Box::pin(async move {
+        let backend = HostGwBackend::new_dual(
+            config.enable_ipv4.then_some(config.network),
+            config.ipv6_network.filter(|_| config.enable_ipv6),
+            node,
+        )?;
+        Ok(Box::new(backend) as Box<dyn Backend>)
+    })
+}
+
+fn makes_gateway_routes(_: &NetworkConfig) -> bool {
+    true
+}
+
+/// Routes of host-gw's shape, left when the config names a backend that keeps none (host-gw
+/// before; VXLAN with DirectRouting and the extension backend's recipes make them too).
+fn leftovers(l: Leaving<'_>) -> BoxFuture<'_, Result<(), BackendError>> {
+    Box::pin(async move {
+        if l.gateway_routes_kept {
+            return Ok(());
+        }
+        let config = l.config;
+        let mut networks = vec![IpNetwork::V4(config.network)];
+        networks.extend(config.ipv6_network.map(IpNetwork::V6));
+        for network in networks.into_iter().filter(|n| n.prefix() > 0) {
+            for r in l.node.nl.routes(Family::of(network.ip())).await? {
+                if is_gateway_route(&r, network, l.node.ext.index) {
+                    info!(
+                        "removing the route to {} via {}, left by the host-gw backend",
+                        r.dst,
+                        r.gateway.map_or(String::new(), |g| g.to_string())
+                    );
+                    l.node.nl.del_route(r).await?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
 
 /// Upstream's refusal, word for word.
 const NAT_REFUSAL: &str = "your PublicIP differs from interface IP, meaning that probably you're on a NAT, which is not supported by host-gw backend";
@@ -40,6 +94,11 @@ struct Side {
     public_ip: IpAddr,
     own: Option<IpNetwork>,
 }
+
+mod inspect;
+mod routes;
+
+pub use routes::is_gateway_route;
 
 pub struct HostGwBackend {
     nl: Netlink,
@@ -111,37 +170,15 @@ impl HostGwBackend {
         })
     }
 
-    /// `<subnet> via <PublicIP> dev <external interface>` for `side`'s family, or why the
-    /// lease gets none.
+    /// `side`'s route for `lease`, or why it gets none.
     fn route_for(&self, side: &Side, lease: &Lease) -> Result<Route, Skip> {
-        if lease.attrs.backend_type != "host-gw" {
-            return Err(Skip::OtherType(lease.attrs.backend_type.clone()));
-        }
         let own = side.own.map(|s| (s, side.public_ip));
-        let part = lease_check::check(lease, side.family, side.network, own)?;
-        let gateway = part.public_ip;
-        if !self.ext.on_link(gateway) {
-            return Err(Skip::Invalid(format!(
-                "PublicIP {gateway} is not on the segment of {}: host-gw needs every node on one L2 segment, so no route is added",
-                self.ext.name
-            )));
-        }
-        Ok(Route {
-            dst: part.subnet,
-            gateway: Some(gateway),
-            oif: Some(self.ext.index),
-            onlink: false,
-            nhid: None,
-        })
+        routes::route_for(lease, side.family, side.network, own, &self.ext)
     }
 
     /// Whether a kernel route is one host-gw makes (see the module's header).
     fn is_ours(&self, side: &Side, r: &Route) -> bool {
-        r.oif == Some(self.ext.index)
-            && r.gateway.is_some()
-            && Family::of(r.dst.ip()) == side.family
-            && side.network.contains(r.dst.network())
-            && r.dst.prefix() > side.network.prefix()
+        is_gateway_route(r, side.network, self.ext.index)
     }
 
     fn count_peers(&self) {
@@ -226,7 +263,7 @@ impl Reconciler for HostGwBackend {
                                 delete.push(r);
                             }
                         }
-                        Err(Skip::Invalid(why)) => {
+                        Err(Skip::Invalid(why) | Skip::Unreachable(why)) => {
                             warn!(subnet = %lease.key(), "ignoring lease: {why}");
                             if let Some(r) =
                                 lease.subnet_of(v6).and_then(|s| self.routes.remove(&s))
@@ -254,22 +291,7 @@ impl Reconciler for HostGwBackend {
                     .filter(|r| self.is_ours(side, r)),
             );
         }
-        let delete: Vec<Route> = if self.listed {
-            observed
-                .iter()
-                .filter(|r| self.routes.get(&r.dst) != Some(r))
-                .copied()
-                .collect()
-        } else {
-            // the desired set is not known yet: what looks stale may be a live peer's
-            Vec::new()
-        };
-        let add: Vec<Route> = self
-            .routes
-            .values()
-            .filter(|want| !observed.contains(want))
-            .copied()
-            .collect();
+        let (delete, add) = routes::plan(&self.routes, &observed, self.listed);
         let size = delete.len() + add.len();
         if size > 0 {
             info!(
@@ -305,8 +327,8 @@ impl Reconciler for HostGwBackend {
 
 #[async_trait]
 impl Backend for HostGwBackend {
-    fn kind(&self) -> &'static str {
-        "host-gw"
+    fn kind(&self) -> BackendKind {
+        BackendKind::HostGw
     }
 
     /// `{"PublicIP":"…","PublicIPv6":null,"BackendType":"host-gw"}`, as upstream (the
@@ -320,7 +342,7 @@ impl Backend for HostGwBackend {
                 Ipv4Addr::UNSPECIFIED
             },
             public_ipv6: self.public_ipv6.filter(|_| has(Family::V6)),
-            backend_type: "host-gw".into(),
+            backend_type: BackendKind::HostGw.name().into(),
             backend_data: None,
             backend_v6_data: None,
         }

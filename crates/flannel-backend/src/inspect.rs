@@ -1,0 +1,123 @@
+//! What `flanneld-rs doctor` asks of a backend: what its data path should hold for the
+//! leases, compared with what the kernel holds, as findings (one line each, with what it
+//! means and what to do). Each backend answers in its own module (`vxlan/inspect.rs`,
+//! `hostgw/inspect.rs`) through its row of the table; reads only.
+
+use std::net::IpAddr;
+
+use flannel_net::{Lease, NetworkConfig};
+use ipnetwork::IpNetwork;
+
+use crate::netlink::{Family, Netlink};
+use crate::ExtIface;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// The area: `daemon`, `store`, `lease`, `subnet.env`, `device`, `peers`, `rules`, `host`.
+    pub check: &'static str,
+    pub status: Status,
+    pub text: String,
+    /// What it means and what to do (empty for an ok).
+    pub advice: String,
+}
+
+/// Findings, in the order they were found.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub list: Vec<Finding>,
+}
+
+impl Findings {
+    pub fn ok(&mut self, check: &'static str, text: impl Into<String>) {
+        self.push(check, Status::Ok, text.into(), String::new());
+    }
+
+    pub fn warn(
+        &mut self,
+        check: &'static str,
+        text: impl Into<String>,
+        advice: impl Into<String>,
+    ) {
+        self.push(check, Status::Warn, text.into(), advice.into());
+    }
+
+    pub fn fail(
+        &mut self,
+        check: &'static str,
+        text: impl Into<String>,
+        advice: impl Into<String>,
+    ) {
+        self.push(check, Status::Fail, text.into(), advice.into());
+    }
+
+    fn push(&mut self, check: &'static str, status: Status, text: String, advice: String) {
+        self.list.push(Finding {
+            check,
+            status,
+            text,
+            advice,
+        });
+    }
+}
+
+/// What the data path checks look at: the config, this node's lease, every lease, the
+/// external interface.
+pub struct Inspect<'a> {
+    pub config: &'a NetworkConfig,
+    pub lease: &'a Lease,
+    pub leases: &'a [Lease],
+    pub ext: &'a ExtIface,
+    pub nl: &'a Netlink,
+    /// The PublicIP is not an address of the interface (`-public-ip` behind NAT).
+    pub behind_nat: bool,
+}
+
+/// One enabled family of this node: its Network, this node's subnet and address.
+pub(crate) struct Side {
+    pub family: Family,
+    pub network: IpNetwork,
+    pub own: IpNetwork,
+    pub public: IpAddr,
+}
+
+/// Each family the config enables and the lease has.
+pub(crate) fn sides(config: &NetworkConfig, lease: &Lease) -> Vec<Side> {
+    let mut out = Vec::new();
+    if let (true, Some(own), Some(public)) = (
+        config.enable_ipv4,
+        lease.subnet_of(false),
+        lease.attrs.public_ip_of(false),
+    ) {
+        out.push(Side {
+            family: Family::V4,
+            network: IpNetwork::V4(config.network),
+            own,
+            public,
+        });
+    }
+    if let (Some(n6), Some(own), Some(public)) = (
+        config.ipv6_network.filter(|_| config.enable_ipv6),
+        lease.subnet_of(true),
+        lease.attrs.public_ip_of(true),
+    ) {
+        out.push(Side {
+            family: Family::V6,
+            network: IpNetwork::V6(n6),
+            own,
+            public,
+        });
+    }
+    out
+}
+
+/// `none` for an absent value.
+pub(crate) fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "none".to_string(), |v| v.to_string())
+}

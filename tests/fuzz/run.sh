@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${1:-10}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
-for target in config lease_value subnet_key subnet_env cert_validity; do
+for target in config lease_value subnet_key subnet_env cert_validity netlink_reply; do
   # new inputs go to a scratch corpus, so the committed one only changes on purpose
   scratch=$(mktemp -d)
   cargo fuzz run --fuzz-dir . -s none "$target" "$scratch" "corpus/$target" -- \

@@ -5,8 +5,9 @@
 //! keyed by the network config's `Backend.Type`. What differs by kind is one row of the
 //! table in `table.rs`:
 //! - `vxlan` ([`vxlan::VxlanBackend`]): a `flannel.<VNI>` device and, per remote node, a
-//!   permanent ARP entry, a bridge FDB entry and an onlink route, programmed over rtnetlink
-//!   ([`netlink`]) and reconciled rather than replayed;
+//!   permanent ARP entry, a bridge FDB entry and a route (through a nexthop object where the
+//!   kernel has them), programmed in bulk over the kernel layer (flannel-netlink) and
+//!   reconciled rather than replayed;
 //! - `host-gw` ([`hostgw::HostGwBackend`]): a route to each node's subnet via its PublicIP,
 //!   for nodes on one L2 segment;
 //! - `extension` ([`extension::ExtensionBackend`]): the operator's commands per event;
@@ -25,7 +26,6 @@ pub mod extension;
 pub mod hostgw;
 pub mod inspect;
 mod lease_check;
-pub mod netlink;
 mod reconciler;
 mod table;
 pub mod vxlan;
@@ -40,7 +40,8 @@ use flannel_net::{BackendKind, Lease, LeaseAttrs, LeaseBatch, NetworkConfig};
 use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 
-use crate::netlink::Netlink;
+use flannel_netlink as netlink;
+use netlink::Netlink;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -57,14 +58,9 @@ pub enum BackendError {
     /// `Backend.Type` names no backend flanneld-rs has.
     #[error("unknown backend type: {0} (flanneld-rs implements {backends})", backends = table::names())]
     UnknownType(String),
-    #[error("opening a netlink socket: {0}")]
-    Socket(std::io::Error),
-    #[error("{context}: {source}")]
-    Netlink {
-        context: String,
-        #[source]
-        source: rtnetlink::Error,
-    },
+    /// The kernel refused or failed a request (what was being done, and its errno).
+    #[error(transparent)]
+    Kernel(#[from] flannel_netlink::NetlinkError),
     /// The backend's device cannot be made as configured.
     #[error("{0}")]
     Device(String),

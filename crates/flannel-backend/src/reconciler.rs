@@ -9,10 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flannel_net::LeaseBatch;
-use futures::StreamExt;
-use netlink_packet_route::RouteNetlinkMessage;
-use rtnetlink::packet_core::NetlinkPayload;
-use rtnetlink::MulticastGroup;
+use flannel_netlink::events::{KernelEvent, KernelEvents};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -33,8 +30,8 @@ pub(crate) trait Reconciler: Send {
     /// nothing while [`Reconciler::listed`] is false.
     async fn reconcile(&mut self) -> Result<usize, BackendError>;
 
-    /// Whether a kernel notification says that something we want was deleted or disabled.
-    fn is_damage(&self, msg: &RouteNetlinkMessage) -> bool;
+    /// Whether a kernel event says that something we want was deleted or disabled.
+    fn is_damage(&self, event: &KernelEvent) -> bool;
 
     /// Whether a complete listing of the leases has been applied.
     fn listed(&self) -> bool;
@@ -49,7 +46,7 @@ pub(crate) async fn serve<R: Reconciler>(
     synced: watch::Sender<bool>,
     resync: Duration,
 ) -> Result<(), BackendError> {
-    let mut kernel = subscribe()?;
+    let mut kernel = KernelEvents::subscribe()?;
     let mut pending_sync = false;
     let mut repair_at: Option<Instant> = None;
     match backend.reconcile().await {
@@ -81,7 +78,7 @@ pub(crate) async fn serve<R: Reconciler>(
                 }
                 let failed = backend.apply(&batch).await;
                 if first_listing {
-                    kernel = subscribe()?;
+                    kernel = KernelEvents::subscribe()?;
                 }
                 if failed > 0 {
                     repair_at.get_or_insert(Instant::now() + Duration::from_secs(1));
@@ -93,18 +90,16 @@ pub(crate) async fn serve<R: Reconciler>(
                     synced.send_replace(true);
                 }
             }
-            msg = kernel.next() => match msg {
-                Some((msg, _)) => {
-                    if let NetlinkPayload::InnerMessage(inner) = msg.payload {
-                        if backend.is_damage(&inner) && repair_at.is_none() {
-                            repair_at = Some(Instant::now() + REPAIR_DELAY);
-                        }
+            event = kernel.next() => match event {
+                Some(event) => {
+                    if backend.is_damage(&event) && repair_at.is_none() {
+                        repair_at = Some(Instant::now() + REPAIR_DELAY);
                     }
                 }
                 None => {
                     // what was deleted meanwhile went unseen: reconcile once subscribed
                     warn!("the kernel's netlink notifications stopped; subscribing again");
-                    kernel = subscribe()?;
+                    kernel = KernelEvents::subscribe()?;
                     repair_at = Some(Instant::now());
                 }
             },
@@ -136,50 +131,5 @@ pub(crate) async fn serve<R: Reconciler>(
                 }
             }
         }
-    }
-}
-
-/// The kernel's notifications of links, neighbours and routes of both families (what a
-/// peer's entries and a device are made of).
-fn subscribe() -> Result<KernelEvents, BackendError> {
-    let (conn, _handle, events) = rtnetlink::new_multicast_connection(&[
-        MulticastGroup::Link,
-        MulticastGroup::Neigh,
-        MulticastGroup::Ipv4Route,
-        MulticastGroup::Ipv6Route,
-    ])
-    .map_err(BackendError::Socket)?;
-    let connection = tokio::spawn(conn).abort_handle();
-    Ok(KernelEvents { events, connection })
-}
-
-/// A subscription to the kernel's notifications; dropping it closes its socket.
-struct KernelEvents {
-    events: futures::channel::mpsc::UnboundedReceiver<(
-        rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>,
-        rtnetlink::sys::SocketAddr,
-    )>,
-    connection: tokio::task::AbortHandle,
-}
-
-impl KernelEvents {
-    async fn next(
-        &mut self,
-    ) -> Option<(
-        rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>,
-        rtnetlink::sys::SocketAddr,
-    )> {
-        self.events.next().await
-    }
-
-    /// Stops the subscription: its socket is closed, nothing more is queued.
-    fn close(&mut self) {
-        self.connection.abort();
-    }
-}
-
-impl Drop for KernelEvents {
-    fn drop(&mut self) {
-        self.close();
     }
 }

@@ -5,11 +5,11 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use flannel_backend::netlink::{Family, Netlink};
 use flannel_backend::vxlan::VxlanBackend;
 use flannel_backend::{Backend, ExtIface, NodeContext};
 use flannel_lab::netns::{self, bridge, ip, sysctl};
 use flannel_net::{Expiration, Lease, LeaseAttrs, LeaseBatch, MacAddr, VxlanBackendData};
+use flannel_netlink::{Family, Netlink};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 

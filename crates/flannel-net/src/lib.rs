@@ -12,6 +12,7 @@ pub mod cert_validity;
 pub mod cni;
 pub mod config;
 pub mod event;
+pub mod family;
 pub mod lease;
 pub mod mac;
 pub mod subnet_env;
@@ -21,6 +22,7 @@ pub mod time;
 pub use backend_kind::BackendKind;
 pub use config::{ConfigError, NetworkConfig};
 pub use event::{LeaseBatch, LeaseEvent};
+pub use family::Family;
 pub use lease::{
     BackendData, Expiration, Lease, LeaseAttrs, LeaseError, VxlanBackendData, MAX_LEASE_VALUE_LEN,
 };

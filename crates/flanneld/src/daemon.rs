@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use flannel_backend::netlink::Netlink;
 use flannel_backend::{Backend, NodeContext};
 use flannel_masq::{Mode, Tools, TrafficManager};
 use flannel_net::{Expiration, Lease, LeaseBatch, NetworkConfig, SubnetEnv, SubnetKey};
+use flannel_netlink::Netlink;
 use flannel_subnet::{EtcdApi, SubnetError, SubnetManager};
 use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
@@ -341,7 +341,7 @@ async fn setup_rules(
 /// unused addresses is dropped here instead of going out by the default route. Without the
 /// flag, one a previous run left for this subnet is removed. A route dump, no process.
 async fn ensure_blackhole(nl: &Netlink, dst: IpNetwork, wanted: bool) {
-    let family = flannel_backend::netlink::Family::of(dst.ip());
+    let family = flannel_netlink::Family::of(dst.ip());
     let present = match nl.blackholes(family).await {
         Ok(list) => list.contains(&dst),
         Err(e) => {

@@ -23,7 +23,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context};
-use flannel_backend::netlink::{Family, Netlink};
+use flannel_netlink::{Family, Netlink};
 use ipnetwork::{IpNetwork, Ipv4Network};
 
 /// The script's usage text (its `$0` is the program here).

@@ -11,10 +11,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use flannel_backend::netlink::link::Link;
-use flannel_backend::netlink::route::Route;
-use flannel_backend::netlink::{Family, Netlink};
 use flannel_backend::{BackendError, ExtIface};
+use flannel_netlink::link::Link;
+use flannel_netlink::route::Route;
+use flannel_netlink::{Family, Netlink};
 use ipnetwork::IpNetwork;
 use tracing::info;
 

@@ -315,7 +315,7 @@ fn is_ours(ours: &[IpAddr], l: &flannel_net::Lease) -> bool {
 }
 
 async fn local_addresses() -> Vec<IpAddr> {
-    let Ok(nl) = flannel_backend::netlink::Netlink::connect() else {
+    let Ok(nl) = flannel_netlink::Netlink::connect() else {
         return Vec::new();
     };
     match crate::iface::Snapshot::read(&nl).await {

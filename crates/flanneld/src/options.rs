@@ -37,7 +37,7 @@ pub struct Options {
     /// `-kube-subnet-mgr`: subnets from the Kubernetes API instead of etcd.
     pub kube: Option<KubeOptions>,
     /// `-nexthop-objects`: VXLAN peer routes through nexthop objects.
-    pub nexthop_objects: flannel_backend::netlink::NexthopMode,
+    pub nexthop_objects: flannel_netlink::NexthopMode,
 }
 
 /// The kube-mode flags.
@@ -276,9 +276,9 @@ impl Options {
             verbosity: v.int(f, "v"),
             kube,
             nexthop_objects: match v.string(f, "nexthop-objects").as_str() {
-                "auto" => flannel_backend::netlink::NexthopMode::Auto,
-                "on" | "true" => flannel_backend::netlink::NexthopMode::On,
-                "off" | "false" => flannel_backend::netlink::NexthopMode::Off,
+                "auto" => flannel_netlink::NexthopMode::Auto,
+                "on" | "true" => flannel_netlink::NexthopMode::On,
+                "off" | "false" => flannel_netlink::NexthopMode::Off,
                 other => {
                     return Err(CliError(format!(
                         "-nexthop-objects {other:?}: expected auto, on or off"

@@ -20,13 +20,13 @@ use async_trait::async_trait;
 use flannel_net::{BackendKind, Lease, LeaseAttrs, LeaseBatch, LeaseEvent, NetworkConfig};
 use futures::future::BoxFuture;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
-use netlink_packet_route::RouteNetlinkMessage;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::lease_check::Skip;
-use crate::netlink::batch::Request;
-use crate::netlink::route::{self, Route};
+use crate::netlink::events::KernelEvent;
+use crate::netlink::request::Request;
+use crate::netlink::route::Route;
 use crate::netlink::{Family, Netlink};
 use crate::reconciler::Reconciler;
 use crate::table::{self, Leaving, Made, Row};
@@ -311,11 +311,9 @@ impl Reconciler for HostGwBackend {
         Ok(size)
     }
 
-    fn is_damage(&self, msg: &RouteNetlinkMessage) -> bool {
-        match msg {
-            RouteNetlinkMessage::DelRoute(r) => {
-                route::destination_of(r).is_some_and(|dst| self.routes.contains_key(&dst))
-            }
+    fn is_damage(&self, event: &KernelEvent) -> bool {
+        match event {
+            KernelEvent::RouteDeleted { dst } => self.routes.contains_key(dst),
             _ => false,
         }
     }

@@ -11,7 +11,7 @@ use flannel_net::MacAddr;
 use tracing::{info, warn};
 
 use crate::netlink::link::{Link, LinkKind, VxlanLinkSpec};
-use crate::netlink::{errno, Netlink, EEXIST};
+use crate::netlink::Netlink;
 use crate::BackendError;
 
 /// The device as flannel uses it.
@@ -108,13 +108,8 @@ pub async fn ensure_device(
                         return finish(nl, spec, link, Some(want)).await;
                     }
                     // Somebody created it between our look and our create: look again.
-                    Err(e) if errno(&e) == Some(EEXIST) => continue,
-                    Err(e) => {
-                        return Err(BackendError::Netlink {
-                            context: format!("creating {}", spec.name),
-                            source: e,
-                        })
-                    }
+                    Err(e) if e.already_exists() => continue,
+                    Err(e) => return Err(e.into()),
                 }
             }
         }

@@ -26,11 +26,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::netlink::events::KernelEvent;
 use async_trait::async_trait;
 use flannel_net::{BackendKind, Lease, LeaseAttrs, LeaseBatch, NetworkConfig, VxlanBackendData};
 use futures::future::BoxFuture;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
-use netlink_packet_route::RouteNetlinkMessage;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tracing::info;
@@ -295,8 +295,8 @@ impl VxlanBackend {
         }
     }
 
-    fn is_damage(&self, msg: &RouteNetlinkMessage) -> bool {
-        self.tunnels.iter().any(|t| t.is_damage(msg))
+    fn is_damage(&self, event: &KernelEvent) -> bool {
+        self.tunnels.iter().any(|t| t.is_damage(event))
     }
 }
 
@@ -310,8 +310,8 @@ impl Reconciler for VxlanBackend {
         VxlanBackend::reconcile(self).await
     }
 
-    fn is_damage(&self, msg: &RouteNetlinkMessage) -> bool {
-        VxlanBackend::is_damage(self, msg)
+    fn is_damage(&self, event: &KernelEvent) -> bool {
+        VxlanBackend::is_damage(self, event)
     }
 
     fn listed(&self) -> bool {

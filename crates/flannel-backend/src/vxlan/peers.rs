@@ -8,7 +8,7 @@ use flannel_net::{BackendKind, Lease, MacAddr};
 use ipnetwork::IpNetwork;
 
 use crate::netlink::neighbour::{FdbEntry, NeighbourEntry};
-use crate::netlink::nexthop::{self, Nexthop};
+use crate::netlink::nexthop::Nexthop;
 use crate::netlink::route::Route;
 use crate::ExtIface;
 
@@ -67,13 +67,13 @@ impl Peer {
 
 impl Peer {
     /// The nexthop object its route goes through when peer routes use them: VTEP peers whose
-    /// gateway gives an id (IPv4; see [`nexthop::id_for`]).
+    /// gateway gives an id (IPv4; see [`nexthop_id`]).
     pub fn nexthop(&self, device: u32) -> Option<Nexthop> {
         if self.direct {
             return None;
         }
         Some(Nexthop {
-            id: nexthop::id_for(self.gateway())?,
+            id: nexthop_id(self.gateway())?,
             gateway: self.gateway(),
             oif: device,
             onlink: true,
@@ -94,6 +94,18 @@ impl Peer {
 
 pub use crate::lease_check::Skip;
 use crate::netlink::Family;
+
+/// The id of the nexthop to a peer's IPv4 gateway (its subnet's network address): the
+/// address itself, unique per peer and readable in `ip nexthop` (`id 180879616` is
+/// 10.200.0.0... as a number). IPv6 gateways have no such id: their routes stay classic,
+/// which costs them nothing (the kernel's IPv6 onlink routes do not get dearer with their
+/// number: benches/README.md).
+pub fn nexthop_id(gateway: IpAddr) -> Option<u32> {
+    match gateway {
+        IpAddr::V4(a) => Some(u32::from(a)).filter(|id| *id != 0),
+        IpAddr::V6(_) => None,
+    }
+}
 
 /// Checks a lease from etcd and makes its `family` side a peer. `own` is this node's subnet
 /// and public address in that family.
@@ -391,6 +403,13 @@ mod tests {
             false,
             &ext(),
         )
+    }
+
+    #[test]
+    fn the_nexthop_id_of_an_ipv4_gateway_is_the_address() {
+        assert_eq!(nexthop_id("10.200.2.0".parse().unwrap()), Some(0x0ac8_0200));
+        assert_eq!(nexthop_id("0.0.0.0".parse().unwrap()), None);
+        assert_eq!(nexthop_id("fd00::".parse().unwrap()), None);
     }
 
     #[test]

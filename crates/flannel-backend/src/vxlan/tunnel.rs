@@ -10,19 +10,18 @@ use std::sync::Arc;
 
 use flannel_net::{Lease, LeaseBatch, LeaseEvent, MacAddr};
 use ipnetwork::IpNetwork;
-use netlink_packet_route::link::LinkFlags;
-use netlink_packet_route::RouteNetlinkMessage;
 use tracing::{debug, info, warn};
 
 use super::config::{self, VxlanConfig};
 use super::device::{self, Device};
 use super::peer_set::PeerSet;
 use super::peers::{self, Plan, Skip};
-use crate::netlink::batch::Request;
+use crate::netlink::events::KernelEvent;
 use crate::netlink::link::VxlanLinkSpec;
 use crate::netlink::nexthop::Nexthop;
+use crate::netlink::request::Request;
 use crate::netlink::route::Route;
-use crate::netlink::{neighbour, route, Family, Netlink};
+use crate::netlink::{Family, Netlink, NetlinkError};
 use crate::{BackendError, BackendStats, ExtIface};
 
 /// Peers whose entries go to the kernel in one bulk call ([`Netlink::send_all`]).
@@ -125,7 +124,7 @@ impl Tunnel {
         self.own = Some(own);
         self.peers.remove(&own);
         self.ensure_address().await?;
-        self.nl.set_link_up(self.device.index).await
+        Ok(self.nl.set_link_up(self.device.index).await?)
     }
 
     async fn ensure_address(&self) -> Result<(), BackendError> {
@@ -360,7 +359,7 @@ impl Tunnel {
         let index = self.device.index;
         let nl = &self.nl;
         let mut failures = 0;
-        let mut count = |results: &mut dyn Iterator<Item = Result<(), BackendError>>| {
+        let mut count = |results: &mut dyn Iterator<Item = Result<(), NetlinkError>>| {
             for r in results {
                 if let Err(e) = r {
                     warn!("{e}");
@@ -442,25 +441,20 @@ impl Tunnel {
     }
 
     /// Whether a kernel notification says that something we want was deleted or disabled.
-    pub(super) fn is_damage(&self, msg: &RouteNetlinkMessage) -> bool {
-        let index = self.device.index;
-        match msg {
-            RouteNetlinkMessage::DelLink(l) => l.header.index == index,
-            RouteNetlinkMessage::NewLink(l) => {
-                l.header.index == index && !l.header.flags.contains(LinkFlags::Up)
-            }
-            RouteNetlinkMessage::DelRoute(r) => {
-                route::destination_of(r).is_some_and(|dst| self.peers.contains(&dst))
-            }
-            RouteNetlinkMessage::DelNeighbour(n) if n.header.ifindex == index => {
-                let Some(ip) = neighbour::ip_of(n) else {
+    pub(super) fn is_damage(&self, event: &KernelEvent) -> bool {
+        let device = self.device.index;
+        match *event {
+            KernelEvent::LinkDeleted { index } => index == device,
+            KernelEvent::LinkChanged { index, up } => index == device && !up,
+            KernelEvent::RouteDeleted { dst } => self.peers.contains(&dst),
+            KernelEvent::NeighbourDeleted { index, ip, mac } if index == device => {
+                let Some(ip) = ip else {
                     return false;
                 };
-                let mac = neighbour::mac_of(n);
                 self.peers.needs_neighbour(ip, mac)
                     || mac.is_some_and(|m| self.peers.needs_fdb(m, ip))
             }
-            _ => false,
+            KernelEvent::NeighbourDeleted { .. } => false,
         }
     }
 }

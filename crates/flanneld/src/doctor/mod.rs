@@ -20,8 +20,8 @@ use std::io::{IsTerminal, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use flannel_backend::netlink::{Family, Netlink};
 use flannel_net::{Lease, NetworkConfig, SubnetEnv};
+use flannel_netlink::{Family, Netlink};
 use ipnetwork::IpNetwork;
 
 use crate::cli::{self, Flag, Parsed, DAEMON_FLAGS};

@@ -9,8 +9,9 @@ use netlink_packet_route::link::{
 };
 use rtnetlink::{LinkUnspec, LinkVxlan};
 
-use super::{errno, is_gone, nl_err, Netlink, ENODEV};
-use crate::BackendError;
+use crate::error::nl_err;
+use crate::Netlink;
+use crate::NetlinkError;
 
 /// What flannel needs to know about a link.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,7 +135,7 @@ fn parse_vxlan(attrs: &[InfoVxlan]) -> VxlanAttrs {
 }
 
 impl Netlink {
-    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, BackendError> {
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
         let mut links = self
             .handle()
             .link()
@@ -143,21 +144,33 @@ impl Netlink {
             .execute();
         match links.try_next().await {
             Ok(msg) => Ok(msg.as_ref().map(parse)),
-            Err(e) if matches!(errno(&e), Some(ENODEV)) => Ok(None),
-            Err(e) => Err(nl_err(format!("looking up link {name}"))(e)),
+            Err(e) => {
+                let e = NetlinkError::rtnetlink(format!("looking up link {name}"), e);
+                if e.kernel_errno() == Some(libc::ENODEV) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
         }
     }
 
-    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, BackendError> {
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NetlinkError> {
         let mut links = self.handle().link().get().match_index(index).execute();
         match links.try_next().await {
             Ok(msg) => Ok(msg.as_ref().map(parse)),
-            Err(e) if matches!(errno(&e), Some(ENODEV)) => Ok(None),
-            Err(e) => Err(nl_err(format!("looking up link #{index}"))(e)),
+            Err(e) => {
+                let e = NetlinkError::rtnetlink(format!("looking up link #{index}"), e);
+                if e.kernel_errno() == Some(libc::ENODEV) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
         }
     }
 
-    pub async fn links(&self) -> Result<Vec<Link>, BackendError> {
+    pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
         let mut out = Vec::new();
         let mut links = self.handle().link().get().execute();
         while let Some(msg) = links.try_next().await.map_err(nl_err("listing links"))? {
@@ -166,13 +179,13 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Creates the vxlan link with `mac`, up. Returns the raw error so that the caller can
-    /// tell EEXIST.
+    /// Creates the vxlan link with `mac`, up ([`NetlinkError::already_exists`] when a link of
+    /// that name appeared meanwhile).
     pub async fn create_vxlan(
         &self,
         spec: &VxlanLinkSpec,
         mac: MacAddr,
-    ) -> Result<(), rtnetlink::Error> {
+    ) -> Result<(), NetlinkError> {
         let b = LinkVxlan::new(&spec.name, spec.vni).dev(spec.underlay_index);
         let mut b = match spec.local {
             IpAddr::V4(ip) => b.local(ip),
@@ -188,17 +201,29 @@ impl Netlink {
         if spec.gbp {
             b = b.gbp();
         }
-        self.handle().link().add(b.build()).execute().await
+        self.handle()
+            .link()
+            .add(b.build())
+            .execute()
+            .await
+            .map_err(nl_err(format!("creating {}", spec.name)))
     }
 
-    pub async fn delete_link(&self, index: u32) -> Result<(), BackendError> {
+    pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
         match self.handle().link().del(index).execute().await {
-            Err(e) if !is_gone(&e) => Err(nl_err(format!("deleting link #{index}"))(e)),
-            _ => Ok(()),
+            Err(e) => {
+                let e = NetlinkError::rtnetlink(format!("deleting link #{index}"), e);
+                if e.is_gone() {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+            Ok(()) => Ok(()),
         }
     }
 
-    pub async fn set_link_up(&self, index: u32) -> Result<(), BackendError> {
+    pub async fn set_link_up(&self, index: u32) -> Result<(), NetlinkError> {
         self.handle()
             .link()
             .set(LinkUnspec::new_with_index(index).up().build())
@@ -207,7 +232,7 @@ impl Netlink {
             .map_err(nl_err(format!("setting link #{index} up")))
     }
 
-    pub async fn set_link_mtu(&self, index: u32, mtu: u32) -> Result<(), BackendError> {
+    pub async fn set_link_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
         self.handle()
             .link()
             .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
@@ -216,7 +241,7 @@ impl Netlink {
             .map_err(nl_err(format!("setting MTU {mtu} on link #{index}")))
     }
 
-    pub async fn set_link_mac(&self, index: u32, mac: MacAddr) -> Result<(), BackendError> {
+    pub async fn set_link_mac(&self, index: u32, mac: MacAddr) -> Result<(), NetlinkError> {
         self.handle()
             .link()
             .set(

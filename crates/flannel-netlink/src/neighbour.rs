@@ -9,9 +9,9 @@ use netlink_packet_route::neighbour::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::batch::Request;
-use super::{dump, Family, Netlink};
-use crate::BackendError;
+use crate::request::Request;
+use crate::NetlinkError;
+use crate::{dump, Family, Netlink};
 
 /// A permanent neighbour entry: ARP for IPv4, NDP for IPv6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,7 +27,7 @@ pub struct FdbEntry {
     pub dst: IpAddr,
 }
 
-pub(crate) fn mac_of(msg: &NeighbourMessage) -> Option<MacAddr> {
+pub fn mac_of(msg: &NeighbourMessage) -> Option<MacAddr> {
     msg.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::LinkLayerAddress(l) => {
             Some(MacAddr(<[u8; 6]>::try_from(l.as_slice()).ok()?))
@@ -38,7 +38,7 @@ pub(crate) fn mac_of(msg: &NeighbourMessage) -> Option<MacAddr> {
 
 /// NDA_DST. In AF_BRIDGE (FDB) messages the parser cannot know the address family and
 /// leaves it as raw bytes: 4 of them are IPv4, 16 IPv6.
-pub(crate) fn ip_of(msg: &NeighbourMessage) -> Option<IpAddr> {
+pub fn ip_of(msg: &NeighbourMessage) -> Option<IpAddr> {
     msg.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
         NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
@@ -62,9 +62,9 @@ impl Netlink {
         &self,
         index: u32,
         family: Family,
-    ) -> Result<Vec<NeighbourEntry>, BackendError> {
+    ) -> Result<Vec<NeighbourEntry>, NetlinkError> {
         let mut filter = NeighbourMessage::default();
-        filter.header.family = family.netlink();
+        filter.header.family = crate::address_family(family);
         let request = dump::request(RouteNetlinkMessage::GetNeighbour(filter));
         self.requests()
             .dump("listing neighbour entries", request, move |kind, body| {
@@ -115,12 +115,12 @@ impl Netlink {
             .clone()
     }
 
-    pub async fn del_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), BackendError> {
+    pub async fn del_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), NetlinkError> {
         self.send_one(Request::DelNeighbour { index, ip }).await
     }
 
     /// The FDB entries with a destination that a vxlan link holds for itself (NTF_SELF).
-    pub async fn fdb_entries(&self, index: u32) -> Result<Vec<FdbEntry>, BackendError> {
+    pub async fn fdb_entries(&self, index: u32) -> Result<Vec<FdbEntry>, NetlinkError> {
         let mut filter = NeighbourMessage::default();
         filter.header.family = AddressFamily::Bridge;
         let request = dump::request(RouteNetlinkMessage::GetNeighbour(filter));
@@ -140,7 +140,7 @@ impl Netlink {
             .await
     }
 
-    pub async fn del_fdb(&self, index: u32, entry: FdbEntry) -> Result<(), BackendError> {
+    pub async fn del_fdb(&self, index: u32, entry: FdbEntry) -> Result<(), NetlinkError> {
         self.send_one(Request::DelFdb { index, entry }).await
     }
 }

@@ -1,19 +1,24 @@
 //! Nexthop objects (`ip nexthop`, Linux 5.3+): a gateway and a device the kernel keeps once,
-//! which routes then name by id (`ip route add <dst> nhid <id>`). A peer route through a
-//! nexthop object costs the kernel the same at any number of routes on the device; a classic
-//! onlink route gets dearer the more the device has (issue 18: 38 µs per route at 1 000,
-//! 163 µs at 10 000; through nexthops a flat 28 µs).
+//! which routes then name by id (`ip route add <dst> nhid <id>`). A route through a nexthop
+//! object costs the kernel the same at any number of routes on the device; a classic onlink
+//! route gets dearer the more the device has (issue 18: 38 µs per route at 1 000, 163 µs at
+//! 10 000; through nexthops a flat 28 µs).
 //!
 //! netlink-packet-route has the route attribute (`RTA_NH_ID`) but no nexthop messages, so
 //! they are encoded here (`RTM_NEWNEXTHOP` / `RTM_DELNEXTHOP` / `RTM_GETNEXTHOP`, `struct
 //! nhmsg`, `NHA_ID`, `NHA_OIF`, `NHA_GATEWAY`, `RTNH_F_ONLINK`: include/uapi/linux/nexthop.h)
-//! and sent with the other requests in bulk ([`super::batch`]).
+//! with netlink-packet-core's header and attribute buffers, and sent with the other requests
+//! in bulk ([`crate::request`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::batch::{u16_at, u32_at, Request};
-use super::Netlink;
-use crate::BackendError;
+use netlink_packet_core::{
+    DefaultNla, Emitable, NetlinkBuffer, NlasIterator, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_REPLACE, NLM_F_REQUEST,
+};
+
+use crate::request::Request;
+use crate::{Netlink, NetlinkError};
 
 /// A nexthop object: `id <id> via <gateway> dev <oif> [onlink]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,11 +32,6 @@ pub struct Nexthop {
 const RTM_NEWNEXTHOP: u16 = 104;
 const RTM_DELNEXTHOP: u16 = 105;
 const RTM_GETNEXTHOP: u16 = 106;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_REPLACE: u16 = 0x100;
-const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_DUMP: u16 = 0x300;
 const NHA_ID: u16 = 1;
 const NHA_OIF: u16 = 5;
 const NHA_GATEWAY: u16 = 6;
@@ -41,6 +41,10 @@ const AF_INET6: u8 = 10;
 const AF_UNSPEC: u8 = 0;
 /// `proto boot`, as iproute2 and flannel's routes.
 const RTPROT_BOOT: u8 = 3;
+/// A netlink header's length.
+const HEADER: usize = 16;
+/// `struct nhmsg`'s length.
+const NHMSG: usize = 8;
 
 /// One netlink message: header, `struct nhmsg`, attributes. Only a new nexthop carries a
 /// protocol: the kernel refuses a dump or a deletion whose header has one.
@@ -57,23 +61,21 @@ fn encode(
     } else {
         0
     };
-    let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(&[0; 4]); // length, set below
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(&flags.to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-    out.extend_from_slice(&[family, 0, protocol, 0]);
-    out.extend_from_slice(&nh_flags.to_ne_bytes());
-    for (kind, payload) in attrs {
-        let len = 4 + payload.len();
-        out.extend_from_slice(&(len as u16).to_ne_bytes());
-        out.extend_from_slice(&kind.to_ne_bytes());
-        out.extend_from_slice(payload);
-        out.resize(out.len().next_multiple_of(4), 0);
-    }
-    let len = out.len() as u32;
-    out[..4].copy_from_slice(&len.to_ne_bytes());
+    let nlas: Vec<DefaultNla> = attrs
+        .iter()
+        .map(|(kind, payload)| DefaultNla::new(*kind, payload.to_vec()))
+        .collect();
+    let len = HEADER + NHMSG + nlas.as_slice().buffer_len();
+    let mut out = vec![0u8; len];
+    let mut header = NetlinkBuffer::new(&mut out[..]);
+    header.set_length(len as u32);
+    header.set_message_type(kind);
+    header.set_flags(flags);
+    header.set_sequence_number(seq);
+    header.set_port_number(0); // the kernel's
+    out[HEADER..HEADER + 4].copy_from_slice(&[family, 0, protocol, 0]);
+    out[HEADER + 4..HEADER + NHMSG].copy_from_slice(&nh_flags.to_ne_bytes());
+    nlas.as_slice().emit(&mut out[HEADER + NHMSG..]);
     out
 }
 
@@ -140,20 +142,17 @@ pub fn dump_message(oif: Option<u32>, seq: u32) -> Vec<u8> {
 
 /// A `struct nhmsg` and its attributes; `None` for one flannel never makes (a group, a
 /// blackhole, no gateway).
-fn parse_nexthop(body: &[u8]) -> Option<Nexthop> {
+pub fn parse_entry(body: &[u8]) -> Option<Nexthop> {
     let family = *body.first()?;
-    let flags = u32_at(body, 4)?;
+    let flags = u32::from_ne_bytes(body.get(4..NHMSG)?.try_into().ok()?);
+    let u32_of = |v: &[u8]| Some(u32::from_ne_bytes(v.try_into().ok()?));
     let (mut id, mut oif, mut gateway) = (None, None, None);
-    let mut at = 8;
-    while let (Some(len), Some(kind)) = (u16_at(body, at), u16_at(body, at + 2)) {
-        let len = usize::from(len);
-        if len < 4 || at + len > body.len() {
-            break;
-        }
-        let payload = &body[at + 4..at + len];
-        match kind & 0x3fff {
-            NHA_ID => id = u32_at(payload, 0),
-            NHA_OIF => oif = u32_at(payload, 0),
+    // a malformed attribute ends the list (the kernel's replies are input too)
+    for nla in NlasIterator::new(body.get(NHMSG..)?).map_while(Result::ok) {
+        let payload = nla.value();
+        match nla.kind() {
+            NHA_ID => id = u32_of(payload),
+            NHA_OIF => oif = u32_of(payload),
             NHA_GATEWAY => {
                 gateway = match (family, payload.len()) {
                     (AF_INET, 4) => Some(IpAddr::V4(Ipv4Addr::from(
@@ -167,7 +166,6 @@ fn parse_nexthop(body: &[u8]) -> Option<Nexthop> {
             }
             _ => {}
         }
-        at += len.next_multiple_of(4);
     }
     Some(Nexthop {
         id: id?,
@@ -180,12 +178,12 @@ fn parse_nexthop(body: &[u8]) -> Option<Nexthop> {
 impl Netlink {
     /// Every nexthop on `oif` (every one with `None`); `Err` with the errno's words when the
     /// kernel has no nexthop objects.
-    pub async fn list_nexthops(&self, oif: Option<u32>) -> Result<Vec<Nexthop>, BackendError> {
+    pub async fn list_nexthops(&self, oif: Option<u32>) -> Result<Vec<Nexthop>, NetlinkError> {
         let mut out = self
             .requests()
             .dump("listing nexthops", dump_message(oif, 0), |kind, body| {
                 (kind == RTM_NEWNEXTHOP)
-                    .then(|| parse_nexthop(body))
+                    .then(|| parse_entry(body))
                     .flatten()
             })
             .await?;
@@ -195,34 +193,22 @@ impl Netlink {
     }
 
     /// `ip nexthop replace` for each; one result per nexthop.
-    pub async fn replace_nexthops(&self, nexthops: Vec<Nexthop>) -> Vec<Result<(), BackendError>> {
+    pub async fn replace_nexthops(&self, nexthops: Vec<Nexthop>) -> Vec<Result<(), NetlinkError>> {
         self.send_all(nexthops.into_iter().map(Request::Nexthop).collect())
             .await
     }
 
     /// `ip nexthop del` for each (one already gone is no error).
-    pub async fn delete_nexthops(&self, ids: Vec<u32>) -> Vec<Result<(), BackendError>> {
+    pub async fn delete_nexthops(&self, ids: Vec<u32>) -> Vec<Result<(), NetlinkError>> {
         self.send_all(ids.into_iter().map(Request::DelNexthop).collect())
             .await
-    }
-}
-
-/// The id of the nexthop to a peer's IPv4 gateway (its subnet's network address): the
-/// address itself, unique per peer and readable in `ip nexthop` (`id 180879616` is
-/// 10.200.0.0... as a number). IPv6 gateways have no such id: their routes stay classic,
-/// which costs them nothing (the kernel's IPv6 onlink routes do not get dearer with their
-/// number: benches/README.md).
-pub fn id_for(gateway: IpAddr) -> Option<u32> {
-    match gateway {
-        IpAddr::V4(a) => Some(u32::from(a)).filter(|id| *id != 0),
-        IpAddr::V6(_) => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::batch::{parse, Reply};
+    use crate::socket::{parse, Reply};
 
     #[test]
     fn a_replace_request_is_what_iproute2_sends() {
@@ -235,30 +221,37 @@ mod tests {
         let m = replace_message(&nh, 9);
         // 16 header + 8 nhmsg + 8 id + 8 gateway + 8 oif
         assert_eq!(m.len(), 48);
-        assert_eq!(u32_at(&m, 0), Some(48));
-        assert_eq!(u16_at(&m, 4), Some(RTM_NEWNEXTHOP));
-        assert_eq!(u16_at(&m, 6), Some(0x505));
-        assert_eq!(u32_at(&m, 8), Some(9));
+        let header = NetlinkBuffer::new_checked(&m[..]).unwrap();
+        assert_eq!(header.length(), 48);
+        assert_eq!(header.message_type(), RTM_NEWNEXTHOP);
+        assert_eq!(header.flags(), 0x505);
+        assert_eq!(header.sequence_number(), 9);
         assert_eq!(&m[16..20], &[AF_INET, 0, RTPROT_BOOT, 0]);
-        assert_eq!(u32_at(&m, 20), Some(RTNH_F_ONLINK));
+        assert_eq!(&m[20..24], &RTNH_F_ONLINK.to_ne_bytes());
+        assert_eq!(
+            m[24..],
+            [
+                8, 0, 1, 0, 7, 0, 0, 0, // NHA_ID 7
+                8, 0, 6, 0, 10, 200, 2, 0, // NHA_GATEWAY 10.200.2.0
+                8, 0, 5, 0, 5, 0, 0, 0, // NHA_OIF 5
+            ]
+        );
         // parsed back as the kernel would report it
         let mut reply = m.clone();
         reply[4..6].copy_from_slice(&RTM_NEWNEXTHOP.to_ne_bytes());
         match parse(&reply)[..] {
             [Reply::Message { kind, seq, body }] => {
                 assert_eq!((kind, seq), (RTM_NEWNEXTHOP, 9));
-                assert_eq!(parse_nexthop(body), Some(nh));
+                assert_eq!(parse_entry(body), Some(nh));
             }
             ref other => panic!("{other:?}"),
         }
     }
 
     #[test]
-    fn no_protocol_on_dumps_and_deletions_and_ids() {
+    fn no_protocol_on_dumps_and_deletions() {
         // a dump or deletion request carries no protocol (the kernel refuses one)
         assert_eq!(dump_message(None, 1)[18], 0);
         assert_eq!(delete_message(3, 1)[18], 0);
-        assert_eq!(id_for("10.200.2.0".parse().unwrap()), Some(0x0ac8_0200));
-        assert_eq!(id_for("fd00::".parse().unwrap()), None);
     }
 }

@@ -5,12 +5,12 @@
 
 use std::net::IpAddr;
 
-use flannel_backend::netlink::batch::Request;
-use flannel_backend::netlink::neighbour::{FdbEntry, NeighbourEntry};
-use flannel_backend::netlink::nexthop::Nexthop;
-use flannel_backend::netlink::route::Route;
-use flannel_backend::netlink::{Netlink, NexthopMode};
 use flannel_lab::netns::{self, bridge, ip};
+use flannel_netlink::neighbour::{FdbEntry, NeighbourEntry};
+use flannel_netlink::nexthop::Nexthop;
+use flannel_netlink::request::Request;
+use flannel_netlink::route::Route;
+use flannel_netlink::{Netlink, NexthopMode};
 
 #[test]
 fn a_batch_programs_and_deletes_peers_in_order_and_a_failed_request_fails_alone() {

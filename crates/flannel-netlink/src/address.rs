@@ -6,8 +6,9 @@ use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::address::AddressAttribute;
 
-use super::{is_gone, nl_err, Family, Netlink};
-use crate::BackendError;
+use crate::error::nl_err;
+use crate::NetlinkError;
+use crate::{Family, Netlink};
 
 impl Netlink {
     /// The addresses of `family` on a link, with their prefix length.
@@ -15,7 +16,7 @@ impl Netlink {
         &self,
         index: u32,
         family: Family,
-    ) -> Result<Vec<IpNetwork>, BackendError> {
+    ) -> Result<Vec<IpNetwork>, NetlinkError> {
         let mut out = Vec::new();
         let mut addrs = self
             .handle()
@@ -28,7 +29,7 @@ impl Netlink {
             .await
             .map_err(nl_err(format!("listing addresses of link #{index}")))?
         {
-            if msg.header.index != index || msg.header.family != family.netlink() {
+            if msg.header.index != index || msg.header.family != crate::address_family(family) {
                 continue;
             }
             // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer on p2p links).
@@ -52,7 +53,7 @@ impl Netlink {
     /// `ip addr replace <addr> dev <index> nodad`: usable at once. An IPv6 address otherwise
     /// stays "tentative" for 1-2 s while the kernel checks it is unique (flannel's are, by
     /// construction: upstream adds its VTEP address with the check, and is unusable meanwhile).
-    pub async fn add_address(&self, index: u32, addr: IpNetwork) -> Result<(), BackendError> {
+    pub async fn add_address(&self, index: u32, addr: IpNetwork) -> Result<(), NetlinkError> {
         use netlink_packet_route::address::AddressFlags;
         let mut req = self
             .handle()
@@ -67,13 +68,20 @@ impl Netlink {
             .map_err(nl_err(format!("adding {addr} to link #{index}")))
     }
 
-    pub async fn del_address(&self, index: u32, addr: IpNetwork) -> Result<(), BackendError> {
+    pub async fn del_address(&self, index: u32, addr: IpNetwork) -> Result<(), NetlinkError> {
         let ip: IpAddr = addr.ip();
         let mut req = self.handle().address().add(index, ip, addr.prefix());
         let msg = req.message_mut().clone();
         match self.handle().address().del(msg).execute().await {
-            Err(e) if !is_gone(&e) => Err(nl_err(format!("removing {addr} from link #{index}"))(e)),
-            _ => Ok(()),
+            Err(e) => {
+                let e = NetlinkError::rtnetlink(format!("removing {addr} from link #{index}"), e);
+                if e.is_gone() {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+            Ok(()) => Ok(()),
         }
     }
 }

@@ -9,9 +9,10 @@ use netlink_packet_route::route::{
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::RouteMessageBuilder;
 
-use super::batch::Request;
-use super::{dump, is_gone, nl_err, Family, Netlink};
-use crate::BackendError;
+use crate::error::nl_err;
+use crate::request::Request;
+use crate::NetlinkError;
+use crate::{dump, Family, Netlink};
 
 const MAIN_TABLE: u32 = 254;
 
@@ -80,9 +81,9 @@ fn parse(msg: &RouteMessage, family: Family) -> Option<Route> {
 }
 
 /// A route message for `route` with the given protocol (`replace` and `del` differ there).
-fn message(route: &Route, protocol: RouteProtocol) -> Result<RouteMessage, BackendError> {
-    fn invalid<E: std::fmt::Display>(route: &Route) -> impl FnOnce(E) -> BackendError + '_ {
-        move |e| BackendError::Device(format!("route to {}: {e}", route.dst))
+fn message(route: &Route, protocol: RouteProtocol) -> Result<RouteMessage, NetlinkError> {
+    fn invalid<E: std::fmt::Display>(route: &Route) -> impl FnOnce(E) -> NetlinkError + '_ {
+        move |e| NetlinkError::other(format!("route to {}", route.dst), e.to_string())
     }
     let mut b = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(route.dst.network(), route.dst.prefix())
@@ -109,7 +110,7 @@ fn message(route: &Route, protocol: RouteProtocol) -> Result<RouteMessage, Backe
 
 /// The message of `ip route replace <dst> via <gateway> [dev <oif>] [onlink]` (or `nhid
 /// <id>`), proto boot like iproute2 and upstream.
-pub(crate) fn add_message(route: &Route) -> Result<RouteMessage, BackendError> {
+pub(crate) fn add_message(route: &Route) -> Result<RouteMessage, NetlinkError> {
     message(route, RouteProtocol::Boot)
 }
 
@@ -117,7 +118,7 @@ pub(crate) fn add_message(route: &Route) -> Result<RouteMessage, BackendError> {
 /// whatever its flags and protocol. A route through a nexthop object is named by its
 /// destination alone: the kernel refuses a deletion naming a nexthop that is gone (EINVAL),
 /// and matches none that names its gateway.
-pub(crate) fn del_message(route: &Route) -> Result<RouteMessage, BackendError> {
+pub(crate) fn del_message(route: &Route) -> Result<RouteMessage, NetlinkError> {
     let any_flags = match route.nhid {
         Some(_) => Route {
             dst: route.dst,
@@ -147,7 +148,7 @@ fn dump_request(family: Family) -> Vec<u8> {
 
 impl Netlink {
     /// The blackhole routes of `family` in the main table (their destinations).
-    pub async fn blackholes(&self, family: Family) -> Result<Vec<IpNetwork>, BackendError> {
+    pub async fn blackholes(&self, family: Family) -> Result<Vec<IpNetwork>, NetlinkError> {
         self.requests()
             .dump("listing routes", dump_request(family), |kind, body| {
                 let RouteNetlinkMessage::NewRoute(msg) = dump::message(kind, body)? else {
@@ -167,10 +168,10 @@ impl Netlink {
     }
 
     /// `ip route replace blackhole <dst>` (upstream's `AddBlackholeV4Route`).
-    pub async fn add_blackhole(&self, dst: IpNetwork) -> Result<(), BackendError> {
+    pub async fn add_blackhole(&self, dst: IpNetwork) -> Result<(), NetlinkError> {
         let mut msg = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dst.network(), dst.prefix())
-            .map_err(|e| BackendError::Device(format!("blackhole route {dst}: {e}")))?
+            .map_err(|e| NetlinkError::other(format!("blackhole route {dst}"), e.to_string()))?
             .protocol(RouteProtocol::Boot)
             .kind(RouteType::BlackHole)
             .build();
@@ -184,22 +185,29 @@ impl Netlink {
             .map_err(nl_err(format!("adding the blackhole route {dst}")))
     }
 
-    pub async fn del_blackhole(&self, dst: IpNetwork) -> Result<(), BackendError> {
+    pub async fn del_blackhole(&self, dst: IpNetwork) -> Result<(), NetlinkError> {
         let mut msg = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dst.network(), dst.prefix())
-            .map_err(|e| BackendError::Device(format!("blackhole route {dst}: {e}")))?
+            .map_err(|e| NetlinkError::other(format!("blackhole route {dst}"), e.to_string()))?
             .protocol(RouteProtocol::Unspec)
             .kind(RouteType::BlackHole)
             .build();
         msg.header.scope = RouteScope::NoWhere;
         match self.handle().route().del(msg).execute().await {
-            Err(e) if !is_gone(&e) => Err(nl_err(format!("deleting the blackhole route {dst}"))(e)),
-            _ => Ok(()),
+            Err(e) => {
+                let e = NetlinkError::rtnetlink(format!("deleting the blackhole route {dst}"), e);
+                if e.is_gone() {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+            Ok(()) => Ok(()),
         }
     }
 
     /// Unicast routes of `family` in the main table.
-    pub async fn routes(&self, family: Family) -> Result<Vec<Route>, BackendError> {
+    pub async fn routes(&self, family: Family) -> Result<Vec<Route>, NetlinkError> {
         self.requests()
             .dump(
                 "listing routes",
@@ -212,7 +220,7 @@ impl Netlink {
             .await
     }
 
-    pub async fn del_route(&self, route: Route) -> Result<(), BackendError> {
+    pub async fn del_route(&self, route: Route) -> Result<(), NetlinkError> {
         self.send_one(Request::DelRoute(route)).await
     }
 }

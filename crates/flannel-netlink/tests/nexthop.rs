@@ -4,9 +4,9 @@
 
 use std::net::IpAddr;
 
-use flannel_backend::netlink::nexthop::Nexthop;
-use flannel_backend::netlink::{Netlink, NexthopMode};
 use flannel_lab::netns::{self, ip};
+use flannel_netlink::nexthop::Nexthop;
+use flannel_netlink::{Netlink, NexthopMode};
 
 #[test]
 fn nexthops_are_added_listed_replaced_and_deleted_as_ip_nexthop_shows_them() {
@@ -61,10 +61,7 @@ fn nexthops_are_added_listed_replaced_and_deleted_as_ip_nexthop_shows_them() {
         // a route through it, as the backend makes it
         ip(&["route", "add", "10.200.3.0/24", "nhid", "7"]);
         assert!(ip(&["route"]).contains("10.200.3.0/24 nhid 7 via 10.200.3.0 dev dummy0"));
-        let routes = nl
-            .routes(flannel_backend::netlink::Family::V4)
-            .await
-            .unwrap();
+        let routes = nl.routes(flannel_netlink::Family::V4).await.unwrap();
         assert!(routes
             .iter()
             .any(|r| r.nhid == Some(7) && r.dst.to_string() == "10.200.3.0/24"));

@@ -3,12 +3,9 @@
 //! means and what to do). Each backend answers in its own module (`vxlan/inspect.rs`,
 //! `hostgw/inspect.rs`) through its row of the table; reads only.
 
-use std::net::IpAddr;
-
 use flannel_net::{Lease, NetworkConfig};
-use ipnetwork::IpNetwork;
 
-use crate::netlink::{Family, Netlink};
+use crate::netlink::Netlink;
 use crate::ExtIface;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,44 +74,6 @@ pub struct Inspect<'a> {
     pub nl: &'a Netlink,
     /// The PublicIP is not an address of the interface (`-public-ip` behind NAT).
     pub behind_nat: bool,
-}
-
-/// One enabled family of this node: its Network, this node's subnet and address.
-pub(crate) struct Side {
-    pub family: Family,
-    pub network: IpNetwork,
-    pub own: IpNetwork,
-    pub public: IpAddr,
-}
-
-/// Each family the config enables and the lease has.
-pub(crate) fn sides(config: &NetworkConfig, lease: &Lease) -> Vec<Side> {
-    let mut out = Vec::new();
-    if let (true, Some(own), Some(public)) = (
-        config.enable_ipv4,
-        lease.subnet_of(false),
-        lease.attrs.public_ip_of(false),
-    ) {
-        out.push(Side {
-            family: Family::V4,
-            network: IpNetwork::V4(config.network),
-            own,
-            public,
-        });
-    }
-    if let (Some(n6), Some(own), Some(public)) = (
-        config.ipv6_network.filter(|_| config.enable_ipv6),
-        lease.subnet_of(true),
-        lease.attrs.public_ip_of(true),
-    ) {
-        out.push(Side {
-            family: Family::V6,
-            network: IpNetwork::V6(n6),
-            own,
-            public,
-        });
-    }
-    out
 }
 
 /// `none` for an absent value.

@@ -40,21 +40,22 @@ pub fn check(
     network: IpNetwork,
     own: Option<(IpNetwork, IpAddr)>,
 ) -> Result<Part, Skip> {
-    let v6 = family == Family::V6;
-    let Some(subnet) = lease.subnet_of(v6) else {
+    let Some(subnet) = lease.subnet_of(family) else {
         return Err(Skip::NoPart);
     };
-    let name = if v6 { "PublicIPv6" } else { "PublicIP" };
+    let name = match family {
+        Family::V4 => "PublicIP",
+        Family::V6 => "PublicIPv6",
+    };
     if !(network.contains(subnet.network()) && subnet.prefix() >= network.prefix()) {
         return Err(Skip::Invalid(format!(
             "subnet {subnet} is outside the network {network}"
         )));
     }
     // PublicIP 0.0.0.0 is refused below with the others that cannot be a VTEP
-    let public = if v6 {
-        lease.attrs.public_ipv6.map(IpAddr::V6)
-    } else {
-        Some(IpAddr::V4(lease.attrs.public_ip))
+    let public = match family {
+        Family::V6 => lease.attrs.public_ipv6.map(IpAddr::V6),
+        Family::V4 => Some(IpAddr::V4(lease.attrs.public_ip)),
     };
     if let Some((own_subnet, own_ip)) = own {
         if subnet == own_subnet {
@@ -75,8 +76,7 @@ pub fn check(
     }
     let Some(ip) = public else {
         return Err(Skip::Invalid(format!(
-            "has an IPv{} subnet {subnet} but no {name}",
-            if v6 { 6 } else { 4 }
+            "has an {family} subnet {subnet} but no {name}"
         )));
     };
     let unusable = match ip {

@@ -27,6 +27,7 @@ pub mod hostgw;
 pub mod inspect;
 mod lease_check;
 mod reconciler;
+pub mod side;
 mod table;
 pub mod vxlan;
 

@@ -5,6 +5,8 @@
 
 use tracing::{debug, info};
 
+use flannel_net::Family;
+
 use crate::exec::{run, Tools};
 use crate::rules::ChainRules;
 use crate::MasqError;
@@ -180,8 +182,8 @@ pub struct Iptables {
 }
 
 impl Iptables {
-    pub fn new(tools: &Tools, ipv6: bool) -> Self {
-        if ipv6 {
+    pub fn new(tools: &Tools, family: Family) -> Self {
+        if family.is_v6() {
             Iptables {
                 save: tools.ip6tables_save.clone(),
                 restore: tools.ip6tables_restore.clone(),

@@ -73,7 +73,7 @@ impl TrafficManager {
     /// `spec.random_fully` is the operator's wish; it is turned off here when the installed
     /// tools cannot do it.
     pub async fn new(mode: Mode, tools: &Tools, mut spec: RuleSpec) -> Result<Self, MasqError> {
-        let iptables = iptables::Iptables::new(tools, spec.is_ipv6());
+        let iptables = iptables::Iptables::new(tools, spec.family());
         let nft = nftables::Nftables::new(tools);
         let version = match mode {
             Mode::Iptables => Some(iptables.version().await?),

@@ -5,6 +5,7 @@
 //! also what `iptables -S` prints). nftables: tables `ip flannel-ipv4` / `ip6 flannel-ipv6`
 //! with chains `postrtg` and `forward`, in `nft list` form.
 
+use flannel_net::Family;
 use ipnetwork::IpNetwork;
 
 pub const MASQ_COMMENT: &str = "flanneld masq";
@@ -34,8 +35,13 @@ pub struct RuleSpec {
 }
 
 impl RuleSpec {
+    /// The family of its network.
+    pub fn family(&self) -> Family {
+        Family::of_network(self.network)
+    }
+
     pub fn is_ipv6(&self) -> bool {
-        self.network.is_ipv6()
+        self.family().is_v6()
     }
 
     fn multicast(&self) -> &'static str {

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use crate::gojson;
 use crate::mac::MacAddr;
 use crate::subnet_key::SubnetKey;
-use crate::BackendKind;
+use crate::{BackendKind, Family};
 
 /// The longest lease value read or written: what a default etcd stores (a request of at most
 /// 1.5 MiB, `--max-request-bytes`), less 1 KiB for the key and the request's framing. Upstream
@@ -271,11 +271,12 @@ impl LeaseAttrs {
 
     /// The address other nodes reach this node at in `family` (`None`: the lease has none;
     /// `PublicIP` 0.0.0.0 is none).
-    pub fn public_ip_of(&self, ipv6: bool) -> Option<IpAddr> {
-        if ipv6 {
-            self.public_ipv6.map(IpAddr::V6)
-        } else {
-            Some(IpAddr::V4(self.public_ip)).filter(|_| !self.public_ip.is_unspecified())
+    pub fn public_ip_of(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::V6 => self.public_ipv6.map(IpAddr::V6),
+            Family::V4 => {
+                Some(IpAddr::V4(self.public_ip)).filter(|_| !self.public_ip.is_unspecified())
+            }
         }
     }
 }
@@ -401,11 +402,10 @@ impl Lease {
     }
 
     /// The lease's subnet in one family, when it has one.
-    pub fn subnet_of(&self, ipv6: bool) -> Option<IpNetwork> {
-        if ipv6 {
-            self.ipv6_subnet.map(IpNetwork::V6)
-        } else {
-            self.has_ipv4().then_some(IpNetwork::V4(self.subnet))
+    pub fn subnet_of(&self, family: Family) -> Option<IpNetwork> {
+        match family {
+            Family::V6 => self.ipv6_subnet.map(IpNetwork::V6),
+            Family::V4 => self.has_ipv4().then_some(IpNetwork::V4(self.subnet)),
         }
     }
 

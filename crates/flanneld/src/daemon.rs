@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use flannel_backend::{Backend, NodeContext};
 use flannel_masq::{Mode, Tools, TrafficManager};
-use flannel_net::{Expiration, Lease, LeaseBatch, NetworkConfig, SubnetEnv, SubnetKey};
+use flannel_net::{Expiration, Family, Lease, LeaseBatch, NetworkConfig, SubnetEnv, SubnetKey};
 use flannel_netlink::Netlink;
 use flannel_subnet::{EtcdApi, SubnetError, SubnetManager};
 use ipnetwork::IpNetwork;
@@ -127,10 +127,10 @@ pub async fn run(mut opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
 
     let mut masq = Vec::new();
     if config.enable_ipv4 {
-        masq.push(setup_rules(&opts, &config, &lease, previous.as_ref(), false).await?);
+        masq.push(setup_rules(&opts, &config, &lease, previous.as_ref(), Family::V4).await?);
     }
     if config.enable_ipv6 {
-        masq.push(setup_rules(&opts, &config, &lease, previous.as_ref(), true).await?);
+        masq.push(setup_rules(&opts, &config, &lease, previous.as_ref(), Family::V6).await?);
     }
     shared.rule_checks.fetch_add(1, Ordering::Relaxed);
 
@@ -235,7 +235,8 @@ fn previous_key(env: &SubnetEnv) -> Option<SubnetKey> {
 
 /// This node's subnets, IPv4 first.
 fn own_subnets(lease: &Lease) -> Vec<IpNetwork> {
-    [lease.subnet_of(false), lease.subnet_of(true)]
+    Family::BOTH
+        .map(|f| lease.subnet_of(f))
         .into_iter()
         .flatten()
         .collect()
@@ -275,21 +276,21 @@ async fn acquire(
     }
 }
 
-/// The traffic rules of one family (`ipv6`: ip6tables, or the nftables table
-/// `flannel-ipv6`), set up.
+/// The traffic rules of one family (IPv6: ip6tables, or the nftables table `flannel-ipv6`),
+/// set up.
 async fn setup_rules(
     opts: &Options,
     config: &NetworkConfig,
     lease: &Lease,
     previous: Option<&SubnetEnv>,
-    ipv6: bool,
+    family: Family,
 ) -> anyhow::Result<TrafficManager> {
     let mode = if config.enable_nftables {
         Mode::Nftables
     } else {
         Mode::Iptables
     };
-    let (network, subnet, previous) = if ipv6 {
+    let (network, subnet, previous) = if family.is_v6() {
         let network = config
             .ipv6_network
             .ok_or_else(|| anyhow!("IPv6 is enabled without an IPv6Network"))?;
@@ -314,7 +315,7 @@ async fn setup_rules(
     };
     let spec = opts.rule_spec(network, subnet, previous);
     // next to subnet.env (/run/flannel: a tmpfs, emptied at boot)
-    let state = opts.subnet_file.with_file_name(if ipv6 {
+    let state = opts.subnet_file.with_file_name(if family.is_v6() {
         ".flanneld-rs-rules6.state"
     } else {
         ".flanneld-rs-rules.state"

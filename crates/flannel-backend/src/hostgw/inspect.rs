@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use futures::future::BoxFuture;
 
 use super::routes::{self, is_gateway_route};
-use crate::inspect::{opt, sides, Findings, Inspect, Side};
+use crate::inspect::{opt, Findings, Inspect};
 use crate::lease_check::Skip;
+use crate::side::{self, Side};
 
 /// host-gw's data path: a route to every host-gw peer's subnet via its PublicIP on the
 /// external interface, none other of host-gw's shape; a peer off the segment is a problem
@@ -24,12 +25,14 @@ pub(crate) fn inspect<'a>(n: &'a Inspect<'a>, r: &'a mut Findings) -> BoxFuture<
             nl,
             ..
         } = *n;
-        for Side {
-            family,
-            network,
+        for (
+            Side {
+                family,
+                network,
+                public_ip: public,
+            },
             own,
-            public,
-        } in sides(config, lease)
+        ) in side::of_lease(config, lease)
         {
             let mut want = BTreeMap::new();
             for l in leases {

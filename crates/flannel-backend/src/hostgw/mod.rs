@@ -11,7 +11,7 @@
 //! Network that is longer than the Network (others' routes are never touched).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +29,7 @@ use crate::netlink::request::Request;
 use crate::netlink::route::Route;
 use crate::netlink::{Family, Netlink};
 use crate::reconciler::Reconciler;
+use crate::side::{self, Side};
 use crate::table::{self, Leaving, Made, Row};
 use crate::{Backend, BackendError, BackendStats, ExtIface, NodeContext};
 
@@ -45,11 +46,8 @@ pub(crate) const ROW: Row = Row {
 
 fn make(config: &NetworkConfig, node: NodeContext) -> Made<'_> {
     Box::pin(async move {
-        let backend = HostGwBackend::new_dual(
-            config.enable_ipv4.then_some(config.network),
-            config.ipv6_network.filter(|_| config.enable_ipv6),
-            node,
-        )?;
+        let (network, network6) = side::networks(config);
+        let backend = HostGwBackend::new_dual(network, network6, node)?;
         Ok(Box::new(backend) as Box<dyn Backend>)
     })
 }
@@ -87,14 +85,6 @@ fn leftovers(l: Leaving<'_>) -> BoxFuture<'_, Result<(), BackendError>> {
 /// Upstream's refusal, word for word.
 const NAT_REFUSAL: &str = "your PublicIP differs from interface IP, meaning that probably you're on a NAT, which is not supported by host-gw backend";
 
-/// One address family's side: its Network, this node's address and, once acquired, subnet.
-struct Side {
-    family: Family,
-    network: IpNetwork,
-    public_ip: IpAddr,
-    own: Option<IpNetwork>,
-}
-
 mod inspect;
 mod routes;
 
@@ -107,6 +97,8 @@ pub struct HostGwBackend {
     public_ipv6: Option<Ipv6Addr>,
     /// One per enabled family, IPv4 first.
     sides: Vec<Side>,
+    /// This node's subnet of each family, once acquired.
+    own: BTreeMap<Family, IpNetwork>,
     /// The route each peer's subnet needs.
     routes: BTreeMap<IpNetwork, Route>,
     listed: bool,
@@ -126,6 +118,7 @@ impl HostGwBackend {
         network6: Option<Ipv6Network>,
         node: NodeContext,
     ) -> Result<Self, BackendError> {
+        let sides = side::of_node(network, network6, &node)?;
         let NodeContext {
             nl,
             ext,
@@ -133,26 +126,6 @@ impl HostGwBackend {
             public_ipv6,
             ..
         } = node;
-        let mut sides = Vec::new();
-        if let Some(network) = network {
-            sides.push(Side {
-                family: Family::V4,
-                network: IpNetwork::V4(network),
-                public_ip: IpAddr::V4(public_ip),
-                own: None,
-            });
-        }
-        if let Some(network6) = network6 {
-            let ip = public_ipv6.ok_or_else(|| {
-                BackendError::Device("IPv6 is enabled but this node has no IPv6 address (-public-ipv6, or a global IPv6 address on the interface)".into())
-            })?;
-            sides.push(Side {
-                family: Family::V6,
-                network: IpNetwork::V6(network6),
-                public_ip: IpAddr::V6(ip),
-                own: None,
-            });
-        }
         for side in &sides {
             if !ext.addresses.iter().any(|a| a.ip() == side.public_ip) {
                 return Err(BackendError::Device(NAT_REFUSAL.into()));
@@ -164,6 +137,7 @@ impl HostGwBackend {
             public_ip,
             public_ipv6,
             sides,
+            own: BTreeMap::new(),
             routes: BTreeMap::new(),
             listed: false,
             stats: Arc::default(),
@@ -172,7 +146,7 @@ impl HostGwBackend {
 
     /// `side`'s route for `lease`, or why it gets none.
     fn route_for(&self, side: &Side, lease: &Lease) -> Result<Route, Skip> {
-        let own = side.own.map(|s| (s, side.public_ip));
+        let own = self.own.get(&side.family).map(|s| (*s, side.public_ip));
         routes::route_for(lease, side.family, side.network, own, &self.ext)
     }
 
@@ -227,12 +201,11 @@ impl Reconciler for HostGwBackend {
         let (mut delete, mut add) = (Vec::new(), Vec::new());
         for event in &batch.events {
             for (k, side) in self.sides.iter().enumerate() {
-                let v6 = side.family == Family::V6;
                 // the lease's lines once, from its first side
-                let first = k == 0 || lease_of(event).subnet_of(false).is_none();
+                let first = k == 0 || lease_of(event).subnet_of(Family::V4).is_none();
                 match event {
                     LeaseEvent::Removed(lease) => {
-                        let Some(subnet) = lease.subnet_of(v6) else {
+                        let Some(subnet) = lease.subnet_of(side.family) else {
                             continue;
                         };
                         if let Some(r) = self.routes.remove(&subnet) {
@@ -257,16 +230,18 @@ impl Reconciler for HostGwBackend {
                                 // upstream's line
                                 warn!("Ignoring non-host-gw subnet: type={kind}");
                             }
-                            if let Some(r) =
-                                lease.subnet_of(v6).and_then(|s| self.routes.remove(&s))
+                            if let Some(r) = lease
+                                .subnet_of(side.family)
+                                .and_then(|s| self.routes.remove(&s))
                             {
                                 delete.push(r);
                             }
                         }
                         Err(Skip::Invalid(why) | Skip::Unreachable(why)) => {
                             warn!(subnet = %lease.key(), "ignoring lease: {why}");
-                            if let Some(r) =
-                                lease.subnet_of(v6).and_then(|s| self.routes.remove(&s))
+                            if let Some(r) = lease
+                                .subnet_of(side.family)
+                                .and_then(|s| self.routes.remove(&s))
                             {
                                 delete.push(r);
                             }
@@ -355,9 +330,11 @@ impl Backend for HostGwBackend {
     }
 
     async fn configure(&mut self, own: &Lease) -> Result<(), BackendError> {
-        for side in &mut self.sides {
-            side.own = own.subnet_of(side.family == Family::V6);
-        }
+        self.own = self
+            .sides
+            .iter()
+            .filter_map(|s| Some((s.family, own.subnet_of(s.family)?)))
+            .collect();
         Ok(())
     }
 

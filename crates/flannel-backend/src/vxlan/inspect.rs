@@ -12,8 +12,9 @@ use ipnetwork::IpNetwork;
 use super::config::encap_overhead;
 use super::peers::PeerChange;
 use super::{peers, Peer, Skip, VxlanConfig};
-use crate::inspect::{opt, sides, Findings, Inspect, Side};
+use crate::inspect::{opt, Findings, Inspect};
 use crate::netlink::{Family, Netlink};
+use crate::side::{self, Side};
 use crate::ExtIface;
 
 /// VXLAN's data path: each family's device (present, up, a VXLAN device of the right VNI,
@@ -35,12 +36,14 @@ async fn look(n: &Inspect<'_>, r: &mut Findings) -> Option<u32> {
     } = *n;
     let vx = VxlanConfig::from_backend(config.backend.as_ref()).ok()?;
     let mut mtu: Option<u32> = None;
-    for Side {
-        family,
-        network,
+    for (
+        Side {
+            family,
+            network,
+            public_ip: public,
+        },
         own,
-        public,
-    } in sides(config, lease)
+    ) in side::of_lease(config, lease)
     {
         let name = vx.device_name_of(family);
         let link = match nl.link_by_name(&name).await {

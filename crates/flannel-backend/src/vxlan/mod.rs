@@ -21,7 +21,7 @@ mod peer_set;
 pub mod peers;
 mod tunnel;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +30,7 @@ use crate::netlink::events::KernelEvent;
 use async_trait::async_trait;
 use flannel_net::{BackendKind, Lease, LeaseAttrs, LeaseBatch, NetworkConfig, VxlanBackendData};
 use futures::future::BoxFuture;
-use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tracing::info;
@@ -42,6 +42,7 @@ use tunnel::Tunnel;
 
 use crate::netlink::Family;
 use crate::reconciler::Reconciler;
+use crate::side;
 use crate::table::{Leaving, Made, Row};
 use crate::{Backend, BackendError, BackendStats, NodeContext};
 
@@ -70,13 +71,9 @@ fn make(config: &NetworkConfig, node: NodeContext) -> Made<'_> {
                 "classic onlink routes"
             }
         );
-        let backend = VxlanBackend::new_dual(
-            config.backend.as_ref(),
-            config.enable_ipv4.then_some(config.network),
-            config.ipv6_network.filter(|_| config.enable_ipv6),
-            node,
-        )
-        .await?;
+        let (network, network6) = side::networks(config);
+        let backend =
+            VxlanBackend::new_dual(config.backend.as_ref(), network, network6, node).await?;
         Ok(Box::new(backend) as Box<dyn Backend>)
     })
 }
@@ -155,6 +152,8 @@ impl VxlanBackend {
         network6: Option<Ipv6Network>,
         node: NodeContext,
     ) -> Result<Self, BackendError> {
+        let config = VxlanConfig::from_backend(backend)?;
+        let sides = side::of_node(network, network6, &node)?;
         let NodeContext {
             nl,
             ext,
@@ -162,49 +161,27 @@ impl VxlanBackend {
             public_ipv6,
             previous_lease,
         } = node;
-        let config = VxlanConfig::from_backend(backend)?;
         info!(
             "VXLAN config: VNI={} Port={} GBP={} Learning={} DirectRouting={}",
             config.vni, config.port, config.gbp, config.learning, config.direct_routing
         );
         let stats = Arc::<BackendStats>::default();
-        let mut sides = Vec::new();
-        if let Some(network) = network {
-            let hint = previous_lease
-                .as_ref()
-                .and_then(|l| l.attrs.vxlan_data()?.ok())
-                .map(|d| d.vtep_mac);
-            sides.push(tunnel::Side {
-                family: Family::V4,
-                network: IpNetwork::V4(network),
-                public_ip: IpAddr::V4(public_ip),
-                mac_hint: hint,
-            });
-        }
-        if let Some(network6) = network6 {
-            let public6 = public_ipv6.ok_or_else(|| {
-                BackendError::Device("IPv6 is enabled but this node has no IPv6 address to use as its VTEP (-public-ipv6, or a global IPv6 address on the interface)".into())
-            })?;
-            let hint = previous_lease
-                .as_ref()
-                .and_then(|l| l.attrs.vxlan_v6_data()?.ok())
-                .map(|d| d.vtep_mac);
-            sides.push(tunnel::Side {
-                family: Family::V6,
-                network: IpNetwork::V6(network6),
-                public_ip: IpAddr::V6(public6),
-                mac_hint: hint,
-            });
-        }
-        if sides.is_empty() {
-            return Err(BackendError::Config {
-                backend: "VXLAN",
-                message: "neither an IPv4 nor an IPv6 network to carry".into(),
-            });
-        }
         let mut tunnels = Vec::new();
         for side in sides {
-            let t = Tunnel::new(side, nl.clone(), config.clone(), ext.clone(), stats.clone());
+            // a device that must be made keeps the MAC this node advertised before
+            let data = previous_lease.as_ref().and_then(|l| match side.family {
+                Family::V4 => l.attrs.vxlan_data(),
+                Family::V6 => l.attrs.vxlan_v6_data(),
+            });
+            let mac_hint = data.and_then(Result::ok).map(|d| d.vtep_mac);
+            let t = Tunnel::new(
+                side,
+                mac_hint,
+                nl.clone(),
+                config.clone(),
+                ext.clone(),
+                stats.clone(),
+            );
             tunnels.push(t.await?);
         }
         Ok(VxlanBackend {
@@ -250,7 +227,7 @@ impl VxlanBackend {
     /// Gives each device this node's address in its family and brings it up.
     pub async fn set_own_lease(&mut self, own: &Lease) -> Result<(), BackendError> {
         for t in &mut self.tunnels {
-            let subnet = own.subnet_of(t.family == Family::V6).ok_or_else(|| {
+            let subnet = own.subnet_of(t.family).ok_or_else(|| {
                 BackendError::Device(format!(
                     "this node's lease {} has no subnet for {}",
                     own.key(),

@@ -22,6 +22,7 @@ use crate::netlink::nexthop::Nexthop;
 use crate::netlink::request::Request;
 use crate::netlink::route::Route;
 use crate::netlink::{Family, Netlink, NetlinkError};
+use crate::side::Side;
 use crate::{BackendError, BackendStats, ExtIface};
 
 /// Peers whose entries go to the kernel in one bulk call ([`Netlink::send_all`]).
@@ -29,13 +30,6 @@ const PEERS_PER_CALL: usize = 256;
 
 /// What makes one family's tunnel: its Network, this node's address (the VTEP's local
 /// address) and the MAC it advertised before, if any.
-pub(super) struct Side {
-    pub family: Family,
-    pub network: IpNetwork,
-    pub public_ip: IpAddr,
-    pub mac_hint: Option<MacAddr>,
-}
-
 pub struct Tunnel {
     pub(super) family: Family,
     nl: Netlink,
@@ -62,6 +56,7 @@ impl Tunnel {
     /// when it has to be made.
     pub(super) async fn new(
         side: Side,
+        mac_hint: Option<MacAddr>,
         nl: Netlink,
         config: VxlanConfig,
         ext: ExtIface,
@@ -71,7 +66,6 @@ impl Tunnel {
             family,
             network,
             public_ip,
-            mac_hint,
         } = side;
         let name = config.device_name_of(family);
         if name.len() > 15 {
@@ -158,7 +152,6 @@ impl Tunnel {
     /// per [`PEERS_PER_CALL`] added peers as they are planned. Returns the number of netlink
     /// operations that failed (the next reconcile retries them).
     pub(super) async fn apply(&mut self, batch: &LeaseBatch) -> usize {
-        let v6 = self.family == Family::V6;
         let mut plan = Plan::default();
         let mut failures = 0;
         let removed = batch.events.iter().filter_map(|e| match e {
@@ -171,7 +164,7 @@ impl Tunnel {
         });
         let any_removed = removed.clone().next().is_some();
         for lease in removed {
-            let Some(subnet) = lease.subnet_of(v6) else {
+            let Some(subnet) = lease.subnet_of(self.family) else {
                 continue;
             };
             self.shadowed.remove(&subnet);

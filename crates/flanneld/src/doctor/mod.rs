@@ -179,7 +179,7 @@ async fn check_local(opts: &Options, nl: &Netlink, r: &mut Report) {
                 format!("{} is missing: nothing is known of this node's networks", opts.subnet_file.display()),
                 "with neither the store nor a running flanneld-rs nor subnet.env, only the host can be checked",
             );
-            check_forwarding(true, false, r);
+            check_forwarding(&[Family::V4], r);
             return;
         }
     };
@@ -430,7 +430,7 @@ async fn check_node(
                 e,
                 "flanneld-rs would not start with these flags on this host: check -iface / -public-ip",
             );
-            check_forwarding(config.enable_ipv4, config.enable_ipv6, r);
+            check_forwarding(&families(config), r);
             return;
         }
     };
@@ -484,7 +484,7 @@ async fn check_node(
                 "other nodes have no route to this node's pods; flanneld-rs writes its lease at start: is it running with the same -iface / -public-ip? (the interface it would choose today is shown here)",
             ),
         }
-        check_forwarding(config.enable_ipv4, config.enable_ipv6, r);
+        check_forwarding(&families(config), r);
         return;
     };
     r.ok(
@@ -682,10 +682,10 @@ async fn check_rules(opts: &Options, config: &NetworkConfig, lease: &Lease, r: &
         Mode::Iptables
     };
     let mut sides = Vec::new();
-    if let (true, Some(subnet)) = (config.enable_ipv4, lease.subnet_of(false)) {
+    if let (true, Some(subnet)) = (config.enable_ipv4, lease.subnet_of(Family::V4)) {
         sides.push((IpNetwork::V4(config.network), subnet));
     }
-    if let (Some(n6), Some(s6)) = (config.ipv6_network, lease.subnet_of(true)) {
+    if let (Some(n6), Some(s6)) = (config.ipv6_network, lease.subnet_of(Family::V6)) {
         sides.push((IpNetwork::V6(n6), s6));
     }
     let mut problems = Vec::new();
@@ -758,6 +758,18 @@ fn forward_policy(opts: &Options, r: &mut Report) {
     }
 }
 
+/// The families `config` enables.
+fn families(config: &NetworkConfig) -> Vec<Family> {
+    let mut out = Vec::new();
+    if config.enable_ipv4 {
+        out.push(Family::V4);
+    }
+    if config.enable_ipv6 {
+        out.push(Family::V6);
+    }
+    out
+}
+
 /// The kernel's setting `path`, trimmed.
 fn sysctl(path: &str) -> Option<String> {
     std::fs::read_to_string(path)
@@ -766,18 +778,15 @@ fn sysctl(path: &str) -> Option<String> {
 }
 
 /// Forwarding is on for each family flannel carries.
-fn check_forwarding(ipv4: bool, ipv6: bool, r: &mut Report) {
-    let mut forwarding = Vec::new();
-    if ipv4 {
-        forwarding.push(("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"));
-    }
-    if ipv6 {
-        forwarding.push((
-            "/proc/sys/net/ipv6/conf/all/forwarding",
-            "net.ipv6.conf.all.forwarding",
-        ));
-    }
-    for (path, name) in forwarding {
+fn check_forwarding(families: &[Family], r: &mut Report) {
+    for family in families {
+        let (path, name) = match family {
+            Family::V4 => ("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
+            Family::V6 => (
+                "/proc/sys/net/ipv6/conf/all/forwarding",
+                "net.ipv6.conf.all.forwarding",
+            ),
+        };
         if sysctl(path).as_deref() == Some("0") {
             r.fail(
                 "host",
@@ -799,7 +808,7 @@ async fn check_host(
     nl: &Netlink,
     r: &mut Report,
 ) {
-    check_forwarding(config.enable_ipv4, config.enable_ipv6, r);
+    check_forwarding(&families(config), r);
     let rp = |name: &str| sysctl(&format!("/proc/sys/net/ipv4/conf/{name}/rp_filter"));
     let effective = rp("all")
         .and_then(|a| a.parse::<u8>().ok())

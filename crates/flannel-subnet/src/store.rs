@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 
 use crate::error::StoreError;
+use crate::SubnetError;
 
 /// A point in the store's history (etcd v3's revision, etcd v2's index).
 pub type Revision = u64;
@@ -38,8 +39,8 @@ pub struct KeyPaths {
 impl KeyPaths {
     pub fn new(prefix: &str) -> Self {
         KeyPaths {
-            config: crate::etcd::join_key(prefix, "config"),
-            subnets: crate::etcd::join_key(prefix, "subnets"),
+            config: join_key(prefix, "config"),
+            subnets: join_key(prefix, "subnets"),
         }
     }
 
@@ -61,6 +62,21 @@ impl KeyPaths {
             .strip_prefix('/')
             .map(String::from)
     }
+}
+
+/// `path.Join(prefix, rest)` as Go cleans it: one `/` between elements, no trailing `/`.
+pub fn join_key(prefix: &str, rest: &str) -> String {
+    let mut out = String::new();
+    if prefix.starts_with('/') {
+        out.push('/');
+    }
+    let parts: Vec<&str> = prefix
+        .split('/')
+        .chain(rest.split('/'))
+        .filter(|p| !p.is_empty())
+        .collect();
+    out.push_str(&parts.join("/"));
+    out
 }
 
 /// How long a written key lives.
@@ -124,6 +140,14 @@ pub trait Store: Send + Sync {
     /// The key's full name in the store, for messages (`/coreos.com/network/config`).
     fn describe(&self, key: &Key) -> String;
 
+    /// The error for a store that holds no network config, in the words its users know.
+    fn config_not_found(&self) -> SubnetError {
+        SubnetError::NoConfigAt {
+            key: self.describe(&Key::Config),
+            store: self.name(),
+        }
+    }
+
     /// One key, and the store's revision when it was read.
     async fn get(&self, key: &Key) -> Result<(Option<Record>, Revision), StoreError>;
 
@@ -160,4 +184,26 @@ pub trait Store: Send + Sync {
         key: Option<&Key>,
         after: Revision,
     ) -> Result<BoxStream<'static, Result<Watched, StoreError>>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::join_key;
+
+    #[test]
+    fn keys_are_cleaned_like_go_path_join() {
+        assert_eq!(
+            join_key("/coreos.com/network", "config"),
+            "/coreos.com/network/config"
+        );
+        assert_eq!(
+            join_key("/coreos.com/network/", "subnets"),
+            "/coreos.com/network/subnets"
+        );
+        assert_eq!(
+            join_key("//kubernetes-cluster//network", "config"),
+            "/kubernetes-cluster/network/config"
+        );
+        assert_eq!(join_key("flannel", "config"), "flannel/config");
+    }
 }

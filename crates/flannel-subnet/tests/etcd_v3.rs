@@ -1,22 +1,22 @@
 //! The etcd v3 registry against a real etcd (Debian's etcd-server, started per test).
 #![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed assertion
 
+mod common;
+
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use common::{names, next, NET16, PREFIX};
 use etcd_client::{Client, GetOptions, PutOptions};
 use flannel_lab::etcd::{ServerCert, TestEtcd};
 use flannel_lab::proxy::TcpProxy;
 use flannel_lab::tls::TestCerts;
 use flannel_net::{Expiration, Lease, LeaseAttrs, MacAddr, NetworkConfig, VxlanBackendData};
 use flannel_subnet::etcd::{EtcdConfig, EtcdV3Store};
-use flannel_subnet::{LeaseBatch, LeaseEvent, SubnetError, SubnetManager};
+use flannel_subnet::{LeaseEvent, SubnetError, SubnetManager};
 use flannel_subnet::{LeaseManager, LeasePolicy};
 use ipnetwork::Ipv4Network;
 use tokio::sync::{mpsc, watch};
-
-const PREFIX: &str = "/kubernetes-cluster/network";
-const NET16: &str = r#"{"Network":"10.200.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
 
 fn cfg(endpoint: &str) -> EtcdConfig {
     EtcdConfig {
@@ -84,13 +84,6 @@ async fn stored(etcd: &TestEtcd, subnet: Ipv4Network) -> Option<(String, i64)> {
     resp.kvs()
         .first()
         .map(|kv| (kv.value_str().unwrap().to_string(), kv.lease()))
-}
-
-async fn next_batch(rx: &mut mpsc::Receiver<LeaseBatch>) -> LeaseBatch {
-    tokio::time::timeout(Duration::from_secs(20), rx.recv())
-        .await
-        .expect("a lease batch within 20 s")
-        .expect("watch still running")
 }
 
 async fn eventually<F, Fut>(what: &str, mut check: F)
@@ -433,17 +426,6 @@ fn lease_put(subnet: &str, ip: [u8; 4]) -> (String, String) {
     )
 }
 
-fn subnets(batch: &LeaseBatch) -> Vec<String> {
-    batch
-        .events
-        .iter()
-        .map(|e| match e {
-            LeaseEvent::Added(l) => format!("+{}", l.subnet),
-            LeaseEvent::Removed(l) => format!("-{}", l.subnet),
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn watch_snapshot_then_adds_and_removes_skipping_bad_values() {
     let etcd = TestEtcd::start();
@@ -454,18 +436,18 @@ async fn watch_snapshot_then_adds_and_removes_skipping_bad_values() {
     let m = manager(&etcd, None).await;
     let (tx, mut rx) = mpsc::channel(16);
     let watcher = tokio::spawn(async move { m.watch_leases(tx).await });
-    let first = next_batch(&mut rx).await;
+    let first = next(&mut rx).await;
     assert!(first.snapshot);
-    assert_eq!(subnets(&first), vec!["+10.200.1.0/24"]);
+    assert_eq!(names(&first), vec!["+10.200.1.0/24"]);
 
     let grant = c.lease_grant(60, None).await.unwrap().id();
     let (k2, v2) = lease_put("10.200.2.0/24", [192, 168, 77, 2]);
     c.put(k2.clone(), v2, Some(PutOptions::new().with_lease(grant)))
         .await
         .unwrap();
-    let b = next_batch(&mut rx).await;
+    let b = next(&mut rx).await;
     assert!(!b.snapshot);
-    assert_eq!(subnets(&b), vec!["+10.200.2.0/24"]);
+    assert_eq!(names(&b), vec!["+10.200.2.0/24"]);
 
     // a malformed update is skipped and the node's last good state kept
     c.put(
@@ -484,8 +466,8 @@ async fn watch_snapshot_then_adds_and_removes_skipping_bad_values() {
     .unwrap();
     // expiry (lease revoke) is a removal, reported with the last good attributes
     c.lease_revoke(grant).await.unwrap();
-    let b = next_batch(&mut rx).await;
-    assert_eq!(subnets(&b), vec!["-10.200.2.0/24"]);
+    let b = next(&mut rx).await;
+    assert_eq!(names(&b), vec!["-10.200.2.0/24"]);
     match &b.events[0] {
         LeaseEvent::Removed(l) => assert_eq!(l.attrs.public_ip, Ipv4Addr::new(192, 168, 77, 2)),
         e => panic!("{e:?}"),
@@ -495,8 +477,8 @@ async fn watch_snapshot_then_adds_and_removes_skipping_bad_values() {
     c.put(k1.clone(), v1, None).await.unwrap();
     let (_, v1b) = lease_put("10.200.1.0/24", [192, 168, 77, 11]);
     c.put(k1, v1b, None).await.unwrap();
-    let b = next_batch(&mut rx).await;
-    assert_eq!(subnets(&b), vec!["+10.200.1.0/24"]);
+    let b = next(&mut rx).await;
+    assert_eq!(names(&b), vec!["+10.200.1.0/24"]);
     drop(rx);
     // the watcher ends once nobody listens (on its next event)
     c.put(
@@ -531,7 +513,7 @@ async fn watch_across_partition_and_compaction_reports_every_change() {
         .unwrap();
     let (tx, mut rx) = mpsc::channel(16);
     tokio::spawn(async move { m.watch_leases(tx).await });
-    assert_eq!(next_batch(&mut rx).await.events.len(), 3);
+    assert_eq!(next(&mut rx).await.events.len(), 3);
 
     proxy.cut();
     // while partitioned: one node leaves, one joins, one changes; then history is compacted
@@ -546,10 +528,10 @@ async fn watch_across_partition_and_compaction_reports_every_change() {
     c.compact(rev, None).await.unwrap();
     proxy.heal();
 
-    let b = next_batch(&mut rx).await;
+    let b = next(&mut rx).await;
     assert!(b.snapshot);
     assert_eq!(
-        subnets(&b),
+        names(&b),
         vec!["-10.200.2.0/24", "+10.200.3.0/24", "+10.200.4.0/24"]
     );
 }
@@ -561,7 +543,7 @@ async fn watch_resumes_after_etcd_restart() {
     let m = manager(&etcd, None).await;
     let (tx, mut rx) = mpsc::channel(16);
     tokio::spawn(async move { m.watch_leases(tx).await });
-    assert!(next_batch(&mut rx).await.events.is_empty());
+    assert!(next(&mut rx).await.events.is_empty());
     etcd.stop();
     tokio::time::sleep(Duration::from_millis(500)).await;
     etcd.restart();
@@ -575,7 +557,7 @@ async fn watch_resumes_after_etcd_restart() {
             Instant::now() < deadline,
             "add not seen after restart: {seen:?}"
         );
-        seen.extend(subnets(&next_batch(&mut rx).await));
+        seen.extend(names(&next(&mut rx).await));
     }
 }
 

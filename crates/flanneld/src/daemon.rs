@@ -17,7 +17,7 @@ use flannel_backend::{Backend, NodeContext};
 use flannel_masq::{Mode, Tools, TrafficManager};
 use flannel_net::{Expiration, Family, Lease, LeaseBatch, NetworkConfig, SubnetEnv, SubnetKey};
 use flannel_netlink::Netlink;
-use flannel_subnet::{EtcdApi, SubnetError, SubnetManager};
+use flannel_subnet::{SubnetError, SubnetManager};
 use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
@@ -27,6 +27,7 @@ use crate::iface;
 use crate::memory;
 use crate::options::Options;
 use crate::sdnotify;
+use crate::store::{Role, StoreOptions};
 
 /// How often the backend compares the whole kernel state with the leases (damage the kernel
 /// reports is repaired at once; this catches the rest).
@@ -46,25 +47,25 @@ pub async fn run(mut opts: Options, shared: Arc<Shared>) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("Start healthz server error. listen {addr}"))?;
     }
-    let sm = match &opts.kube {
-        Some(kube) => crate::kube_mode::subnet_manager(kube).await?,
-        None => {
-            let api = match opts.etcd_api {
-                Some(api) => api,
-                None => detect_api(&opts).await,
-            };
-            let sm = flannel_subnet::manager(
-                api,
-                &opts.etcd,
-                opts.lease_policy,
-                previous.as_ref().and_then(previous_key),
-            )
-            .await
-            .context("creating the etcd subnet manager")?;
-            info!("Created subnet manager: {} (etcd {api} API)", sm.name());
-            sm
-        }
+    let store = StoreOptions {
+        etcd: &opts.etcd,
+        etcd_api: opts.etcd_api,
+        kube: opts.kube.as_ref(),
     };
+    let role = Role::Daemon {
+        policy: opts.lease_policy,
+        previous: previous.as_ref().and_then(previous_key),
+    };
+    let opened = crate::store::open(&store, role)
+        .await
+        .context("creating the subnet manager")?;
+    if let Some(api) = opened.api {
+        info!(
+            "Created subnet manager: {} (etcd {api} API)",
+            opened.sm.name()
+        );
+    }
+    let sm = opened.sm;
     let sm: &dyn SubnetManager = sm.as_ref();
     let _ = shared.subnet_stats.set(sm.stats());
 
@@ -170,28 +171,6 @@ fn read_previous(path: &Path) -> Option<SubnetEnv> {
             warn!("{e}; starting without the previous subnet");
             None
         }
-    }
-}
-
-/// `-etcd-api=auto`: v3 if `<prefix>/config` is there, else v2 if it is there, else wait for
-/// either, saying so every second (upstream's line).
-async fn detect_api(opts: &Options) -> EtcdApi {
-    loop {
-        match flannel_subnet::detect_api(&opts.etcd).await {
-            Ok(Some(api)) => {
-                info!(
-                    "Using the etcd {api} API: {}/config is there",
-                    opts.etcd.prefix.trim_end_matches('/')
-                );
-                return api;
-            }
-            Ok(None) => warn!(
-                "Couldn't fetch network config: {} (neither in the v3 nor in the v2 keyspace)",
-                SubnetError::ConfigNotFound
-            ),
-            Err(e) => warn!("Couldn't fetch network config: {e}"),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

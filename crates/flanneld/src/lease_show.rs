@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::cli::{self, CliError, Flag, Kind, Parsed, DAEMON_FLAGS};
 use crate::options::checked_etcd_config;
+use crate::store::{Role, StoreOptions};
 
 fn flags() -> Vec<Flag> {
     let mut flags: Vec<Flag> = DAEMON_FLAGS
@@ -99,19 +100,25 @@ pub async fn run(program: &str, args: &[String]) -> anyhow::Result<i32> {
             .parse::<IpAddr>()
             .map_err(|_| CliError(format!("--public-ip {s:?} is not an IP address")))?],
     };
-    if values.bool(&flags, "kube-subnet-mgr") {
-        return kube_leases(&values, json_out, only, &ours).await;
-    }
-    let cfg = checked_etcd_config(&values)?;
-    cfg.insecure_warning();
-    let api = match crate::options::etcd_api(&values, &flags)? {
-        Some(api) => api,
-        None => flannel_subnet::detect_api(&cfg)
-            .await?
-            .unwrap_or(flannel_subnet::EtcdApi::V3),
+    let kube = if values.bool(&flags, "kube-subnet-mgr") {
+        Some(crate::options::KubeOptions::from_values(&values)?)
+    } else {
+        None
     };
-    let sm =
-        flannel_subnet::manager(api, &cfg, flannel_subnet::LeasePolicy::default(), None).await?;
+    let cfg = checked_etcd_config(&values)?;
+    if kube.is_none() {
+        cfg.insecure_warning();
+    }
+    let store = StoreOptions {
+        etcd: &cfg,
+        etcd_api: crate::options::etcd_api(&values, &flags)?,
+        kube: kube.as_ref(),
+    };
+    let opened = crate::store::open(&store, Role::Reader).await?;
+    let sm = opened.sm;
+    let Some(api) = opened.api else {
+        return kube_leases(sm.as_ref(), json_out, only, &ours).await;
+    };
     let config = sm.get_network_config().await;
     let mut entries = sm.list_leases().await.with_context(|| match api {
         flannel_subnet::EtcdApi::V2 => "listing leases in the etcd v2 keyspace (is etcd's v2 API enabled, --enable-v2? clusters of flannel v0.18 and later keep their data in v3: -etcd-api=v3 or auto)",
@@ -330,13 +337,11 @@ async fn local_addresses() -> Vec<IpAddr> {
 
 /// `lease show -kube-subnet-mgr`: the leases the annotated Nodes describe, one per node.
 async fn kube_leases(
-    values: &cli::Values,
+    sm: &dyn flannel_subnet::SubnetManager,
     json_out: bool,
     only: Option<IpNetwork>,
     ours: &[IpAddr],
 ) -> anyhow::Result<i32> {
-    let kube = crate::options::KubeOptions::from_values(values)?;
-    let sm = crate::kube_mode::subnet_manager_for_listing(&kube).await?;
     let config = sm.get_network_config().await;
     let mut entries = sm.list_leases().await?;
     if let Some(only) = only {

@@ -55,6 +55,7 @@ mod memory;
 mod migrate_cmd;
 mod options;
 mod sdnotify;
+mod store;
 
 use std::process::ExitCode;
 use std::sync::Arc;

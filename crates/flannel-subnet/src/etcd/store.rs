@@ -188,6 +188,11 @@ impl Store for EtcdV3Store {
         self.path(key)
     }
 
+    /// Upstream's words, which ask about etcdv3.
+    fn config_not_found(&self) -> SubnetError {
+        SubnetError::ConfigNotFound
+    }
+
     async fn get(&self, key: &Key) -> Result<(Option<Record>, Revision), StoreError> {
         let path = self.path(key);
         let (resp, _) = self

@@ -393,14 +393,7 @@ impl<S: Store> SubnetManager for LeaseManager<S> {
 
     async fn get_network_config(&self) -> Result<NetworkConfig, SubnetError> {
         let (record, _) = self.store.get(&Key::Config).await?;
-        let record = record.ok_or_else(|| match self.store.name() {
-            // upstream's words, which ask about etcdv3
-            "etcd v3" => SubnetError::ConfigNotFound,
-            store => SubnetError::NoConfigAt {
-                key: self.store.describe(&Key::Config),
-                store,
-            },
-        })?;
+        let record = record.ok_or_else(|| self.store.config_not_found())?;
         Ok(NetworkConfig::from_etcd(&String::from_utf8_lossy(
             &record.value,
         ))?)

@@ -27,6 +27,7 @@ use ipnetwork::IpNetwork;
 use crate::cli::{self, Flag, Parsed, DAEMON_FLAGS};
 use crate::iface;
 use crate::options::Options;
+use crate::store::{Role, StoreOptions};
 pub use report::Report;
 
 /// How long the store may take to answer before it counts as unreachable.
@@ -212,45 +213,48 @@ fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
         .ok()
 }
 
-/// The store reachable, the config valid, the leases read.
+/// The store reachable (etcd, or the Kubernetes API in kube mode), the config valid, the
+/// leases read.
 async fn check_store(opts: &Options, r: &mut Report) -> Option<Store> {
-    if let Some(kube) = &opts.kube {
-        return check_kube(kube, r).await;
-    }
-    let endpoints = opts.etcd.endpoints.join(",");
-    let read = async {
-        let api = match opts.etcd_api {
-            Some(api) => api,
-            None => flannel_subnet::detect_api(&opts.etcd)
-                .await?
-                .unwrap_or(flannel_subnet::EtcdApi::V3),
-        };
-        let sm = flannel_subnet::manager(
-            api,
-            &opts.etcd,
-            flannel_subnet::LeasePolicy::default(),
-            None,
-        )
-        .await?;
-        let config = sm.get_network_config().await;
-        let entries = sm.list_leases().await?;
-        Ok::<_, flannel_subnet::SubnetError>((api, config, entries, sm))
+    let store = StoreOptions {
+        etcd: &opts.etcd,
+        etcd_api: opts.etcd_api,
+        kube: opts.kube.as_ref(),
     };
-    let (api, config, entries, sm) = match tokio::time::timeout(STORE_TIMEOUT, read).await {
+    let kube = opts.kube.is_some();
+    let place = match opts.kube.as_ref() {
+        Some(k) => format!("Kubernetes API ({})", crate::store::kube_server(k)),
+        None => format!("etcd at {}", opts.etcd.endpoints.join(",")),
+    };
+    let read = async {
+        let opened = crate::store::open(&store, Role::Reader).await?;
+        let config = opened.sm.get_network_config().await;
+        let entries = opened.sm.list_leases().await?;
+        Ok::<_, anyhow::Error>((opened, config, entries))
+    };
+    let (opened, config, entries) = match tokio::time::timeout(STORE_TIMEOUT, read).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             r.fail(
                 "store",
-                format!("etcd at {endpoints}: {e}"),
-                "without etcd no node can get or renew a lease or learn of new nodes (the data path keeps working meanwhile); check etcd and -etcd-endpoints / certificates",
+                format!("{place}: {e:#}"),
+                if kube {
+                    "without the API no node learns of new nodes (the data path keeps working meanwhile); check the API server, -kubeconfig-file / -kube-api-url, the RBAC role and -net-config-path"
+                } else {
+                    "without etcd no node can get or renew a lease or learn of new nodes (the data path keeps working meanwhile); check etcd and -etcd-endpoints / certificates"
+                },
             );
             return None;
         }
         Err(_) => {
             r.fail(
                 "store",
-                format!("etcd at {endpoints} did not answer within {STORE_TIMEOUT:?}"),
-                "check that etcd runs and is reachable from this node",
+                format!("{place} did not answer within {STORE_TIMEOUT:?}"),
+                if kube {
+                    "check that the API server runs and is reachable from this node"
+                } else {
+                    "check that etcd runs and is reachable from this node"
+                },
             );
             return None;
         }
@@ -268,59 +272,11 @@ async fn check_store(opts: &Options, r: &mut Report) -> Option<Store> {
     };
     Some(found(
         r,
-        format!("etcd {api} API at {endpoints}"),
-        "leases",
+        opened.place(&store),
+        kube,
         config,
         entries,
-        sm,
-    ))
-}
-
-/// Kube mode: the API reachable, the nodes' leases read (the config is the local file).
-async fn check_kube(kube: &crate::options::KubeOptions, r: &mut Report) -> Option<Store> {
-    let server = kube
-        .settings
-        .api_url
-        .clone()
-        .or_else(|| {
-            kube.settings
-                .kubeconfig
-                .as_ref()
-                .map(|p| format!("the server of {}", p.display()))
-        })
-        .unwrap_or_else(|| "the in-cluster API".into());
-    let read = async {
-        let sm = crate::kube_mode::subnet_manager_for_listing(kube).await?;
-        let config = sm.get_network_config().await?;
-        let entries = sm.list_leases().await?;
-        Ok::<_, anyhow::Error>((config, entries, sm))
-    };
-    let (config, entries, sm) = match tokio::time::timeout(STORE_TIMEOUT, read).await {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            r.fail(
-                "store",
-                format!("Kubernetes API ({server}): {e:#}"),
-                "without the API no node learns of new nodes (the data path keeps working meanwhile); check the API server, -kubeconfig-file / -kube-api-url, the RBAC role and -net-config-path",
-            );
-            return None;
-        }
-        Err(_) => {
-            r.fail(
-                "store",
-                format!("Kubernetes API ({server}) did not answer within {STORE_TIMEOUT:?}"),
-                "check that the API server runs and is reachable from this node",
-            );
-            return None;
-        }
-    };
-    Some(found(
-        r,
-        format!("Kubernetes API ({server})"),
-        "flannel nodes",
-        config,
-        entries,
-        sm,
+        opened.sm,
     ))
 }
 
@@ -329,12 +285,12 @@ async fn check_kube(kube: &crate::options::KubeOptions, r: &mut Report) -> Optio
 fn found(
     r: &mut Report,
     place: String,
-    what: &str,
+    kube: bool,
     config: flannel_net::NetworkConfig,
     entries: Vec<flannel_subnet::LeaseEntry>,
     sm: Box<dyn flannel_subnet::SubnetManager>,
 ) -> Store {
-    let kube = what == "flannel nodes";
+    let what = if kube { "flannel nodes" } else { "leases" };
     let mut bad = 0;
     let mut leases = Vec::new();
     for e in entries {

@@ -41,6 +41,8 @@ use flannel_net::{BackendKind, Lease, LeaseAttrs, LeaseBatch, NetworkConfig};
 use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 
+pub use reconciler::Reconciler;
+
 use flannel_netlink as netlink;
 use netlink::Netlink;
 

@@ -19,9 +19,10 @@ use crate::BackendError;
 /// How soon after the kernel reports damage the repair runs (deletions come in bursts).
 const REPAIR_DELAY: Duration = Duration::from_millis(20);
 
-/// What [`serve`] needs of a backend.
+/// What [`serve`] needs of a backend that programs the kernel: VXLAN and host-gw implement
+/// it, and the run loop is theirs for nothing.
 #[async_trait]
-pub(crate) trait Reconciler: Send {
+pub trait Reconciler: Send {
     /// Applies lease changes to the desired set and programs the difference; the number of
     /// kernel operations that failed (the next reconcile retries them).
     async fn apply(&mut self, batch: &LeaseBatch) -> usize;

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use flannel_backend::vxlan::VxlanBackend;
-use flannel_backend::{Backend, ExtIface, NodeContext};
+use flannel_backend::{Backend, ExtIface, NodeContext, Reconciler};
 use flannel_lab::netns::{self, bridge, ip, sysctl};
 use flannel_net::{Expiration, Lease, LeaseAttrs, LeaseBatch, MacAddr, VxlanBackendData};
 use flannel_netlink::{Family, Netlink};

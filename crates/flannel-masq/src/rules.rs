@@ -197,9 +197,21 @@ pub fn nft_table(spec: &RuleSpec) -> (&'static str, &'static str) {
     }
 }
 
-/// The `nft -f` script that makes the table hold exactly our chains (one transaction).
-pub fn nft_script(spec: &RuleSpec) -> String {
-    let (family, table) = nft_table(spec);
+/// One chain of flannel's nftables table: the data both the script that writes it and the
+/// listing that checks it are rendered from.
+struct NftChain {
+    name: &'static str,
+    /// `nat hook postrouting priority srcnat`.
+    hook: &'static str,
+    comment: &'static str,
+    /// As written; nft lists them the same but for the mark, which it pads.
+    rules: Vec<String>,
+    /// Whether the spec wants the chain (else it is deleted).
+    wanted: bool,
+}
+
+/// The chains of the family's table.
+fn nft_chains(spec: &RuleSpec) -> [NftChain; 2] {
     let ip = if spec.is_ipv6() { "ip6" } else { "ip" };
     let (n, p) = (cidr(spec.network), cidr(spec.subnet));
     let fully = if spec.random_fully {
@@ -208,36 +220,57 @@ pub fn nft_script(spec: &RuleSpec) -> String {
         ""
     };
     let mcast = spec.multicast();
+    [
+        NftChain {
+            name: "postrtg",
+            hook: "nat hook postrouting priority srcnat",
+            comment: "chain to manage traffic masquerading by flannel",
+            rules: vec![
+                "meta mark 0x4000 return".to_string(),
+                format!("{ip} saddr {p} {ip} daddr {n} return"),
+                format!("{ip} saddr {n} {ip} daddr {p} return"),
+                format!("{ip} saddr != {p} {ip} daddr {n} return"),
+                format!("{ip} saddr {n} {ip} daddr != {mcast} masquerade{fully}"),
+                format!("{ip} saddr != {n} {ip} daddr {n} masquerade{fully}"),
+            ],
+            wanted: spec.ip_masq,
+        },
+        NftChain {
+            name: "forward",
+            hook: "filter hook forward priority filter",
+            comment: "chain to accept flannel traffic",
+            rules: vec![
+                format!("{ip} saddr {n} accept"),
+                format!("{ip} daddr {n} accept"),
+            ],
+            wanted: spec.forward,
+        },
+    ]
+}
+
+/// A rule as `nft list` prints it: the mark padded to 32 bits.
+fn listed_rule(rule: &str) -> String {
+    rule.replace("meta mark 0x4000 ", "meta mark 0x00004000 ")
+}
+
+/// The `nft -f` script that makes the table hold exactly our chains (one transaction).
+pub fn nft_script(spec: &RuleSpec) -> String {
+    let (family, table) = nft_table(spec);
     let mut s = format!("add table {family} {table} {{ comment \"rules for {table}\" ; }}\n");
-    let postrtg = format!(
-        "add chain {family} {table} postrtg {{ type nat hook postrouting priority srcnat ; policy accept ; comment \"chain to manage traffic masquerading by flannel\" ; }}\n"
-    );
-    let forward = format!(
-        "add chain {family} {table} forward {{ type filter hook forward priority filter ; policy accept ; comment \"chain to accept flannel traffic\" ; }}\n"
-    );
-    s += &postrtg;
-    if spec.ip_masq {
-        s += &format!("flush chain {family} {table} postrtg\n");
-        for rule in [
-            "meta mark 0x4000 return".to_string(),
-            format!("{ip} saddr {p} {ip} daddr {n} return"),
-            format!("{ip} saddr {n} {ip} daddr {p} return"),
-            format!("{ip} saddr != {p} {ip} daddr {n} return"),
-            format!("{ip} saddr {n} {ip} daddr != {mcast} masquerade{fully}"),
-            format!("{ip} saddr != {n} {ip} daddr {n} masquerade{fully}"),
-        ] {
-            s += &format!("add rule {family} {table} postrtg {rule}\n");
+    for chain in nft_chains(spec) {
+        let name = chain.name;
+        s += &format!(
+            "add chain {family} {table} {name} {{ type {} ; policy accept ; comment \"{}\" ; }}\n",
+            chain.hook, chain.comment
+        );
+        if chain.wanted {
+            s += &format!("flush chain {family} {table} {name}\n");
+            for rule in &chain.rules {
+                s += &format!("add rule {family} {table} {name} {rule}\n");
+            }
+        } else {
+            s += &format!("delete chain {family} {table} {name}\n");
         }
-    } else {
-        s += &format!("delete chain {family} {table} postrtg\n");
-    }
-    s += &forward;
-    if spec.forward {
-        s += &format!("flush chain {family} {table} forward\n");
-        s += &format!("add rule {family} {table} forward {ip} saddr {n} accept\n");
-        s += &format!("add rule {family} {table} forward {ip} daddr {n} accept\n");
-    } else {
-        s += &format!("delete chain {family} {table} forward\n");
     }
     s
 }
@@ -245,25 +278,21 @@ pub fn nft_script(spec: &RuleSpec) -> String {
 /// What `nft list table <family> <table>` prints once [`nft_script`] is applied.
 pub fn nft_listing(spec: &RuleSpec) -> String {
     let (family, table) = nft_table(spec);
-    let ip = if spec.is_ipv6() { "ip6" } else { "ip" };
-    let (n, p) = (cidr(spec.network), cidr(spec.subnet));
-    let fully = if spec.random_fully {
-        " fully-random"
-    } else {
-        ""
-    };
-    let mcast = spec.multicast();
-    let mut chains = Vec::new();
-    if spec.ip_masq {
-        chains.push(format!(
-            "\tchain postrtg {{\n\t\tcomment \"chain to manage traffic masquerading by flannel\"\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tmeta mark 0x00004000 return\n\t\t{ip} saddr {p} {ip} daddr {n} return\n\t\t{ip} saddr {n} {ip} daddr {p} return\n\t\t{ip} saddr != {p} {ip} daddr {n} return\n\t\t{ip} saddr {n} {ip} daddr != {mcast} masquerade{fully}\n\t\t{ip} saddr != {n} {ip} daddr {n} masquerade{fully}\n\t}}\n"
-        ));
-    }
-    if spec.forward {
-        chains.push(format!(
-            "\tchain forward {{\n\t\tcomment \"chain to accept flannel traffic\"\n\t\ttype filter hook forward priority filter; policy accept;\n\t\t{ip} saddr {n} accept\n\t\t{ip} daddr {n} accept\n\t}}\n"
-        ));
-    }
+    let chains: Vec<String> = nft_chains(spec)
+        .into_iter()
+        .filter(|c| c.wanted)
+        .map(|c| {
+            let rules: String = c
+                .rules
+                .iter()
+                .map(|r| format!("\t\t{}\n", listed_rule(r)))
+                .collect();
+            format!(
+                "\tchain {} {{\n\t\tcomment \"{}\"\n\t\ttype {}; policy accept;\n{rules}\t}}\n",
+                c.name, c.comment, c.hook
+            )
+        })
+        .collect();
     format!(
         "table {family} {table} {{\n\tcomment \"rules for {table}\"\n{}}}\n",
         chains.join("\n")

@@ -28,7 +28,13 @@ pub struct Flag {
     pub hidden: bool,
 }
 
-const fn flag(name: &'static str, kind: Kind, default: &'static str, usage: &'static str) -> Flag {
+/// A flag shown in the usage text.
+pub const fn flag(
+    name: &'static str,
+    kind: Kind,
+    default: &'static str,
+    usage: &'static str,
+) -> Flag {
     Flag {
         name,
         kind,

@@ -13,18 +13,8 @@ use flannel_subnet::etcd::EtcdV3Store;
 use flannel_subnet::store::{Key, Store};
 use flannel_subnet::{write_config, ConfigWrite};
 
-use crate::cli::{self, CliError, Flag, Kind, Parsed, Values, DAEMON_FLAGS};
+use crate::cli::{self, flag, CliError, Flag, Kind, Parsed, Values, DAEMON_FLAGS};
 use crate::options::{etcd_config, Options};
-
-const fn flag(name: &'static str, kind: Kind, default: &'static str, usage: &'static str) -> Flag {
-    Flag {
-        name,
-        kind,
-        default,
-        usage,
-        hidden: false,
-    }
-}
 
 pub const INSTALL_FLAGS: &[Flag] = &[
     flag(

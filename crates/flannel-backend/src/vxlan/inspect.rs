@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use ipnetwork::IpNetwork;
 
 use super::config::encap_overhead;
-use super::peers::PeerChange;
+use super::plan::{self, PeerChange};
 use super::{peers, Peer, Skip, VxlanConfig};
 use crate::inspect::{opt, Findings, Inspect};
 use crate::netlink::{Family, Netlink};
@@ -267,7 +267,7 @@ async fn peers_of(
         }
     }
     let observed = match async {
-        Ok::<_, crate::BackendError>(peers::Observed {
+        Ok::<_, crate::BackendError>(plan::Observed {
             neighbours: nl.neighbour_entries(index, family).await?,
             fdb: nl.fdb_entries(index).await?,
             routes: nl.routes(family).await?,
@@ -282,7 +282,7 @@ async fn peers_of(
             return;
         }
     };
-    let plan = peers::plan(
+    let plan = plan::plan(
         &desired,
         observed,
         index,

@@ -19,6 +19,7 @@ pub mod device;
 mod inspect;
 mod peer_set;
 pub mod peers;
+pub mod plan;
 mod tunnel;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -37,7 +38,8 @@ use tracing::info;
 
 pub use config::VxlanConfig;
 pub use device::Device;
-pub use peers::{Peer, Plan, Skip};
+pub use peers::{Peer, Skip};
+pub use plan::Plan;
 use tunnel::Tunnel;
 
 use crate::netlink::Family;
@@ -239,11 +241,14 @@ impl VxlanBackend {
         self.count_peers();
         Ok(())
     }
+}
 
+#[async_trait]
+impl Reconciler for VxlanBackend {
     /// Applies lease changes to every family's desired set and programs exactly the
     /// difference; after a batch that completes a listing, full reconciles may delete what no
     /// lease explains. Returns the number of netlink operations that failed.
-    pub async fn apply(&mut self, batch: &LeaseBatch) -> usize {
+    async fn apply(&mut self, batch: &LeaseBatch) -> usize {
         self.listed |= batch.snapshot;
         let mut failures = 0;
         for t in &mut self.tunnels {
@@ -254,7 +259,7 @@ impl VxlanBackend {
     }
 
     /// Makes the kernel match the desired sets. Returns the number of entries changed.
-    pub async fn reconcile(&mut self) -> Result<usize, BackendError> {
+    async fn reconcile(&mut self) -> Result<usize, BackendError> {
         self.stats.reconciles.fetch_add(1, Ordering::Relaxed);
         let mut size = 0;
         let mut first_error = None;
@@ -274,21 +279,6 @@ impl VxlanBackend {
 
     fn is_damage(&self, event: &KernelEvent) -> bool {
         self.tunnels.iter().any(|t| t.is_damage(event))
-    }
-}
-
-#[async_trait]
-impl Reconciler for VxlanBackend {
-    async fn apply(&mut self, batch: &LeaseBatch) -> usize {
-        VxlanBackend::apply(self, batch).await
-    }
-
-    async fn reconcile(&mut self) -> Result<usize, BackendError> {
-        VxlanBackend::reconcile(self).await
-    }
-
-    fn is_damage(&self, event: &KernelEvent) -> bool {
-        VxlanBackend::is_damage(self, event)
     }
 
     fn listed(&self) -> bool {

@@ -15,7 +15,8 @@ use tracing::{debug, info, warn};
 use super::config::{self, VxlanConfig};
 use super::device::{self, Device};
 use super::peer_set::PeerSet;
-use super::peers::{self, Plan, Skip};
+use super::peers::{self, Skip};
+use super::plan::{self, Plan};
 use crate::netlink::events::KernelEvent;
 use crate::netlink::link::VxlanLinkSpec;
 use crate::netlink::nexthop::Nexthop;
@@ -240,7 +241,7 @@ impl Tunnel {
             }
             debug!(subnet = %peer.subnet, public_ip = %peer.public_ip, vtep_mac = %peer.mac, "adding peer");
             let (nexthop, route) = self.entries_of(&peer);
-            plan.add.push(peers::PeerChange {
+            plan.add.push(plan::PeerChange {
                 neighbour: peer.neighbour(),
                 fdb: peer.fdb(),
                 nexthop,
@@ -293,7 +294,7 @@ impl Tunnel {
         }
         self.ensure_address().await?;
         let index = self.device.index;
-        let observed = peers::Observed {
+        let observed = plan::Observed {
             neighbours: self.nl.neighbour_entries(index, self.family).await?,
             fdb: self.nl.fdb_entries(index).await?,
             routes: self.nl.routes(self.family).await?,
@@ -305,7 +306,7 @@ impl Tunnel {
             .filter(|n| n.oif != index)
             .map(|n| n.id)
             .collect();
-        let mut plan = peers::plan(
+        let mut plan = plan::plan(
             self.peers.by_subnet(),
             observed,
             index,
@@ -378,7 +379,7 @@ impl Tunnel {
             .collect();
         // deleting a nexthop deletes the routes through it: last
         let mut del_nexthops = plan.del_nexthops;
-        let mut calls: Vec<&[peers::PeerChange]> = plan.add.chunks(PEERS_PER_CALL).collect();
+        let mut calls: Vec<&[plan::PeerChange]> = plan.add.chunks(PEERS_PER_CALL).collect();
         if calls.is_empty() {
             calls.push(&[]);
         }

@@ -11,9 +11,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::watch::changes_of;
 use super::{subnet_key, LeaseManager};
-use crate::error::StoreError;
-use crate::store::{Change, Cond, Life, Store, Watched};
+use crate::store::{Change, Cond, Life, Store};
 use crate::SubnetError;
 
 /// Upstream retries a failed renewal every minute.
@@ -141,31 +141,23 @@ impl<S: Store> LeaseManager<S> {
                         renew_at = Some(Instant::now() + RENEW_RETRY);
                     }
                 },
-                item = changes.next() => match item {
-                    None => {
-                        return Err(StoreError::transient(
-                            format!("watching {}", self.store.describe(&key)),
-                            "the watch ended",
-                        )
-                        .into())
-                    }
-                    Some(Err(e)) => return Err(e.into()),
-                    Some(Ok(Watched::Reset)) => return Ok(()),
-                    Some(Ok(Watched::Changes(changes))) => {
-                        for change in changes {
-                            match change {
-                                Change::Delete(_) => {
-                                    warn!(subnet = %lease.subnet, "the lease of this node's subnet was deleted from {}; re-creating it", self.store.name());
-                                    return self.recreate(lease).await;
-                                }
-                                Change::Put(new) => {
-                                    self.check_ours(lease, &new)?;
-                                    record = new;
-                                }
+                item = changes.next() => {
+                    let Some(changes) = changes_of(item, &self.store.describe(&key))? else {
+                        return Ok(());
+                    };
+                    for change in changes {
+                        match change {
+                            Change::Delete(_) => {
+                                warn!(subnet = %lease.subnet, "the lease of this node's subnet was deleted from {}; re-creating it", self.store.name());
+                                return self.recreate(lease).await;
+                            }
+                            Change::Put(new) => {
+                                self.check_ours(lease, &new)?;
+                                record = new;
                             }
                         }
                     }
-                },
+                }
             }
         }
     }

@@ -77,19 +77,12 @@ impl<S: Store> LeaseManager<S> {
                 item = changes.next() => item,
                 () = tx.closed() => return Err(SubnetError::Closed),
             };
-            let changes = match item {
-                None => {
-                    return Err(StoreError::transient("watching leases", "the watch ended").into())
-                }
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(Watched::Reset)) => {
-                    info!(
-                        "{} watch for leases fell behind the store's history (compaction), re-listing and resuming",
-                        self.store.name()
-                    );
-                    return Ok(());
-                }
-                Some(Ok(Watched::Changes(changes))) => changes,
+            let Some(changes) = changes_of(item, "leases")? else {
+                info!(
+                    "{} watch for leases fell behind the store's history (compaction), re-listing and resuming",
+                    self.store.name()
+                );
+                return Ok(());
             };
             let mut events = Vec::new();
             for change in changes {
@@ -151,17 +144,8 @@ impl<S: Store> LeaseManager<S> {
                 item = changes.next() => item,
                 () = tx.closed() => return Err(SubnetError::Closed),
             };
-            let changes = match item {
-                None => {
-                    return Err(StoreError::transient(
-                        format!("watching {}", self.store.describe(&key)),
-                        "the watch ended",
-                    )
-                    .into())
-                }
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(Watched::Reset)) => return Ok(()),
-                Some(Ok(Watched::Changes(changes))) => changes,
+            let Some(changes) = changes_of(item, &self.store.describe(&key))? else {
+                return Ok(());
             };
             for change in changes {
                 let msg = match change {
@@ -174,5 +158,21 @@ impl<S: Store> LeaseManager<S> {
                 tx.send(msg).await.map_err(|_| SubnetError::Closed)?;
             }
         }
+    }
+}
+
+/// What a watch's next item means to a session: its changes; `None` when the store lost the
+/// history the watch needed (list again and go on from there); an error when the watch broke
+/// or ended (the session is over, and the next one reads afresh). `what` names what is
+/// watched, for the error.
+pub(super) fn changes_of(
+    item: Option<Result<Watched, StoreError>>,
+    what: &str,
+) -> Result<Option<Vec<Change>>, SubnetError> {
+    match item {
+        None => Err(StoreError::transient(format!("watching {what}"), "the watch ended").into()),
+        Some(Err(e)) => Err(e.into()),
+        Some(Ok(Watched::Reset)) => Ok(None),
+        Some(Ok(Watched::Changes(changes))) => Ok(Some(changes)),
     }
 }

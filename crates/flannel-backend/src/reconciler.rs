@@ -19,7 +19,7 @@ use crate::BackendError;
 /// How soon after the kernel reports damage the repair runs (deletions come in bursts).
 const REPAIR_DELAY: Duration = Duration::from_millis(20);
 
-/// What [`serve`] needs of a backend that programs the kernel: VXLAN and host-gw implement
+/// What `serve` needs of a backend that programs the kernel: VXLAN and host-gw implement
 /// it, and the run loop is theirs for nothing.
 #[async_trait]
 pub trait Reconciler: Send {

@@ -1,11 +1,13 @@
 //! Subnet leases for flanneld-rs.
 //!
 //! A [`SubnetManager`] hands this node its subnet and tells it about everybody else's:
-//! get the network config, acquire a lease, keep it, watch the other leases. There is one
-//! implementation, [`manager::LeaseManager`], which holds the lease semantics once, over a
-//! small storage trait ([`store::Store`]) served by etcd v3 ([`etcd::EtcdV3Store`]), etcd v2
+//! get the network config, acquire a lease, keep it, watch the other leases. Two implement
+//! it: [`manager::LeaseManager`], which holds the lease semantics once, over a small storage
+//! trait ([`store::Store`]) served by etcd v3 ([`etcd::EtcdV3Store`]), etcd v2
 //! ([`etcd2::EtcdV2Store`]) and, for fast tests of the semantics, memory
-//! ([`memory::MemoryStore`]).
+//! ([`memory::MemoryStore`]); and kube mode's [`kube::KubeSubnetManager`], whose leases are
+//! the Nodes' pod CIDRs (nothing to allocate or expire: docs/architecture.md says why it is no
+//! store).
 //!
 //! The allocation rule ([`allocate`]), the acquire decision ([`acquire`]) and the bookkeeping
 //! of the watched lease set ([`lease_set`]) are pure and tested on their own.

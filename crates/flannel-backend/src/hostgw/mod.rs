@@ -3,7 +3,7 @@
 //! interface, for nodes on one L2 segment; IPv6 subnets via the PublicIPv6, in dual-stack and
 //! IPv6-only clusters. MTU: the interface's.
 //!
-//! Reconciled like VXLAN (the loop is [`crate::reconciler`]): routes added and removed per
+//! Reconciled like VXLAN (the loop is `reconciler.rs`): routes added and removed per
 //! lease event, the whole set compared with the kernel at start, on a period and soon after
 //! the kernel reports one of ours deleted; nothing deleted before the first complete listing.
 //! Upstream re-adds missing routes every 10 s and never removes stale ones. Our routes are

@@ -1,18 +1,19 @@
 //! The VXLAN backend (upstream `pkg/backend/vxlan`), reconciled, for IPv4, IPv6 or both.
 //!
-//! One [`Tunnel`] per enabled family: `flannel.<VNI>` carries IPv4 pod traffic over the
+//! One `Tunnel` per enabled family: `flannel.<VNI>` carries IPv4 pod traffic over the
 //! PublicIP, `flannel-v6.<VNI>` IPv6 pod traffic over the PublicIPv6, each with its own VTEP
 //! MAC (the lease's `BackendData` and `BackendV6Data`). Each holds the desired peer set of its
 //! family and makes the kernel match it:
-//! - per lease event, only the entries of the peers that changed ([`VxlanBackend::apply`]);
+//! - per lease event, only the entries of the peers that changed (`Reconciler::apply`);
 //! - in full at start, every resync period, and soon after the kernel reports that something
-//!   of ours was deleted ([`VxlanBackend::reconcile`]): list the entries on the device, add
-//!   what is missing, delete what no lease explains, re-create the device if it is gone.
+//!   of ours was deleted (`Reconciler::reconcile`): list the entries on the device, add what
+//!   is missing, delete what no lease explains, re-create the device if it is gone.
 //!
-//! Many peers are programmed concurrently over one netlink socket (requests are pipelined),
-//! each peer's own entries in upstream's order: neighbour, FDB, route. The run loop around
-//! `apply` and `reconcile` is the crate's `reconciler`, shared by every backend that programs
-//! the kernel.
+//! A peer's entries (nexthop object, ARP, FDB, route; a removal in the reverse order) go to
+//! the kernel together, in bulk with other peers' (flannel-netlink's requests: a lease event
+//! is one system call, a cold start one per 128 requests). The run loop around `apply` and
+//! `reconcile` is the crate's `reconciler`, shared by every backend that programs the
+//! kernel.
 
 pub mod config;
 pub mod device;

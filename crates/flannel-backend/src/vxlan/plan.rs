@@ -24,11 +24,11 @@ pub struct Observed {
     pub nexthops: Vec<Nexthop>,
 }
 
-/// Changes, to be done in this order: deletions (routes, FDB, neighbours), then additions per
-/// peer (neighbour, FDB, nexthop, route: the route last, so the kernel never ARPs for a
-/// gateway it should know), then the nexthop objects no route needs any more (last: deleting
-/// a nexthop deletes the routes through it, and a route switching to the classic form is
-/// replaced first).
+/// Changes, to be done in this order (`Tunnel::execute` does): deletions (routes, FDB,
+/// neighbours), then additions per peer (nexthop, neighbour, FDB, route: the route last, so
+/// the kernel never ARPs for a gateway it should know), then the nexthop objects no route
+/// needs any more (last: deleting a nexthop deletes the routes through it, and a route
+/// switching to the classic form is replaced first).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     pub del_routes: Vec<Route>,

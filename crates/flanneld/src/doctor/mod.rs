@@ -465,9 +465,7 @@ async fn check_node(
         behind_nat: public
             .is_some_and(|p| !chosen.ext.addresses.iter().any(|a| a.ip() == IpAddr::V4(p))),
     };
-    let mut found = flannel_backend::inspect::Findings::default();
-    let mtu = flannel_backend::inspect(&ctx, &mut found).await;
-    r.absorb(found);
+    let mtu = flannel_backend::inspect(&ctx, r).await;
     check_subnet_env(opts, config, lease, mtu, r);
     check_rules(opts, config, lease, r).await;
     check_cni0(opts, nl, r).await;
@@ -489,9 +487,7 @@ fn subnets_text(lease: &Lease) -> String {
 /// Without the lease: whether the backend's devices are there and up (VXLAN); what their
 /// entries should be cannot be known.
 async fn check_device(config: &NetworkConfig, nl: &Netlink, r: &mut Report) {
-    let mut found = flannel_backend::inspect::Findings::default();
-    flannel_backend::inspect_device(config, nl, &mut found).await;
-    r.absorb(found);
+    flannel_backend::inspect_device(config, nl, r).await;
 }
 
 /// cni0 (the bridge the CNI plugin makes) holds the gateway of subnet.env's subnets and no

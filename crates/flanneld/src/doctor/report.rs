@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-pub use flannel_backend::inspect::{Finding, Status};
+pub use flannel_backend::inspect::{Findings, Status};
 
 fn word(status: Status) -> &'static str {
     match status {
@@ -22,50 +22,34 @@ fn colour_of(status: Status) -> &'static str {
     }
 }
 
+/// The doctor's findings (those of the backends' inspections among them, gathered with the
+/// same [`Findings`]), and how they are printed.
 #[derive(Debug, Default)]
 pub struct Report {
-    pub findings: Vec<Finding>,
+    found: Findings,
+}
+
+impl std::ops::Deref for Report {
+    type Target = Findings;
+
+    fn deref(&self) -> &Findings {
+        &self.found
+    }
+}
+
+impl std::ops::DerefMut for Report {
+    fn deref_mut(&mut self) -> &mut Findings {
+        &mut self.found
+    }
 }
 
 impl Report {
-    pub fn ok(&mut self, check: &'static str, text: impl Into<String>) {
-        self.push(check, Status::Ok, text.into(), String::new());
-    }
-
-    pub fn warn(
-        &mut self,
-        check: &'static str,
-        text: impl Into<String>,
-        advice: impl Into<String>,
-    ) {
-        self.push(check, Status::Warn, text.into(), advice.into());
-    }
-
-    pub fn fail(
-        &mut self,
-        check: &'static str,
-        text: impl Into<String>,
-        advice: impl Into<String>,
-    ) {
-        self.push(check, Status::Fail, text.into(), advice.into());
-    }
-
-    /// What a backend's inspection found ([`flannel_backend::inspect`]), in its order.
-    pub fn absorb(&mut self, found: flannel_backend::inspect::Findings) {
-        self.findings.extend(found.list);
-    }
-
-    fn push(&mut self, check: &'static str, status: Status, text: String, advice: String) {
-        self.findings.push(Finding {
-            check,
-            status,
-            text,
-            advice,
-        });
-    }
-
     fn count(&self, status: Status) -> usize {
-        self.findings.iter().filter(|f| f.status == status).count()
+        self.found
+            .list
+            .iter()
+            .filter(|f| f.status == status)
+            .count()
     }
 
     pub fn failed(&self) -> bool {
@@ -81,7 +65,7 @@ impl Report {
             let _ = writeln!(
                 out,
                 "flanneld-rs doctor: all good ({} checks passed)",
-                self.findings.len()
+                self.found.list.len()
             );
         } else {
             let _ = writeln!(
@@ -92,7 +76,7 @@ impl Report {
             );
         }
         for status in [Status::Fail, Status::Warn, Status::Ok] {
-            for f in self.findings.iter().filter(|f| f.status == status) {
+            for f in self.found.list.iter().filter(|f| f.status == status) {
                 let word = if colour {
                     format!("{}{:<4}\x1b[0m", colour_of(status), word(status))
                 } else {
@@ -116,7 +100,8 @@ impl Report {
 
     pub fn json(&self) -> serde_json::Value {
         let findings: Vec<serde_json::Value> = self
-            .findings
+            .found
+            .list
             .iter()
             .map(|f| {
                 serde_json::json!({

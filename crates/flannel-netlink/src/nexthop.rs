@@ -13,8 +13,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_core::{
-    DefaultNla, Emitable, NetlinkBuffer, NlasIterator, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkBuffer, NlaBuffer, NlasIterator, NLA_HEADER_SIZE, NLM_F_ACK, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 
 use crate::request::Request;
@@ -61,11 +61,9 @@ fn encode(
     } else {
         0
     };
-    let nlas: Vec<DefaultNla> = attrs
-        .iter()
-        .map(|(kind, payload)| DefaultNla::new(*kind, payload.to_vec()))
-        .collect();
-    let len = HEADER + NHMSG + nlas.as_slice().buffer_len();
+    // one allocation: a cold start encodes one of these per peer
+    let nla_len = |payload: &[u8]| (NLA_HEADER_SIZE + payload.len()).next_multiple_of(4);
+    let len = HEADER + NHMSG + attrs.iter().map(|(_, p)| nla_len(p)).sum::<usize>();
     let mut out = vec![0u8; len];
     let mut header = NetlinkBuffer::new(&mut out[..]);
     header.set_length(len as u32);
@@ -75,7 +73,14 @@ fn encode(
     header.set_port_number(0); // the kernel's
     out[HEADER..HEADER + 4].copy_from_slice(&[family, 0, protocol, 0]);
     out[HEADER + 4..HEADER + NHMSG].copy_from_slice(&nh_flags.to_ne_bytes());
-    nlas.as_slice().emit(&mut out[HEADER + NHMSG..]);
+    let mut at = HEADER + NHMSG;
+    for (kind, payload) in attrs {
+        let mut nla = NlaBuffer::new(&mut out[at..]);
+        nla.set_kind(*kind);
+        nla.set_length((NLA_HEADER_SIZE + payload.len()) as u16);
+        nla.value_mut().copy_from_slice(payload);
+        at += nla_len(payload);
+    }
     out
 }
 

@@ -9,7 +9,6 @@ use netlink_packet_route::neighbour::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::request::Request;
 use crate::NetlinkError;
 use crate::{dump, Family, Netlink};
 
@@ -115,10 +114,6 @@ impl Netlink {
             .clone()
     }
 
-    pub async fn del_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), NetlinkError> {
-        self.send_one(Request::DelNeighbour { index, ip }).await
-    }
-
     /// The FDB entries with a destination that a vxlan link holds for itself (NTF_SELF).
     pub async fn fdb_entries(&self, index: u32) -> Result<Vec<FdbEntry>, NetlinkError> {
         let mut filter = NeighbourMessage::default();
@@ -138,9 +133,5 @@ impl Netlink {
                 })
             })
             .await
-    }
-
-    pub async fn del_fdb(&self, index: u32, entry: FdbEntry) -> Result<(), NetlinkError> {
-        self.send_one(Request::DelFdb { index, entry }).await
     }
 }

@@ -13,11 +13,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_core::{
-    NetlinkBuffer, NlaBuffer, NlasIterator, NLA_HEADER_SIZE, NLM_F_ACK, NLM_F_CREATE,
-    NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkBuffer, NlaBuffer, NlasIterator, NLA_HEADER_SIZE, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 
-use crate::request::Request;
 use crate::{Netlink, NetlinkError};
 
 /// A nexthop object: `id <id> via <gateway> dev <oif> [onlink]`.
@@ -195,18 +194,6 @@ impl Netlink {
         // the kernel's filter by device is a hint on old kernels
         out.retain(|n| oif.is_none_or(|o| n.oif == o));
         Ok(out)
-    }
-
-    /// `ip nexthop replace` for each; one result per nexthop.
-    pub async fn replace_nexthops(&self, nexthops: Vec<Nexthop>) -> Vec<Result<(), NetlinkError>> {
-        self.send_all(nexthops.into_iter().map(Request::Nexthop).collect())
-            .await
-    }
-
-    /// `ip nexthop del` for each (one already gone is no error).
-    pub async fn delete_nexthops(&self, ids: Vec<u32>) -> Vec<Result<(), NetlinkError>> {
-        self.send_all(ids.into_iter().map(Request::DelNexthop).collect())
-            .await
     }
 }
 

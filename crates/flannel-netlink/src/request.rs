@@ -145,8 +145,35 @@ impl Netlink {
     }
 
     /// Sends one request.
-    pub(crate) async fn send_one(&self, request: Request) -> Result<(), NetlinkError> {
+    async fn send_one(&self, request: Request) -> Result<(), NetlinkError> {
         self.send_all(vec![request]).await.pop().unwrap_or(Ok(()))
+    }
+
+    /// `ip route del` (one already gone is no error).
+    pub async fn del_route(&self, route: Route) -> Result<(), NetlinkError> {
+        self.send_one(Request::DelRoute(route)).await
+    }
+
+    /// `ip neigh del` (one already gone is no error).
+    pub async fn del_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), NetlinkError> {
+        self.send_one(Request::DelNeighbour { index, ip }).await
+    }
+
+    /// `bridge fdb del` (one already gone is no error).
+    pub async fn del_fdb(&self, index: u32, entry: FdbEntry) -> Result<(), NetlinkError> {
+        self.send_one(Request::DelFdb { index, entry }).await
+    }
+
+    /// `ip nexthop replace` for each; one result per nexthop.
+    pub async fn replace_nexthops(&self, nexthops: Vec<Nexthop>) -> Vec<Result<(), NetlinkError>> {
+        self.send_all(nexthops.into_iter().map(Request::Nexthop).collect())
+            .await
+    }
+
+    /// `ip nexthop del` for each (one already gone is no error).
+    pub async fn delete_nexthops(&self, ids: Vec<u32>) -> Vec<Result<(), NetlinkError>> {
+        self.send_all(ids.into_iter().map(Request::DelNexthop).collect())
+            .await
     }
 }
 

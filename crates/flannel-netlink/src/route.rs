@@ -10,7 +10,6 @@ use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::RouteMessageBuilder;
 
 use crate::error::nl_err;
-use crate::request::Request;
 use crate::NetlinkError;
 use crate::{dump, Family, Netlink};
 
@@ -218,9 +217,5 @@ impl Netlink {
                 },
             )
             .await
-    }
-
-    pub async fn del_route(&self, route: Route) -> Result<(), NetlinkError> {
-        self.send_one(Request::DelRoute(route)).await
     }
 }

@@ -6,7 +6,7 @@ use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::address::AddressAttribute;
 
-use crate::error::nl_err;
+use crate::error::{gone_is_ok, nl_err};
 use crate::NetlinkError;
 use crate::{Family, Netlink};
 
@@ -72,16 +72,9 @@ impl Netlink {
         let ip: IpAddr = addr.ip();
         let mut req = self.handle().address().add(index, ip, addr.prefix());
         let msg = req.message_mut().clone();
-        match self.handle().address().del(msg).execute().await {
-            Err(e) => {
-                let e = NetlinkError::rtnetlink(format!("removing {addr} from link #{index}"), e);
-                if e.is_gone() {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
-            Ok(()) => Ok(()),
-        }
+        gone_is_ok(
+            format!("removing {addr} from link #{index}"),
+            self.handle().address().del(msg).execute().await,
+        )
     }
 }

@@ -114,6 +114,28 @@ pub(crate) fn nl_err(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> 
     move |e| NetlinkError::rtnetlink(op, e)
 }
 
+/// A deletion's result: one of what is already gone is no error.
+pub(crate) fn gone_is_ok(
+    op: impl Into<String>,
+    result: Result<(), rtnetlink::Error>,
+) -> Result<(), NetlinkError> {
+    match result.map_err(nl_err(op)) {
+        Err(e) if !e.is_gone() => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// A look-up's result: `None` when the kernel has no such device (`ENODEV`).
+pub(crate) fn no_such_device_is_none<T>(
+    op: impl Into<String>,
+    result: Result<Option<T>, rtnetlink::Error>,
+) -> Result<Option<T>, NetlinkError> {
+    match result.map_err(nl_err(op)) {
+        Err(e) if e.kernel_errno() == Some(libc::ENODEV) => Ok(None),
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use netlink_packet_route::link::{
 };
 use rtnetlink::{LinkUnspec, LinkVxlan};
 
-use crate::error::nl_err;
+use crate::error::{gone_is_ok, nl_err, no_such_device_is_none};
 use crate::Netlink;
 use crate::NetlinkError;
 
@@ -142,32 +142,20 @@ impl Netlink {
             .get()
             .match_name(name.to_string())
             .execute();
-        match links.try_next().await {
-            Ok(msg) => Ok(msg.as_ref().map(parse)),
-            Err(e) => {
-                let e = NetlinkError::rtnetlink(format!("looking up link {name}"), e);
-                if e.kernel_errno() == Some(libc::ENODEV) {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        Ok(
+            no_such_device_is_none(format!("looking up link {name}"), links.try_next().await)?
+                .as_ref()
+                .map(parse),
+        )
     }
 
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NetlinkError> {
         let mut links = self.handle().link().get().match_index(index).execute();
-        match links.try_next().await {
-            Ok(msg) => Ok(msg.as_ref().map(parse)),
-            Err(e) => {
-                let e = NetlinkError::rtnetlink(format!("looking up link #{index}"), e);
-                if e.kernel_errno() == Some(libc::ENODEV) {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        Ok(
+            no_such_device_is_none(format!("looking up link #{index}"), links.try_next().await)?
+                .as_ref()
+                .map(parse),
+        )
     }
 
     pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
@@ -210,17 +198,10 @@ impl Netlink {
     }
 
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
-        match self.handle().link().del(index).execute().await {
-            Err(e) => {
-                let e = NetlinkError::rtnetlink(format!("deleting link #{index}"), e);
-                if e.is_gone() {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
-            Ok(()) => Ok(()),
-        }
+        gone_is_ok(
+            format!("deleting link #{index}"),
+            self.handle().link().del(index).execute().await,
+        )
     }
 
     pub async fn set_link_up(&self, index: u32) -> Result<(), NetlinkError> {

@@ -9,7 +9,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::RouteMessageBuilder;
 
-use crate::error::nl_err;
+use crate::error::{gone_is_ok, nl_err};
 use crate::NetlinkError;
 use crate::{dump, Family, Netlink};
 
@@ -192,17 +192,10 @@ impl Netlink {
             .kind(RouteType::BlackHole)
             .build();
         msg.header.scope = RouteScope::NoWhere;
-        match self.handle().route().del(msg).execute().await {
-            Err(e) => {
-                let e = NetlinkError::rtnetlink(format!("deleting the blackhole route {dst}"), e);
-                if e.is_gone() {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
-            Ok(()) => Ok(()),
-        }
+        gone_is_ok(
+            format!("deleting the blackhole route {dst}"),
+            self.handle().route().del(msg).execute().await,
+        )
     }
 
     /// Unicast routes of `family` in the main table.

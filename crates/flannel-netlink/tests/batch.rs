@@ -1,4 +1,4 @@
-//! Requests in bulk (`netlink/batch.rs`) against the kernel, in a network namespace of the
+//! Requests in bulk (`request.rs`) against the kernel, in a network namespace of the
 //! test's own: what `ip`, `bridge` and `ip nexthop` show afterwards, a failed request in
 //! the middle of a batch failing alone, and deletions (of things already gone too).
 #![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed assertion

@@ -79,6 +79,23 @@ fn parse(msg: &RouteMessage, family: Family) -> Option<Route> {
     })
 }
 
+/// `blackhole <dst>`: what `ip route replace` sends (proto boot, scope universe) or `ip route
+/// del` (any protocol, scope nowhere).
+fn blackhole_message(
+    dst: IpNetwork,
+    protocol: RouteProtocol,
+    scope: RouteScope,
+) -> Result<RouteMessage, NetlinkError> {
+    let mut msg = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(dst.network(), dst.prefix())
+        .map_err(|e| NetlinkError::other(format!("blackhole route {dst}"), e.to_string()))?
+        .protocol(protocol)
+        .kind(RouteType::BlackHole)
+        .build();
+    msg.header.scope = scope;
+    Ok(msg)
+}
+
 /// A route message for `route` with the given protocol (`replace` and `del` differ there).
 fn message(route: &Route, protocol: RouteProtocol) -> Result<RouteMessage, NetlinkError> {
     fn invalid<E: std::fmt::Display>(route: &Route) -> impl FnOnce(E) -> NetlinkError + '_ {
@@ -168,13 +185,7 @@ impl Netlink {
 
     /// `ip route replace blackhole <dst>` (upstream's `AddBlackholeV4Route`).
     pub async fn add_blackhole(&self, dst: IpNetwork) -> Result<(), NetlinkError> {
-        let mut msg = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(dst.network(), dst.prefix())
-            .map_err(|e| NetlinkError::other(format!("blackhole route {dst}"), e.to_string()))?
-            .protocol(RouteProtocol::Boot)
-            .kind(RouteType::BlackHole)
-            .build();
-        msg.header.scope = RouteScope::Universe;
+        let msg = blackhole_message(dst, RouteProtocol::Boot, RouteScope::Universe)?;
         self.handle()
             .route()
             .add(msg)
@@ -185,13 +196,7 @@ impl Netlink {
     }
 
     pub async fn del_blackhole(&self, dst: IpNetwork) -> Result<(), NetlinkError> {
-        let mut msg = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(dst.network(), dst.prefix())
-            .map_err(|e| NetlinkError::other(format!("blackhole route {dst}"), e.to_string()))?
-            .protocol(RouteProtocol::Unspec)
-            .kind(RouteType::BlackHole)
-            .build();
-        msg.header.scope = RouteScope::NoWhere;
+        let msg = blackhole_message(dst, RouteProtocol::Unspec, RouteScope::NoWhere)?;
         gone_is_ok(
             format!("deleting the blackhole route {dst}"),
             self.handle().route().del(msg).execute().await,

@@ -1,13 +1,25 @@
 # Sourced by tests/run.sh and tests/lab.sh: installs the Debian packages of tests/deps.txt
-# that are missing (apt-get update first, only when something is missing).
+# and tests/deps-no-recommends.txt that are missing (apt-get update first, only when
+# something is missing), and virtme-ng for the VM lane (tests/vm.sh) into a venv outside
+# the checkout.
 missing=()
-while read -r pkg; do
-  case "$pkg" in ''|'#'*) continue ;; esac
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-done < tests/deps.txt
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing: ${missing[*]}"
+missing_nr=()
+for list in tests/deps.txt tests/deps-no-recommends.txt; do
+  while read -r pkg; do
+    case "$pkg" in ''|'#'*) continue ;; esac
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' && continue
+    if [ "$list" = tests/deps.txt ]; then missing+=("$pkg"); else missing_nr+=("$pkg"); fi
+  done < "$list"
+done
+if [ ${#missing[@]} -gt 0 ] || [ ${#missing_nr[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]} ${missing_nr[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
-  apt-get install -y -q "${missing[@]}"
+  [ ${#missing[@]} -eq 0 ] || apt-get install -y -q "${missing[@]}"
+  [ ${#missing_nr[@]} -eq 0 ] || apt-get install -y -q --no-install-recommends "${missing_nr[@]}"
+fi
+VNG_VENV=/opt/flanneld-rs-vng
+if [ ! -x "$VNG_VENV/bin/vng" ]; then
+  echo "installing virtme-ng into $VNG_VENV"
+  python3 -m venv "$VNG_VENV" && "$VNG_VENV/bin/pip" install -q 'virtme-ng==1.42'
 fi

@@ -69,6 +69,9 @@ pub struct Host {
     pub subnet_file: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
+    /// A process that holds the host's own mount namespace, with a /run/wireguard of its
+    /// own ([`Lab::private_run_wireguard`]); flanneld and [`Lab::on_host`] run in it.
+    holder: Option<Child>,
 }
 
 pub struct Pod {
@@ -326,8 +329,58 @@ impl Lab {
             subnet_file: dir.join("subnet.env"),
             log: dir.join("flanneld.log"),
             child: None,
+            holder: None,
         });
         index
+    }
+
+    /// Gives every host a /run/wireguard of its own (a tmpfs in a mount namespace held by a
+    /// sleeping process in the host's namespace): a userspace WireGuard (wireguard-go)
+    /// serves each device on `/var/run/wireguard/<device>.sock`, the same path on every
+    /// host of one machine. flanneld, its restarts and [`Lab::on_host`] run in it from now
+    /// on. Each host's key file is its own anyway (`WIREGUARD_KEY_FILE`, in its folder).
+    pub fn private_run_wireguard(&mut self) {
+        for h in &mut self.hosts {
+            if h.holder.is_some() {
+                continue;
+            }
+            let holder = Command::new("ip")
+                .args(["netns", "exec", &h.ns, "unshare", "-m", "--propagation", "private"])
+                .args([
+                    "sh",
+                    "-c",
+                    "mkdir -p /run/wireguard && mount -t tmpfs tmpfs /run/wireguard && exec sleep infinity",
+                ])
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("start the mount namespace holder");
+            let comm = format!("/proc/{}/comm", holder.id());
+            assert!(
+                wait_until(Duration::from_secs(10), || fs::read_to_string(&comm)
+                    .is_ok_and(|c| c.trim() == "sleep")),
+                "the mount namespace of {} did not come up",
+                h.ns
+            );
+            h.holder = Some(holder);
+        }
+    }
+
+    /// The command that runs `program` on host `index`: in its namespace, and in its mount
+    /// namespace when it has one.
+    fn host_command(&self, index: usize, program: &str) -> Command {
+        let h = &self.hosts[index - 1];
+        match &h.holder {
+            Some(holder) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.args(["-t", &holder.id().to_string(), "-m", "-n", "--", program]);
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", &h.ns, program]);
+                cmd
+            }
+        }
     }
 
     /// Kube mode for every flanneld started from now on: a kube-apiserver on the etcd
@@ -418,17 +471,18 @@ impl Lab {
         let mut flags = self.flags(index);
         flags.extend(extra.iter().map(|s| s.to_string()));
         let node_name = self.kube.as_ref().map(|_| self.node_name(index));
+        let mut cmd = self.host_command(index, &flanneld.to_string_lossy());
         let h = &mut self.hosts[index - 1];
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&h.log)
             .expect("log file");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &h.ns])
-            .arg(flanneld)
-            .args(&flags)
+        let key_file = h.log.with_file_name("wgkey");
+        cmd.args(&flags)
             .envs(node_name.map(|n| ("NODE_NAME".to_string(), n)))
+            // the WireGuard key: each host its own (upstream's /run/flannel/wgkey is shared)
+            .env("WIREGUARD_KEY_FILE", key_file)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -686,7 +740,20 @@ impl Lab {
 
     /// Runs a command in host `index`'s namespace.
     pub fn on_host(&self, index: usize, args: &[&str]) -> String {
-        nsexec(&self.hosts[index - 1].ns, args)
+        if self.hosts[index - 1].holder.is_none() {
+            return nsexec(&self.hosts[index - 1].ns, args);
+        }
+        let out = self
+            .host_command(index, args[0])
+            .args(&args[1..])
+            .output()
+            .expect("run on host");
+        assert!(
+            out.status.success(),
+            "{args:?} on host {index}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Leaves everything running when dropped (`lab up`).
@@ -752,6 +819,13 @@ impl Drop for Lab {
             m.stop();
         }
         destroy(&self.spec.name);
+        for h in &mut self.hosts {
+            // killed with everything in the host's namespace: reaped here
+            if let Some(mut c) = h.holder.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
         forget_live(&self.spec.name);
     }
 }

@@ -10,6 +10,9 @@
 //!   reconciled rather than replayed;
 //! - `host-gw` ([`hostgw::HostGwBackend`]): a route to each node's subnet via its PublicIP,
 //!   for nodes on one L2 segment;
+//! - `wireguard` ([`wireguard::WireGuardBackend`]): encrypted tunnels, a WireGuard device
+//!   per family holding a peer per remote node (the kernel's module, or a userspace
+//!   implementation where the kernel has none), reconciled like VXLAN;
 //! - `extension` ([`extension::ExtensionBackend`]): the operator's commands per event;
 //! - `alloc` ([`alloc::AllocBackend`]): a subnet and nothing else (no data path).
 //!
@@ -26,10 +29,12 @@ pub mod extension;
 pub mod hostgw;
 pub mod inspect;
 mod lease_check;
+mod own_address;
 mod reconciler;
 pub mod side;
 mod table;
 pub mod vxlan;
+pub mod wireguard;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::AtomicU64;

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 
 use crate::inspect::{Findings, Inspect};
 use crate::netlink::Netlink;
-use crate::{alloc, extension, hostgw, vxlan, Backend, BackendError, NodeContext};
+use crate::{alloc, extension, hostgw, vxlan, wireguard, Backend, BackendError, NodeContext};
 
 /// A backend made for a config, or why not.
 pub(crate) type Made<'a> = BoxFuture<'a, Result<Box<dyn Backend>, BackendError>>;
@@ -52,7 +52,13 @@ pub(crate) struct Row {
 }
 
 /// The backends flanneld-rs runs.
-pub(crate) const ROWS: [Row; 4] = [vxlan::ROW, hostgw::ROW, extension::ROW, alloc::ROW];
+pub(crate) const ROWS: [Row; 5] = [
+    vxlan::ROW,
+    hostgw::ROW,
+    wireguard::ROW,
+    extension::ROW,
+    alloc::ROW,
+];
 
 /// The row of `kind`.
 pub(crate) fn row(kind: BackendKind) -> Option<&'static Row> {

@@ -11,6 +11,7 @@ use std::fmt;
 pub enum BackendKind {
     Vxlan,
     HostGw,
+    WireGuard,
     Extension,
     Alloc,
 }
@@ -22,19 +23,21 @@ struct Row {
     /// Carries IPv6 beside IPv4 (dual-stack and IPv6-only): the node gets a subnet of each
     /// family the config enables. Upstream: vxlan, host-gw, wireguard.
     dual_stack: bool,
-    /// `BackendData` / `BackendV6Data` hold per-family data (VXLAN's VTEP MAC of each
-    /// device), absent for a family the node does not have; otherwise one value for both.
+    /// `BackendData` is absent for a node without IPv4 (VXLAN's VTEP MAC of the IPv4
+    /// device): kube mode then writes no IPv4 annotations (upstream's rule; WireGuard's
+    /// IPv4 data is written, null, all the same).
     per_family_data: bool,
     /// Kube mode writes the IPv6 annotations (`backend-v6-data`, `public-ipv6`) for a node
-    /// with an IPv6 address even without per-family data (upstream's rule).
+    /// with an IPv6 address even when its `BackendV6Data` is null (upstream's rule).
     ipv6_annotations: bool,
 }
 
 impl BackendKind {
     /// Every kind.
-    pub const ALL: [BackendKind; 4] = [
+    pub const ALL: [BackendKind; 5] = [
         BackendKind::Vxlan,
         BackendKind::HostGw,
+        BackendKind::WireGuard,
         BackendKind::Extension,
         BackendKind::Alloc,
     ];
@@ -53,6 +56,12 @@ impl BackendKind {
                 dual_stack: true,
                 per_family_data: false,
                 ipv6_annotations: true,
+            },
+            BackendKind::WireGuard => Row {
+                name: "wireguard",
+                dual_stack: true,
+                per_family_data: false,
+                ipv6_annotations: false,
             },
             BackendKind::Extension => Row {
                 name: "extension",
@@ -90,7 +99,7 @@ impl BackendKind {
         self.row().dual_stack
     }
 
-    /// Whether its lease data is per family (VXLAN): absent for a family the node lacks.
+    /// Whether its IPv4 lease data is absent for a node without IPv4 (VXLAN).
     pub const fn per_family_data(self) -> bool {
         self.row().per_family_data
     }

@@ -1,5 +1,6 @@
 //! flanneld-rs's kernel layer: route netlink, one module per kernel object ([`link`],
-//! [`address`], [`route`], [`neighbour`] entries and FDB entries, [`nexthop`] objects), each
+//! [`address`], [`route`], [`neighbour`] entries and FDB entries, [`nexthop`] objects; and
+//! [`wireguard`] devices' keys and peers over generic netlink), each
 //! with the few verbs flannel needs, family-neutral (`IpAddr`, `IpNetwork`; listings take the
 //! [`Family`] to ask for). It knows no backend: what a VXLAN peer or a host-gw route is made
 //! of is the backends' business.
@@ -21,6 +22,7 @@ pub mod nexthop;
 pub mod request;
 pub mod route;
 pub mod socket;
+pub mod wireguard;
 
 use netlink_packet_route::AddressFamily;
 use rtnetlink::Handle;

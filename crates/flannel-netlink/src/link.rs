@@ -1,4 +1,4 @@
-//! Links: find, create (vxlan), delete, set up / MTU / MAC.
+//! Links: find, create (vxlan, wireguard), delete, set up / MTU / MAC.
 
 use std::net::IpAddr;
 
@@ -7,7 +7,7 @@ use futures::TryStreamExt;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use rtnetlink::{LinkUnspec, LinkVxlan};
+use rtnetlink::{LinkUnspec, LinkVxlan, LinkWireguard};
 
 use crate::error::{gone_is_ok, nl_err, no_such_device_is_none};
 use crate::Netlink;
@@ -46,6 +46,11 @@ impl Link {
     /// Whether it is a VXLAN link.
     pub fn is_vxlan(&self) -> bool {
         self.kind == Some(LinkKind::Vxlan)
+    }
+
+    /// Whether its kind is `kind` by the kernel's name (`wireguard`, `tun`).
+    pub fn is_kind(&self, kind: &str) -> bool {
+        self.kind.as_ref().is_some_and(|k| k.to_string() == kind)
     }
 }
 
@@ -195,6 +200,17 @@ impl Netlink {
             .execute()
             .await
             .map_err(nl_err(format!("creating {}", spec.name)))
+    }
+
+    /// Creates a WireGuard link (the kernel's `wireguard` module) with `mtu`; the kernel's
+    /// errno says why not (`EOPNOTSUPP`: no such module).
+    pub async fn create_wireguard(&self, name: &str, mtu: u32) -> Result<(), NetlinkError> {
+        self.handle()
+            .link()
+            .add(LinkWireguard::new(name).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(nl_err(format!("creating {name}")))
     }
 
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {

@@ -195,6 +195,26 @@ impl Netlink {
             .map_err(nl_err(format!("adding the blackhole route {dst}")))
     }
 
+    /// `ip route replace <dst> dev <oif> scope link` (proto boot): a whole network through a
+    /// tunnel device (upstream's WireGuard route).
+    pub async fn replace_device_route(&self, dst: IpNetwork, oif: u32) -> Result<(), NetlinkError> {
+        let op = format!("adding the route to {dst} through link #{oif}");
+        let msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.network(), dst.prefix())
+            .map_err(|e| NetlinkError::other(op.clone(), e.to_string()))?
+            .output_interface(oif)
+            .scope(RouteScope::Link)
+            .protocol(RouteProtocol::Boot)
+            .build();
+        self.handle()
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_err(op))
+    }
+
     pub async fn del_blackhole(&self, dst: IpNetwork) -> Result<(), NetlinkError> {
         let msg = blackhole_message(dst, RouteProtocol::Unspec, RouteScope::NoWhere)?;
         gone_is_ok(

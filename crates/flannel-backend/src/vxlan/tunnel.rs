@@ -124,25 +124,8 @@ impl Tunnel {
 
     async fn ensure_address(&self) -> Result<(), BackendError> {
         let Some(own) = self.own else { return Ok(()) };
-        let host = match self.family {
-            Family::V4 => 32,
-            Family::V6 => 128,
-        };
-        let want =
-            IpNetwork::new(own.network(), host).map_err(|e| BackendError::Device(e.to_string()))?;
-        let mut present = false;
-        for addr in self.nl.addresses(self.device.index, self.family).await? {
-            if addr == want {
-                present = true;
-            } else if self.network.contains(addr.ip()) {
-                info!("removing stale address {addr} from {}", self.device.name);
-                self.nl.del_address(self.device.index, addr).await?;
-            }
-        }
-        if !present {
-            self.nl.add_address(self.device.index, want).await?;
-        }
-        Ok(())
+        let d = &self.device;
+        crate::own_address::ensure(&self.nl, d.index, &d.name, self.network, own).await
     }
 
     fn own_identity(&self) -> Option<(IpNetwork, IpAddr)> {

@@ -207,8 +207,9 @@ impl Node {
             set.insert(names.public_ip.clone(), ip);
         }
         if let Some(ip6) = attrs.public_ipv6 {
-            if (per_family && v6_data != "null") || kind.is_some_and(BackendKind::ipv6_annotations)
-            {
+            // upstream: data of the IPv6 side (VXLAN's, WireGuard's) when there is some;
+            // host-gw and extension write theirs (null) all the same
+            if v6_data != "null" || kind.is_some_and(BackendKind::ipv6_annotations) {
                 set.insert(names.backend_v6_data.clone(), v6_data);
                 let ip = if overwrite6.is_empty() {
                     ip6.to_string()

@@ -2,8 +2,10 @@
 # Runs every test of flanneld-rs: fmt, clippy, the Debian package check, fuzzing, then unit,
 # property, real-etcd, real-kube-apiserver, network-namespace (root) and lab end-to-end tests
 # with cargo-nextest, then the 10-minute load soak (SOAK_MINUTES changes its length for a
-# quick local run).
-# Installs the Debian packages of tests/deps.txt first if any is missing.
+# quick local run). Between them the VM lane: the tests of kernel modules this machine's
+# kernel lacks run again in a VM of Debian's kernel (tests/vm.sh).
+# Installs the Debian packages of tests/deps.txt (and deps-no-recommends.txt) first if any
+# is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +27,18 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked
 fi
+# the VM lane (tests/vm.sh): the tests of kernel features this machine's kernel lacks, once
+# more inside a VM of Debian's kernel, one boot per test binary: the WireGuard lab over the
+# kernel's module (here it ran over wireguard-go)
+for test in wireguard; do
+  binary=$(cargo test -p flanneld --test "$test" --locked --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["executable"])')
+  tests/vm.sh -e FLANNEL_TEST_WIREGUARD=kernel "$binary" --test-threads=1
+done
 # the load fault of docs/reliability.md: 5000 peers and lease churn at 200/s for 10 minutes;
 # fails unless resident memory stays flat, no event is lost and the daemon keeps running
 target/release/flannel-bench --scenario soak --soak-minutes "${SOAK_MINUTES:-10}" \

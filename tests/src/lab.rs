@@ -352,6 +352,8 @@ impl Lab {
                     "mkdir -p /run/wireguard && mount -t tmpfs tmpfs /run/wireguard && exec sleep infinity",
                 ])
                 .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
                 .spawn()
                 .expect("start the mount namespace holder");
             let comm = format!("/proc/{}/comm", holder.id());

@@ -218,3 +218,102 @@ fn wireguard_mesh_lease_key_repairs_restart_and_leave() {
     );
     assert_eq!(wg_peers(&lab, 1, "flannel-wg").len(), 1);
 }
+
+const DUAL: &str = r#"{"EnableIPv6":true,"IPv6Network":"fd00:200::/56","Network":"10.200.0.0/16","SubnetLen":24,"Backend":{"Type":"wireguard"}}"#;
+
+fn restart_all(lab: &mut Lab) {
+    for i in 1..=lab.hosts.len() {
+        lab.stop(i, "TERM");
+        lab.start(i);
+    }
+    lab.wait_ready(LONG);
+}
+
+fn has_link(lab: &Lab, i: usize, dev: &str) -> bool {
+    lab.on_host(i, &["ip", "-o", "link", "show"])
+        .contains(&format!(": {dev}:"))
+}
+
+#[test]
+fn wireguard_dual_stack_separate_then_auto_then_vxlan_leaves_nothing() {
+    let (mut lab, _dir) = wg_lab('V', 2, DUAL);
+    lab.start_all();
+    lab.wait_ready(LONG);
+    // separate: a device per family, each peer over its own family and port
+    let (pk1, pk2) = (public_key(&lab, 1), public_key(&lab, 2));
+    let v4 = |lab: &Lab| {
+        wg_peers(lab, 1, "flannel-wg")
+            .get(&pk2)
+            .map(|p| (p.1.clone(), p.2.clone()))
+    };
+    let v6 = |lab: &Lab| {
+        wg_peers(lab, 1, "flannel-wg-v6")
+            .get(&pk2)
+            .map(|p| (p.1.clone(), p.2.clone()))
+    };
+    assert!(
+        wait_until(LONG, || v4(&lab)
+            == Some(("192.168.77.2:51820".into(), lab.subnet(2).unwrap()))
+            && v6(&lab)
+                == Some(("[fd77::2]:51821".into(), lab.subnet6(2).unwrap()))),
+        "{:?} {:?}\n{}",
+        v4(&lab),
+        v6(&lab),
+        lab.log(1)
+    );
+    let value = &leases(&lab)[&format!(
+        "{}&{}",
+        lab.subnet(1).unwrap().replace('/', "-"),
+        lab.subnet6(1).unwrap().replace('/', "-")
+    )];
+    assert_eq!(
+        *value,
+        format!(
+            r#"{{"PublicIP":"192.168.77.1","PublicIPv6":"fd77::1","BackendType":"wireguard","BackendData":{{"PublicKey":"{pk1}","Port":51820}},"BackendV6Data":{{"PublicKey":"{pk1}","Port":51821}}}}"#
+        )
+    );
+    for i in 1..=2 {
+        lab.add_pod(i);
+    }
+    assert_eq!(lab.ping_matrix(), vec![]);
+
+    // auto: one device carrying both families (private IPv4 underlay: reached over IPv4);
+    // the IPv6 device is a leftover
+    let auto = DUAL.replace(
+        r#""Type":"wireguard""#,
+        r#""Type":"wireguard","Mode":"auto""#,
+    );
+    lab.etcd()
+        .ctl(&["put", &format!("{DEFAULT_PREFIX}/config"), &auto]);
+    restart_all(&mut lab);
+    assert!(!has_link(&lab, 1, "flannel-wg-v6"), "{}", lab.log(1));
+    let both = {
+        let mut s = [lab.subnet(2).unwrap(), lab.subnet6(2).unwrap()];
+        s.sort();
+        s.join(",")
+    };
+    assert!(
+        wait_until(LONG, || wg_peers(&lab, 1, "flannel-wg")
+            .get(&pk2)
+            .is_some_and(|p| p.1 == "192.168.77.2:51820" && {
+                let mut got: Vec<&str> = p.2.split(',').collect();
+                got.sort();
+                got.join(",") == both
+            })),
+        "{:?}",
+        wg_peers(&lab, 1, "flannel-wg")
+    );
+    assert_eq!(lab.ping_matrix(), vec![]);
+
+    // vxlan again: no WireGuard device is left, pods ping over flannel.1
+    let vxlan = DUAL.replace(r#""Type":"wireguard""#, r#""Type":"vxlan""#);
+    lab.etcd()
+        .ctl(&["put", &format!("{DEFAULT_PREFIX}/config"), &vxlan]);
+    restart_all(&mut lab);
+    for i in 1..=2 {
+        assert!(!has_link(&lab, i, "flannel-wg"), "{}", lab.log(i));
+        let routes = lab.on_host(i, &["ip", "route"]);
+        assert!(!routes.contains("flannel-wg"), "{routes}");
+    }
+    assert!(wait_until(LONG, || lab.ping_matrix().is_empty()));
+}

@@ -57,7 +57,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         other => {
-            eprintln!("usage: flannel-lab up [--hosts N] [--pods N] [--backend vxlan|host-gw] [--ip ipv4|dual|ipv6] [--mode etcd|kube] [--flanneld PATH] [--dir DIR] | down | status\nunknown command {other:?}");
+            eprintln!("usage: flannel-lab up [--hosts N] [--pods N] [--backend vxlan|host-gw|wireguard] [--ip ipv4|dual|ipv6] [--mode etcd|kube] [--flanneld PATH] [--dir DIR] | down | status\nunknown command {other:?}");
             ExitCode::from(2)
         }
     }
@@ -139,8 +139,23 @@ fn up(args: &[String], dir: PathBuf) -> ExitCode {
         println!("creating {hosts} hosts, etcd at {ETCD_IP}, network config {config}");
         Lab::create(spec, hosts, Some(&config))
     };
+    let wireguard = arg_value(args, "--backend").as_deref() == Some("wireguard");
+    if wireguard {
+        // wireguard-go (a kernel without the module) serves /var/run/wireguard/flannel-wg.sock:
+        // each host its own
+        lab.private_run_wireguard();
+    }
     lab.start_all();
     lab.wait_ready(Duration::from_secs(60));
+    if wireguard {
+        let log = lab.log(1);
+        let which = log
+            .lines()
+            .find(|l| l.contains("WireGuard: public key"))
+            .unwrap_or("(no WireGuard line in the log)");
+        println!("\n== WireGuard on h1: {}", which.trim());
+        print!("{}", lab.on_host(1, &["wg", "show", "flannel-wg"]));
+    }
     for h in 1..=hosts {
         println!(
             "\n== host h{h} ({}), {}:",

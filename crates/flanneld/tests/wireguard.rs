@@ -59,7 +59,15 @@ fn public_key(lab: &Lab, i: usize) -> String {
 
 /// `wg show <dev> dump` on host `i`: public key -> (psk, endpoint, allowed ips, keepalive).
 fn wg_peers(lab: &Lab, i: usize, dev: &str) -> BTreeMap<String, (String, String, String, String)> {
-    let out = lab.on_host(i, &["wg", "show", dev, "dump"]);
+    // none while the device is being made again
+    let out = lab.on_host(
+        i,
+        &[
+            "sh",
+            "-c",
+            &format!("wg show {dev} dump 2>/dev/null || true"),
+        ],
+    );
     out.lines()
         .skip(1)
         .map(|l| {
@@ -182,6 +190,14 @@ fn wireguard_mesh_lease_key_repairs_restart_and_leave() {
         ],
     );
     assert!(wait_until(LONG, || meshed(&lab)), "{}", lab.log(1));
+
+    // the device deleted: made again (the kernel reports the deletion), with every peer
+    lab.on_host(1, &["ip", "link", "del", "flannel-wg"]);
+    assert!(
+        wait_until(LONG, || meshed(&lab) && lab.ping_matrix().is_empty()),
+        "{}",
+        lab.log(1)
+    );
 
     // a restart keeps the key, the device and its peers (upstream deletes its device)
     let index = ifindex(&lab, 1, "flannel-wg");

@@ -5,14 +5,23 @@
 # (the binaries, etcd, iproute2), /tmp and the like as overlays, and the results folder
 # writable. One boot per test binary.
 #
-#   tests/vm.sh [-e VAR=VALUE]... TEST_BINARY [ARGS...]
+#   tests/vm.sh [-e VAR=VALUE]... [-w DIR]... TEST_BINARY [ARGS...]
+#
+# -e sets a variable inside; -w makes DIR writable from inside (a benchmark's --out).
 #
 # Fails (never skips) when the VM cannot boot or a module is missing in it; the binary's
 # exit status is the lane's. tests/install-deps.sh installs qemu, the kernel and virtme-ng.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 env_args=()
-while [ "${1:-}" = -e ]; do env_args+=("$2"); shift 2; done
+rw_args=()
+while :; do
+  case "${1:-}" in
+    -e) env_args+=("$2"); shift 2 ;;
+    -w) rw_args+=(--rwdir "$2"); shift 2 ;;
+    *) break ;;
+  esac
+done
 binary=$1; shift
 VNG=/opt/flanneld-rs-vng/bin/vng
 [ -x "$VNG" ] || { echo "tests/vm.sh: virtme-ng missing ($VNG): run tests/install-deps.sh" >&2; exit 1; }
@@ -30,7 +39,7 @@ trap 'rm -rf "$results"' EXIT
 } > "$results/run.sh"
 # KVM aborts on this nested machine (docs/testing.md): TCG, software emulation
 PATH="$(dirname "$VNG"):$PATH" timeout 1800 "$VNG" --run "$kernel" --user root --disable-kvm \
-  --cpus 2 --memory 3G --rwdir "$results" \
+  --cpus 2 --memory 3G --rwdir "$results" "${rw_args[@]}" \
   --exec "sh $results/run.sh > $results/out 2>&1; echo \$? > $results/rc" >/dev/null 2>"$results/vng.err" || true
 cat "$results/out" 2>/dev/null || true
 if [ ! -s "$results/rc" ]; then

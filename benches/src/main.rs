@@ -14,7 +14,9 @@
 //! to its eth0), and a peer is programmed when its route is. `--ip dual` runs them with a
 //! dual-stack VXLAN network: every peer lease has an IPv6 subnet too, and a peer is programmed
 //! when its six entries are (route, ARP, FDB on `flannel.1`; route, NDP, FDB on
-//! `flannel-v6.1`).
+//! `flannel-v6.1`). `--backend wireguard` runs cold alone: peers are WireGuard leases (a key
+//! each), and the start is programmed when `flannel-wg` holds every peer (read over generic
+//! netlink every 5 ms: run it where the kernel has the module, e.g. `tests/vm.sh`).
 
 mod kube;
 mod probe;
@@ -33,6 +35,9 @@ const PREFIX: &str = "/coreos.com/network";
 const CONFIG: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
 const CONFIG_HOST_GW: &str =
     r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#;
+
+const CONFIG_WIREGUARD: &str =
+    r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"wireguard"}}"#;
 
 const CONFIG_DUAL: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00::/40","Backend":{"Type":"vxlan"}}"#;
 
@@ -62,6 +67,21 @@ static HOST_GW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 
 fn host_gw() -> bool {
     HOST_GW.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `--backend wireguard` (set once, before any scenario runs).
+static WIREGUARD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn wireguard() -> bool {
+    WIREGUARD.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Peer `i`'s WireGuard public key, base64: any 32 bytes are a key the kernel takes.
+fn wg_key(i: u32) -> String {
+    let mut k = [7u8; 32];
+    k[..4].copy_from_slice(&i.to_be_bytes());
+    use base64::Engine as _;
+    base64::prelude::BASE64_STANDARD.encode(k)
 }
 
 /// The kernel entries a peer gets: route, ARP and FDB entry with VXLAN; the route alone with
@@ -143,6 +163,11 @@ fn lab(name: &str, flanneld: &Path, dir: &Path) -> Lab {
     if dual() {
         return Lab::create(spec, 1, Some(CONFIG_DUAL));
     }
+    if wireguard() {
+        let mut lab = Lab::create(spec, 1, Some(CONFIG_WIREGUARD));
+        lab.private_run_wireguard();
+        return lab;
+    }
     if !host_gw() {
         return Lab::create(spec, 1, Some(CONFIG));
     }
@@ -161,7 +186,12 @@ fn peer_value(i: u32) -> (Ipv4Addr, [u8; 6], String) {
     let ip = Ipv4Addr::from(0xac10_0000 + i + 1);
     let mac = [0x0e, 0x00, 0x00, (i >> 16) as u8, (i >> 8) as u8, i as u8];
     let m = flannel_net::MacAddr(mac);
-    let value = if host_gw() {
+    let value = if wireguard() {
+        let k = wg_key(i);
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{k}","Port":51820}}}}"#
+        )
+    } else if host_gw() {
         format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"host-gw"}}"#)
     } else if dual() {
         let ip6 = Ipv6Addr::from((0xfd77u128 << 112) | u128::from(i + 1));
@@ -383,7 +413,7 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
         .binaries
         .iter()
         .flat_map(|bin| {
-            let ours = label(bin).contains("flanneld-rs") && !host_gw();
+            let ours = label(bin).contains("flanneld-rs") && !host_gw() && !wireguard();
             let mut v: Vec<(&PathBuf, &[&str], &str)> = vec![(bin, &[], "")];
             if ours {
                 v.push((bin, &["-nexthop-objects=off"], " classic"));
@@ -401,7 +431,9 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
                 put_peers(&mut c, 0..n).await;
             });
             // what the previous run programmed goes: every entry is new again
-            let clear: &[&[&str]] = if host_gw() {
+            let clear: &[&[&str]] = if wireguard() {
+                &[&["ip", "link", "del", "flannel-wg"]]
+            } else if host_gw() {
                 &[&["ip", "route", "flush", "root", "10.0.0.0/8"]]
             } else {
                 &[
@@ -430,6 +462,20 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
 /// peer's entries are programmed (netlink notifications) and `/readyz` answers (not measured
 /// for a flanneld without it), VmHWM and VmRSS after `idle` (the peak of the whole start); then kills it. Shared by
 /// the etcd and the kube cold starts.
+/// How long after `t0` `flannel-wg` held `n` peers (read every 5 ms), within `limit`.
+async fn wg_peers_until(n: usize, t0: Instant, limit: Duration) -> Option<Duration> {
+    while t0.elapsed() < limit {
+        let count = flannel_netlink::wireguard::KernelWireGuard::connect()
+            .and_then(|k| k.device("flannel-wg"))
+            .map_or(0, |d| d.peers.len());
+        if count >= n {
+            return Some(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
 fn cold_start(
     lab: &mut Lab,
     bin: &Path,
@@ -450,6 +496,11 @@ fn cold_start(
     let ns2 = ns.clone();
     let waiter = std::thread::spawn(move || {
         in_netns(&ns2, move || async move {
+            if wireguard() {
+                tx.send(()).expect("ready to watch");
+                let t0 = Instant::now();
+                return (t0, wg_peers_until(n as usize, t0, limit).await);
+            }
             let mut watch = Watch::start();
             tx.send(()).expect("ready to watch");
             let t0 = Instant::now();
@@ -996,9 +1047,12 @@ fn main() {
                 i += 1;
                 match args.get(i).map(String::as_str) {
                     Some("host-gw") => HOST_GW.store(true, std::sync::atomic::Ordering::Relaxed),
+                    Some("wireguard") => {
+                        WIREGUARD.store(true, std::sync::atomic::Ordering::Relaxed)
+                    }
                     Some("vxlan") => {}
                     other => {
-                        eprintln!("--backend {other:?}: vxlan or host-gw");
+                        eprintln!("--backend {other:?}: vxlan, host-gw or wireguard");
                         std::process::exit(2);
                     }
                 }
@@ -1019,7 +1073,7 @@ fn main() {
                 o.scenarios.push(args[i].clone());
             }
             other => {
-                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw] [--ip ipv4|dual] [--out FILE] [--peers N,N...] [--idle SECONDS] [--scenario start|converge|cold|steady|churn|etcd-load|kube-cold]...");
+                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw|wireguard] [--ip ipv4|dual] [--out FILE] [--peers N,N...] [--idle SECONDS] [--scenario start|converge|cold|steady|churn|etcd-load|kube-cold]...");
                 std::process::exit(2);
             }
         }
@@ -1055,6 +1109,10 @@ fn main() {
         ("etcd-load", etcd_load),
         ("kube-cold", kube::cold),
     ];
+    if wireguard() {
+        // the scenario that measures a peer's programming by reading the device
+        o.scenarios = vec!["cold".into()];
+    }
     if host_gw() && o.scenarios.is_empty() {
         // the scenarios that measure a peer's entries; steady and churn count VXLAN's
         o.scenarios = ["start", "converge", "cold"].map(String::from).to_vec();

@@ -89,18 +89,27 @@ impl Tunnel {
     }
 
     async fn configure(&self, change: DeviceChange) -> Result<(), BackendError> {
+        let port = change.listen_port;
         self.control
             .configure(&self.name, change)
             .await
-            .map_err(|e| match &e {
-                BackendError::Kernel(k) if k.kernel_errno() == Some(libc::EADDRINUSE) => {
-                    BackendError::Device(format!(
-                        "WireGuard device {}: UDP port {} is in use by another program (ListenPort / ListenPortV6 of the network config)",
-                        self.name, self.port
-                    ))
-                }
-                _ => e,
+            .map_err(|e| match port {
+                Some(p) => self.explain_port(p, e),
+                None => e,
             })
+    }
+
+    /// `e`, said as the port taken when another socket holds `port` (the kernel binds it
+    /// when the link goes up and says EADDRINUSE; wireguard-go when the port is set, with an
+    /// errno of its own: the port is asked directly).
+    fn explain_port(&self, port: u16, e: BackendError) -> BackendError {
+        if !port_taken(port) {
+            return e;
+        }
+        BackendError::Device(format!(
+            "WireGuard device {}: UDP port {port} is in use by another program (ListenPort / ListenPortV6 of the network config): {e}",
+            self.name
+        ))
     }
 
     fn view(&self, node: &NodeSelf<'_>) -> DeviceView<'_> {
@@ -137,7 +146,9 @@ impl Tunnel {
                     .await?;
             }
         }
-        nl.set_link_up(self.index).await?;
+        nl.set_link_up(self.index)
+            .await
+            .map_err(|e| self.explain_port(self.port, e.into()))?;
         for side in &self.sides {
             if self.own.iter().any(|(f, ..)| *f == side.family) {
                 let routes = nl.routes(side.family).await?;
@@ -275,6 +286,15 @@ impl Tunnel {
         }
         Ok(changed)
     }
+}
+
+/// Whether another socket holds UDP `port` in this network namespace.
+fn port_taken(port: u16) -> bool {
+    let taken = |addr: std::net::SocketAddr| {
+        std::net::UdpSocket::bind(addr).is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+    };
+    taken((std::net::Ipv4Addr::UNSPECIFIED, port).into())
+        || taken((std::net::Ipv6Addr::UNSPECIFIED, port).into())
 }
 
 /// The peer changes that make `observed` hold exactly the desired peers (stray ones removed

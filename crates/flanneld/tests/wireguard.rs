@@ -170,6 +170,27 @@ fn wireguard_mesh_lease_key_repairs_restart_and_leave() {
     }
     assert_eq!(lab.ping_matrix(), vec![]);
 
+    // doctor: the device and every peer as the backend would set them
+    let flags = lab.flags(1).join(" ");
+    let key_file = lab.hosts[0].log.with_file_name("wgkey");
+    let report = lab.on_host(
+        1,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "WIREGUARD_KEY_FILE={} {} doctor {flags} 2>&1; echo rc=$?",
+                key_file.display(),
+                lab.spec.flanneld.display()
+            ),
+        ],
+    );
+    assert!(
+        report.contains("flannel-wg: 2 WireGuard peers exact"),
+        "{report}"
+    );
+    assert!(report.trim_end().ends_with("rc=0"), "{report}");
+
     // a peer removed by hand is put back (the periodic reconcile: 10 s)
     let pk2 = public_key(&lab, 2);
     lab.on_host(1, &["wg", "set", "flannel-wg", "peer", &pk2, "remove"]);

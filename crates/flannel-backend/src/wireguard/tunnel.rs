@@ -336,6 +336,101 @@ mod tests {
         }
     }
 
+    fn wg_lease(subnet: &str, ip: &str, key: u8) -> Lease {
+        let data = super::peers::data_value(&[key; 32], 51820);
+        Lease {
+            subnet: subnet.parse().unwrap(),
+            ipv6_subnet: None,
+            attrs: flannel_net::LeaseAttrs {
+                public_ip: ip.parse().unwrap(),
+                public_ipv6: None,
+                backend_type: "wireguard".into(),
+                backend_data: Some(data.into()),
+                backend_v6_data: None,
+            },
+            expiration: flannel_net::Expiration::Never,
+        }
+    }
+
+    #[test]
+    fn a_new_key_replaces_the_old_peer_and_a_shared_or_own_key_is_refused() {
+        let network = "10.5.0.0/16".parse().unwrap();
+        let me: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut t = Tunnel {
+            name: "flannel-wg".into(),
+            index: 1,
+            mtu: 1420,
+            port: 51820,
+            mode: Mode::Separate,
+            sides: vec![Side {
+                family: Family::V4,
+                network,
+                public_ip: me,
+            }],
+            control: Control::Userspace("/nonexistent".into()),
+            own: vec![(Family::V4, "10.5.1.0/24".parse().unwrap(), me)],
+            desired: BTreeMap::new(),
+            by_lease: BTreeMap::new(),
+        };
+        let config = WireGuardConfig::default();
+        let node = NodeSelf {
+            public_key: &[1; 32],
+            has_v4: true,
+            public_ipv6: None,
+            config: &config,
+        };
+        let mut changes = Vec::new();
+        t.apply(
+            &node,
+            &wg_lease("10.5.2.0/24", "192.0.2.2", 2),
+            true,
+            &mut changes,
+        );
+        assert!(matches!(&changes[..], [PeerChange::Set(p)] if p.public_key == [2; 32]));
+        // the same node with a new key: its old peer goes
+        changes.clear();
+        t.apply(
+            &node,
+            &wg_lease("10.5.2.0/24", "192.0.2.2", 9),
+            true,
+            &mut changes,
+        );
+        assert_eq!(changes[0], PeerChange::Remove([2; 32]));
+        assert!(matches!(&changes[1], PeerChange::Set(p) if p.public_key == [9; 32]));
+        // another lease with a key already in use, or with this node's key: refused
+        changes.clear();
+        t.apply(
+            &node,
+            &wg_lease("10.5.3.0/24", "192.0.2.3", 9),
+            true,
+            &mut changes,
+        );
+        t.apply(
+            &node,
+            &wg_lease("10.5.4.0/24", "192.0.2.4", 1),
+            true,
+            &mut changes,
+        );
+        assert_eq!(changes, vec![]);
+        assert_eq!(t.desired.len(), 1);
+        // the same event again changes nothing; its removal removes the peer
+        t.apply(
+            &node,
+            &wg_lease("10.5.2.0/24", "192.0.2.2", 9),
+            true,
+            &mut changes,
+        );
+        assert_eq!(changes, vec![]);
+        t.apply(
+            &node,
+            &wg_lease("10.5.2.0/24", "192.0.2.2", 9),
+            false,
+            &mut changes,
+        );
+        assert_eq!(changes, vec![PeerChange::Remove([9; 32])]);
+        assert!(t.desired.is_empty() && t.by_lease.is_empty());
+    }
+
     #[test]
     fn the_plan_sets_what_differs_and_removes_strays_only_once_listed() {
         let key = |k: u8| SubnetKey {

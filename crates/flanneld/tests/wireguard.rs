@@ -415,8 +415,9 @@ impl Drop for Guard {
 
 /// A rolling replacement both ways beside upstream's WireGuard backend: upstream on h1 and
 /// h2, flanneld-rs on h3; then h1 to flanneld-rs; then h3 back to upstream; pods ping across
-/// at every step. Upstream needs the kernel's module: run it in the VM lane with the
-/// binary built as DEVELOPERS.md says (never fetched by a test):
+/// at every step. Upstream needs the kernel's module: run it in the VM lane with an
+/// upstream binary built by hand outside the checkout (flannel's tag v0.20.2 has vendor/:
+/// `GOFLAGS=-mod=vendor GOPROXY=off CGO_ENABLED=1 go build`; never fetched by a test):
 /// `tests/vm.sh -e FLANNEL_TEST_WIREGUARD=kernel -e UPSTREAM_FLANNELD=/path/flanneld-v0.20.2
 /// <this test binary> --ignored mixed`.
 #[test]

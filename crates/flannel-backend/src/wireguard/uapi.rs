@@ -1,7 +1,10 @@
 //! WireGuard's cross-platform UAPI (https://www.wireguard.com/xplatform/): the text protocol
 //! a userspace implementation (wireguard-go) serves on `/var/run/wireguard/<device>.sock`,
 //! and what `wg` speaks to it. `get=1` lists the device; `set=1` changes it, any number of
-//! peers in one request. Keys are hex here (base64 in `wg`'s output and in leases).
+//! peers in one request. Keys are hex here (base64 in `wg`'s output and in leases). Written
+//! here rather than taken from the `wireguard-uapi` crate, whose userspace client comes with
+//! its own netlink stack (neli 0.4, pinned) beside the rust-netlink family used everywhere
+//! else.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;

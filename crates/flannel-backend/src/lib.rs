@@ -66,6 +66,9 @@ pub enum BackendError {
     /// `Backend.Type` names no backend flanneld-rs has.
     #[error("unknown backend type: {0} (flanneld-rs implements {backends})", backends = table::names())]
     UnknownType(String),
+    /// `Backend.Type` names one of upstream's backends that flanneld-rs does not run, and why.
+    #[error("backend type {backend}: {why} (flanneld-rs implements {backends})", backends = table::names())]
+    NotImplemented { backend: String, why: &'static str },
     /// The kernel refused or failed a request (what was being done, and its errno).
     #[error(transparent)]
     Kernel(#[from] flannel_netlink::NetlinkError),
@@ -171,10 +174,28 @@ fn row_of(config: &NetworkConfig) -> Result<&'static table::Row, BackendError> {
     if config.backend.is_none() {
         return Err(BackendError::NoBackend);
     }
-    config
-        .backend_kind()
-        .and_then(table::row)
-        .ok_or_else(|| BackendError::UnknownType(config.backend_type.clone()))
+    config.backend_kind().and_then(table::row).ok_or_else(|| {
+        match not_implemented(&config.backend_type) {
+            Some(why) => BackendError::NotImplemented {
+                backend: config.backend_type.clone(),
+                why,
+            },
+            None => BackendError::UnknownType(config.backend_type.clone()),
+        }
+    })
+}
+
+/// Why flanneld-rs does not run one of upstream's backends (current and former), in words
+/// that say what to run instead; `None` for a type upstream never had.
+fn not_implemented(backend_type: &str) -> Option<&'static str> {
+    const CLOUD: &str = "it programs a cloud provider's routing tables through the provider's API, which flanneld-rs does not implement (it cannot be tested outside that cloud): run vxlan, or host-gw where the nodes share a segment, wireguard to encrypt";
+    Some(match backend_type.to_ascii_lowercase().as_str() {
+        "aws-vpc" | "gce" | "ali-vpc" | "tencent-vpc" => CLOUD,
+        "ipip" | "ipsec" | "udp" => {
+            "upstream flanneld's, not yet flanneld-rs's: run vxlan meanwhile (wireguard to encrypt), or keep upstream flanneld on these nodes"
+        }
+        _ => return None,
+    })
 }
 
 /// Whether the backend `config` names programs routes of host-gw's shape
@@ -225,5 +246,33 @@ pub async fn inspect_device(
 ) {
     if let Ok(row) = row_of(config) {
         (row.inspect_device)(config, nl, findings).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstreams_other_backends_are_named_with_what_to_run_instead() {
+        let config = |t: &str| {
+            NetworkConfig::parse(&format!(
+                r#"{{"Network":"10.5.0.0/16","Backend":{{"Type":"{t}"}}}}"#
+            ))
+            .unwrap()
+        };
+        for cloud in ["aws-vpc", "gce", "ali-vpc", "tencent-vpc", "AWS-VPC"] {
+            let e = check_backend(&config(cloud)).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "backend type {cloud}: it programs a cloud provider's"
+                )) && e.contains("run vxlan"),
+                "{e}"
+            );
+        }
+        let e = check_backend(&config("ipsec")).unwrap_err().to_string();
+        assert!(e.contains("not yet flanneld-rs's"), "{e}");
+        let e = check_backend(&config("bogus")).unwrap_err().to_string();
+        assert!(e.starts_with("unknown backend type: bogus (flanneld-rs implements vxlan, host-gw, wireguard, extension, alloc)"), "{e}");
     }
 }

@@ -13,6 +13,8 @@
 //! - `wireguard` ([`wireguard::WireGuardBackend`]): encrypted tunnels, a WireGuard device
 //!   per family holding a peer per remote node (the kernel's module, or a userspace
 //!   implementation where the kernel has none), reconciled like VXLAN;
+//! - `ipip` ([`ipip`]): a route to each node's subnet through an IP-in-IP device
+//!   (host-gw's route network with a tunnel);
 //! - `extension` ([`extension::ExtensionBackend`]): the operator's commands per event;
 //! - `alloc` ([`alloc::AllocBackend`]): a subnet and nothing else (no data path).
 //!
@@ -28,9 +30,11 @@ pub mod alloc;
 pub mod extension;
 pub mod hostgw;
 pub mod inspect;
+pub mod ipip;
 mod lease_check;
 mod own_address;
 mod reconciler;
+pub mod route_network;
 pub mod side;
 mod table;
 pub mod vxlan;
@@ -191,7 +195,7 @@ fn not_implemented(backend_type: &str) -> Option<&'static str> {
     const CLOUD: &str = "it programs a cloud provider's routing tables through the provider's API, which flanneld-rs does not implement (it cannot be tested outside that cloud): run vxlan, or host-gw where the nodes share a segment, wireguard to encrypt";
     Some(match backend_type.to_ascii_lowercase().as_str() {
         "aws-vpc" | "gce" | "ali-vpc" | "tencent-vpc" => CLOUD,
-        "ipip" | "ipsec" | "udp" => {
+        "ipsec" | "udp" => {
             "upstream flanneld's, not yet flanneld-rs's: run vxlan meanwhile (wireguard to encrypt), or keep upstream flanneld on these nodes"
         }
         _ => return None,
@@ -270,9 +274,9 @@ mod tests {
                 "{e}"
             );
         }
-        let e = check_backend(&config("ipsec")).unwrap_err().to_string();
+        let e = check_backend(&config("udp")).unwrap_err().to_string();
         assert!(e.contains("not yet flanneld-rs's"), "{e}");
         let e = check_backend(&config("bogus")).unwrap_err().to_string();
-        assert!(e.starts_with("unknown backend type: bogus (flanneld-rs implements vxlan, host-gw, wireguard, extension, alloc)"), "{e}");
+        assert!(e.starts_with("unknown backend type: bogus (flanneld-rs implements vxlan, host-gw, wireguard, ipip, extension, alloc)"), "{e}");
     }
 }

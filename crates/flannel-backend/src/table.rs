@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 
 use crate::inspect::{Findings, Inspect};
 use crate::netlink::Netlink;
-use crate::{alloc, extension, hostgw, vxlan, wireguard, Backend, BackendError, NodeContext};
+use crate::{alloc, extension, hostgw, ipip, vxlan, wireguard, Backend, BackendError, NodeContext};
 
 /// A backend made for a config, or why not.
 pub(crate) type Made<'a> = BoxFuture<'a, Result<Box<dyn Backend>, BackendError>>;
@@ -52,10 +52,11 @@ pub(crate) struct Row {
 }
 
 /// The backends flanneld-rs runs.
-pub(crate) const ROWS: [Row; 5] = [
+pub(crate) const ROWS: [Row; 6] = [
     vxlan::ROW,
     hostgw::ROW,
     wireguard::ROW,
+    ipip::ROW,
     extension::ROW,
     alloc::ROW,
 ];

@@ -12,6 +12,7 @@ pub enum BackendKind {
     Vxlan,
     HostGw,
     WireGuard,
+    Ipip,
     Extension,
     Alloc,
 }
@@ -34,10 +35,11 @@ struct Row {
 
 impl BackendKind {
     /// Every kind.
-    pub const ALL: [BackendKind; 5] = [
+    pub const ALL: [BackendKind; 6] = [
         BackendKind::Vxlan,
         BackendKind::HostGw,
         BackendKind::WireGuard,
+        BackendKind::Ipip,
         BackendKind::Extension,
         BackendKind::Alloc,
     ];
@@ -60,6 +62,12 @@ impl BackendKind {
             BackendKind::WireGuard => Row {
                 name: "wireguard",
                 dual_stack: true,
+                per_family_data: false,
+                ipv6_annotations: false,
+            },
+            BackendKind::Ipip => Row {
+                name: "ipip",
+                dual_stack: false,
                 per_family_data: false,
                 ipv6_annotations: false,
             },

@@ -1,13 +1,13 @@
-//! Links: find, create (vxlan, wireguard), delete, set up / MTU / MAC.
+//! Links: find, create (vxlan, wireguard, ipip), delete, set up / MTU / MAC.
 
 use std::net::IpAddr;
 
 use flannel_net::MacAddr;
 use futures::TryStreamExt;
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoIpTunnel, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use rtnetlink::{LinkUnspec, LinkVxlan, LinkWireguard};
+use rtnetlink::{LinkIpIp, LinkUnspec, LinkVxlan, LinkWireguard};
 
 use crate::error::{gone_is_ok, nl_err, no_such_device_is_none};
 use crate::Netlink;
@@ -23,6 +23,15 @@ pub struct Link {
     pub up: bool,
     pub kind: Option<LinkKind>,
     pub vxlan: Option<VxlanAttrs>,
+    /// An IP-in-IP tunnel's ends (`local`, `remote`; unset: any).
+    pub tunnel: Option<TunnelEnds>,
+}
+
+/// The ends of an IP tunnel link (ipip).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TunnelEnds {
+    pub local: Option<IpAddr>,
+    pub remote: Option<IpAddr>,
 }
 
 /// The kind of a link (IFLA_INFO_KIND), as far as flannel tells kinds apart.
@@ -90,6 +99,7 @@ fn parse(msg: &LinkMessage) -> Link {
         up: msg.header.flags.contains(LinkFlags::Up),
         kind: None,
         vxlan: None,
+        tunnel: None,
     };
     for attr in &msg.attributes {
         match attr {
@@ -104,6 +114,21 @@ fn parse(msg: &LinkMessage) -> Link {
                         LinkInfo::Kind(kind) => link.kind = Some(kind_of(kind)),
                         LinkInfo::Data(InfoData::Vxlan(attrs)) => {
                             link.vxlan = Some(parse_vxlan(attrs))
+                        }
+                        LinkInfo::Data(InfoData::IpTunnel(attrs)) => {
+                            let mut ends = TunnelEnds::default();
+                            for a in attrs {
+                                match a {
+                                    InfoIpTunnel::Local(ip) if !ip.is_unspecified() => {
+                                        ends.local = Some(*ip)
+                                    }
+                                    InfoIpTunnel::Remote(ip) if !ip.is_unspecified() => {
+                                        ends.remote = Some(*ip)
+                                    }
+                                    _ => {}
+                                }
+                            }
+                            link.tunnel = Some(ends);
                         }
                         _ => {}
                     }
@@ -208,6 +233,21 @@ impl Netlink {
         self.handle()
             .link()
             .add(LinkWireguard::new(name).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(nl_err(format!("creating {name}")))
+    }
+
+    /// Creates an IP-in-IP link with its local end `local` (remote any) and `mtu`.
+    pub async fn create_ipip(
+        &self,
+        name: &str,
+        local: std::net::Ipv4Addr,
+        mtu: u32,
+    ) -> Result<(), NetlinkError> {
+        self.handle()
+            .link()
+            .add(LinkIpIp::new(name).local(local).mtu(mtu).build())
             .execute()
             .await
             .map_err(nl_err(format!("creating {name}")))

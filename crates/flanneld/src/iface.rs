@@ -385,6 +385,7 @@ mod tests {
             up: true,
             kind: None,
             vxlan: None,
+            tunnel: None,
         }
     }
 

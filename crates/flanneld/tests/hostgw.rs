@@ -13,28 +13,9 @@ use flannel_lab::lab::{try_nsexec, wait_until, Lab, DEFAULT_PREFIX};
 
 const CONFIG: &str = r#"{"Network":"10.200.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#;
 
-/// The routes of host `i` into the flannel network, as `ip route` prints them.
-fn flannel_routes(lab: &Lab, i: usize) -> Vec<String> {
-    sorted_lines(&lab.on_host(i, &["ip", "route"]))
-        .into_iter()
-        .filter(|l| l.starts_with("10.200.") && !l.contains("cni0"))
-        .collect()
-}
-
 /// Upstream's routes on host `i`: `<subnet> via <PublicIP> dev eth0` for every other host.
 fn expected_routes(lab: &Lab, i: usize) -> Vec<String> {
-    let mut want: Vec<String> = (1..=lab.hosts.len())
-        .filter(|&j| j != i && lab.subnet(j).is_some())
-        .map(|j| {
-            format!(
-                "{} via {} dev eth0",
-                lab.subnet(j).unwrap(),
-                lab.hosts[j - 1].ip
-            )
-        })
-        .collect();
-    want.sort();
-    want
+    gateway_routes(lab, i, "eth0")
 }
 
 fn meshed(lab: &Lab) -> bool {

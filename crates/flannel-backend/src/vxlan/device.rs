@@ -192,6 +192,7 @@ mod tests {
             up: true,
             kind: Some(LinkKind::Vxlan),
             vxlan: Some(v),
+            tunnel: None,
         }
     }
 

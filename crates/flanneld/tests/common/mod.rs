@@ -258,3 +258,29 @@ impl Drop for Monitors {
         }
     }
 }
+
+/// The routes of host `i` into the lab's flannel network (10.200.0.0/16) but its own cni0's,
+/// as `ip route` prints them.
+pub fn flannel_routes(lab: &Lab, i: usize) -> Vec<String> {
+    sorted_lines(&lab.on_host(i, &["ip", "route"]))
+        .into_iter()
+        .filter(|l| l.starts_with("10.200.") && !l.contains("cni0"))
+        .collect()
+}
+
+/// Upstream's gateway routes on host `i`: `<subnet> via <PublicIP> dev <dev>` for every
+/// other host with a subnet (`dev`: `eth0` for host-gw, `flannel.ipip onlink` for ipip).
+pub fn gateway_routes(lab: &Lab, i: usize, dev: &str) -> Vec<String> {
+    let mut want: Vec<String> = (1..=lab.hosts.len())
+        .filter(|&j| j != i && lab.subnet(j).is_some())
+        .map(|j| {
+            format!(
+                "{} via {} dev {dev}",
+                lab.subnet(j).unwrap(),
+                lab.hosts[j - 1].ip
+            )
+        })
+        .collect();
+    want.sort();
+    want
+}

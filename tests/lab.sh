@@ -10,7 +10,8 @@
 #                         module or, on a kernel without it (this machine's), wireguard-go;
 #                         the log line printed says which
 #   ./tests/lab.sh vm ARGS   `up ARGS` inside a VM of Debian's kernel (tests/vm.sh: it has the
-#                         wireguard module): prints the same, then the VM ends (~2 minutes)
+#                         wireguard and ipip modules): prints the same, then the VM ends (~2
+#                         minutes); `vm --backend ipip` for ipip, which needs the module
 #   ./tests/lab.sh down   remove it all
 #   ./tests/lab.sh status
 # Needs root. Installs the Debian packages of tests/deps.txt if missing.

@@ -17,6 +17,8 @@
 //! `flannel-v6.1`). `--backend wireguard` runs cold alone: peers are WireGuard leases (a key
 //! each), and the start is programmed when `flannel-wg` holds every peer (read over generic
 //! netlink every 5 ms: run it where the kernel has the module, e.g. `tests/vm.sh`).
+//! `--backend ipip` runs cold alone too: a peer is programmed when its route is (through
+//! `flannel.ipip`; in the VM as well).
 
 mod kube;
 mod probe;
@@ -36,6 +38,7 @@ const CONFIG: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type"
 const CONFIG_HOST_GW: &str =
     r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#;
 
+const CONFIG_IPIP: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"ipip"}}"#;
 const CONFIG_WIREGUARD: &str =
     r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"wireguard"}}"#;
 
@@ -69,6 +72,13 @@ fn host_gw() -> bool {
     HOST_GW.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// `--backend ipip` (set once, before any scenario runs).
+static IPIP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn ipip() -> bool {
+    IPIP.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// `--backend wireguard` (set once, before any scenario runs).
 static WIREGUARD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -87,7 +97,7 @@ fn wg_key(i: u32) -> String {
 /// The kernel entries a peer gets: route, ARP and FDB entry with VXLAN; the route alone with
 /// host-gw.
 fn entries(subnet: Ipv4Addr, mac: [u8; 6]) -> Vec<Entry> {
-    if host_gw() {
+    if host_gw() || ipip() {
         return vec![Entry::Route(IpAddr::V4(subnet), 24)];
     }
     let mut v = peer_entries(subnet, mac).to_vec();
@@ -163,6 +173,9 @@ fn lab(name: &str, flanneld: &Path, dir: &Path) -> Lab {
     if dual() {
         return Lab::create(spec, 1, Some(CONFIG_DUAL));
     }
+    if ipip() {
+        return Lab::create(spec, 1, Some(CONFIG_IPIP));
+    }
     if wireguard() {
         let mut lab = Lab::create(spec, 1, Some(CONFIG_WIREGUARD));
         lab.private_run_wireguard();
@@ -193,6 +206,8 @@ fn peer_value(i: u32) -> (Ipv4Addr, [u8; 6], String) {
         )
     } else if host_gw() {
         format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"host-gw"}}"#)
+    } else if ipip() {
+        format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"ipip"}}"#)
     } else if dual() {
         let ip6 = Ipv6Addr::from((0xfd77u128 << 112) | u128::from(i + 1));
         let m6 = flannel_net::MacAddr(mac6(i));
@@ -413,7 +428,7 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
         .binaries
         .iter()
         .flat_map(|bin| {
-            let ours = label(bin).contains("flanneld-rs") && !host_gw() && !wireguard();
+            let ours = label(bin).contains("flanneld-rs") && !host_gw() && !wireguard() && !ipip();
             let mut v: Vec<(&PathBuf, &[&str], &str)> = vec![(bin, &[], "")];
             if ours {
                 v.push((bin, &["-nexthop-objects=off"], " classic"));
@@ -433,7 +448,7 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
             // what the previous run programmed goes: every entry is new again
             let clear: &[&[&str]] = if wireguard() {
                 &[&["ip", "link", "del", "flannel-wg"]]
-            } else if host_gw() {
+            } else if host_gw() || ipip() {
                 &[&["ip", "route", "flush", "root", "10.0.0.0/8"]]
             } else {
                 &[
@@ -458,14 +473,11 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
     rows
 }
 
-/// Starts `bin` (with `flags`) on host 1, whose store holds peers 0..n: the time until every
-/// peer's entries are programmed (netlink notifications) and `/readyz` answers (not measured
-/// for a flanneld without it), VmHWM and VmRSS after `idle` (the peak of the whole start); then kills it. Shared by
-/// the etcd and the kube cold starts.
-/// How long a cold start may take: upstream configures WireGuard peers one at a time
-/// (minutes for thousands, in the VM's emulation).
+/// How long a cold start may take: upstream lists thousands of leases one request per key,
+/// and configures WireGuard peers one at a time (minutes for thousands, in the VM's
+/// emulation).
 fn cold_limit() -> Duration {
-    Duration::from_secs(if wireguard() { 900 } else { 120 })
+    Duration::from_secs(if wireguard() || ipip() { 900 } else { 120 })
 }
 
 /// How long after `t0` `flannel-wg` held `n` peers (read every 5 ms), within `limit`.
@@ -482,6 +494,10 @@ async fn wg_peers_until(n: usize, t0: Instant, limit: Duration) -> Option<Durati
     None
 }
 
+/// Starts `bin` (with `flags`) on host 1, whose store holds peers 0..n: the time until every
+/// peer's entries are programmed (netlink notifications) and `/readyz` answers (not measured
+/// for a flanneld without it), VmHWM and VmRSS after `idle` (the peak of the whole start); then kills it. Shared by
+/// the etcd and the kube cold starts.
 fn cold_start(
     lab: &mut Lab,
     bin: &Path,
@@ -1056,9 +1072,10 @@ fn main() {
                     Some("wireguard") => {
                         WIREGUARD.store(true, std::sync::atomic::Ordering::Relaxed)
                     }
+                    Some("ipip") => IPIP.store(true, std::sync::atomic::Ordering::Relaxed),
                     Some("vxlan") => {}
                     other => {
-                        eprintln!("--backend {other:?}: vxlan, host-gw or wireguard");
+                        eprintln!("--backend {other:?}: vxlan, host-gw, wireguard or ipip");
                         std::process::exit(2);
                     }
                 }
@@ -1079,7 +1096,7 @@ fn main() {
                 o.scenarios.push(args[i].clone());
             }
             other => {
-                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw|wireguard] [--ip ipv4|dual] [--out FILE] [--peers N,N...] [--idle SECONDS] [--scenario start|converge|cold|steady|churn|etcd-load|kube-cold]...");
+                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw|wireguard|ipip] [--ip ipv4|dual] [--out FILE] [--peers N,N...] [--idle SECONDS] [--scenario start|converge|cold|steady|churn|etcd-load|kube-cold]...");
                 std::process::exit(2);
             }
         }
@@ -1115,8 +1132,8 @@ fn main() {
         ("etcd-load", etcd_load),
         ("kube-cold", kube::cold),
     ];
-    if wireguard() {
-        // the scenario that measures a peer's programming by reading the device
+    if wireguard() || ipip() {
+        // cold start (the other scenarios count VXLAN's entries or need host-gw's segment)
         o.scenarios = vec!["cold".into()];
     }
     if host_gw() && o.scenarios.is_empty() {
@@ -1135,9 +1152,15 @@ fn main() {
             rows.extend(f(&o, &sub));
         }
     }
-    if host_gw() {
-        for r in &mut rows {
-            r.scenario += " [host-gw]";
+    for (on, tag) in [
+        (host_gw(), " [host-gw]"),
+        (ipip(), " [ipip]"),
+        (wireguard(), " [wireguard]"),
+    ] {
+        if on {
+            for r in &mut rows {
+                r.scenario += tag;
+            }
         }
     }
     if dual() {

@@ -150,3 +150,40 @@ fn ipip_mesh_repairs_restart_leave_direct_routing_and_switch() {
     }
     assert!(wait_until(LONG, || lab.ping_matrix().is_empty()));
 }
+
+/// A rolling replacement both ways beside upstream's ipip backend (upstream on h1 and h2,
+/// flanneld-rs on h3; then h1 to flanneld-rs; then h3 to upstream), pods pinging at every
+/// step. Run by hand in the VM lane with an upstream binary built outside the checkout
+/// (flannel's tag v0.20.2 has vendor/: `GOFLAGS=-mod=vendor GOPROXY=off CGO_ENABLED=1 go
+/// build`): `tests/vm.sh -e UPSTREAM_FLANNELD=/path/flanneld-v0.20.2 <this test binary>
+/// --ignored mixed`.
+#[test]
+#[ignore = "needs upstream flanneld (UPSTREAM_FLANNELD) and the kernel's ipip module: run by hand in the VM lane"]
+fn mixed_cluster_with_upstreams_ipip_both_ways() {
+    let upstream = std::path::PathBuf::from(
+        std::env::var("UPSTREAM_FLANNELD").expect("UPSTREAM_FLANNELD: an upstream flanneld"),
+    );
+    const ONLINK: &str = "flannel.ipip onlink";
+    let (mut lab, _dir) = lab('J', 3, Some(CONFIG));
+    lab.start_binary(1, &upstream, &[]);
+    lab.start_binary(2, &upstream, &[]);
+    lab.start(3);
+    assert!(
+        wait_until(LONG, || meshed(&lab, ONLINK)),
+        "{:?}",
+        flannel_routes(&lab, 3)
+    );
+    for i in 1..=3 {
+        lab.add_pod(i);
+    }
+    assert!(wait_until(LONG, || lab.ping_matrix().is_empty()));
+    lab.stop(1, "TERM");
+    lab.start(1);
+    lab.wait_ready(LONG);
+    assert!(wait_until(LONG, || meshed(&lab, ONLINK)), "{}", lab.log(1));
+    assert!(wait_until(LONG, || lab.ping_matrix().is_empty()));
+    lab.stop(3, "TERM");
+    lab.start_binary(3, &upstream, &[]);
+    assert!(wait_until(LONG, || meshed(&lab, ONLINK)), "{}", lab.log(3));
+    assert!(wait_until(LONG, || lab.ping_matrix().is_empty()));
+}

@@ -187,3 +187,21 @@ fn mixed_cluster_with_upstreams_ipip_both_ways() {
     assert!(wait_until(LONG, || meshed(&lab, ONLINK)), "{}", lab.log(3));
     assert!(wait_until(LONG, || lab.ping_matrix().is_empty()));
 }
+
+/// A `flannel.ipip` that is not an ipip device is the user's: refused in upstream's words,
+/// never deleted.
+#[test]
+fn a_users_flannel_ipip_of_another_kind_is_refused_and_kept() {
+    let (mut lab, _dir) = lab('K', 1, Some(CONFIG));
+    lab.on_host(1, &["ip", "link", "add", "flannel.ipip", "type", "dummy"]);
+    lab.start(1);
+    assert!(wait_until(LONG, || !lab.running(1)), "{}", lab.log(1));
+    assert!(
+        lab.log(1)
+            .contains("flannel.ipip isn't an ipip mode device, please remove device and try again"),
+        "{}",
+        lab.log(1)
+    );
+    let link = lab.on_host(1, &["ip", "-d", "link", "show", "flannel.ipip"]);
+    assert!(link.contains("dummy"), "{link}");
+}

@@ -23,13 +23,14 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::hostgw::is_gateway_route;
+use crate::inspect::{Findings, Inspect};
 use crate::lease_check::{self, Skip};
 use crate::netlink::events::KernelEvent;
 use crate::netlink::route::Route;
 use crate::netlink::{Family, Netlink};
-use crate::route_network::{RouteNetwork, RouteShape};
+use crate::route_network::{inspect_routes, RouteNetwork, RouteShape};
 use crate::side::{self, Side};
-use crate::table::{self, Leaving, Made, Row};
+use crate::table::{Leaving, Made, Row};
 use crate::{Backend, BackendError, ExtIface, NodeContext};
 
 /// Upstream's device.
@@ -45,8 +46,8 @@ pub(crate) const ROW: Row = Row {
     make,
     gateway_routes: direct_routing,
     leftovers,
-    inspect: table::no_data_path,
-    inspect_device: table::no_device,
+    inspect,
+    inspect_device,
 };
 
 /// `DirectRouting` of the `Backend` object (default false).
@@ -123,6 +124,74 @@ fn make(config: &NetworkConfig, node: NodeContext) -> Made<'_> {
         shape.ensure_device(&node.nl, &BTreeMap::new()).await?;
         let backend = RouteNetwork::new(shape, node.nl, node.ext, node.public_ip, None, sides);
         Ok(Box::new(backend) as Box<dyn Backend>)
+    })
+}
+
+/// doctor: `flannel.ipip` (kind, MTU), as far as the config tells.
+fn inspect_device<'a>(
+    _config: &'a NetworkConfig,
+    nl: &'a Netlink,
+    r: &'a mut Findings,
+) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        device_finding(nl, None, r).await;
+    })
+}
+
+/// The device, said: `None` when it is missing or of another kind.
+async fn device_finding(nl: &Netlink, mtu: Option<u32>, r: &mut Findings) -> Option<u32> {
+    let link = match nl.link_by_name(DEVICE).await {
+        Ok(Some(link)) if link.is_kind("ipip") => link,
+        Ok(Some(_)) => {
+            r.fail(
+                "device",
+                format!("{DEVICE} isn't an ipip mode device"),
+                "flanneld-rs refuses to start over it: remove it (ip link del flannel.ipip)",
+            );
+            return None;
+        }
+        Ok(None) => {
+            r.fail(
+                "device",
+                format!("{DEVICE} is missing"),
+                "no pod traffic leaves or reaches this node; a running flanneld-rs makes it again within milliseconds: is it running?",
+            );
+            return None;
+        }
+        Err(e) => {
+            r.fail("device", format!("reading {DEVICE}: {e}"), "");
+            return None;
+        }
+    };
+    match mtu.filter(|m| *m != link.mtu) {
+        Some(m) => r.warn(
+            "device",
+            format!("{DEVICE} has MTU {}, the interface gives {m}", link.mtu),
+            "flanneld-rs sets it at start",
+        ),
+        None => r.ok(
+            "device",
+            format!("{DEVICE} up={} mtu {}", link.up, link.mtu),
+        ),
+    }
+    Some(link.index)
+}
+
+/// doctor: the device, and its routes as the backend would program them (the route
+/// network's inspection). The MTU pods should get: the interface's less 20.
+fn inspect<'a>(n: &'a Inspect<'a>, r: &'a mut Findings) -> BoxFuture<'a, Option<u32>> {
+    Box::pin(async move {
+        let mtu = n.ext.mtu.saturating_sub(OVERHEAD);
+        let index = device_finding(n.nl, Some(mtu), r).await?;
+        let shape = Ipip {
+            direct_routing: direct_routing(n.config),
+            index,
+            local: Ipv4Addr::UNSPECIFIED,
+            mtu,
+            network: IpNetwork::V4(n.config.network),
+        };
+        inspect_routes(&shape, n, r).await;
+        Some(mtu)
     })
 }
 

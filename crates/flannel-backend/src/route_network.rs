@@ -17,13 +17,14 @@ use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::inspect::{opt, Findings, Inspect};
 use crate::lease_check::Skip;
 use crate::netlink::events::KernelEvent;
 use crate::netlink::request::Request;
 use crate::netlink::route::Route;
 use crate::netlink::{Family, Netlink};
 use crate::reconciler::Reconciler;
-use crate::side::Side;
+use crate::side::{self, Side};
 use crate::{hostgw, Backend, BackendError, BackendStats, ExtIface};
 
 /// What differs between the backends of routes.
@@ -316,5 +317,78 @@ impl<S: RouteShape> Backend for RouteNetwork<S> {
         resync: Duration,
     ) -> Result<(), BackendError> {
         crate::reconciler::serve(*self, events, synced, resync).await
+    }
+}
+
+/// doctor: the routes the shape's backend would program for the leases (the same
+/// [`RouteShape::route_for`], lease checks included) against the kernel's routes of its
+/// shape, with the backend's own plan; a peer it cannot reach (host-gw: off the segment) is a
+/// problem (its pods are unreachable from here). Reads only.
+pub(crate) async fn inspect_routes<S: RouteShape>(shape: &S, n: &Inspect<'_>, r: &mut Findings) {
+    let Inspect {
+        config,
+        lease,
+        leases,
+        ext,
+        nl,
+        ..
+    } = *n;
+    for (side, own) in side::of_lease(config, lease) {
+        let mut want = BTreeMap::new();
+        for l in leases {
+            match shape.route_for(&side, Some((own, side.public_ip)), l, ext) {
+                Ok(route) => {
+                    want.insert(route.dst, route);
+                }
+                Err(Skip::Unreachable(why)) => r.fail(
+                    "peers",
+                    format!("lease {}: {why}", l.key()),
+                    "that node's pods are unreachable from here, and the daemon programs no route to it (use vxlan, or put the nodes on one segment)",
+                ),
+                Err(Skip::Invalid(why)) => r.warn(
+                    "peers",
+                    format!("lease {} is skipped: {why}", l.key()),
+                    "no node programs it; fix or delete it",
+                ),
+                Err(Skip::Own | Skip::NoPart | Skip::OtherType(_)) => {}
+            }
+        }
+        let observed: Vec<Route> = match nl.routes(side.family).await {
+            Ok(all) => all
+                .into_iter()
+                .filter(|rt| shape.is_ours(&side, rt, ext))
+                .collect(),
+            Err(e) => {
+                r.fail("peers", format!("listing the routes: {e}"), "");
+                continue;
+            }
+        };
+        let (stray, missing) = hostgw::plan(&want, &observed, true);
+        let text = |list: &[Route]| {
+            list.iter()
+                .map(|rt| format!("{} via {}", rt.dst, opt(rt.gateway)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        if !missing.is_empty() {
+            r.fail(
+                "peers",
+                format!("routes missing: {}", text(&missing)),
+                "pods of those nodes cannot be reached from here; a running flanneld-rs repairs this within milliseconds: is it running?",
+            );
+        }
+        if !stray.is_empty() {
+            r.fail(
+                "peers",
+                format!("routes no lease explains: {}", text(&stray)),
+                "traffic goes to a node that is gone; flanneld-rs removes them within 10 s when it runs",
+            );
+        }
+        if missing.is_empty() && stray.is_empty() {
+            r.ok(
+                "peers",
+                format!("{} {} routes exact", want.len(), shape.kind()),
+            );
+        }
     }
 }

@@ -45,7 +45,9 @@ pub(crate) fn destination_of(msg: &RouteMessage) -> Option<IpNetwork> {
 }
 
 fn parse(msg: &RouteMessage, family: Family) -> Option<Route> {
-    if msg.header.kind != RouteType::Unicast {
+    // a cached exception (a path MTU learnt for one address, `ip route show cache`) is the
+    // kernel's, not a route of the table
+    if msg.header.kind != RouteType::Unicast || msg.header.flags.contains(RouteFlags::Cloned) {
         return None;
     }
     let mut table = u32::from(msg.header.table);
@@ -235,5 +237,23 @@ impl Netlink {
                 },
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_exception_is_no_route_of_the_table() {
+        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix("10.200.28.2".parse().unwrap(), 32)
+            .gateway("192.168.77.2".parse().unwrap())
+            .build();
+        let route = parse(&msg, Family::V4).expect("a route of the main table");
+        assert_eq!(route.dst, "10.200.28.2/32".parse::<IpNetwork>().unwrap());
+        // what the kernel dumps for a path MTU learnt through a tunnel (seen with ipip)
+        msg.header.flags |= RouteFlags::Cloned;
+        assert_eq!(parse(&msg, Family::V4), None);
     }
 }

@@ -71,6 +71,25 @@ fn ipip_mesh_repairs_restart_leave_direct_routing_and_switch() {
         lab.add_pod(i);
     }
     assert_eq!(lab.ping_matrix(), vec![]);
+    // doctor: the device and every route as the backend would program them
+    let report = lab.on_host(
+        1,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "{} doctor {} 2>&1; echo rc=$?",
+                lab.spec.flanneld.display(),
+                lab.flags(1).join(" ")
+            ),
+        ],
+    );
+    assert!(
+        report.contains("2 ipip routes exact"),
+        "{report}\n{}",
+        lab.on_host(1, &["ip", "route", "show", "table", "all"])
+    );
+    assert!(report.trim_end().ends_with("rc=0"), "{report}");
 
     // a route deleted: back at once; the device deleted: made again with every route
     let route2 = expected(&lab, 1, ONLINK)[0].clone();

@@ -19,8 +19,8 @@ use crate::BackendError;
 /// How soon after the kernel reports damage the repair runs (deletions come in bursts).
 const REPAIR_DELAY: Duration = Duration::from_millis(20);
 
-/// What `serve` needs of a backend that programs the kernel: VXLAN and host-gw implement
-/// it, and the run loop is theirs for nothing.
+/// What `serve` needs of a backend that programs the kernel: VXLAN, WireGuard and the route
+/// network (host-gw, ipip) implement it, and the run loop is theirs for nothing.
 #[async_trait]
 pub trait Reconciler: Send {
     /// Applies lease changes to the desired set and programs the difference; the number of

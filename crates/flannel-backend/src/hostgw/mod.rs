@@ -115,11 +115,6 @@ impl RouteShape for HostGw {
 pub type HostGwBackend = RouteNetwork<HostGw>;
 
 impl HostGwBackend {
-    /// IPv4 only.
-    pub fn new_v4(network: Ipv4Network, node: NodeContext) -> Result<Self, BackendError> {
-        Self::new_dual(Some(network), None, node)
-    }
-
     /// Refuses a PublicIP (or PublicIPv6) that is not the external interface's (NAT), as
     /// upstream.
     pub fn new_dual(

@@ -74,19 +74,23 @@ fn userspace_implementation() -> String {
         .unwrap_or_else(|| "wireguard-go".into())
 }
 
-/// How `existing` is controlled, or `None` when it is no WireGuard device we can use.
-fn control_of(existing: &Link) -> Option<Control> {
+/// How `existing` is controlled, or `None` when it is no WireGuard device we can use (a
+/// userspace one must answer on its socket).
+async fn control_of(existing: &Link) -> Option<Control> {
     if existing.is_kind("wireguard") {
         return KernelWireGuard::connect().ok().map(Control::Kernel);
     }
-    let socket = uapi::socket_path(&existing.name);
-    (existing.is_kind("tun") && uapi::get(&socket).is_ok()).then_some(Control::Userspace(socket))
+    if !existing.is_kind("tun") {
+        return None;
+    }
+    let control = Control::Userspace(uapi::socket_path(&existing.name));
+    control.device(&existing.name).await.ok().map(|_| control)
 }
 
 /// The device `name` with `mtu`: kept when it is there and usable, else made.
 pub async fn ensure(nl: &Netlink, name: &str, mtu: u32) -> Result<(Link, Control), BackendError> {
     if let Some(existing) = nl.link_by_name(name).await? {
-        match control_of(&existing) {
+        match control_of(&existing).await {
             Some(control) => {
                 if existing.mtu != mtu {
                     nl.set_link_mtu(existing.index, mtu).await?;
@@ -154,7 +158,7 @@ async fn start_userspace(name: &str) -> Result<(), BackendError> {
 async fn wait_for_link(nl: &Netlink, name: &str) -> Result<Link, BackendError> {
     for _ in 0..100 {
         if let Some(link) = nl.link_by_name(name).await? {
-            if control_of(&link).is_some() {
+            if control_of(&link).await.is_some() {
                 return Ok(link);
             }
         }

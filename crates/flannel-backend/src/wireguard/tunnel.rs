@@ -71,13 +71,13 @@ impl Tunnel {
             desired: BTreeMap::new(),
             by_lease: BTreeMap::new(),
         };
-        tunnel.set_identity(private_key).await?;
+        let now = tunnel.control.device(&tunnel.name).await?;
+        tunnel.set_identity(&now, private_key).await?;
         Ok(tunnel)
     }
 
-    /// Sets the key and port (when they differ).
-    async fn set_identity(&self, private_key: &Key) -> Result<bool, BackendError> {
-        let now = self.control.device(&self.name).await?;
+    /// Sets the key and port where the device (`now`) has others; whether it did.
+    async fn set_identity(&self, now: &WgDevice, private_key: &Key) -> Result<bool, BackendError> {
         let change = DeviceChange {
             private_key: (now.private_key.as_ref() != Some(private_key)).then_some(*private_key),
             listen_port: (now.listen_port != self.port).then_some(self.port),
@@ -259,25 +259,30 @@ impl Tunnel {
         listed: bool,
     ) -> Result<usize, BackendError> {
         let mut changed = 0;
-        let usable = match nl.link_by_name(&self.name).await? {
-            Some(link) if link.index == self.index => self.control.device(&self.name).await.is_ok(),
-            _ => false,
+        let ours = matches!(nl.link_by_name(&self.name).await?, Some(l) if l.index == self.index);
+        // the device read once: its key, port and peers
+        let read = match ours {
+            true => self.control.device(&self.name).await.ok(),
+            false => None,
         };
-        if !usable {
-            warn!(
-                "WireGuard device {} is gone or unusable: making it again",
-                self.name
-            );
-            let (link, control) = device::ensure(nl, &self.name, self.mtu).await?;
-            self.index = link.index;
-            self.control = control;
-            changed += 1;
-        }
-        if self.set_identity(private_key).await? {
+        let observed = match read {
+            Some(device) => device,
+            None => {
+                warn!(
+                    "WireGuard device {} is gone or unusable: making it again",
+                    self.name
+                );
+                let (link, control) = device::ensure(nl, &self.name, self.mtu).await?;
+                self.index = link.index;
+                self.control = control;
+                changed += 1;
+                self.control.device(&self.name).await?
+            }
+        };
+        if self.set_identity(&observed, private_key).await? {
             changed += 1;
         }
         self.ensure_link_state(nl).await?;
-        let observed = self.control.device(&self.name).await?;
         let peers = plan(&self.desired, &observed, listed);
         changed += peers.len();
         if !peers.is_empty() {

@@ -109,6 +109,19 @@ fn meshed(lab: &Lab) -> bool {
     })
 }
 
+/// Every host's `wg show` and log, for a failure's message.
+fn wg_state(lab: &Lab) -> String {
+    (1..=lab.hosts.len())
+        .map(|i| {
+            let wg = lab.on_host(i, &["sh", "-c", "wg show all 2>&1 || true"]);
+            format!(
+                "== host {i}: wg show\n{wg}\n== host {i}: log\n{}",
+                lab.log(i)
+            )
+        })
+        .collect()
+}
+
 fn ifindex(lab: &Lab, i: usize, dev: &str) -> String {
     lab.on_host(i, &["cat", &format!("/sys/class/net/{dev}/ifindex")])
 }
@@ -168,7 +181,7 @@ fn wireguard_mesh_lease_key_repairs_restart_and_leave() {
     for i in 1..=3 {
         lab.add_pod(i);
     }
-    assert_eq!(lab.ping_matrix(), vec![]);
+    assert_eq!(lab.ping_matrix(), vec![], "{}", wg_state(&lab));
 
     // doctor: the device and every peer as the backend would set them
     let flags = lab.flags(1).join(" ");
@@ -239,7 +252,7 @@ fn wireguard_mesh_lease_key_repairs_restart_and_leave() {
         "{}",
         lab.log(1)
     );
-    assert_eq!(lab.ping_matrix(), vec![]);
+    assert_eq!(lab.ping_matrix(), vec![], "{}", wg_state(&lab));
 
     // a node that leaves: its lease gone, its peer goes everywhere
     lab.stop(3, "TERM");

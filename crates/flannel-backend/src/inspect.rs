@@ -80,3 +80,48 @@ pub struct Inspect<'a> {
 pub(crate) fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "none".to_string(), |v| v.to_string())
 }
+
+/// A tunnel device of the backend, said: `name` of link kind `kind` (`ipip`, `tun`; `what`
+/// names it in the failure, as upstream's refusal does), its MTU against `mtu` when known.
+/// Its index, or `None` when it is missing or of another kind.
+pub(crate) async fn device_finding(
+    nl: &Netlink,
+    name: &str,
+    kind: &str,
+    what: &str,
+    mtu: Option<u32>,
+    r: &mut Findings,
+) -> Option<u32> {
+    let link = match nl.link_by_name(name).await {
+        Ok(Some(link)) if link.is_kind(kind) => link,
+        Ok(Some(_)) => {
+            r.fail(
+                "device",
+                format!("{name} isn't {what}"),
+                format!("flanneld-rs refuses to start over it: remove it (ip link del {name})"),
+            );
+            return None;
+        }
+        Ok(None) => {
+            r.fail(
+                "device",
+                format!("{name} is missing"),
+                "no pod traffic leaves or reaches this node; a running flanneld-rs makes it again within milliseconds: is it running?",
+            );
+            return None;
+        }
+        Err(e) => {
+            r.fail("device", format!("reading {name}: {e}"), "");
+            return None;
+        }
+    };
+    match mtu.filter(|m| *m != link.mtu) {
+        Some(m) => r.warn(
+            "device",
+            format!("{name} has MTU {}, the interface gives {m}", link.mtu),
+            "flanneld-rs sets it at start",
+        ),
+        None => r.ok("device", format!("{name} up={} mtu {}", link.up, link.mtu)),
+    }
+    Some(link.index)
+}

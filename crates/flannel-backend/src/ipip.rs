@@ -94,15 +94,7 @@ fn make(config: &NetworkConfig, node: NodeContext) -> Made<'_> {
         };
         let sides = side::of_node(Some(network), None, &node)?;
         // the tunnel's local end: the interface's own address (PublicIP may be a NAT's)
-        let local = node
-            .ext
-            .addresses
-            .iter()
-            .find_map(|a| match a.ip() {
-                IpAddr::V4(ip) => Some(ip),
-                IpAddr::V6(_) => None,
-            })
-            .unwrap_or(node.public_ip);
+        let local = node.ext.first_ipv4().unwrap_or(node.public_ip);
         let mtu = node
             .ext
             .mtu
@@ -134,47 +126,8 @@ fn inspect_device<'a>(
     r: &'a mut Findings,
 ) -> BoxFuture<'a, ()> {
     Box::pin(async move {
-        device_finding(nl, None, r).await;
+        crate::inspect::device_finding(nl, DEVICE, "ipip", "an ipip mode device", None, r).await;
     })
-}
-
-/// The device, said: `None` when it is missing or of another kind.
-async fn device_finding(nl: &Netlink, mtu: Option<u32>, r: &mut Findings) -> Option<u32> {
-    let link = match nl.link_by_name(DEVICE).await {
-        Ok(Some(link)) if link.is_kind("ipip") => link,
-        Ok(Some(_)) => {
-            r.fail(
-                "device",
-                format!("{DEVICE} isn't an ipip mode device"),
-                "flanneld-rs refuses to start over it: remove it (ip link del flannel.ipip)",
-            );
-            return None;
-        }
-        Ok(None) => {
-            r.fail(
-                "device",
-                format!("{DEVICE} is missing"),
-                "no pod traffic leaves or reaches this node; a running flanneld-rs makes it again within milliseconds: is it running?",
-            );
-            return None;
-        }
-        Err(e) => {
-            r.fail("device", format!("reading {DEVICE}: {e}"), "");
-            return None;
-        }
-    };
-    match mtu.filter(|m| *m != link.mtu) {
-        Some(m) => r.warn(
-            "device",
-            format!("{DEVICE} has MTU {}, the interface gives {m}", link.mtu),
-            "flanneld-rs sets it at start",
-        ),
-        None => r.ok(
-            "device",
-            format!("{DEVICE} up={} mtu {}", link.up, link.mtu),
-        ),
-    }
-    Some(link.index)
 }
 
 /// doctor: the device, and its routes as the backend would program them (the route
@@ -182,7 +135,15 @@ async fn device_finding(nl: &Netlink, mtu: Option<u32>, r: &mut Findings) -> Opt
 fn inspect<'a>(n: &'a Inspect<'a>, r: &'a mut Findings) -> BoxFuture<'a, Option<u32>> {
     Box::pin(async move {
         let mtu = n.ext.mtu.saturating_sub(OVERHEAD);
-        let index = device_finding(n.nl, Some(mtu), r).await?;
+        let index = crate::inspect::device_finding(
+            n.nl,
+            DEVICE,
+            "ipip",
+            "an ipip mode device",
+            Some(mtu),
+            r,
+        )
+        .await?;
         let shape = Ipip {
             direct_routing: direct_routing(n.config),
             index,

@@ -16,7 +16,10 @@
 //! - `ipip` ([`ipip`]): a route to each node's subnet through an IP-in-IP device
 //!   (host-gw's route network with a tunnel);
 //! - `extension` ([`extension::ExtensionBackend`]): the operator's commands per event;
-//! - `alloc` ([`alloc::AllocBackend`]): a subnet and nothing else (no data path).
+//! - `alloc` ([`alloc::AllocBackend`]): a subnet and nothing else (no data path);
+//! - `udp` ([`udp::UdpBackend`]): a TUN device and a data path in flanneld-rs itself, each
+//!   packet a UDP datagram to the peer (upstream's debugging backend, and the default when
+//!   the config has no `Backend`).
 //!
 //! Rules every backend keeps:
 //! - **restart deletes nothing live**: no kernel entry is removed before the first complete
@@ -37,6 +40,7 @@ mod reconciler;
 pub mod route_network;
 pub mod side;
 mod table;
+pub mod udp;
 pub mod vxlan;
 pub mod wireguard;
 
@@ -64,9 +68,6 @@ pub enum BackendError {
         backend: &'static str,
         message: String,
     },
-    /// The config has no `Backend` at all (upstream then runs udp, which it dropped in v0.13).
-    #[error("the network config has no \"Backend\": upstream then uses the udp backend, which flanneld-rs does not implement; add \"Backend\": {{\"Type\": \"vxlan\"}} to the network config")]
-    NoBackend,
     /// `Backend.Type` names no backend flanneld-rs has.
     #[error("unknown backend type: {0} (flanneld-rs implements {backends})", backends = table::names())]
     UnknownType(String),
@@ -108,6 +109,15 @@ pub struct ExtIface {
 }
 
 impl ExtIface {
+    /// Its first IPv4 address, if any: what a tunnel's local end or a socket binds to
+    /// (the PublicIP may be a NAT's).
+    pub fn first_ipv4(&self) -> Option<Ipv4Addr> {
+        self.addresses.iter().find_map(|a| match a.ip() {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        })
+    }
+
     /// Whether `ip` is reachable without a router from this interface (a host route, /32 or
     /// /128, says nothing about neighbours).
     pub fn on_link(&self, ip: IpAddr) -> bool {
@@ -175,9 +185,6 @@ pub fn check_backend(config: &NetworkConfig) -> Result<(), BackendError> {
 
 /// The table's row of the backend `config` names.
 fn row_of(config: &NetworkConfig) -> Result<&'static table::Row, BackendError> {
-    if config.backend.is_none() {
-        return Err(BackendError::NoBackend);
-    }
     config.backend_kind().and_then(table::row).ok_or_else(|| {
         match not_implemented(&config.backend_type) {
             Some(why) => BackendError::NotImplemented {
@@ -195,7 +202,7 @@ fn not_implemented(backend_type: &str) -> Option<&'static str> {
     const CLOUD: &str = "it programs a cloud provider's routing tables through the provider's API, which flanneld-rs does not implement (it cannot be tested outside that cloud): run vxlan, or host-gw where the nodes share a segment, wireguard to encrypt";
     Some(match backend_type.to_ascii_lowercase().as_str() {
         "aws-vpc" | "gce" | "ali-vpc" | "tencent-vpc" => CLOUD,
-        "ipsec" | "udp" => {
+        "ipsec" => {
             "upstream flanneld's, not yet flanneld-rs's: run vxlan meanwhile (wireguard to encrypt), or keep upstream flanneld on these nodes"
         }
         _ => return None,
@@ -274,9 +281,9 @@ mod tests {
                 "{e}"
             );
         }
-        let e = check_backend(&config("udp")).unwrap_err().to_string();
+        let e = check_backend(&config("ipsec")).unwrap_err().to_string();
         assert!(e.contains("not yet flanneld-rs's"), "{e}");
         let e = check_backend(&config("bogus")).unwrap_err().to_string();
-        assert!(e.starts_with("unknown backend type: bogus (flanneld-rs implements vxlan, host-gw, wireguard, ipip, extension, alloc)"), "{e}");
+        assert!(e.starts_with("unknown backend type: bogus (flanneld-rs implements vxlan, host-gw, wireguard, ipip, extension, alloc, udp)"), "{e}");
     }
 }

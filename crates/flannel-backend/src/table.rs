@@ -11,7 +11,9 @@ use futures::future::BoxFuture;
 
 use crate::inspect::{Findings, Inspect};
 use crate::netlink::Netlink;
-use crate::{alloc, extension, hostgw, ipip, vxlan, wireguard, Backend, BackendError, NodeContext};
+use crate::{
+    alloc, extension, hostgw, ipip, udp, vxlan, wireguard, Backend, BackendError, NodeContext,
+};
 
 /// A backend made for a config, or why not.
 pub(crate) type Made<'a> = BoxFuture<'a, Result<Box<dyn Backend>, BackendError>>;
@@ -52,13 +54,14 @@ pub(crate) struct Row {
 }
 
 /// The backends flanneld-rs runs.
-pub(crate) const ROWS: [Row; 6] = [
+pub(crate) const ROWS: [Row; 7] = [
     vxlan::ROW,
     hostgw::ROW,
     wireguard::ROW,
     ipip::ROW,
     extension::ROW,
     alloc::ROW,
+    udp::ROW,
 ];
 
 /// The row of `kind`.

@@ -15,6 +15,7 @@ pub enum BackendKind {
     Ipip,
     Extension,
     Alloc,
+    Udp,
 }
 
 /// What is known of a kind outside its backend.
@@ -35,13 +36,14 @@ struct Row {
 
 impl BackendKind {
     /// Every kind.
-    pub const ALL: [BackendKind; 6] = [
+    pub const ALL: [BackendKind; 7] = [
         BackendKind::Vxlan,
         BackendKind::HostGw,
         BackendKind::WireGuard,
         BackendKind::Ipip,
         BackendKind::Extension,
         BackendKind::Alloc,
+        BackendKind::Udp,
     ];
 
     /// The one table of kinds.
@@ -79,6 +81,12 @@ impl BackendKind {
             },
             BackendKind::Alloc => Row {
                 name: "alloc",
+                dual_stack: false,
+                per_family_data: false,
+                ipv6_annotations: false,
+            },
+            BackendKind::Udp => Row {
+                name: "udp",
                 dual_stack: false,
                 per_family_data: false,
                 ipv6_annotations: false,
@@ -147,7 +155,7 @@ mod tests {
                 .iter()
                 .all(|o| o != kind && o.name() != kind.name()));
         }
-        assert_eq!(BackendKind::from_type("udp"), None);
+        assert_eq!(BackendKind::from_type("ipsec"), None);
         assert_eq!(BackendKind::HostGw.to_string(), "host-gw");
         assert!(BackendKind::Vxlan.is("vxlan") && !BackendKind::Vxlan.is("VXLAN"));
     }

@@ -27,6 +27,15 @@ pub struct Route {
     pub nhid: Option<u32>,
 }
 
+/// The scope of a route through a device ([`Netlink::replace_device_route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceRouteScope {
+    /// `scope link`: the destination is on the device's link.
+    Link,
+    /// `scope global` (`ip route` prints no scope).
+    Global,
+}
+
 fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
@@ -197,15 +206,23 @@ impl Netlink {
             .map_err(nl_err(format!("adding the blackhole route {dst}")))
     }
 
-    /// `ip route replace <dst> dev <oif> scope link` (proto boot): a whole network through a
-    /// tunnel device (upstream's WireGuard route).
-    pub async fn replace_device_route(&self, dst: IpNetwork, oif: u32) -> Result<(), NetlinkError> {
+    /// `ip route replace <dst> dev <oif> [scope link]` (proto boot): a whole network through
+    /// a tunnel device (upstream's WireGuard route, scope link; its UDP route, scope global).
+    pub async fn replace_device_route(
+        &self,
+        dst: IpNetwork,
+        oif: u32,
+        scope: DeviceRouteScope,
+    ) -> Result<(), NetlinkError> {
         let op = format!("adding the route to {dst} through link #{oif}");
         let msg = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dst.network(), dst.prefix())
             .map_err(|e| NetlinkError::other(op.clone(), e.to_string()))?
             .output_interface(oif)
-            .scope(RouteScope::Link)
+            .scope(match scope {
+                DeviceRouteScope::Link => RouteScope::Link,
+                DeviceRouteScope::Global => RouteScope::Universe,
+            })
             .protocol(RouteProtocol::Boot)
             .build();
         self.handle()

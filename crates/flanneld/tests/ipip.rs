@@ -25,14 +25,6 @@ fn meshed(lab: &Lab, dev: &str) -> bool {
         .all(|i| lab.subnet(i).is_some() && flannel_routes(lab, i) == expected(lab, i, dev))
 }
 
-fn restart_all(lab: &mut Lab) {
-    for i in 1..=lab.hosts.len() {
-        lab.stop(i, "TERM");
-        lab.start(i);
-    }
-    lab.wait_ready(LONG);
-}
-
 #[test]
 fn ipip_mesh_repairs_restart_leave_direct_routing_and_switch() {
     let (mut lab, _dir) = lab('I', 3, Some(CONFIG));
@@ -153,21 +145,7 @@ fn ipip_mesh_repairs_restart_leave_direct_routing_and_switch() {
 
     // vxlan: nothing of ipip is left, host-gw's routes included
     let vxlan = CONFIG.replace(r#""Type":"ipip""#, r#""Type":"vxlan""#);
-    lab.etcd()
-        .ctl(&["put", &format!("{DEFAULT_PREFIX}/config"), &vxlan]);
-    restart_all(&mut lab);
-    for i in 1..=3 {
-        let links = lab.on_host(i, &["ip", "-o", "link", "show"]);
-        assert!(!links.contains("flannel.ipip"), "{links}");
-        assert!(
-            wait_until(LONG, || flannel_routes(&lab, i)
-                .iter()
-                .all(|r| r.contains("flannel.1"))),
-            "{:?}",
-            flannel_routes(&lab, i)
-        );
-    }
-    assert!(wait_until(LONG, || lab.ping_matrix().is_empty()));
+    switch_to_vxlan(&mut lab, &vxlan, "flannel.ipip");
 }
 
 /// A rolling replacement both ways beside upstream's ipip backend (upstream on h1 and h2,

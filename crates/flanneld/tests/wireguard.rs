@@ -271,14 +271,6 @@ fn wireguard_mesh_lease_key_repairs_restart_and_leave() {
 
 const DUAL: &str = r#"{"EnableIPv6":true,"IPv6Network":"fd00:200::/56","Network":"10.200.0.0/16","SubnetLen":24,"Backend":{"Type":"wireguard"}}"#;
 
-fn restart_all(lab: &mut Lab) {
-    for i in 1..=lab.hosts.len() {
-        lab.stop(i, "TERM");
-        lab.start(i);
-    }
-    lab.wait_ready(LONG);
-}
-
 fn has_link(lab: &Lab, i: usize, dev: &str) -> bool {
     lab.on_host(i, &["ip", "-o", "link", "show"])
         .contains(&format!(": {dev}:"))

@@ -17,6 +17,7 @@ use super::device::{self, Control};
 use super::key;
 use super::peers::{self, DeviceView};
 use crate::lease_check::Skip;
+use crate::netlink::route::DeviceRouteScope;
 use crate::netlink::wireguard::{DeviceChange, Key, PeerChange, WgDevice, WgPeer};
 use crate::netlink::{Family, Netlink};
 use crate::side::Side;
@@ -156,7 +157,8 @@ impl Tunnel {
                     r.dst == side.network && r.gateway.is_none() && r.oif == Some(self.index)
                 });
                 if !present {
-                    nl.replace_device_route(side.network, self.index).await?;
+                    nl.replace_device_route(side.network, self.index, DeviceRouteScope::Link)
+                        .await?;
                 }
             }
         }

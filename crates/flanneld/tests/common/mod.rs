@@ -201,6 +201,35 @@ pub fn wait_converged(lab: &Lab) {
     }
 }
 
+/// Stops and starts every host's flanneld-rs, one after the other (a new config read).
+pub fn restart_all(lab: &mut Lab) {
+    for i in 1..=lab.hosts.len() {
+        lab.stop(i, "TERM");
+        lab.start(i);
+    }
+    lab.wait_ready(LONG);
+}
+
+/// The network config switched to vxlan and every host restarted: nothing of the backend
+/// before is left (`device` on no host, every route through `flannel.1`), pods ping.
+pub fn switch_to_vxlan(lab: &mut Lab, config: &str, device: &str) {
+    lab.etcd()
+        .ctl(&["put", &format!("{DEFAULT_PREFIX}/config"), config]);
+    restart_all(lab);
+    for i in 1..=lab.hosts.len() {
+        let links = lab.on_host(i, &["ls", "/sys/class/net"]);
+        assert!(!links.lines().any(|l| l == device), "{links}");
+        assert!(
+            wait_until(LONG, || flannel_routes(lab, i)
+                .iter()
+                .all(|r| r.contains("flannel.1"))),
+            "{:?}",
+            flannel_routes(lab, i)
+        );
+    }
+    assert!(wait_until(LONG, || lab.ping_matrix().is_empty()));
+}
+
 /// Kernel notifications on one host, recorded to files until dropped.
 pub struct Monitors {
     children: Vec<std::process::Child>,

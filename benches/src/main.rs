@@ -18,10 +18,14 @@
 //! each), and the start is programmed when `flannel-wg` holds every peer (read over generic
 //! netlink every 5 ms: run it where the kernel has the module, e.g. `tests/vm.sh`).
 //! `--backend ipip` runs cold alone too: a peer is programmed when its route is (through
-//! `flannel.ipip`; in the VM as well).
+//! `flannel.ipip`; in the VM as well). `--backend udp` runs cold (a peer is programmed when
+//! the log says `Subnet added: ` for it: its route is in the daemon's memory, for upstream's
+//! and ours) and `throughput` (two pods on two hosts, iperf3 each way, the daemons' CPU
+//! time: the udp data path is the daemon).
 
 mod kube;
 mod probe;
+mod throughput;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -38,6 +42,7 @@ const CONFIG: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type"
 const CONFIG_HOST_GW: &str =
     r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#;
 
+const CONFIG_UDP: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"udp"}}"#;
 const CONFIG_IPIP: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"ipip"}}"#;
 const CONFIG_WIREGUARD: &str =
     r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"wireguard"}}"#;
@@ -70,6 +75,25 @@ static HOST_GW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 
 fn host_gw() -> bool {
     HOST_GW.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `--backend udp` (set once, before any scenario runs).
+static UDP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn udp() -> bool {
+    UDP.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The backend `--backend` named, but vxlan.
+fn backend_name() -> Option<&'static str> {
+    [
+        (host_gw(), "host-gw"),
+        (ipip(), "ipip"),
+        (wireguard(), "wireguard"),
+        (udp(), "udp"),
+    ]
+    .into_iter()
+    .find_map(|(on, name)| on.then_some(name))
 }
 
 /// `--backend ipip` (set once, before any scenario runs).
@@ -176,6 +200,9 @@ fn lab(name: &str, flanneld: &Path, dir: &Path) -> Lab {
     if ipip() {
         return Lab::create(spec, 1, Some(CONFIG_IPIP));
     }
+    if udp() {
+        return Lab::create(spec, 1, Some(CONFIG_UDP));
+    }
     if wireguard() {
         let mut lab = Lab::create(spec, 1, Some(CONFIG_WIREGUARD));
         lab.private_run_wireguard();
@@ -208,6 +235,8 @@ fn peer_value(i: u32) -> (Ipv4Addr, [u8; 6], String) {
         format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"host-gw"}}"#)
     } else if ipip() {
         format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"ipip"}}"#)
+    } else if udp() {
+        format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null}}"#)
     } else if dual() {
         let ip6 = Ipv6Addr::from((0xfd77u128 << 112) | u128::from(i + 1));
         let m6 = flannel_net::MacAddr(mac6(i));
@@ -428,7 +457,7 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
         .binaries
         .iter()
         .flat_map(|bin| {
-            let ours = label(bin).contains("flanneld-rs") && !host_gw() && !wireguard() && !ipip();
+            let ours = label(bin).contains("flanneld-rs") && backend_name().is_none();
             let mut v: Vec<(&PathBuf, &[&str], &str)> = vec![(bin, &[], "")];
             if ours {
                 v.push((bin, &["-nexthop-objects=off"], " classic"));
@@ -446,7 +475,10 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
                 put_peers(&mut c, 0..n).await;
             });
             // what the previous run programmed goes: every entry is new again
-            let clear: &[&[&str]] = if wireguard() {
+            let clear: &[&[&str]] = if udp() {
+                // the peers are in the daemon's memory: nothing of theirs in the kernel
+                &[]
+            } else if wireguard() {
                 &[&["ip", "link", "del", "flannel-wg"]]
             } else if host_gw() || ipip() {
                 &[&["ip", "route", "flush", "root", "10.0.0.0/8"]]
@@ -478,6 +510,27 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
 /// emulation).
 fn cold_limit() -> Duration {
     Duration::from_secs(if wireguard() || ipip() { 900 } else { 120 })
+}
+
+/// How long after `t0` the log at `path` (from byte `from`) said `Subnet added: ` `n` times
+/// (upstream's line and ours as a peer is put in the udp data path's table), read every
+/// 5 ms, within `limit`.
+async fn log_lines_until(
+    path: &Path,
+    from: u64,
+    n: usize,
+    t0: Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    while t0.elapsed() < limit {
+        let text = std::fs::read(path).unwrap_or_default();
+        let tail = String::from_utf8_lossy(text.get(from as usize..).unwrap_or_default());
+        if tail.matches("Subnet added: ").count() >= n {
+            return Some(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
 }
 
 /// How long after `t0` `flannel-wg` held `n` peers (read every 5 ms), within `limit`.
@@ -516,8 +569,18 @@ fn cold_start(
         .collect();
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let ns2 = ns.clone();
+    let log = lab.hosts[0].log.clone();
+    let log_from = std::fs::metadata(&log).map_or(0, |m| m.len());
     let waiter = std::thread::spawn(move || {
         in_netns(&ns2, move || async move {
+            if udp() {
+                tx.send(()).expect("ready to watch");
+                let t0 = Instant::now();
+                return (
+                    t0,
+                    log_lines_until(&log, log_from, n as usize, t0, limit).await,
+                );
+            }
             if wireguard() {
                 tx.send(()).expect("ready to watch");
                 let t0 = Instant::now();
@@ -1073,9 +1136,10 @@ fn main() {
                         WIREGUARD.store(true, std::sync::atomic::Ordering::Relaxed)
                     }
                     Some("ipip") => IPIP.store(true, std::sync::atomic::Ordering::Relaxed),
+                    Some("udp") => UDP.store(true, std::sync::atomic::Ordering::Relaxed),
                     Some("vxlan") => {}
                     other => {
-                        eprintln!("--backend {other:?}: vxlan, host-gw, wireguard or ipip");
+                        eprintln!("--backend {other:?}: vxlan, host-gw, wireguard, ipip or udp");
                         std::process::exit(2);
                     }
                 }
@@ -1096,7 +1160,7 @@ fn main() {
                 o.scenarios.push(args[i].clone());
             }
             other => {
-                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw|wireguard|ipip] [--ip ipv4|dual] [--out FILE] [--peers N,N...] [--idle SECONDS] [--scenario start|converge|cold|steady|churn|etcd-load|kube-cold]...");
+                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw|wireguard|ipip|udp] [--ip ipv4|dual] [--out FILE] [--peers N,N...] [--idle SECONDS] [--scenario start|converge|cold|steady|churn|etcd-load|kube-cold|throughput]...");
                 std::process::exit(2);
             }
         }
@@ -1123,7 +1187,7 @@ fn main() {
         });
         std::process::exit(i32::from(bad));
     }
-    let all: [(&str, Scenario); 7] = [
+    let all: [(&str, Scenario); 8] = [
         ("start", start),
         ("converge", converge),
         ("cold", cold),
@@ -1131,10 +1195,15 @@ fn main() {
         ("churn", churn),
         ("etcd-load", etcd_load),
         ("kube-cold", kube::cold),
+        ("throughput", throughput::throughput),
     ];
     if wireguard() || ipip() {
         // cold start (the other scenarios count VXLAN's entries or need host-gw's segment)
         o.scenarios = vec!["cold".into()];
+    }
+    if udp() && o.scenarios.is_empty() {
+        // its data path is the daemon's: what it carries, beside the cold start
+        o.scenarios = vec!["cold".into(), "throughput".into()];
     }
     if host_gw() && o.scenarios.is_empty() {
         // the scenarios that measure a peer's entries; steady and churn count VXLAN's
@@ -1156,6 +1225,7 @@ fn main() {
         (host_gw(), " [host-gw]"),
         (ipip(), " [ipip]"),
         (wireguard(), " [wireguard]"),
+        (udp(), " [udp]"),
     ] {
         if on {
             for r in &mut rows {

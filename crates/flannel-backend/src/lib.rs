@@ -95,6 +95,26 @@ pub struct BackendStats {
     pub device_recreations: AtomicU64,
     /// Kernel operations that failed (retried by the next reconcile).
     pub errors: AtomicU64,
+    /// The counters of a data path that runs in flanneld-rs itself (udp's); `None` where the
+    /// kernel carries the packets.
+    pub data_path: Option<Arc<DataPathStats>>,
+}
+
+/// Counters of a data path in flanneld-rs (the udp backend's), in packets.
+#[derive(Debug, Default)]
+pub struct DataPathStats {
+    /// Sent to peers.
+    pub sent: AtomicU64,
+    /// Received from peers and given to the kernel.
+    pub received: AtomicU64,
+    /// For no peer's subnet (answered "net unreachable" once the leases are listed).
+    pub no_route: AtomicU64,
+    /// From an address that is no node of the network.
+    pub unknown_source: AtomicU64,
+    /// TTL ran out, not IPv4, too long.
+    pub dropped: AtomicU64,
+    /// The socket or the device refused a packet.
+    pub errors: AtomicU64,
 }
 
 /// The interface that carries the encapsulated traffic to the other nodes (`--iface`).

@@ -83,7 +83,8 @@ pub fn metrics_text(shared: &Shared) -> String {
     };
     let backend = shared.backend_stats.get();
     let subnet = shared.subnet_stats.get();
-    let rows: [(&str, &str, &str, Option<f64>); 16] = [
+    let data_path = backend.and_then(|s| s.data_path.as_ref());
+    let rows: [(&str, &str, &str, Option<f64>); 21] = [
         ("flanneld_ready", GAUGE,
             "1 once subnet.env is written and the peers known at start are programmed.",
             Some(flag(&shared.ready))),
@@ -111,6 +112,21 @@ pub fn metrics_text(shared: &Shared) -> String {
         ("flanneld_netlink_errors_total", COUNTER,
             "Netlink operations that failed.",
             backend.map(|s| counter(&s.errors))),
+        ("flanneld_udp_packets_sent_total", COUNTER,
+            "udp backend: packets sent to other nodes.",
+            data_path.map(|d| counter(&d.sent))),
+        ("flanneld_udp_packets_received_total", COUNTER,
+            "udp backend: packets received from other nodes and given to the kernel.",
+            data_path.map(|d| counter(&d.received))),
+        ("flanneld_udp_packets_no_route_total", COUNTER,
+            "udp backend: packets for no node's subnet (answered net unreachable).",
+            data_path.map(|d| counter(&d.no_route))),
+        ("flanneld_udp_datagrams_unknown_source_total", COUNTER,
+            "udp backend: datagrams dropped because their source is no node of the network.",
+            data_path.map(|d| counter(&d.unknown_source))),
+        ("flanneld_udp_packets_dropped_total", COUNTER,
+            "udp backend: packets dropped (TTL ran out, not IPv4, too long) or refused by the socket or device.",
+            data_path.map(|d| counter(&d.dropped) + counter(&d.errors))),
         ("flanneld_etcd_errors_total", COUNTER,
             "etcd requests that failed (each retried).",
             subnet.map(|s| counter(&s.errors))),

@@ -153,6 +153,24 @@ fn udp_mesh_repairs_restart_strangers_leave_and_switch() {
         "{}",
         lab.log(1)
     );
+    // and counted, beside what the data path carried
+    let (_, metrics) = lab.http(1, "/metrics", "GET").unwrap();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    assert!(
+        value("flanneld_udp_datagrams_unknown_source_total") >= 1.0,
+        "{metrics}"
+    );
+    assert!(value("flanneld_udp_packets_sent_total") > 0.0, "{metrics}");
+    assert!(
+        value("flanneld_udp_packets_received_total") > 0.0,
+        "{metrics}"
+    );
 
     // a node that leaves: gone from every table; its pods' addresses get "net unreachable"
     lab.stop(3, "TERM");

@@ -4,6 +4,7 @@
 //! the leases in etcd and a ping matrix between all pods, and leaves it all running;
 //! `down` removes it; `status` shows what runs.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -181,35 +182,54 @@ fn up(args: &[String], dir: PathBuf) -> ExitCode {
             lab.add_pod(h);
         }
     }
-    println!("\n== ping matrix (rows ping columns):");
-    let failed = lab.ping_matrix();
-    print!("{:>20}", "");
-    for p in &lab.pods {
-        print!(" {:>14}", p.ns.trim_start_matches("flab-"));
-    }
-    println!();
-    for (i, from) in lab.pods.iter().enumerate() {
-        print!(
-            "{:>20}",
-            format!(
-                "{} {}",
-                from.ns.trim_start_matches("flab-"),
-                from.ip6
-                    .filter(|_| from.ip.is_unspecified())
-                    .map_or(from.ip.to_string(), |a| a.to_string())
-            )
-        );
-        for j in 0..lab.pods.len() {
-            let cell = if i == j {
-                "-"
-            } else if failed.contains(&(i + 1, j + 1)) {
-                "FAIL"
-            } else {
-                "ok"
-            };
-            print!(" {cell:>14}");
+    // a matrix per family the pods have (dual-stack: IPv4, then IPv6)
+    let families: Vec<(&str, Vec<Option<IpAddr>>)> = [
+        (
+            "IPv4",
+            lab.pods
+                .iter()
+                .map(|p| (!p.ip.is_unspecified()).then_some(IpAddr::V4(p.ip)))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "IPv6",
+            lab.pods.iter().map(|p| p.ip6.map(IpAddr::V6)).collect(),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, addrs)| addrs.iter().any(Option::is_some))
+    .collect();
+    // a pair fails when a ping of any family fails
+    let mut failed: Vec<(usize, usize)> = Vec::new();
+    for (family, addrs) in &families {
+        println!("\n== {family} ping matrix (rows ping columns):");
+        print!("{:>28}", "");
+        for p in &lab.pods {
+            print!(" {:>10}", p.ns.trim_start_matches("flab-"));
         }
         println!();
+        for (i, from) in lab.pods.iter().enumerate() {
+            let own = addrs[i].map_or_else(String::new, |a| a.to_string());
+            print!(
+                "{:>28}",
+                format!("{} {own}", from.ns.trim_start_matches("flab-"))
+            );
+            for (j, to) in addrs.iter().enumerate() {
+                let cell = match to {
+                    _ if i == j => "-",
+                    None => "n/a",
+                    Some(a) if lab.ping(i + 1, *a) => "ok",
+                    Some(_) => {
+                        if !failed.contains(&(i + 1, j + 1)) {
+                            failed.push((i + 1, j + 1));
+                        }
+                        "FAIL"
+                    }
+                };
+                print!(" {cell:>10}");
+            }
+            println!();
+        }
     }
     let pairs = lab.pods.len() * (lab.pods.len() - 1);
     println!(

@@ -32,7 +32,7 @@ use futures::future::BoxFuture;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::inspect::{Findings, Inspect};
 use crate::lease_check::{self, Skip};
@@ -43,7 +43,7 @@ use crate::reconciler::Reconciler;
 use crate::table::{Leaving, Made, Row};
 use crate::{Backend, BackendError, BackendStats, ExtIface, NodeContext};
 
-pub use proxy::{PeerTable, ProxyStats};
+pub use proxy::PeerTable;
 
 /// Upstream's device (it asks the kernel for `flannel%d`: the first is flannel0).
 pub const DEVICE: &str = "flannel0";
@@ -106,6 +106,21 @@ fn mtu_of(ext: &ExtIface) -> Result<u32, BackendError> {
         })
 }
 
+/// Socket buffers that hold a burst of a fast TCP flow (the kernel's default, 208 KiB, drops
+/// datagrams the data path has not read yet); as root past `net.core.rmem_max`. Best effort.
+fn buffers(socket: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    const SIZE: usize = 4 << 20;
+    for r in [
+        setsockopt(socket, sockopt::RcvBufForce, &SIZE),
+        setsockopt(socket, sockopt::SndBufForce, &SIZE),
+    ] {
+        if let Err(e) = r {
+            debug!("udp socket buffers: {e}");
+        }
+    }
+}
+
 fn make(config: &NetworkConfig, node: NodeContext) -> Made<'_> {
     Box::pin(async move {
         let port = parse(config)?;
@@ -122,6 +137,7 @@ fn make(config: &NetworkConfig, node: NodeContext) -> Made<'_> {
         let bind = node.ext.first_ipv4().unwrap_or(node.public_ip);
         let socket = UdpSocket::bind(SocketAddrV4::new(bind, port))
             .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .inspect(buffers)
             .map_err(|e| {
                 BackendError::Device(format!(
                     "failed to start listening on UDP socket: {bind}:{port}: {e}"
@@ -138,11 +154,15 @@ fn make(config: &NetworkConfig, node: NodeContext) -> Made<'_> {
             socket: Arc::new(socket),
             device: None,
             proxy: None,
-            shared: Arc::default(),
+            shared: Arc::new(proxy::Shared::default()),
             peers: BTreeMap::new(),
             listed: false,
             stats: Arc::default(),
         };
+        backend.stats = Arc::new(BackendStats {
+            data_path: Some(backend.shared.stats.clone()),
+            ..BackendStats::default()
+        });
         let (file, _) = backend.open_device().await?;
         backend.device = Some(file);
         Ok(Box::new(backend) as Box<dyn Backend>)

@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrIn};
 use tracing::warn;
 
 use super::packet;
+use crate::DataPathStats;
 
 /// Packets moved per system call.
 pub const BATCH: usize = 32;
@@ -82,26 +83,11 @@ impl PeerTable {
     }
 }
 
-/// Counters of the data path.
-#[derive(Debug, Default)]
-pub struct ProxyStats {
-    pub sent: AtomicU64,
-    pub received: AtomicU64,
-    /// For no peer's subnet (answered "net unreachable" once the leases are listed).
-    pub no_route: AtomicU64,
-    /// From an address that is no node of the network.
-    pub unknown_source: AtomicU64,
-    /// TTL ran out, not IPv4, too short or too long.
-    pub dropped: AtomicU64,
-    /// The socket or the device refused a packet.
-    pub errors: AtomicU64,
-}
-
 /// What the data path's threads share with the backend.
 #[derive(Debug, Default)]
 pub struct Shared {
     table: RwLock<Arc<PeerTable>>,
-    pub stats: ProxyStats,
+    pub stats: Arc<DataPathStats>,
 }
 
 impl Shared {

@@ -8,7 +8,7 @@
 //! something (systemd-udevd's `MACAddressPolicy=random`) changed it.
 
 use flannel_net::MacAddr;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::netlink::link::{Link, LinkKind, VxlanLinkSpec};
 use crate::netlink::Netlink;
@@ -104,7 +104,7 @@ pub async fn ensure_device(
                                 spec.name
                             ))
                         })?;
-                        disable_accept_ra(&spec.name);
+                        disable_accept_ra(&spec.name, spec.local.is_ipv6());
                         return finish(nl, spec, link, Some(want)).await;
                     }
                     // Somebody created it between our look and our create: look again.
@@ -155,13 +155,33 @@ async fn finish(
 }
 
 /// Upstream sets `net.ipv6.conf.<dev>.accept_ra = 0`: the device must not configure itself
-/// from router advertisements. Missing when IPv6 is disabled: nothing to do then.
-fn disable_accept_ra(name: &str) {
-    let path = format!("/proc/sys/net/ipv6/conf/{name}/accept_ra");
-    if std::path::Path::new(&path).exists() {
-        if let Err(e) = std::fs::write(&path, "0") {
-            warn!("could not disable accept_ra on {name}: {e}");
-        }
+/// from router advertisements. Missing when IPv6 is disabled, already 0: nothing to do. Where
+/// /proc/sys cannot be written (a container's read-only /proc/sys), it matters only for the
+/// device that carries IPv6 (the IPv4 one forwards no multicast: no advertisement reaches
+/// it) and only if the kernel would act on one (`accept_ra` 2, or 1 with IPv6 forwarding off
+/// on the device): then a warning, once per process; else a debug line.
+fn disable_accept_ra(name: &str, carries_ipv6: bool) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let dir = format!("/proc/sys/net/ipv6/conf/{name}");
+    let read = |key: &str| {
+        std::fs::read_to_string(format!("{dir}/{key}"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let accept_ra = read("accept_ra");
+    if accept_ra.is_empty() || accept_ra == "0" {
+        return;
+    }
+    let Err(e) = std::fs::write(format!("{dir}/accept_ra"), "0") else {
+        return;
+    };
+    let matters = carries_ipv6 && (accept_ra == "2" || read("forwarding") == "0");
+    if !matters {
+        debug!("could not disable accept_ra on {name}: {e} (no router advertisement takes effect on it)");
+    } else if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        warn!(
+            "could not disable accept_ra on {name}: {e}; router advertisements reaching it may add addresses and routes (set net.ipv6.conf.{name}.accept_ra=0, or IPv6 forwarding on)"
+        );
     }
 }
 

@@ -41,7 +41,7 @@ fn iperf(lab: &Lab, from: usize, to: usize, seconds: u64) -> (f64, f64) {
         .arg(lab.pods[to].ip.to_string())
         .args(["-t", &seconds.to_string()])
         .output()
-        .expect("iperf3");
+        .expect("iperf3 -c (apt-get install iperf3)");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let end = &json["end"];
     let mbit = end["sum_received"]["bits_per_second"]
@@ -124,7 +124,10 @@ pub fn throughput(o: &Opts, dir: &Path) -> Vec<Row> {
             .max()
             .unwrap_or(0) as f64;
         rows.push(Row {
-            scenario: format!("throughput, TCP {seconds} s each way"),
+            scenario: format!(
+                "throughput, {}, TCP {seconds} s each way",
+                crate::backend_name().unwrap_or("udp")
+            ),
             binary: label(bin),
             metrics: vec![
                 ("h1_to_h2_Mbit_s".into(), there),

@@ -13,6 +13,7 @@
 //! kernel's errno.
 
 pub mod address;
+mod blocking;
 pub mod dump;
 mod error;
 pub mod events;
@@ -23,6 +24,7 @@ pub mod request;
 pub mod route;
 pub mod socket;
 pub mod wireguard;
+pub mod xfrm;
 
 use netlink_packet_route::AddressFamily;
 use rtnetlink::Handle;

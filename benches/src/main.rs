@@ -205,7 +205,7 @@ fn lab(name: &str, flanneld: &Path, dir: &Path) -> Lab {
     }
     if wireguard() {
         let mut lab = Lab::create(spec, 1, Some(CONFIG_WIREGUARD));
-        lab.private_run_wireguard();
+        lab.private_run();
         return lab;
     }
     if !host_gw() {

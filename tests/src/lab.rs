@@ -69,8 +69,8 @@ pub struct Host {
     pub subnet_file: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
-    /// A process that holds the host's own mount namespace, with a /run/wireguard of its
-    /// own ([`Lab::private_run_wireguard`]); flanneld and [`Lab::on_host`] run in it.
+    /// A process that holds the host's own mount namespace, with a /run of its own
+    /// ([`Lab::private_run`]); flanneld and [`Lab::on_host`] run in it.
     holder: Option<Child>,
 }
 
@@ -334,23 +334,28 @@ impl Lab {
         index
     }
 
-    /// Gives every host a /run/wireguard of its own (a tmpfs in a mount namespace held by a
-    /// sleeping process in the host's namespace): a userspace WireGuard (wireguard-go)
-    /// serves each device on `/var/run/wireguard/<device>.sock`, the same path on every
-    /// host of one machine. flanneld, its restarts and [`Lab::on_host`] run in it from now
-    /// on. Each host's key file is its own anyway (`WIREGUARD_KEY_FILE`, in its folder).
-    pub fn private_run_wireguard(&mut self) {
+    /// Gives every host a /run of its own (a tmpfs in a mount namespace held by a sleeping
+    /// process in the host's namespace): what a backend's helper keeps at a fixed path is
+    /// then each host's, as on separate machines: a userspace WireGuard's
+    /// `/var/run/wireguard/<device>.sock`, strongSwan charon's `/var/run/charon.pid` and
+    /// `charon.vici`. The lab's folder stays visible when it is under /run (`./tests/lab.sh`'s
+    /// /run/flanneld-rs-lab). flanneld, its restarts and [`Lab::on_host`] run in it from now
+    /// on.
+    pub fn private_run(&mut self) {
+        let keep = self.spec.dir.display().to_string();
+        let script = format!(
+            "set -e; keep={keep:?}; case \"$keep\" in /run/*) exec 3<\"$keep\" ;; *) keep= ;; esac; \
+             mount -t tmpfs tmpfs /run; \
+             if [ -n \"$keep\" ]; then mkdir -p \"$keep\"; mount --bind /proc/self/fd/3 \"$keep\"; exec 3<&-; fi; \
+             mkdir -p /run/wireguard /run/flannel; exec sleep infinity"
+        );
         for h in &mut self.hosts {
             if h.holder.is_some() {
                 continue;
             }
             let holder = Command::new("ip")
                 .args(["netns", "exec", &h.ns, "unshare", "-m", "--propagation", "private"])
-                .args([
-                    "sh",
-                    "-c",
-                    "mkdir -p /run/wireguard && mount -t tmpfs tmpfs /run/wireguard && exec sleep infinity",
-                ])
+                .args(["sh", "-c", &script])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

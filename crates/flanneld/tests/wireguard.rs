@@ -8,7 +8,7 @@
 //! the kernel's (the VM lane, `tests/vm.sh`, sets `FLANNEL_TEST_WIREGUARD=kernel` and the
 //! tests fail if another runs), on one without it wireguard-go (userspace; this machine's
 //! kernel: `FLANNEL_TEST_WIREGUARD=userspace` or unset). Every host gets its own
-//! /run/wireguard ([`Lab::private_run_wireguard`]) and key file.
+//! /run/wireguard ([`Lab::private_run`]) and key file.
 #![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed assertion
 
 mod common;
@@ -37,7 +37,7 @@ fn wg_lab(tag: char, hosts: usize, config: &str) -> (Lab, tempfile::TempDir) {
         flannel_lab::require_program(program, package);
     }
     let (mut lab, dir) = lab(tag, hosts, Some(config));
-    lab.private_run_wireguard();
+    lab.private_run();
     (lab, dir)
 }
 

@@ -144,7 +144,7 @@ fn up(args: &[String], dir: PathBuf) -> ExitCode {
     if wireguard {
         // wireguard-go (a kernel without the module) serves /var/run/wireguard/flannel-wg.sock:
         // each host its own
-        lab.private_run_wireguard();
+        lab.private_run();
     }
     lab.start_all();
     lab.wait_ready(Duration::from_secs(60));

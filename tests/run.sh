@@ -31,7 +31,7 @@ fi
 # VM of Debian's kernel, one boot per test binary: the WireGuard lab again over the kernel's
 # module (here it ran over wireguard-go), the ipip lab (left out of the run above by
 # .config/nextest.toml)
-for test in wireguard ipip; do
+for test in wireguard ipip ipsec; do
   binary=$(cargo test -p flanneld --test "$test" --locked --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json,sys
 for line in sys.stdin:

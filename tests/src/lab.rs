@@ -354,7 +354,15 @@ impl Lab {
                 continue;
             }
             let holder = Command::new("ip")
-                .args(["netns", "exec", &h.ns, "unshare", "-m", "--propagation", "private"])
+                .args([
+                    "netns",
+                    "exec",
+                    &h.ns,
+                    "unshare",
+                    "-m",
+                    "--propagation",
+                    "private",
+                ])
                 .args(["sh", "-c", &script])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

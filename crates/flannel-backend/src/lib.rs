@@ -17,6 +17,8 @@
 //!   (host-gw's route network with a tunnel);
 //! - `extension` ([`extension::ExtensionBackend`]): the operator's commands per event;
 //! - `alloc` ([`alloc::AllocBackend`]): a subnet and nothing else (no data path);
+//! - `ipsec` ([`ipsec::IpsecBackend`]): ESP tunnels between the nodes' subnets, keyed by
+//!   strongSwan's charon (a child process, over VICI), the kernel's xfrm policies;
 //! - `udp` ([`udp::UdpBackend`]): a TUN device and a data path in flanneld-rs itself, each
 //!   packet a UDP datagram to the peer (upstream's debugging backend, and the default when
 //!   the config has no `Backend`).
@@ -34,6 +36,7 @@ pub mod extension;
 pub mod hostgw;
 pub mod inspect;
 pub mod ipip;
+pub mod ipsec;
 mod lease_check;
 mod own_address;
 mod reconciler;
@@ -222,9 +225,6 @@ fn not_implemented(backend_type: &str) -> Option<&'static str> {
     const CLOUD: &str = "it programs a cloud provider's routing tables through the provider's API, which flanneld-rs does not implement (it cannot be tested outside that cloud): run vxlan, or host-gw where the nodes share a segment, wireguard to encrypt";
     Some(match backend_type.to_ascii_lowercase().as_str() {
         "aws-vpc" | "gce" | "ali-vpc" | "tencent-vpc" => CLOUD,
-        "ipsec" => {
-            "upstream flanneld's, not yet flanneld-rs's: run vxlan meanwhile (wireguard to encrypt), or keep upstream flanneld on these nodes"
-        }
         _ => return None,
     })
 }
@@ -301,9 +301,7 @@ mod tests {
                 "{e}"
             );
         }
-        let e = check_backend(&config("ipsec")).unwrap_err().to_string();
-        assert!(e.contains("not yet flanneld-rs's"), "{e}");
         let e = check_backend(&config("bogus")).unwrap_err().to_string();
-        assert!(e.starts_with("unknown backend type: bogus (flanneld-rs implements vxlan, host-gw, wireguard, ipip, extension, alloc, udp)"), "{e}");
+        assert!(e.starts_with("unknown backend type: bogus (flanneld-rs implements vxlan, host-gw, wireguard, ipip, extension, alloc, udp, ipsec)"), "{e}");
     }
 }

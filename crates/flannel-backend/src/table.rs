@@ -12,7 +12,8 @@ use futures::future::BoxFuture;
 use crate::inspect::{Findings, Inspect};
 use crate::netlink::Netlink;
 use crate::{
-    alloc, extension, hostgw, ipip, udp, vxlan, wireguard, Backend, BackendError, NodeContext,
+    alloc, extension, hostgw, ipip, ipsec, udp, vxlan, wireguard, Backend, BackendError,
+    NodeContext,
 };
 
 /// A backend made for a config, or why not.
@@ -54,7 +55,7 @@ pub(crate) struct Row {
 }
 
 /// The backends flanneld-rs runs.
-pub(crate) const ROWS: [Row; 7] = [
+pub(crate) const ROWS: [Row; 8] = [
     vxlan::ROW,
     hostgw::ROW,
     wireguard::ROW,
@@ -62,6 +63,7 @@ pub(crate) const ROWS: [Row; 7] = [
     extension::ROW,
     alloc::ROW,
     udp::ROW,
+    ipsec::ROW,
 ];
 
 /// The row of `kind`.

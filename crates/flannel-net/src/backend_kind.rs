@@ -16,6 +16,7 @@ pub enum BackendKind {
     Extension,
     Alloc,
     Udp,
+    Ipsec,
 }
 
 /// What is known of a kind outside its backend.
@@ -36,7 +37,7 @@ struct Row {
 
 impl BackendKind {
     /// Every kind.
-    pub const ALL: [BackendKind; 7] = [
+    pub const ALL: [BackendKind; 8] = [
         BackendKind::Vxlan,
         BackendKind::HostGw,
         BackendKind::WireGuard,
@@ -44,6 +45,7 @@ impl BackendKind {
         BackendKind::Extension,
         BackendKind::Alloc,
         BackendKind::Udp,
+        BackendKind::Ipsec,
     ];
 
     /// The one table of kinds.
@@ -87,6 +89,12 @@ impl BackendKind {
             },
             BackendKind::Udp => Row {
                 name: "udp",
+                dual_stack: false,
+                per_family_data: false,
+                ipv6_annotations: false,
+            },
+            BackendKind::Ipsec => Row {
+                name: "ipsec",
                 dual_stack: false,
                 per_family_data: false,
                 ipv6_annotations: false,
@@ -155,7 +163,7 @@ mod tests {
                 .iter()
                 .all(|o| o != kind && o.name() != kind.name()));
         }
-        assert_eq!(BackendKind::from_type("ipsec"), None);
+        assert_eq!(BackendKind::from_type("gce"), None);
         assert_eq!(BackendKind::HostGw.to_string(), "host-gw");
         assert!(BackendKind::Vxlan.is("vxlan") && !BackendKind::Vxlan.is("VXLAN"));
     }

@@ -14,6 +14,9 @@ use netlink_sys::protocols::NETLINK_XFRM;
 use crate::blocking::{open, transact};
 use crate::NetlinkError;
 
+const XFRM_MSG_NEWSA: u16 = 16;
+const XFRM_MSG_DELSA: u16 = 17;
+const XFRM_MSG_GETSA: u16 = 18;
 const XFRM_MSG_NEWPOLICY: u16 = 19;
 const XFRM_MSG_DELPOLICY: u16 = 20;
 const XFRM_MSG_GETPOLICY: u16 = 21;
@@ -32,6 +35,10 @@ const POLICY_INFO: usize = 168;
 const POLICY_ID: usize = 64;
 /// `struct xfrm_user_tmpl`.
 const TMPL: usize = 64;
+/// `struct xfrm_usersa_info`.
+const SA_INFO: usize = 224;
+/// `struct xfrm_usersa_id`.
+const SA_ID: usize = 24;
 
 /// A policy's direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -43,7 +50,9 @@ pub enum Dir {
 
 impl Dir {
     fn from_u8(v: u8) -> Option<Dir> {
-        [Dir::In, Dir::Out, Dir::Fwd].into_iter().find(|d| *d as u8 == v)
+        [Dir::In, Dir::Out, Dir::Fwd]
+            .into_iter()
+            .find(|d| *d as u8 == v)
     }
 }
 
@@ -88,11 +97,7 @@ fn ipv4_at(b: &[u8], at: usize) -> Option<Ipv4Addr> {
 pub fn update_message(p: &Policy) -> Vec<u8> {
     let attr_len = 4 + TMPL;
     let len = 16 + POLICY_INFO + attr_len;
-    let mut out = header(
-        len,
-        XFRM_MSG_UPDPOLICY,
-        NLM_F_REQUEST | NLM_F_ACK,
-    );
+    let mut out = header(len, XFRM_MSG_UPDPOLICY, NLM_F_REQUEST | NLM_F_ACK);
     let mut info = [0u8; POLICY_INFO];
     info[..SELECTOR].copy_from_slice(&selector(p.src, p.dst));
     // lifetime: no limits, as `ip xfrm` and vishvananda/netlink set them
@@ -121,7 +126,11 @@ pub fn update_message(p: &Policy) -> Vec<u8> {
 
 /// The message that deletes the policy of `src` → `dst` in direction `dir`.
 fn delete_message(src: Ipv4Network, dst: Ipv4Network, dir: Dir) -> Vec<u8> {
-    let mut out = header(16 + POLICY_ID, XFRM_MSG_DELPOLICY, NLM_F_REQUEST | NLM_F_ACK);
+    let mut out = header(
+        16 + POLICY_ID,
+        XFRM_MSG_DELPOLICY,
+        NLM_F_REQUEST | NLM_F_ACK,
+    );
     let mut id = [0u8; POLICY_ID];
     id[..SELECTOR].copy_from_slice(&selector(src, dst));
     id[60] = dir as u8;
@@ -171,6 +180,34 @@ pub fn parse_policy(message: &[u8]) -> Option<Policy> {
     None
 }
 
+/// An ESP SA's identity and request id (`ip xfrm state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct State {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// As the kernel holds it (network order).
+    pub spi: [u8; 4],
+    pub reqid: u32,
+}
+
+/// An IPv4 ESP SA of the dump; others are `None`.
+pub fn parse_state(message: &[u8]) -> Option<State> {
+    let kind = u16::from_ne_bytes(message.get(4..6)?.try_into().ok()?);
+    if kind != XFRM_MSG_NEWSA {
+        return None;
+    }
+    let info = message.get(16..16 + SA_INFO)?;
+    if info[76] != IPPROTO_ESP || u16::from_ne_bytes(info[212..214].try_into().ok()?) != AF_INET {
+        return None;
+    }
+    Some(State {
+        dst: ipv4_at(info, 56)?,
+        spi: info[72..76].try_into().ok()?,
+        src: ipv4_at(info, 80)?,
+        reqid: u32::from_ne_bytes(info[208..212].try_into().ok()?),
+    })
+}
+
 /// The kernel's IPsec policies, in the namespace of the calling thread.
 pub struct KernelXfrm;
 
@@ -179,7 +216,11 @@ impl KernelXfrm {
     pub fn policies() -> Result<Vec<Policy>, NetlinkError> {
         let op = "listing the xfrm policies";
         let socket = open(NETLINK_XFRM, op)?;
-        let mut request = header(16 + POLICY_ID, XFRM_MSG_GETPOLICY, NLM_F_REQUEST | NLM_F_DUMP);
+        let mut request = header(
+            16 + POLICY_ID,
+            XFRM_MSG_GETPOLICY,
+            NLM_F_REQUEST | NLM_F_DUMP,
+        );
         request.extend_from_slice(&[0u8; POLICY_ID]);
         let mut out = Vec::new();
         transact(&socket, op, request, |reply| {
@@ -202,6 +243,42 @@ impl KernelXfrm {
         Ok(())
     }
 
+    /// Every IPv4 ESP SA.
+    pub fn states() -> Result<Vec<State>, NetlinkError> {
+        let op = "listing the xfrm states";
+        let socket = open(NETLINK_XFRM, op)?;
+        let mut request = header(16 + SA_ID, XFRM_MSG_GETSA, NLM_F_REQUEST | NLM_F_DUMP);
+        request.extend_from_slice(&[0u8; SA_ID]);
+        let mut out = Vec::new();
+        transact(&socket, op, request, |reply| {
+            out.extend(parse_state(reply));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Deletes each SA (one already gone is no error).
+    pub fn delete_states(states: &[State]) -> Result<(), NetlinkError> {
+        let socket = open(NETLINK_XFRM, "deleting xfrm states")?;
+        for st in states {
+            let op = format!("deleting the ESP SA {} -> {}", st.src, st.dst);
+            let mut request = header(16 + SA_ID, XFRM_MSG_DELSA, NLM_F_REQUEST | NLM_F_ACK);
+            let mut id = [0u8; SA_ID];
+            id[0..4].copy_from_slice(&st.dst.octets());
+            id[16..20].copy_from_slice(&st.spi);
+            id[20..22].copy_from_slice(&AF_INET.to_ne_bytes());
+            id[22] = IPPROTO_ESP;
+            request.extend_from_slice(&id);
+            match transact(&socket, &op, request, |_| Ok(())) {
+                Err(e)
+                    if e.kernel_errno() == Some(libc::ESRCH)
+                        || e.kernel_errno() == Some(libc::ENOENT) => {}
+                r => r?,
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes each policy (one already gone is no error).
     pub fn delete(policies: &[Policy]) -> Result<(), NetlinkError> {
         let socket = open(NETLINK_XFRM, "deleting xfrm policies")?;
@@ -210,7 +287,12 @@ impl KernelXfrm {
                 "deleting the xfrm policy {} -> {} dir {:?}",
                 p.src, p.dst, p.dir
             );
-            match transact(&socket, &op, delete_message(p.src, p.dst, p.dir), |_| Ok(())) {
+            match transact(
+                &socket,
+                &op,
+                delete_message(p.src, p.dst, p.dir),
+                |_| Ok(()),
+            ) {
                 Err(e) if e.kernel_errno() == Some(libc::ENOENT) => {}
                 r => r?,
             }

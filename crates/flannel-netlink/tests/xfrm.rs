@@ -35,8 +35,20 @@ fn policies_are_added_replaced_listed_and_deleted_as_ip_xfrm_shows_them() {
         );
         // another program's policy (transport mode) is not of our shape
         ip(&[
-            "xfrm", "policy", "add", "src", "10.9.0.1/32", "dst", "10.9.0.2/32", "dir", "out",
-            "tmpl", "proto", "esp", "mode", "transport",
+            "xfrm",
+            "policy",
+            "add",
+            "src",
+            "10.9.0.1/32",
+            "dst",
+            "10.9.0.2/32",
+            "dir",
+            "out",
+            "tmpl",
+            "proto",
+            "esp",
+            "mode",
+            "transport",
         ]);
         let mut listed = KernelXfrm::policies().unwrap();
         listed.sort();
@@ -57,3 +69,6 @@ fn policies_are_added_replaced_listed_and_deleted_as_ip_xfrm_shows_them() {
         assert!(ip(&["xfrm", "policy", "show"]).contains("10.9.0.1"));
     });
 }
+
+// ESP states (SAs) need the esp4 module even to be held: they are listed and deleted in
+// the VM lane's ipsec lab test (`crates/flanneld/tests/ipsec.rs`, the switch to vxlan).

@@ -38,17 +38,9 @@ fn ipip_mesh_repairs_restart_leave_direct_routing_and_switch() {
         lab.log(1)
     );
     // upstream's lease value, device and MTU
-    for (key, value) in leases(&lab) {
-        let ip = serde_json::from_str::<serde_json::Value>(&value).unwrap()["PublicIP"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        assert_eq!(
-            value,
-            format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"ipip"}}"#),
-            "{key}"
-        );
-    }
+    assert_lease_values(&lab, |ip| {
+        format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"ipip"}}"#)
+    });
     assert!(lab.subnet_env(1).contains("FLANNEL_MTU=1480\n"));
     let link = lab.on_host(1, &["ip", "-d", "link", "show", "flannel.ipip"]);
     assert!(

@@ -52,17 +52,9 @@ fn udp_mesh_repairs_restart_strangers_leave_and_switch() {
         lab.log(1)
     );
     // upstream's lease value, device, address and MTU
-    for (key, value) in leases(&lab) {
-        let ip = serde_json::from_str::<serde_json::Value>(&value).unwrap()["PublicIP"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        assert_eq!(
-            value,
-            format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null}}"#),
-            "{key}"
-        );
-    }
+    assert_lease_values(&lab, |ip| {
+        format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null}}"#)
+    });
     assert!(lab.subnet_env(1).contains("FLANNEL_MTU=1472\n"));
     let link = lab.on_host(1, &["ip", "-d", "link", "show", "flannel0"]);
     assert!(

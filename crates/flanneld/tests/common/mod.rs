@@ -201,6 +201,17 @@ pub fn wait_converged(lab: &Lab) {
     }
 }
 
+/// Every lease's value is `want(PublicIP)`, byte for byte (upstream's form for a backend).
+pub fn assert_lease_values(lab: &Lab, want: impl Fn(&str) -> String) {
+    for (key, value) in leases(lab) {
+        let ip = serde_json::from_str::<serde_json::Value>(&value).unwrap()["PublicIP"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(value, want(&ip), "{key}");
+    }
+}
+
 /// Stops and starts every host's flanneld-rs, one after the other (a new config read).
 pub fn restart_all(lab: &mut Lab) {
     for i in 1..=lab.hosts.len() {

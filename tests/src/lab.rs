@@ -340,13 +340,14 @@ impl Lab {
     /// `/var/run/wireguard/<device>.sock`, strongSwan charon's `/var/run/charon.pid` and
     /// `charon.vici`. The lab's folder stays visible when it is under /run (`./tests/lab.sh`'s
     /// /run/flanneld-rs-lab). flanneld, its restarts and [`Lab::on_host`] run in it from now
-    /// on.
+    /// on. (The folder is bound back from a descriptor opened before /run is covered, with
+    /// mount's `--no-canonicalize`: canonicalized, its path would name the new, empty one.)
     pub fn private_run(&mut self) {
         let keep = self.spec.dir.display().to_string();
         let script = format!(
             "set -e; keep={keep:?}; case \"$keep\" in /run/*) exec 3<\"$keep\" ;; *) keep= ;; esac; \
              mount -t tmpfs tmpfs /run; \
-             if [ -n \"$keep\" ]; then mkdir -p \"$keep\"; mount --bind /proc/self/fd/3 \"$keep\"; exec 3<&-; fi; \
+             if [ -n \"$keep\" ]; then mkdir -p \"$keep\"; mount --no-canonicalize --bind /proc/self/fd/3 \"$keep\"; exec 3<&-; fi; \
              mkdir -p /run/wireguard /run/flannel; exec sleep infinity"
         );
         for h in &mut self.hosts {

@@ -58,7 +58,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         other => {
-            eprintln!("usage: flannel-lab up [--hosts N] [--pods N] [--backend vxlan|host-gw|wireguard|ipip|udp] [--ip ipv4|dual|ipv6] [--mode etcd|kube] [--flanneld PATH] [--dir DIR] | down | status\nunknown command {other:?}");
+            eprintln!("usage: flannel-lab up [--hosts N] [--pods N] [--backend vxlan|host-gw|wireguard|ipip|udp|ipsec] [--ip ipv4|dual|ipv6] [--mode etcd|kube] [--flanneld PATH] [--dir DIR] | down | status\nunknown command {other:?}");
             ExitCode::from(2)
         }
     }
@@ -89,7 +89,12 @@ fn up(args: &[String], dir: PathBuf) -> ExitCode {
         etcd_args: vec![],
     };
     // `--backend host-gw` (or any Backend.Type flanneld-rs has): the lab's config with it
-    let mut config = match arg_value(args, "--backend") {
+    let mut config = match arg_value(args, "--backend").as_deref() {
+        // ipsec needs a pre-shared key of at least 96 characters: a new one per lab
+        Some("ipsec") => DEFAULT_CONFIG.replace(
+            r#""Type":"vxlan""#,
+            &format!(r#""Type":"ipsec","PSK":"{}""#, random_psk()),
+        ),
         Some(kind) => DEFAULT_CONFIG.replace(r#""Type":"vxlan""#, &format!(r#""Type":"{kind}""#)),
         None => DEFAULT_CONFIG.to_string(),
     };
@@ -141,10 +146,18 @@ fn up(args: &[String], dir: PathBuf) -> ExitCode {
         Lab::create(spec, hosts, Some(&config))
     };
     let wireguard = arg_value(args, "--backend").as_deref() == Some("wireguard");
-    if wireguard {
-        // wireguard-go (a kernel without the module) serves /var/run/wireguard/flannel-wg.sock:
-        // each host its own
+    let ipsec = arg_value(args, "--backend").as_deref() == Some("ipsec");
+    if wireguard || ipsec {
+        // wireguard-go (a kernel without the module) serves /var/run/wireguard/flannel-wg.sock,
+        // charon keeps /var/run/charon.pid and charon.vici: each host its own
         lab.private_run();
+    }
+    if ipsec {
+        // upstream's ipsec adds no route: packets to other nodes' subnets follow the node's
+        // routes (here: none but this) and its policies send them through ESP
+        for h in 1..=hosts {
+            lab.on_host(h, &["ip", "route", "add", "10.200.0.0/16", "dev", "eth0"]);
+        }
     }
     lab.start_all();
     lab.wait_ready(Duration::from_secs(60));
@@ -156,6 +169,10 @@ fn up(args: &[String], dir: PathBuf) -> ExitCode {
             .unwrap_or("(no WireGuard line in the log)");
         println!("\n== WireGuard on h1: {}", which.trim());
         print!("{}", lab.on_host(1, &["wg", "show", "flannel-wg"]));
+    }
+    if ipsec {
+        println!("\n== IPsec policies on h1 (ip xfrm policy):");
+        print!("{}", lab.on_host(1, &["ip", "xfrm", "policy"]));
     }
     for h in 1..=hosts {
         println!(
@@ -181,6 +198,10 @@ fn up(args: &[String], dir: PathBuf) -> ExitCode {
         for _ in 0..pods {
             lab.add_pod(h);
         }
+    }
+    if ipsec {
+        // the first packets of each pair wait for its IKE negotiation
+        lab::wait_until(Duration::from_secs(30), || lab.ping_matrix().is_empty());
     }
     // a matrix per family the pods have (dual-stack: IPv4, then IPv6)
     let families: Vec<(&str, Vec<Option<IpAddr>>)> = [
@@ -231,6 +252,14 @@ fn up(args: &[String], dir: PathBuf) -> ExitCode {
             println!();
         }
     }
+    if ipsec {
+        println!("\n== ESP SAs on h1 after the pings (ip -s xfrm state, abridged):");
+        for line in lab.on_host(1, &["ip", "-s", "xfrm", "state"]).lines() {
+            if line.starts_with("src") || line.contains("proto esp") || line.contains("(bytes)") {
+                println!("{line}");
+            }
+        }
+    }
     let pairs = lab.pods.len() * (lab.pods.len() - 1);
     println!(
         "\n{} of {pairs} pod pairs can ping each other",
@@ -247,4 +276,13 @@ fn up(args: &[String], dir: PathBuf) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// 128 hexadecimal characters from the kernel's random source.
+fn random_psk() -> String {
+    let mut bytes = [0u8; 64];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .expect("/dev/urandom");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -21,7 +21,9 @@
 //! `flannel.ipip`; in the VM as well). `--backend udp` runs cold (a peer is programmed when
 //! the log says `Subnet added: ` for it: its route is in the daemon's memory, for upstream's
 //! and ours) and `throughput` (two pods on two hosts, iperf3 each way, the daemons' CPU
-//! time: the udp data path is the daemon).
+//! time: the udp data path is the daemon). `--backend ipsec` runs cold (a peer is programmed
+//! when its three xfrm policies are; charon started anew for each start; in the VM, for
+//! its esp4 module).
 
 mod kube;
 mod probe;
@@ -42,6 +44,8 @@ const CONFIG: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type"
 const CONFIG_HOST_GW: &str =
     r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#;
 
+/// The ipsec backend, with a PSK of upstream's minimum length.
+const CONFIG_IPSEC: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"ipsec","PSK":"flannel-bench-psk-flannel-bench-psk-flannel-bench-psk-flannel-bench-psk-flannel-bench-psk-flannel-bench-psk"}}"#;
 const CONFIG_UDP: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"udp"}}"#;
 const CONFIG_IPIP: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"ipip"}}"#;
 const CONFIG_WIREGUARD: &str =
@@ -80,6 +84,13 @@ fn host_gw() -> bool {
 /// `--backend udp` (set once, before any scenario runs).
 static UDP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// `--backend ipsec` (set once, before any scenario runs).
+static IPSEC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn ipsec() -> bool {
+    IPSEC.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn udp() -> bool {
     UDP.load(std::sync::atomic::Ordering::Relaxed)
 }
@@ -91,6 +102,7 @@ fn backend_name() -> Option<&'static str> {
         (ipip(), "ipip"),
         (wireguard(), "wireguard"),
         (udp(), "udp"),
+        (ipsec(), "ipsec"),
     ]
     .into_iter()
     .find_map(|(on, name)| on.then_some(name))
@@ -200,6 +212,12 @@ fn lab(name: &str, flanneld: &Path, dir: &Path) -> Lab {
     if ipip() {
         return Lab::create(spec, 1, Some(CONFIG_IPIP));
     }
+    if ipsec() {
+        // charon's pid file and VICI socket are the host's own
+        let mut lab = Lab::create(spec, 1, Some(CONFIG_IPSEC));
+        lab.private_run();
+        return lab;
+    }
     if udp() {
         return Lab::create(spec, 1, Some(CONFIG_UDP));
     }
@@ -237,6 +255,8 @@ fn peer_value(i: u32) -> (Ipv4Addr, [u8; 6], String) {
         format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"ipip"}}"#)
     } else if udp() {
         format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null}}"#)
+    } else if ipsec() {
+        format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"ipsec"}}"#)
     } else if dual() {
         let ip6 = Ipv6Addr::from((0xfd77u128 << 112) | u128::from(i + 1));
         let m6 = flannel_net::MacAddr(mac6(i));
@@ -475,7 +495,19 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
                 put_peers(&mut c, 0..n).await;
             });
             // what the previous run programmed goes: every entry is new again
-            let clear: &[&[&str]] = if udp() {
+            if ipsec() {
+                // a charon outlives flanneld-rs: each start gets a new one, and no policy (in
+                // the host's own /run, where its pid file is)
+                lab.on_host(
+                    1,
+                    &[
+                        "sh",
+                        "-c",
+                        "kill $(cat /run/charon.pid) 2>/dev/null; sleep 1; ip xfrm policy flush; ip xfrm state flush; true",
+                    ],
+                );
+            }
+            let clear: &[&[&str]] = if udp() || ipsec() {
                 // the peers are in the daemon's memory: nothing of theirs in the kernel
                 &[]
             } else if wireguard() {
@@ -509,7 +541,11 @@ fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
 /// and configures WireGuard peers one at a time (minutes for thousands, in the VM's
 /// emulation).
 fn cold_limit() -> Duration {
-    Duration::from_secs(if wireguard() || ipip() { 900 } else { 120 })
+    Duration::from_secs(if wireguard() || ipip() || ipsec() {
+        900
+    } else {
+        120
+    })
 }
 
 /// How long after `t0` the log at `path` (from byte `from`) said `Subnet added: ` `n` times
@@ -529,6 +565,20 @@ async fn log_lines_until(
             return Some(t0.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+/// How long after `t0` the kernel held `n` policies of flannel's ipsec (reqid 11; read every
+/// 20 ms), within `limit`.
+async fn xfrm_policies_until(n: usize, t0: Instant, limit: Duration) -> Option<Duration> {
+    while t0.elapsed() < limit {
+        let count = flannel_netlink::xfrm::KernelXfrm::policies()
+            .map_or(0, |p| p.iter().filter(|p| p.reqid == 11).count());
+        if count >= n {
+            return Some(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     None
 }
@@ -573,6 +623,11 @@ fn cold_start(
     let log_from = std::fs::metadata(&log).map_or(0, |m| m.len());
     let waiter = std::thread::spawn(move || {
         in_netns(&ns2, move || async move {
+            if ipsec() {
+                tx.send(()).expect("ready to watch");
+                let t0 = Instant::now();
+                return (t0, xfrm_policies_until(3 * n as usize, t0, limit).await);
+            }
             if udp() {
                 tx.send(()).expect("ready to watch");
                 let t0 = Instant::now();
@@ -1137,9 +1192,12 @@ fn main() {
                     }
                     Some("ipip") => IPIP.store(true, std::sync::atomic::Ordering::Relaxed),
                     Some("udp") => UDP.store(true, std::sync::atomic::Ordering::Relaxed),
+                    Some("ipsec") => IPSEC.store(true, std::sync::atomic::Ordering::Relaxed),
                     Some("vxlan") => {}
                     other => {
-                        eprintln!("--backend {other:?}: vxlan, host-gw, wireguard, ipip or udp");
+                        eprintln!(
+                            "--backend {other:?}: vxlan, host-gw, wireguard, ipip, udp or ipsec"
+                        );
                         std::process::exit(2);
                     }
                 }
@@ -1160,7 +1218,7 @@ fn main() {
                 o.scenarios.push(args[i].clone());
             }
             other => {
-                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw|wireguard|ipip|udp] [--ip ipv4|dual] [--out FILE] [--peers N,N...] [--idle SECONDS] [--scenario start|converge|cold|steady|churn|etcd-load|kube-cold|throughput]...");
+                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw|wireguard|ipip|udp|ipsec] [--ip ipv4|dual] [--out FILE] [--peers N,N...] [--idle SECONDS] [--scenario start|converge|cold|steady|churn|etcd-load|kube-cold|throughput]...");
                 std::process::exit(2);
             }
         }
@@ -1197,7 +1255,7 @@ fn main() {
         ("kube-cold", kube::cold),
         ("throughput", throughput::throughput),
     ];
-    if wireguard() || ipip() {
+    if wireguard() || ipip() || ipsec() {
         // cold start (the other scenarios count VXLAN's entries or need host-gw's segment)
         o.scenarios = vec!["cold".into()];
     }
@@ -1226,6 +1284,7 @@ fn main() {
         (ipip(), " [ipip]"),
         (wireguard(), " [wireguard]"),
         (udp(), " [udp]"),
+        (ipsec(), " [ipsec]"),
     ] {
         if on {
             for r in &mut rows {

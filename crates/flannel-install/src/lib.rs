@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use flannel_net::subnet_env::write_atomic;
 
-pub use unit::UnitSpec;
+pub use unit::{ExecStartPre, UnitSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -90,6 +90,9 @@ pub struct InstallSpec {
     pub certs_dir: PathBuf,
     /// Only the CNI conflist and plugin (the init step of a DaemonSet).
     pub cni_only: bool,
+    /// The conflist's bytes as the operator wrote them (the role's `flannel_cni_conf`),
+    /// instead of the one rendered from `cni_name` and `cni_version`.
+    pub cni_conflist: Option<Vec<u8>>,
 }
 
 /// One file to lay down. `path` is where it is on the node (without the root).
@@ -146,7 +149,10 @@ pub fn plan(spec: &InstallSpec) -> Result<Plan, InstallError> {
     files.push(File {
         kind: Kind::Conflist,
         path: spec.cni_conf_dir.join("10-flannel.conflist"),
-        contents: conflist::render(&spec.cni_name, &spec.cni_version, subnet_file).into_bytes(),
+        contents: match &spec.cni_conflist {
+            Some(given) => given.clone(),
+            None => conflist::render(&spec.cni_name, &spec.cni_version, subnet_file).into_bytes(),
+        },
         mode: 0o644,
     });
     files.push(File {

@@ -15,7 +15,30 @@ pub struct UnitSpec {
     pub exec_start_post: Option<String>,
     /// `Before=` and `RequiredBy=docker.service` (the role always adds them).
     pub docker: bool,
+    /// `ExecStartPre=`.
+    pub exec_start_pre: ExecStartPre,
+    /// `RestartSec=`, `LimitNOFILE=`, `LimitNPROC=` (the role's `flannel_systemd_*`).
+    pub restart_sec: String,
+    pub limit_nofile: String,
+    pub limit_nproc: String,
 }
+
+/// The unit's `ExecStartPre=` line.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ExecStartPre {
+    /// `/bin/mkdir -p <the directory of -subnet-file>` (the role's default).
+    #[default]
+    MakeSubnetDir,
+    /// This command.
+    Command(String),
+    /// No command: the line stays empty (the role with `flannel_systemd_execstartpre` unset).
+    None,
+}
+
+/// The role's `RestartSec=`, `LimitNOFILE=` and `LimitNPROC=`.
+pub const ROLE_RESTART_SEC: &str = "5";
+pub const ROLE_LIMIT_NOFILE: &str = "40000";
+pub const ROLE_LIMIT_NPROC: &str = "1048576";
 
 impl UnitSpec {
     /// The directory of `-subnet-file`, made by `ExecStartPre`.
@@ -66,7 +89,19 @@ impl UnitSpec {
                     .as_ref()
                     .map_or(String::new(), |c| format!("ExecStartPost={c}")),
             )
-            .replace("@@SUBNET_DIR@@", &self.subnet_dir())
+            .replace(
+                "@@EXEC_START_PRE@@",
+                &match &self.exec_start_pre {
+                    ExecStartPre::MakeSubnetDir => {
+                        format!("ExecStartPre=/bin/mkdir -p {}", self.subnet_dir())
+                    }
+                    ExecStartPre::Command(c) => format!("ExecStartPre={c}"),
+                    ExecStartPre::None => String::new(),
+                },
+            )
+            .replace("@@RESTART_SEC@@", &self.restart_sec)
+            .replace("@@LIMIT_NOFILE@@", &self.limit_nofile)
+            .replace("@@LIMIT_NPROC@@", &self.limit_nproc)
             .replace("@@BINARY@@", &self.binary)
             .replace("@@FLAGS@@", &flags)
     }
@@ -136,6 +171,10 @@ RequiredBy=docker.service
                 .collect(),
             exec_start_post: None,
             docker: true,
+            exec_start_pre: ExecStartPre::MakeSubnetDir,
+            restart_sec: ROLE_RESTART_SEC.into(),
+            limit_nofile: ROLE_LIMIT_NOFILE.into(),
+            limit_nproc: ROLE_LIMIT_NPROC.into(),
         }
     }
 
@@ -156,5 +195,21 @@ RequiredBy=docker.service
         assert!(!u.contains("docker"));
         assert!(u.contains("Wants=network-online.target\n\n[Service]"));
         assert!(u.ends_with("WantedBy=multi-user.target\n"));
+    }
+
+    #[test]
+    fn the_roles_flannel_systemd_variables() {
+        let mut s = role_spec();
+        s.restart_sec = "10".into();
+        s.limit_nofile = "infinity".into();
+        s.limit_nproc = "4096".into();
+        s.exec_start_pre = ExecStartPre::Command("/bin/mkdir -p /run/other".into());
+        let u = s.render();
+        assert!(u.contains(
+            "RestartSec=10\nLimitNOFILE=infinity\nLimitNPROC=4096\nExecStartPre=/bin/mkdir -p /run/other\n\nExecStart="
+        ));
+        // flannel_systemd_execstartpre unset: the role's template leaves the line empty
+        s.exec_start_pre = ExecStartPre::None;
+        assert!(s.render().contains("LimitNPROC=4096\n\n\nExecStart="));
     }
 }

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use flannel_install::{
-    plan, replaced_path, under, uninstall, Change, InstallSpec, Kind, Undo, UnitSpec,
+    plan, replaced_path, under, uninstall, Change, ExecStartPre, InstallSpec, Kind, Undo, UnitSpec,
 };
 
 fn mode(p: &Path) -> u32 {
@@ -45,6 +45,10 @@ fn spec(root: &Path, src: &Path) -> InstallSpec {
                 .collect(),
             exec_start_post: None,
             docker: false,
+            exec_start_pre: ExecStartPre::MakeSubnetDir,
+            restart_sec: "5".into(),
+            limit_nofile: "40000".into(),
+            limit_nproc: "1048576".into(),
         },
         unit_path: "/etc/systemd/system/flanneld.service".into(),
         cni_conf_dir: "/etc/cni/net.d".into(),
@@ -55,6 +59,7 @@ fn spec(root: &Path, src: &Path) -> InstallSpec {
         certs_from: Some(certs),
         certs_dir: "/var/lib/kubernetes".into(),
         cni_only: false,
+        cni_conflist: None,
     }
 }
 

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context};
-use flannel_install::{plan, under, InstallSpec, Undo, UnitSpec};
+use flannel_install::{plan, under, ExecStartPre, InstallSpec, Undo, UnitSpec};
 use flannel_net::NetworkConfig;
 use flannel_subnet::etcd::EtcdV3Store;
+use flannel_subnet::etcd2::EtcdV2Store;
 use flannel_subnet::store::{Key, Store};
-use flannel_subnet::{write_config, ConfigWrite};
+use flannel_subnet::{write_config, ConfigWrite, EtcdApi};
 
 use crate::cli::{self, flag, CliError, Flag, Kind, Parsed, Values, DAEMON_FLAGS};
 use crate::options::{etcd_config, Options};
@@ -60,6 +61,15 @@ pub const INSTALL_FLAGS: &[Flag] = &[
         "ExecStartPost= command of the unit (e.g. /sbin/ethtool -K flannel.1 tx off)",
     ),
     flag(
+        "exec-start-pre",
+        Kind::Str,
+        "",
+        "ExecStartPre= command of the unit (default: /bin/mkdir -p <the directory of -subnet-file>; none: no command)",
+    ),
+    flag("restart-sec", Kind::Str, flannel_install::unit::ROLE_RESTART_SEC, "RestartSec= of the unit"),
+    flag("limit-nofile", Kind::Str, flannel_install::unit::ROLE_LIMIT_NOFILE, "LimitNOFILE= of the unit"),
+    flag("limit-nproc", Kind::Str, flannel_install::unit::ROLE_LIMIT_NPROC, "LimitNPROC= of the unit"),
+    flag(
         "docker",
         Kind::Bool,
         "false",
@@ -84,6 +94,12 @@ pub const INSTALL_FLAGS: &[Flag] = &[
         "the flannel CNI plugin binary to install (default: `flannel` next to the binary)",
     ),
     flag("cni-name", Kind::Str, "cni0", "the CNI network name"),
+    flag(
+        "cni-conflist",
+        Kind::Str,
+        "",
+        "a file whose JSON is written as 10-flannel.conflist as it is (instead of one rendered from -cni-name and -cni-version)",
+    ),
     flag(
         "cni-version",
         Kind::Str,
@@ -280,6 +296,15 @@ pub async fn install(program: &str, args: &[String]) -> anyhow::Result<i32> {
     };
     let network = if cni_only { None } else { wanted_network(&v)? };
     let binary_path = PathBuf::from(v.string(f, "bin-dir")).join(v.string(f, "bin-name"));
+    let cni_conflist = match v.string(f, "cni-conflist") {
+        c if c.is_empty() => None,
+        c => Some(given_conflist(&c)?),
+    };
+    let exec_start_pre = match v.string(f, "exec-start-pre") {
+        c if c.is_empty() => ExecStartPre::MakeSubnetDir,
+        c if c == "none" => ExecStartPre::None,
+        c => ExecStartPre::Command(one_line("exec-start-pre", c)?),
+    };
     let spec = InstallSpec {
         root: root.clone(),
         binary_source,
@@ -287,8 +312,13 @@ pub async fn install(program: &str, args: &[String]) -> anyhow::Result<i32> {
         unit: UnitSpec {
             binary: binary_path.display().to_string(),
             flags: flags.clone(),
-            exec_start_post: Some(v.string(f, "exec-start-post")).filter(|s| !s.is_empty()),
+            exec_start_post: Some(one_line("exec-start-post", v.string(f, "exec-start-post"))?)
+                .filter(|s| !s.is_empty()),
             docker: v.bool(f, "docker"),
+            exec_start_pre,
+            restart_sec: unit_number(&v, "restart-sec", false)?,
+            limit_nofile: unit_number(&v, "limit-nofile", true)?,
+            limit_nproc: unit_number(&v, "limit-nproc", true)?,
         },
         unit_path: "/etc/systemd/system/flanneld.service".into(),
         cni_conf_dir: v.string(f, "cni-conf-dir").into(),
@@ -301,6 +331,7 @@ pub async fn install(program: &str, args: &[String]) -> anyhow::Result<i32> {
             .map(PathBuf::from),
         certs_dir: v.string(f, "certs-dir").into(),
         cni_only,
+        cni_conflist,
     };
     let plan = plan(&spec)?;
     for note in &plan.notes {
@@ -361,6 +392,51 @@ pub async fn install(program: &str, args: &[String]) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// A command for a unit line: one line.
+fn one_line(flag: &str, value: String) -> anyhow::Result<String> {
+    if value.contains(['\n', '\r']) {
+        return Err(CliError(format!(
+            "-{flag} {value:?}: a unit line cannot hold a line break"
+        ))
+        .into());
+    }
+    Ok(value)
+}
+
+/// `-restart-sec`, `-limit-nofile`, `-limit-nproc`: a number (of seconds or a limit), or
+/// `infinity` for a limit, as systemd takes them.
+fn unit_number(v: &Values, flag: &str, limit: bool) -> anyhow::Result<String> {
+    let value = v.string(INSTALL_FLAGS, flag).trim().to_string();
+    let ok = value.parse::<u64>().is_ok()
+        || (limit && value == "infinity")
+        || (!limit && value.parse::<f64>().is_ok_and(|s| s >= 0.0));
+    if !ok {
+        return Err(CliError(format!(
+            "-{flag} {value:?}: expected a number{}",
+            if limit { " or infinity" } else { " of seconds" }
+        ))
+        .into());
+    }
+    Ok(value)
+}
+
+/// `-cni-conflist`: the file's bytes, if they are a JSON object with a "plugins" list.
+fn given_conflist(path: &str) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|e| CliError(format!("-cni-conflist {path}: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| CliError(format!("-cni-conflist {path}: not JSON: {e}")))?;
+    if !value
+        .get("plugins")
+        .is_some_and(serde_json::Value::is_array)
+    {
+        return Err(CliError(format!(
+            "-cni-conflist {path}: not a CNI network config list (no \"plugins\" list)"
+        ))
+        .into());
+    }
+    Ok(bytes)
+}
+
 /// The network config asked for (`-network` or `-network-config`), checked.
 fn wanted_network(v: &Values) -> anyhow::Result<Option<String>> {
     let f = INSTALL_FLAGS;
@@ -411,9 +487,24 @@ async fn put_network(
     {
         *file = under(root, file);
     }
-    let store = EtcdV3Store::new(&etcd).await?;
-    let key = store.describe(&Key::Config);
-    match write_config(&store, json, v.bool(f, "force-network-config"), dry_run).await? {
+    // the keyspace the cluster's flanneld read: -etcd-api of the unit's flags, else the one
+    // that holds a config already, else v3 (a new cluster)
+    let api = match crate::options::etcd_api(&daemon_values(flags)?, DAEMON_FLAGS)? {
+        Some(api) => api,
+        None => flannel_subnet::detect_api(&etcd)
+            .await?
+            .unwrap_or(EtcdApi::V3),
+    };
+    let store: Box<dyn Store> = match api {
+        EtcdApi::V3 => Box::new(EtcdV3Store::new(&etcd).await?),
+        EtcdApi::V2 => Box::new(EtcdV2Store::new(&etcd)?),
+    };
+    let key = match api {
+        EtcdApi::V3 => store.describe(&Key::Config),
+        EtcdApi::V2 => format!("v2 {}", store.describe(&Key::Config)),
+    };
+    let store = &*store;
+    match write_config(store, json, v.bool(f, "force-network-config"), dry_run).await? {
         ConfigWrite::Created => {
             outln!("created: etcd {key} = {json}");
             Ok(true)

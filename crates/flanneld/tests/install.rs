@@ -247,6 +247,9 @@ fn bad_inputs_are_refused_naming_the_flag() {
     let plugin_arg = format!("--cni-plugin={}", plugin.display());
     let secret_arg = format!("--network-config={}", secret.display());
     let bogus_arg = format!("--network-config={}", bogus_type.display());
+    let not_a_list = src.path().join("c.conflist");
+    std::fs::write(&not_a_list, r#"{"name":"cni0","type":"flannel"}"#).unwrap();
+    let cni_not_a_list = format!("--cni-conflist={}", not_a_list.display());
     // etcd is never reached: every one is refused first
     let endpoints = "etcd-endpoints=http://127.0.0.1:1";
     for (extra, want) in [
@@ -264,6 +267,26 @@ fn bad_inputs_are_refused_naming_the_flag() {
             vec!["--binary=/nonexistent/flanneld"],
             "-binary /nonexistent/flanneld: no such file",
         ),
+        (
+            vec!["--restart-sec=5\nUser=nobody"],
+            "-restart-sec \"5\\nUser=nobody\": expected a number",
+        ),
+        (
+            vec!["--limit-nofile=lots"],
+            "-limit-nofile \"lots\": expected a number or infinity",
+        ),
+        (
+            vec!["--exec-start-pre=/bin/true\nUser=x"],
+            "-exec-start-pre \"/bin/true\\nUser=x\": a unit line cannot hold a line break",
+        ),
+        (
+            vec![cni_not_a_list.as_str()],
+            "not a CNI network config list (no \"plugins\" list)",
+        ),
+        (
+            vec!["--cni-conflist=/nonexistent/c.conflist"],
+            "-cni-conflist /nonexistent/c.conflist: No such file",
+        ),
     ] {
         let mut args = vec!["install", &root_arg, &plugin_arg, "--flag", endpoints];
         args.extend(extra.iter().copied());
@@ -280,6 +303,100 @@ fn bad_inputs_are_refused_naming_the_flag() {
             "{extra:?} wrote something"
         );
     }
+}
+
+/// What the Ansible role passes: its `flannel_systemd_*` variables, its own `flannel_cni_conf`
+/// text, into a cluster whose flannel data is in the etcd v2 keyspace (the role's clusters of
+/// flannel v0.10 / v0.16), where the role's etcdctl wrote the config with its own spacing.
+#[test]
+fn the_roles_variables_into_a_v2_cluster() {
+    let etcd = TestEtcd::start_with_args(&["--enable-v2=true"]);
+    let root = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let plugin = src.path().join("flannel");
+    std::fs::write(&plugin, "cni plugin").unwrap();
+    // the role's text, as `copy: content:` of classic Jinja leaves it (one line)
+    let conflist = r#"{"name": "cni0", "cniVersion": "0.3.1", "plugins": [{"type": "flannel", "delegate": {"hairpinMode": true, "isDefaultGateway": true}}, {"type": "portmap", "capabilities": {"portMappings": true}}]}"#;
+    let conflist_file = src.path().join("10-flannel.conflist");
+    std::fs::write(&conflist_file, conflist).unwrap();
+    let role_config = r#"{"Network":"10.200.0.0/16","Backend":{"Type": "vxlan"}}"#;
+    let put = v2_put(
+        &etcd.endpoint(),
+        "/kubernetes-cluster/network/config",
+        role_config,
+    );
+    assert!(put.contains("\"action\":\"set\""), "{put}");
+    let root_arg = format!("--root={}", root.path().display());
+    let endpoints = format!("etcd-endpoints={}", etcd.endpoint());
+    let conflist_arg = format!("--cni-conflist={}", conflist_file.display());
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "install",
+            &root_arg,
+            "--cni-plugin",
+            plugin.to_str().unwrap(),
+            "--flag",
+            &endpoints,
+            "--network=10.200.0.0/16",
+            "--restart-sec=10",
+            "--limit-nofile=infinity",
+            "--limit-nproc=4096",
+            "--exec-start-pre=none",
+            &conflist_arg,
+        ];
+        a.extend_from_slice(extra);
+        ok(run(&a))
+    };
+    let first = args(&[]);
+    // found in the v2 keyspace, and the same JSON is the same config
+    assert!(
+        first.contains("unchanged: etcd v2 /kubernetes-cluster/network/config"),
+        "{first}"
+    );
+    assert!(!first.contains("different network config"), "{first}");
+    let unit =
+        std::fs::read_to_string(root.path().join("etc/systemd/system/flanneld.service")).unwrap();
+    assert!(
+        unit.contains("RestartSec=10\nLimitNOFILE=infinity\nLimitNPROC=4096\n\n\nExecStart="),
+        "{unit}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("etc/cni/net.d/10-flannel.conflist")).unwrap(),
+        conflist
+    );
+    assert!(args(&[]).contains("nothing changed"));
+    // a new cluster: the config goes into v3 (where flanneld-rs looks first)
+    let v3 = TestEtcd::start();
+    let endpoints = format!("etcd-endpoints={}", v3.endpoint());
+    let out = ok(run(&[
+        "install",
+        &root_arg,
+        "--cni-plugin",
+        plugin.to_str().unwrap(),
+        "--flag",
+        &endpoints,
+        "--network=10.200.0.0/16",
+    ]));
+    assert!(
+        out.contains("created: etcd /kubernetes-cluster/network/config"),
+        "{out}"
+    );
+}
+
+/// A PUT of the etcd v2 keys API, with curl (etcdctl of etcd 3.4 speaks v3 unless told).
+fn v2_put(endpoint: &str, key: &str, value: &str) -> String {
+    let o = Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "PUT",
+            &format!("{endpoint}/v2/keys{key}"),
+            "--data-urlencode",
+        ])
+        .arg(format!("value={value}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
 }
 
 /// Over upstream's flanneld: install says it keeps the files it replaces, uninstall says it

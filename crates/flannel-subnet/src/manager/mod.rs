@@ -133,7 +133,7 @@ pub async fn write_config(
 ) -> Result<ConfigWrite, SubnetError> {
     let (current, _) = store.get(&Key::Config).await?;
     match current {
-        Some(r) if r.value == json.as_bytes() => Ok(ConfigWrite::Unchanged),
+        Some(r) if same_json(&r.value, json) => Ok(ConfigWrite::Unchanged),
         Some(r) if !force || dry_run => Ok(ConfigWrite::Differs(
             String::from_utf8_lossy(&r.value).into_owned(),
         )),
@@ -144,7 +144,12 @@ pub async fn write_config(
                 .put(&Key::Config, json.as_bytes(), Life::Forever, cond)
                 .await?
             {
-                return Err(SubnetError::Conflict(store.describe(&Key::Config)));
+                // written meanwhile (the other nodes of a play install at once): the same
+                // config is no conflict
+                return match store.get(&Key::Config).await?.0 {
+                    Some(r) if same_json(&r.value, json) => Ok(ConfigWrite::Unchanged),
+                    _ => Err(SubnetError::Conflict(store.describe(&Key::Config))),
+                };
             }
             Ok(match current {
                 Some(r) => ConfigWrite::Replaced(String::from_utf8_lossy(&r.value).into_owned()),
@@ -152,6 +157,19 @@ pub async fn write_config(
             })
         }
     }
+}
+
+/// The same bytes, or the same JSON value (`{"Type": "vxlan"}` as the Ansible role wrote it
+/// is `{"Type":"vxlan"}`).
+fn same_json(stored: &[u8], wanted: &str) -> bool {
+    stored == wanted.as_bytes()
+        || matches!(
+            (
+                serde_json::from_slice::<serde_json::Value>(stored),
+                serde_json::from_str::<serde_json::Value>(wanted),
+            ),
+            (Ok(a), Ok(b)) if a == b
+        )
 }
 
 /// The lease semantics over store `S`.

@@ -267,6 +267,28 @@ async fn the_watch_reports_every_change_across_breaks_compaction_and_outages() {
         .unwrap();
 }
 
+/// The Ansible role's etcdctl wrote `{"Type": "vxlan"}`; the installer's `{"Type":"vxlan"}` is
+/// the same config, not one to warn about.
+#[tokio::test]
+async fn the_same_json_with_other_spacing_is_the_same_config() {
+    let store = MemoryStore::default();
+    let role = r#"{"Network":"10.200.0.0/16","Backend":{"Type": "vxlan"}}"#;
+    let ours = r#"{"Network":"10.200.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    assert_eq!(
+        write_config(&store, role, false, false).await.unwrap(),
+        ConfigWrite::Created
+    );
+    assert_eq!(
+        write_config(&store, ours, false, false).await.unwrap(),
+        ConfigWrite::Unchanged
+    );
+    assert_eq!(
+        write_config(&store, ours, true, false).await.unwrap(),
+        ConfigWrite::Unchanged,
+        "nothing to force"
+    );
+}
+
 #[tokio::test]
 async fn config_written_only_when_absent_or_forced_and_changes_are_watched() {
     let store = MemoryStore::default();

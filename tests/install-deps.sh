@@ -1,7 +1,7 @@
 # Sourced by tests/run.sh and tests/lab.sh: installs the Debian packages of tests/deps.txt
 # and tests/deps-no-recommends.txt that are missing (apt-get update first, only when
-# something is missing), and virtme-ng for the VM lane (tests/vm.sh) into a venv outside
-# the checkout.
+# something is missing), virtme-ng for the VM lane (tests/vm.sh) and ansible-core for the
+# Ansible role's test (crates/flanneld/tests/ansible.rs) into venvs outside the checkout.
 missing=()
 missing_nr=()
 for list in tests/deps.txt tests/deps-no-recommends.txt; do
@@ -22,4 +22,9 @@ VNG_VENV=/opt/flanneld-rs-vng
 if [ ! -x "$VNG_VENV/bin/vng" ]; then
   echo "installing virtme-ng into $VNG_VENV"
   python3 -m venv "$VNG_VENV" && "$VNG_VENV/bin/pip" install -q 'virtme-ng==1.42'
+fi
+ANSIBLE_VENV=/opt/flanneld-rs-ansible
+if [ ! -x "$ANSIBLE_VENV/bin/ansible-playbook" ]; then
+  echo "installing ansible-core into $ANSIBLE_VENV"
+  python3 -m venv "$ANSIBLE_VENV" && "$ANSIBLE_VENV/bin/pip" install -q 'ansible-core==2.17.14'
 fi

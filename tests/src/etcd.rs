@@ -91,6 +91,20 @@ impl TestEtcd {
         Self::start_with(Some(tls), args)
     }
 
+    /// https etcd (our CA's good server certificate, client certificates demanded) inside the
+    /// named network namespace `netns`, listening on `host` (and 127.0.0.1 there).
+    pub fn start_tls_in_netns(certs: &TestCerts, netns: &str, host: &str, args: &[&str]) -> Self {
+        let tls = TlsFiles {
+            ca: certs.ca.clone(),
+            server_cert: certs.server_cert.clone(),
+            server_key: certs.server_key.clone(),
+            client_cert: certs.client_cert.clone(),
+            client_key: certs.client_key.clone(),
+            ctl_skips_verify: false,
+        };
+        Self::start_full(Some(tls), args, Some(netns.to_string()), host.to_string())
+    }
+
     /// Plain http etcd inside the named network namespace `netns`, listening on `host`
     /// (and 127.0.0.1 there) at the standard ports, with `args` added.
     pub fn start_in_netns(netns: &str, host: &str, args: &[&str]) -> Self {

@@ -206,13 +206,24 @@ impl Lab {
     /// The underlay, etcd (with `config` put, when given) and `hosts` host namespaces.
     /// flanneld is not started yet: see [`Lab::start`].
     pub fn create(spec: LabSpec, hosts: usize, config: Option<&str>) -> Lab {
-        Self::create_with_members(spec, hosts, config, 1)
+        Self::create_with_members(spec, hosts, config, 1, None)
+    }
+
+    /// The same with etcd over TLS (client certificates of `certs`' CA demanded), at
+    /// `https://ETCD_IP:2379`.
+    pub fn create_with_tls(
+        spec: LabSpec,
+        hosts: usize,
+        config: Option<&str>,
+        certs: &crate::tls::TestCerts,
+    ) -> Lab {
+        Self::create_with_members(spec, hosts, config, 1, Some(certs))
     }
 
     /// The same with a 3-member etcd cluster (each member in a namespace of its own, see
     /// [`ETCD_MEMBERS`]); every host gets all three endpoints.
     pub fn create_with_etcd_cluster(spec: LabSpec, hosts: usize, config: Option<&str>) -> Lab {
-        Self::create_with_members(spec, hosts, config, 3)
+        Self::create_with_members(spec, hosts, config, 3, None)
     }
 
     fn create_with_members(
@@ -220,7 +231,9 @@ impl Lab {
         hosts: usize,
         config: Option<&str>,
         members: usize,
+        tls: Option<&crate::tls::TestCerts>,
     ) -> Lab {
+        assert!(tls.is_none() || members == 1, "TLS with one member only");
         assert!(spec.name.len() <= 8, "lab name too long");
         crate::require_program("ip", "iproute2");
         destroy(&spec.name);
@@ -238,8 +251,18 @@ impl Lab {
         let (etcd, other_members, etcd_endpoints) = if members == 1 {
             crate::netns::run_cmd("ip", &["netns", "add", &etcd_ns]);
             plug(&br, &etcd_ns, "port-etcd", ETCD_IP);
-            let etcd = TestEtcd::start_in_netns(&etcd_ns, ETCD_IP, &etcd_args);
-            (etcd, Vec::new(), format!("http://{ETCD_IP}:2379"))
+            match tls {
+                Some(certs) => (
+                    TestEtcd::start_tls_in_netns(certs, &etcd_ns, ETCD_IP, &etcd_args),
+                    Vec::new(),
+                    format!("https://{ETCD_IP}:2379"),
+                ),
+                None => (
+                    TestEtcd::start_in_netns(&etcd_ns, ETCD_IP, &etcd_args),
+                    Vec::new(),
+                    format!("http://{ETCD_IP}:2379"),
+                ),
+            }
         } else {
             let namespaces: Vec<(String, &str)> = ETCD_MEMBERS
                 .iter()

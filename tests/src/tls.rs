@@ -1,4 +1,5 @@
-//! A throwaway certificate authority with a server certificate for 127.0.0.1 and a client
+//! A throwaway certificate authority with a server certificate for 127.0.0.1 (and the lab's
+//! etcd address) and a client
 //! certificate, written as PEM files into a temporary directory.
 
 use std::fs;
@@ -78,7 +79,8 @@ impl TestCerts {
         let (server_cert, server_key) = leaf(
             &authority,
             "etcd",
-            &["127.0.0.1", "localhost"],
+            // and the lab's etcd address, for a TLS etcd in the lab
+            &["127.0.0.1", "localhost", crate::lab::ETCD_IP],
             ExtendedKeyUsagePurpose::ServerAuth,
         );
         let (client_cert, client_key) = leaf(

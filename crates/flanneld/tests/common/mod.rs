@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use flannel_lab::lab::{try_nsexec, wait_until, Lab, LabSpec, DEFAULT_PREFIX};
 
+pub mod nspawn;
+
 pub const LONG: Duration = Duration::from_secs(30);
 
 pub fn lab(tag: char, hosts: usize, config: Option<&str>) -> (Lab, tempfile::TempDir) {
@@ -23,6 +25,17 @@ pub fn lab_with_etcd(
 ) -> (Lab, tempfile::TempDir) {
     let (spec, dir) = spec(tag, etcd_args);
     (Lab::create(spec, hosts, config), dir)
+}
+
+/// A lab whose etcd speaks TLS only (client certificates of `certs`' CA demanded).
+pub fn lab_with_tls(
+    tag: char,
+    hosts: usize,
+    config: Option<&str>,
+    certs: &flannel_lab::tls::TestCerts,
+) -> (Lab, tempfile::TempDir) {
+    let (spec, dir) = spec(tag, &[]);
+    (Lab::create_with_tls(spec, hosts, config, certs), dir)
 }
 
 /// A lab whose etcd is a 3-member cluster (every host gets the three endpoints).

@@ -12,6 +12,11 @@
 mod common;
 
 use common::*;
+
+/// Bounds for the lab to get somewhere (not timings): in the VM lane's emulated CPU, on a
+/// loaded machine, charon alone once took 12 s to answer its first VICI request, and the
+/// common 30 s was too short for start-up.
+const LONG: std::time::Duration = std::time::Duration::from_secs(120);
 use flannel_lab::lab::{wait_until, Lab, DEFAULT_PREFIX};
 
 fn config() -> String {

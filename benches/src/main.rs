@@ -25,6 +25,7 @@
 //! when its three xfrm policies are; charon started anew for each start; in the VM, for
 //! its esp4 module).
 
+mod cluster;
 mod kube;
 mod probe;
 mod throughput;
@@ -156,6 +157,10 @@ struct Opts {
     idle: Option<Duration>,
     out: PathBuf,
     scenarios: Vec<String>,
+    /// `--nodes N`: the cluster scenario's size (200; 5 quick).
+    nodes: Option<usize>,
+    /// `--rest SECONDS`: how long the cluster scenario measures at rest (300; 5 quick).
+    rest: Option<Duration>,
 }
 
 /// A scenario: runs for every binary, returns its rows.
@@ -1147,6 +1152,8 @@ fn main() {
         idle: None,
         out: PathBuf::from("target/bench-results.json"),
         scenarios: Vec::new(),
+        nodes: None,
+        rest: None,
     };
     let mut i = 0;
     while i < args.len() {
@@ -1183,6 +1190,21 @@ fn main() {
                 i += 1;
                 o.out = PathBuf::from(&args[i]);
             }
+            "--nodes" => {
+                i += 1;
+                o.nodes = Some(args.get(i).and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+                    eprintln!("--nodes: a number of nodes");
+                    std::process::exit(2);
+                }));
+            }
+            "--rest" => {
+                i += 1;
+                let seconds = args.get(i).and_then(|v| v.parse().ok());
+                o.rest = Some(Duration::from_secs(seconds.unwrap_or_else(|| {
+                    eprintln!("--rest: a number of seconds");
+                    std::process::exit(2);
+                })));
+            }
             "--backend" => {
                 i += 1;
                 match args.get(i).map(String::as_str) {
@@ -1218,7 +1240,7 @@ fn main() {
                 o.scenarios.push(args[i].clone());
             }
             other => {
-                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw|wireguard|ipip|udp|ipsec] [--ip ipv4|dual] [--out FILE] [--peers N,N...] [--idle SECONDS] [--scenario start|converge|cold|steady|churn|etcd-load|kube-cold|throughput]...");
+                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw|wireguard|ipip|udp|ipsec] [--ip ipv4|dual] [--out FILE] [--peers N,N...] [--idle SECONDS] [--nodes N] [--rest SECONDS] [--scenario start|converge|cold|steady|churn|etcd-load|kube-cold|throughput|cluster]...");
                 std::process::exit(2);
             }
         }
@@ -1245,7 +1267,7 @@ fn main() {
         });
         std::process::exit(i32::from(bad));
     }
-    let all: [(&str, Scenario); 8] = [
+    let all: [(&str, Scenario); 9] = [
         ("start", start),
         ("converge", converge),
         ("cold", cold),
@@ -1254,6 +1276,7 @@ fn main() {
         ("etcd-load", etcd_load),
         ("kube-cold", kube::cold),
         ("throughput", throughput::throughput),
+        ("cluster", cluster::cluster),
     ];
     if wireguard() || ipip() || ipsec() {
         // cold start (the other scenarios count VXLAN's entries or need host-gw's segment)

@@ -367,53 +367,6 @@ exec \"$GATE_BINARY\" \"$@\"
     }
 }
 
-/// Wrappers on PATH that log every exec of the tools a flanneld may start.
-fn shims(dir: &Path) -> (String, std::path::PathBuf) {
-    let log = dir.join("exec.log");
-    let bin = dir.join("shims");
-    std::fs::create_dir_all(&bin).expect("shim dir");
-    for tool in [
-        "iptables",
-        "iptables-save",
-        "iptables-restore",
-        "ip6tables",
-        "ip6tables-save",
-        "ip6tables-restore",
-        "nft",
-        "ip",
-        "ethtool",
-        "sysctl",
-        "modprobe",
-    ] {
-        let real = std::process::Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        if real.is_empty() {
-            continue;
-        }
-        let path = bin.join(tool);
-        std::fs::write(
-            &path,
-            format!(
-                "#!/bin/sh\necho {tool} >> {}\nexec {real} \"$@\"\n",
-                log.display()
-            ),
-        )
-        .expect("shim");
-        let _ = std::process::Command::new("chmod")
-            .args(["+x", &path.display().to_string()])
-            .status();
-    }
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    (path, log)
-}
-
 /// Processes and threads created on the machine so far (/proc/stat `processes`): at rest,
 /// what the daemons create beside the execs the wrappers see (a thread started per check).
 fn forks() -> f64 {
@@ -475,7 +428,7 @@ pub fn cluster(o: &Opts, dir: &Path) -> Vec<Row> {
         for i in 1..=nodes {
             lab.on_host(i, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         }
-        let (path, exec_log) = shims(&sub);
+        let (path, exec_log) = probe::exec_shims(&sub);
         let env = [("PATH".to_string(), path)];
         let watch = MeshWatch::start(&lab);
 

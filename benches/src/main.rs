@@ -778,46 +778,7 @@ fn steady(o: &Opts, dir: &Path) -> Vec<Row> {
             put_peers(&mut c, 0..3).await;
         });
         let shims = tempfile::tempdir().expect("shim dir");
-        let log = shims.path().join("exec.log");
-        for tool in [
-            "iptables",
-            "iptables-save",
-            "iptables-restore",
-            "ip6tables",
-            "ip6tables-save",
-            "ip6tables-restore",
-            "nft",
-            "ip",
-            "ethtool",
-            "sysctl",
-            "modprobe",
-        ] {
-            let real = std::process::Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                .unwrap_or_default();
-            if real.is_empty() {
-                continue;
-            }
-            let path = shims.path().join(tool);
-            std::fs::write(
-                &path,
-                format!(
-                    "#!/bin/sh\necho {tool} >> {}\nexec {real} \"$@\"\n",
-                    log.display()
-                ),
-            )
-            .expect("shim");
-            let _ = std::process::Command::new("chmod")
-                .args(["+x", &path.display().to_string()])
-                .status();
-        }
-        let path = format!(
-            "{}:{}",
-            shims.path().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let (path, log) = probe::exec_shims(shims.path());
         lab.start_binary(1, bin, &[("PATH".into(), path)]);
         lab.wait_ready(Duration::from_secs(30));
         // past the first rule resync (which verifies what start-up wrote): steady state

@@ -216,3 +216,52 @@ pub fn etcd_metric(etcd_ns: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Wrappers on PATH that log every exec of the tools a flanneld may start (any binary's:
+/// upstream's iptables calls as ours): put in `dir/shims`; returns the PATH that puts them
+/// first and the log, one line per exec.
+pub fn exec_shims(dir: &std::path::Path) -> (String, std::path::PathBuf) {
+    let log = dir.join("exec.log");
+    let bin = dir.join("shims");
+    std::fs::create_dir_all(&bin).expect("shim dir");
+    for tool in [
+        "iptables",
+        "iptables-save",
+        "iptables-restore",
+        "ip6tables",
+        "ip6tables-save",
+        "ip6tables-restore",
+        "nft",
+        "ip",
+        "ethtool",
+        "sysctl",
+        "modprobe",
+    ] {
+        let real = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        if real.is_empty() {
+            continue;
+        }
+        let path = bin.join(tool);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\necho {tool} >> {}\nexec {real} \"$@\"\n",
+                log.display()
+            ),
+        )
+        .expect("shim");
+        let _ = std::process::Command::new("chmod")
+            .args(["+x", &path.display().to_string()])
+            .status();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (path, log)
+}

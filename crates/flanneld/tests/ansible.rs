@@ -209,6 +209,29 @@ fn the_role_deploys_flanneld_rs_onto_systemd_hosts_against_a_tls_etcd() {
     std::fs::create_dir_all(home.join("tmp")).unwrap();
     let inv = inventory(dir.path(), &lab, &containers, &certs_dir);
 
+    // a check run before anything is installed: every host would change, nothing did
+    let (out, changed) = play(&inv, &home, &["--check", "--diff"]);
+    step("check run on fresh hosts");
+    for (i, c) in containers.iter().enumerate() {
+        let h = format!("h{}", i + 1);
+        assert!(changed[&h] > 0, "{h}:\n{out}");
+        assert!(
+            !c.run(&["test", "-e", "/etc/systemd/system/flanneld.service"])
+                .status
+                .success(),
+            "{h}: a check run installed the unit"
+        );
+    }
+    assert_eq!(
+        lab.etcd().ctl(&[
+            "get",
+            "--print-value-only",
+            "/kubernetes-cluster/network/config"
+        ]),
+        "",
+        "a check run wrote the network config"
+    );
+
     // first run: installed, started, ready
     let (out, changed) = play(&inv, &home, &[]);
     step("first run");

@@ -16,7 +16,8 @@
 //!   (wrappers on PATH log every ip/iptables/nft/... exec, as the steady scenario), the
 //!   daemons' threads made during the rest and alive at its end, the processes and threads
 //!   created on the whole machine (/proc/stat: etcd's and the kernel's workers count too),
-//!   and etcd's messages per node per hour.
+//!   etcd's messages per node per hour and its members' CPU; the sums of the daemons' VmRSS and
+//!   PSS (which counts the pages they share, the binary's, once).
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -393,6 +394,27 @@ fn threads(lab: &Lab) -> HashSet<(u32, u32)> {
         .collect()
 }
 
+/// A process's proportional set size (`Pss:` of /proc/<pid>/smaps_rollup): its private
+/// pages, and each shared page divided among the processes that map it.
+fn pss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The CPU seconds of the three etcd members so far.
+fn etcd_cpu(lab: &Lab) -> f64 {
+    (0..3)
+        .filter_map(|i| lab.member(i).pid())
+        .filter_map(probe::cpu_seconds)
+        .sum()
+}
+
 fn sum_over(lab: &Lab, f: impl Fn(u32) -> Option<f64>) -> f64 {
     (1..=lab.hosts.len())
         .filter_map(|i| lab.pid(i))
@@ -499,6 +521,7 @@ pub fn cluster(o: &Opts, dir: &Path) -> Vec<Row> {
         // the blocking thread a daemon keeps
         std::thread::sleep(Duration::from_secs(15));
         let cpu0 = sum_over(&lab, probe::cpu_seconds);
+        let etcd_cpu0 = etcd_cpu(&lab);
         let (m2, _) = cluster_load(&lab);
         let _ = std::fs::remove_file(&exec_log);
         let forks0 = forks();
@@ -508,6 +531,7 @@ pub fn cluster(o: &Opts, dir: &Path) -> Vec<Row> {
         let tids1 = threads(&lab);
         let new_threads = tids1.difference(&tids0).count() as f64;
         let cpu1 = sum_over(&lab, probe::cpu_seconds);
+        let etcd_cpu1 = etcd_cpu(&lab);
         let (m3, b3) = cluster_load(&lab);
         let execs = std::fs::read_to_string(&exec_log)
             .map(|t| t.lines().count())
@@ -515,6 +539,8 @@ pub fn cluster(o: &Opts, dir: &Path) -> Vec<Row> {
         let rss = sum_over(&lab, |p| {
             probe::proc_status_kib(p, "VmRSS").map(|k| k as f64)
         });
+        // what the set of daemons holds: shared pages (the binary's) counted once
+        let pss = sum_over(&lab, |p| pss_kib(p).map(|k| k as f64));
         let running = (1..=nodes).filter(|&i| lab.running(i)).count();
         let per_node_hour = |d: f64| d / nodes as f64 / rest.as_secs_f64() * 3600.0;
         let _ = b3;
@@ -552,6 +578,11 @@ pub fn cluster(o: &Opts, dir: &Path) -> Vec<Row> {
                     per_node_hour(m3 - m2),
                 ),
                 ("rest_sum_VmRSS_MiB".into(), rss / 1024.0),
+                ("rest_sum_Pss_MiB".into(), pss / 1024.0),
+                (
+                    "rest_etcd_cpu_percent".into(),
+                    (etcd_cpu1 - etcd_cpu0) * 100.0 / rest.as_secs_f64(),
+                ),
                 ("running".into(), running as f64),
             ],
         });

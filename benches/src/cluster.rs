@@ -532,7 +532,7 @@ pub fn cluster(o: &Opts, dir: &Path) -> Vec<Row> {
         let new_threads = tids1.difference(&tids0).count() as f64;
         let cpu1 = sum_over(&lab, probe::cpu_seconds);
         let etcd_cpu1 = etcd_cpu(&lab);
-        let (m3, b3) = cluster_load(&lab);
+        let (m3, _) = cluster_load(&lab);
         let execs = std::fs::read_to_string(&exec_log)
             .map(|t| t.lines().count())
             .unwrap_or(0) as f64;
@@ -543,7 +543,6 @@ pub fn cluster(o: &Opts, dir: &Path) -> Vec<Row> {
         let pss = sum_over(&lab, |p| pss_kib(p).map(|k| k as f64));
         let running = (1..=nodes).filter(|&i| lab.running(i)).count();
         let per_node_hour = |d: f64| d / nodes as f64 / rest.as_secs_f64() * 3600.0;
-        let _ = b3;
         watch.stop();
         rows.push(Row {
             scenario: format!("cluster, {nodes} nodes, 3-member etcd"),

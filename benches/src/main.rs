@@ -98,15 +98,16 @@ fn udp() -> bool {
 
 /// The backend `--backend` named, but vxlan.
 fn backend_name() -> Option<&'static str> {
+    use flannel_net::BackendKind as K;
     [
-        (host_gw(), "host-gw"),
-        (ipip(), "ipip"),
-        (wireguard(), "wireguard"),
-        (udp(), "udp"),
-        (ipsec(), "ipsec"),
+        (host_gw(), K::HostGw),
+        (ipip(), K::Ipip),
+        (wireguard(), K::WireGuard),
+        (udp(), K::Udp),
+        (ipsec(), K::Ipsec),
     ]
     .into_iter()
-    .find_map(|(on, name)| on.then_some(name))
+    .find_map(|(on, kind)| on.then_some(kind.name()))
 }
 
 /// `--backend ipip` (set once, before any scenario runs).
@@ -1168,16 +1169,19 @@ fn main() {
             }
             "--backend" => {
                 i += 1;
-                match args.get(i).map(String::as_str) {
-                    Some("host-gw") => HOST_GW.store(true, std::sync::atomic::Ordering::Relaxed),
-                    Some("wireguard") => {
-                        WIREGUARD.store(true, std::sync::atomic::Ordering::Relaxed)
-                    }
-                    Some("ipip") => IPIP.store(true, std::sync::atomic::Ordering::Relaxed),
-                    Some("udp") => UDP.store(true, std::sync::atomic::Ordering::Relaxed),
-                    Some("ipsec") => IPSEC.store(true, std::sync::atomic::Ordering::Relaxed),
-                    Some("vxlan") => {}
-                    other => {
+                use flannel_net::BackendKind as K;
+                let on = |flag: &std::sync::atomic::AtomicBool| {
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed)
+                };
+                match args.get(i).and_then(|a| K::from_type(a)) {
+                    Some(K::HostGw) => on(&HOST_GW),
+                    Some(K::WireGuard) => on(&WIREGUARD),
+                    Some(K::Ipip) => on(&IPIP),
+                    Some(K::Udp) => on(&UDP),
+                    Some(K::Ipsec) => on(&IPSEC),
+                    Some(K::Vxlan) => {}
+                    _ => {
+                        let other = args.get(i);
                         eprintln!(
                             "--backend {other:?}: vxlan, host-gw, wireguard, ipip, udp or ipsec"
                         );

@@ -16,7 +16,7 @@ use crate::{label, probe, spec, Opts, Row};
 fn config() -> String {
     format!(
         r#"{{"Network":"10.200.0.0/16","SubnetLen":24,"Backend":{{"Type":"{}"}}}}"#,
-        crate::backend_name().unwrap_or("udp")
+        crate::backend_name().unwrap_or(flannel_net::BackendKind::Udp.name())
     )
 }
 
@@ -126,7 +126,7 @@ pub fn throughput(o: &Opts, dir: &Path) -> Vec<Row> {
         rows.push(Row {
             scenario: format!(
                 "throughput, {}, TCP {seconds} s each way",
-                crate::backend_name().unwrap_or("udp")
+                crate::backend_name().unwrap_or(flannel_net::BackendKind::Udp.name())
             ),
             binary: label(bin),
             metrics: vec![

@@ -53,13 +53,7 @@ impl Backend for AllocBackend {
 
     /// `PublicIP` only, as upstream: `{"PublicIP":"192.0.2.1","PublicIPv6":null}`.
     fn lease_attrs(&self) -> LeaseAttrs {
-        LeaseAttrs {
-            public_ip: self.public_ip,
-            public_ipv6: None,
-            backend_type: String::new(),
-            backend_data: None,
-            backend_v6_data: None,
-        }
+        LeaseAttrs::public_ip_only(self.public_ip, "")
     }
 
     fn mtu(&self) -> u32 {

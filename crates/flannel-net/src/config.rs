@@ -492,7 +492,8 @@ fn split_cidr(s: &str) -> Result<(&str, u32), String> {
 
 fn backend_type(backend: Option<&Value>) -> Result<String, ConfigError> {
     match backend {
-        None => Ok("udp".to_string()),
+        // upstream's default when the config names no backend
+        None => Ok(crate::BackendKind::Udp.name().to_string()),
         Some(Value::Null) => Ok(String::new()),
         Some(Value::Object(obj)) => match gojson::fields(obj, &["Type"]).get("Type") {
             None | Some(Value::Null) => Ok(String::new()),

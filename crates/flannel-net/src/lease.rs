@@ -98,6 +98,19 @@ fn fits(len: usize) -> bool {
 }
 
 impl LeaseAttrs {
+    /// An IPv4 node's attributes with no backend data: `{"PublicIP":…,"PublicIPv6":null}`,
+    /// with `"BackendType"` when `backend_type` is not empty (alloc and udp leave it out, as
+    /// upstream's do).
+    pub fn public_ip_only(public_ip: Ipv4Addr, backend_type: &str) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: backend_type.to_string(),
+            backend_data: None,
+            backend_v6_data: None,
+        }
+    }
+
     /// The attributes of a VXLAN node.
     pub fn vxlan(public_ip: Ipv4Addr, data: &VxlanBackendData) -> Self {
         LeaseAttrs {

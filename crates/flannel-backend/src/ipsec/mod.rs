@@ -526,13 +526,7 @@ impl Backend for IpsecBackend {
 
     /// `{"PublicIP":"…","PublicIPv6":null,"BackendType":"ipsec"}`, as upstream.
     fn lease_attrs(&self) -> LeaseAttrs {
-        LeaseAttrs {
-            public_ip: self.public_ip,
-            public_ipv6: None,
-            backend_type: BackendKind::Ipsec.name().into(),
-            backend_data: None,
-            backend_v6_data: None,
-        }
+        LeaseAttrs::public_ip_only(self.public_ip, BackendKind::Ipsec.name())
     }
 
     fn mtu(&self) -> u32 {

@@ -395,13 +395,7 @@ impl Backend for UdpBackend {
 
     /// `{"PublicIP":"…","PublicIPv6":null}`, as upstream: no BackendType.
     fn lease_attrs(&self) -> LeaseAttrs {
-        LeaseAttrs {
-            public_ip: self.public_ip,
-            public_ipv6: None,
-            backend_type: String::new(),
-            backend_data: None,
-            backend_v6_data: None,
-        }
+        LeaseAttrs::public_ip_only(self.public_ip, "")
     }
 
     fn mtu(&self) -> u32 {

@@ -10,7 +10,7 @@
 //! checked with HTTP/2 pings every 6 s (answered within 1 s); a killed member's watches end at
 //! once. Pings more often than etcd's `--grpc-keepalive-min-time` (5 s by default) make etcd
 //! close idle connections (`too_many_pings`): seen every 2 s with a 1 s period, a re-list each
-//! time. The lease watch checks its member itself, within 2 s (see `watch_check`).
+//! time. The lease watch runs on two members at once (see `watch_pair`).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -123,6 +123,31 @@ impl Members {
             })
             .await
             .cloned()
+    }
+
+    /// Member `i`'s endpoint, for messages.
+    pub(crate) fn endpoint(&self, i: usize) -> &str {
+        &self.endpoints[i]
+    }
+
+    /// Runs `request` on member `i` alone, within [`REQUEST_TIMEOUT`] (the lease watch's
+    /// second leg, which must be on another member than the first).
+    pub(crate) async fn call_on<T, F, Fut>(
+        &self,
+        i: usize,
+        request: F,
+    ) -> Result<T, etcd_client::Error>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let attempt = async { request(self.client(i).await?).await };
+        match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(etcd_client::Error::GRpcStatus(
+                tonic::Status::deadline_exceeded(format!("no answer within {REQUEST_TIMEOUT:?}")),
+            )),
+        }
     }
 
     /// Moves away from member `i` after it failed (a watch on it broke).

@@ -8,7 +8,7 @@
 mod connect;
 mod members;
 mod store;
-mod watch_check;
+mod watch_pair;
 
 pub use connect::EtcdConfig;
 pub(crate) use members::LAST_GOOD;

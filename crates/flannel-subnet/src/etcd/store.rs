@@ -17,6 +17,7 @@ use futures::StreamExt;
 use tracing::debug;
 
 use super::members::Members;
+use super::watch_pair::{self, Batch};
 use super::EtcdConfig;
 use crate::error::{reason, StoreError};
 use crate::store::{Change, Cond, Key, KeyPaths, Life, Record, Revision, Store, Watched};
@@ -25,7 +26,7 @@ use crate::SubnetError;
 /// The largest response read (a listing, a watch batch), as etcd's own Go client
 /// (`MaxCallRecvMsgSize`, math.MaxInt32); gRPC's default of 4 MiB would refuse the listing of
 /// a cluster whose leases are large (extension backends) or many.
-const MAX_RESPONSE: usize = i32::MAX as usize;
+pub(crate) const MAX_RESPONSE: usize = i32::MAX as usize;
 
 /// A KV client of `c` that reads responses up to [`MAX_RESPONSE`].
 fn kv(c: &etcd_client::Client) -> etcd_client::KvClient {
@@ -155,16 +156,12 @@ impl EtcdV3Store {
         Ok(resp.succeeded())
     }
 
-    fn changes(&self, resp: &WatchResponse) -> Watched {
-        if resp.canceled() || resp.compact_revision() != 0 {
-            debug!(
-                "etcd watch canceled or compacted (compact revision {})",
-                resp.compact_revision()
-            );
+    fn changes(&self, batch: &Batch) -> Watched {
+        let Batch::Events(events) = batch else {
             return Watched::Reset;
-        }
+        };
         Watched::Changes(
-            resp.events()
+            events
                 .iter()
                 .filter_map(|event| {
                     let kv = event.kv()?;
@@ -176,6 +173,18 @@ impl EtcdV3Store {
                 .collect(),
         )
     }
+}
+
+/// A response of a watch on one member as the merged lease watch's [`Batch`].
+fn batch_of(resp: WatchResponse) -> Batch {
+    if resp.canceled() || resp.compact_revision() != 0 {
+        debug!(
+            "etcd watch canceled or compacted (compact revision {})",
+            resp.compact_revision()
+        );
+        return Batch::Reset;
+    }
+    Batch::Events(resp.events().to_vec())
 }
 
 #[async_trait]
@@ -343,23 +352,35 @@ impl Store for EtcdV3Store {
             })
             .await
             .map_err(etcd_err(format!("watching {path}"), &self.endpoints))?;
-        // The lease watch notices a silent member within 2 s where there is another one.
+        // The lease watch runs on two members where there are several (see watch_pair).
         let responses = if key.is_none() && self.members.len() > 1 {
-            super::watch_check::checked(stream)
+            watch_pair::merged(
+                self.members.clone(),
+                path.clone(),
+                opts,
+                stream,
+                member,
+                after as i64,
+            )
         } else {
-            stream.boxed()
+            let members = self.members.clone();
+            stream
+                .map(move |item| {
+                    // the next session starts on another member (the pair marks its own)
+                    if let Err(e) = &item {
+                        if super::members::member_failed(e) {
+                            members.failed(member);
+                        }
+                    }
+                    item.map(batch_of)
+                })
+                .boxed()
         };
         let this = self.clone();
         Ok(responses
             .map(move |item| match item {
-                Ok(resp) => Ok(this.changes(&resp)),
-                Err(e) => {
-                    // the next session starts on another member
-                    if super::members::member_failed(&e) {
-                        this.members.failed(member);
-                    }
-                    Err(etcd_err(format!("watching {path}"), &this.endpoints)(e))
-                }
+                Ok(batch) => Ok(this.changes(&batch)),
+                Err(e) => Err(etcd_err(format!("watching {path}"), &this.endpoints)(e)),
             })
             .boxed())
     }

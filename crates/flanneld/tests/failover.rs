@@ -83,6 +83,16 @@ fn stamp(what: &str) {
     }
 }
 
+/// Until h1 and h2 have a route to each other's subnet (the v2 keyspace is not what
+/// `wait_converged` reads).
+fn wait_meshed(lab: &Lab) {
+    let has_route_to = |i: usize, j: usize| {
+        lab.subnet(j)
+            .is_some_and(|s| lab.on_host(i, &["ip", "route"]).contains(&s))
+    };
+    assert!(wait_until(LONG, || has_route_to(1, 2) && has_route_to(2, 1)));
+}
+
 fn survive(tag: char, fault: Fault) {
     survive_on(tag, fault, Api::V3)
 }
@@ -104,14 +114,7 @@ fn survive_on(tag: char, fault: Fault, api: Api) {
     };
     lab.start_all();
     lab.wait_ready(LONG);
-    // each host has a route to the other's subnet (the v2 keyspace is not what
-    // `wait_converged` reads)
-    let has_route_to = |lab: &Lab, i: usize, j: usize| {
-        lab.subnet(j)
-            .is_some_and(|s| lab.on_host(i, &["ip", "route"]).contains(&s))
-    };
-    assert!(wait_until(LONG, || has_route_to(&lab, 1, 2)
-        && has_route_to(&lab, 2, 1)));
+    wait_meshed(&lab);
     let lead = leader(&lab);
     let victim = match fault {
         Fault::KillFollower => (lead + 1) % 3,
@@ -240,6 +243,20 @@ fn etcd_messages(lab: &Lab) -> u64 {
         .sum()
 }
 
+/// Until the lease watch of each of `hosts` runs on two members (a new watch runs alone for
+/// its first seconds: the start's burst of events is not delivered twice).
+fn wait_for_both_watches(lab: &Lab, hosts: &[usize]) {
+    for &i in hosts {
+        assert!(
+            wait_until(Duration::from_secs(30), || lab
+                .log(i)
+                .contains("lease watch on etcd members")),
+            "h{i}'s lease watch never got its second member\n{}",
+            lab.log(i)
+        );
+    }
+}
+
 /// With a healthy cluster the lease watch stays where it is and costs etcd nothing at rest:
 /// no member is asked anything by the settled nodes (issue 30: a progress request per node
 /// per second was 5 000 requests a second at 5 000 nodes).
@@ -248,7 +265,8 @@ fn the_lease_watch_stays_put_at_rest() {
     let (mut lab, _dir) = lab_with_etcd_cluster('x', 2, Some(DEFAULT_CONFIG), &[]);
     lab.start_all();
     lab.wait_ready(LONG);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_both_watches(&lab, &[1, 2]);
+    std::thread::sleep(Duration::from_secs(1));
     let before = etcd_messages(&lab);
     std::thread::sleep(Duration::from_secs(8));
     let after = etcd_messages(&lab);
@@ -274,12 +292,8 @@ fn a_frozen_member_delays_no_lease_event() {
     let (mut lab, _dir) = lab_with_etcd_cluster('y', 2, Some(DEFAULT_CONFIG), &[]);
     lab.start_all();
     lab.wait_ready(LONG);
-    let has_route_to = |lab: &Lab, i: usize, j: usize| {
-        lab.subnet(j)
-            .is_some_and(|s| lab.on_host(i, &["ip", "route"]).contains(&s))
-    };
-    assert!(wait_until(LONG, || has_route_to(&lab, 1, 2)
-        && has_route_to(&lab, 2, 1)));
+    wait_meshed(&lab);
+    wait_for_both_watches(&lab, &[1]);
     // every member in turn: whichever holds h1's watches, one freeze hits one of them
     for victim in 0..3 {
         let pid = lab.member(victim).pid().unwrap().to_string();

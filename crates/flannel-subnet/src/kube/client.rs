@@ -1,6 +1,6 @@
 //! The few Kubernetes API calls flannel makes, over kube-rs's client (which reads kubeconfig
 //! files and the in-cluster service account as client-go does: tokens, client certificates,
-//! CA): get a Node or a Pod, list Nodes page by page, watch Nodes, patch a Node's status.
+//! CA): get a Node or a Pod, list Nodes (streamed), watch Nodes, patch a Node's status.
 //! Requests are typed by the small structs of [`super::node`], not by whole Node objects.
 
 use std::path::PathBuf;
@@ -11,9 +11,12 @@ use http::Request;
 use kube::core::WatchEvent;
 use serde::Deserialize;
 use serde_json::Value;
+use tracing::debug;
 
 use super::annotations::Annotations;
+use super::list_split::{ListSplitter, NotAList, Piece};
 use super::node::{Node, NodeObject};
+use super::proto::{self, ProtoListSplitter};
 use crate::error::{ErrorKind, StoreError};
 
 /// Where the API server is and how to authenticate (upstream: `-kube-api-url`,
@@ -130,8 +133,6 @@ impl std::fmt::Display for ApiError {
 
 /// How long a request other than a watch may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Nodes per page of a listing: the whole list is never held as JSON at once.
-const PAGE: u32 = 500;
 /// The server ends a watch after this long (and sends a bookmark before); a watch that has
 /// been silent for longer than this plus a margin is dead (a partition sends no RST).
 pub const WATCH_SECONDS: u64 = 290;
@@ -148,15 +149,6 @@ pub struct KubeApi {
 struct ListMeta {
     #[serde(rename = "resourceVersion", default)]
     resource_version: String,
-    #[serde(rename = "continue", default)]
-    continue_token: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct NodeList {
-    metadata: ListMeta,
-    #[serde(default)]
-    items: Vec<NodeObject>,
 }
 
 #[derive(Deserialize)]
@@ -269,23 +261,111 @@ impl KubeApi {
         Ok(p.spec.node_name)
     }
 
-    /// Every Node, page by page, and the resource version to watch from.
-    pub async fn list_nodes(&self, names: &Annotations) -> Result<(Vec<Node>, String), ApiError> {
-        let mut nodes = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut path = format!("/api/v1/nodes?limit={PAGE}");
-            if let Some(t) = &token {
-                path.push_str("&continue=");
-                path.push_str(&escape(t));
-            }
-            let page: NodeList = self.call(request("GET", &path, vec![], None)).await?;
-            nodes.extend(page.items.into_iter().map(|o| Node::from_object(o, names)));
-            match page.metadata.continue_token.filter(|t| !t.is_empty()) {
-                Some(t) => token = Some(t),
-                None => return Ok((nodes, page.metadata.resource_version)),
-            }
+    /// Every Node, each handed to `each` as it is read, and the resource version to watch
+    /// from. The list comes from the API server's watch cache (`resourceVersion=0`, as
+    /// upstream's informer asks: no read of etcd, no pages), in protobuf where the server
+    /// offers it (a tenth of JSON's time at 5 000 Nodes, see [`proto`]), and is decoded as it
+    /// arrives: one Node's bytes at a time are held, never the list.
+    pub async fn list_nodes(
+        &self,
+        names: &Annotations,
+        mut each: impl FnMut(Node),
+    ) -> Result<String, ApiError> {
+        use http_body_util::BodyExt;
+
+        let timeout = |what: &str| ApiError {
+            code: None,
+            message: format!(
+                "no answer from {} within {REQUEST_TIMEOUT:?} ({what})",
+                self.server
+            ),
+        };
+        let bad = |e: String| ApiError {
+            code: None,
+            message: format!("reading the Node list from {}: {e}", self.server),
+        };
+        let mut req = request("GET", "/api/v1/nodes?resourceVersion=0", vec![], None);
+        req.headers_mut().insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("application/vnd.kubernetes.protobuf, application/json"),
+        );
+        let response = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.client.send(req.map(kube::client::Body::from)),
+        )
+        .await
+        .map_err(|_| timeout("listing Nodes"))?
+        .map_err(ApiError::from_kube)?;
+        let status = response.status();
+        let protobuf = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(proto::CONTENT_TYPE));
+        debug!(
+            "the Node list comes as {}",
+            if protobuf { "protobuf" } else { "JSON" }
+        );
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let text = tokio::time::timeout(REQUEST_TIMEOUT, body.collect_bytes())
+                .await
+                .map_err(|_| timeout("reading an error"))?
+                .map_err(ApiError::from_kube)?;
+            return Err(error_of(status.as_u16(), &text));
         }
+        let mut splitter = if protobuf {
+            Splitter::Proto(ProtoListSplitter::new())
+        } else {
+            Splitter::Json(ListSplitter::new())
+        };
+        let mut resource_version = None;
+        let mut take = |piece: Piece<'_>| -> Result<(), String> {
+            match (piece, protobuf) {
+                (Piece::Metadata(b), true) => {
+                    resource_version = Some(proto::resource_version(b)?);
+                }
+                (Piece::Metadata(json), false) => {
+                    let meta: ListMeta =
+                        serde_json::from_slice(json).map_err(|e| format!("its metadata: {e}"))?;
+                    resource_version = Some(meta.resource_version);
+                }
+                (Piece::Item(b), true) => {
+                    let object =
+                        proto::node(b, &names.prefix).map_err(|e| format!("a Node: {e}"))?;
+                    each(Node::from_object(object, names));
+                }
+                (Piece::Item(json), false) => {
+                    let object: NodeObject =
+                        serde_json::from_slice(json).map_err(|e| format!("a Node: {e}"))?;
+                    each(Node::from_object(object, names));
+                }
+            }
+            Ok(())
+        };
+        loop {
+            let frame = tokio::time::timeout(REQUEST_TIMEOUT, body.frame())
+                .await
+                .map_err(|_| timeout("in the middle of the Node list"))?;
+            let Some(frame) = frame else { break };
+            let frame = frame.map_err(|e| bad(crate::error::reason(&e)))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            match &mut splitter {
+                Splitter::Json(s) => s.feed(&data, &mut take),
+                Splitter::Proto(s) => s.feed(&data, &mut take),
+            }
+            .map_err(bad)?;
+        }
+        match &splitter {
+            Splitter::Json(s) => s.finish(),
+            Splitter::Proto(s) => s.finish(),
+        }
+        .map_err(|e| bad(e.0))?;
+        resource_version
+            .filter(|rv| !rv.is_empty())
+            .ok_or_else(|| bad("no resourceVersion in its metadata".into()))
     }
 
     /// The Node changes after `resource_version`, with bookmarks; ends when the server
@@ -327,5 +407,50 @@ impl KubeApi {
             ))
             .await?;
         Ok(())
+    }
+}
+
+/// A Node list in either encoding.
+enum Splitter {
+    Json(ListSplitter),
+    Proto(ProtoListSplitter),
+}
+
+/// An error answer's body (a `Status` in JSON or protobuf, or anything else) in words.
+fn error_of(code: u16, body: &[u8]) -> ApiError {
+    #[derive(Deserialize)]
+    struct Status {
+        #[serde(default)]
+        message: String,
+        #[serde(default)]
+        reason: String,
+    }
+    let message = match serde_json::from_slice::<Status>(body) {
+        Ok(s) if !s.message.is_empty() => s.message,
+        Ok(s) if !s.reason.is_empty() => format!("{} ({code})", s.reason),
+        _ => proto::status_message(body).unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(body);
+            let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            if text.starts_with('<') {
+                format!(
+                    "HTTP {code} and no answer of a Kubernetes API (it begins {:?}): check -kube-api-url or the kubeconfig's server",
+                    text.chars().take(40).collect::<String>()
+                )
+            } else if text.is_empty() {
+                format!("HTTP {code}")
+            } else {
+                format!("HTTP {code}: {}", text.chars().take(200).collect::<String>())
+            }
+        }),
+    };
+    ApiError {
+        code: Some(code),
+        message,
+    }
+}
+
+impl From<NotAList> for String {
+    fn from(e: NotAList) -> String {
+        e.0
     }
 }

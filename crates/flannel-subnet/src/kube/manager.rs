@@ -169,13 +169,28 @@ impl KubeSubnetManager {
     /// One listing of every Node: the leases of flannel nodes by node name, and the
     /// resource version to watch from.
     async fn list(&self) -> Result<(BTreeMap<String, Lease>, String), ApiError> {
-        let (nodes, rv) = self.api.list_nodes(&self.names).await?;
-        let own = nodes.iter().find(|n| n.name == self.node_name);
-        self.saw(&self.node_name, own);
-        let leases = nodes
-            .iter()
-            .filter_map(|n| Some((n.name.clone(), self.peer_lease(n)?)))
-            .collect();
+        let started = std::time::Instant::now();
+        let mut leases = BTreeMap::new();
+        let mut own = None;
+        let mut count = 0usize;
+        let rv = self
+            .api
+            .list_nodes(&self.names, |n| {
+                count += 1;
+                if n.name == self.node_name {
+                    own = Some(n.clone());
+                }
+                if let Some(lease) = self.peer_lease(&n) {
+                    leases.insert(n.name, lease);
+                }
+            })
+            .await?;
+        self.saw(&self.node_name, own.as_ref());
+        debug!(
+            "listed {count} Nodes ({} flannel nodes) in {} ms",
+            leases.len(),
+            started.elapsed().as_millis()
+        );
         Ok((leases, rv))
     }
 }
@@ -497,9 +512,17 @@ impl SubnetManager for KubeSubnetManager {
     }
 
     async fn list_leases(&self) -> Result<Vec<LeaseEntry>, SubnetError> {
-        let (nodes, _) = self.api.list_nodes(&self.names).await.map_err(|e| {
-            SubnetError::Store(e.into_store_error(format!("listing nodes at {}", self.api.server)))
-        })?;
+        let mut nodes = Vec::new();
+        self.api
+            .list_nodes(&self.names, |n| nodes.push(n))
+            .await
+            .map_err(|e| {
+                SubnetError::Store(
+                    e.into_store_error(format!("listing nodes at {}", self.api.server)),
+                )
+            })?;
+        // the API server's watch cache lists in no particular order
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(nodes
             .iter()
             .filter(|n| n.is_flannel_node(&self.names))

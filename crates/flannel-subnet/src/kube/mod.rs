@@ -3,8 +3,10 @@
 
 pub mod annotations;
 pub mod client;
+mod list_split;
 mod manager;
 pub mod node;
+mod proto;
 
 pub use annotations::Annotations;
 pub use client::{ApiError, KubeApi, KubeSettings};

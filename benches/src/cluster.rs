@@ -33,12 +33,12 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::MulticastGroup;
 
-use flannel_lab::lab::{Lab, LabSpec};
+use flannel_lab::lab::Lab;
 
-use crate::{cluster_load, label, probe, Opts, Row, PREFIX};
+use crate::{cluster_load, label, probe, Opts, Row};
 
 /// 4 096 /24s: room for any N the underlay's /24 holds.
-const CONFIG_CLUSTER: &str =
+pub(crate) const CONFIG_CLUSTER: &str =
     r#"{"Network":"10.0.0.0/12","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
 
 /// How long a start may take before the nodes not meshed are counted as such.
@@ -47,7 +47,7 @@ const MESH_TIMEOUT: Duration = Duration::from_secs(60);
 /// A peer's entry on a node: the route to its subnet, the ARP entry of its VTEP address,
 /// the FDB entry of its VTEP MAC (bridge family, with a remote address).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Entry {
+pub(crate) enum Entry {
     Route(Ipv4Addr),
     Arp(Ipv4Addr),
     Fdb([u8; 6]),
@@ -106,6 +106,23 @@ fn classify(msg: &RouteNetlinkMessage) -> Option<(bool, Entry)> {
     }
 }
 
+/// The kernel's notifications of a peer entry added or deleted on one host.
+pub(crate) type Changes = futures::channel::mpsc::UnboundedReceiver<(
+    rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>,
+    rtnetlink::sys::SocketAddr,
+)>;
+
+/// The next peer entry added (true) or deleted (false), if one comes within 200 ms.
+pub(crate) async fn next_change(events: &mut Changes) -> Option<(bool, Entry)> {
+    let (msg, _) = tokio::time::timeout(Duration::from_millis(200), events.next())
+        .await
+        .ok()??;
+    let NetlinkPayload::InnerMessage(msg) = msg.payload else {
+        return None;
+    };
+    classify(&msg)
+}
+
 /// What one node's watcher saw.
 #[derive(Default)]
 struct NodeState {
@@ -146,15 +163,8 @@ impl MeshWatch {
             w.nodes.push(state.clone());
             w.deleted.push(deleted.clone());
             let (stop, since, ready) = (stop.clone(), since.clone(), ready_tx.clone());
-            let path = format!("/run/netns/{}", h.ns);
-            w.threads.push(std::thread::spawn(move || {
-                let file = std::fs::File::open(&path).expect("netns");
-                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                rt.block_on(watch_node(state, deleted, peers, since, stop, ready));
+            w.threads.push(crate::probe::spawn_in_netns(&h.ns, move || {
+                watch_node(state, deleted, peers, since, stop, ready)
             }));
         }
         for _ in 0..n {
@@ -257,15 +267,7 @@ async fn watch_node(
         r.min(a).min(f)
     };
     while !stop.load(Ordering::Relaxed) {
-        let Ok(Some((msg, _))) =
-            tokio::time::timeout(Duration::from_millis(200), events.next()).await
-        else {
-            continue;
-        };
-        let NetlinkPayload::InnerMessage(msg) = msg.payload else {
-            continue;
-        };
-        let Some((added, entry)) = classify(&msg) else {
+        let Some((added, entry)) = next_change(&mut events).await else {
             continue;
         };
         if added {
@@ -436,15 +438,7 @@ pub fn cluster(o: &Opts, dir: &Path) -> Vec<Row> {
     for bin in &o.binaries {
         let sub = dir.join(label(bin));
         std::fs::create_dir_all(&sub).expect("dir");
-        let spec = LabSpec {
-            name: "bk".into(),
-            flanneld: bin.clone(),
-            cni_plugin: bin.with_file_name("flannel"),
-            prefix: PREFIX.into(),
-            extra_flags: vec![],
-            dir: sub.clone(),
-            etcd_args: vec![],
-        };
+        let spec = crate::spec("bk", bin, &sub);
         eprintln!("{}: creating {nodes} hosts", label(bin));
         let mut lab = Lab::create_with_etcd_cluster(spec, nodes, Some(CONFIG_CLUSTER));
         for i in 1..=nodes {

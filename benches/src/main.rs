@@ -25,6 +25,7 @@
 //! when its three xfrm policies are; charon started anew for each start; in the VM, for
 //! its esp4 module).
 
+mod chaos;
 mod cluster;
 mod kube;
 mod probe;
@@ -162,6 +163,10 @@ struct Opts {
     nodes: Option<usize>,
     /// `--rest SECONDS`: how long the cluster scenario measures at rest (300; 5 quick).
     rest: Option<Duration>,
+    /// `--seed N`: the chaos scenario's seed (random, printed, when not given).
+    seed: Option<u64>,
+    /// `--minutes M`: how long the chaos scenario runs (30; 2 quick).
+    minutes: Option<f64>,
 }
 
 /// A scenario: runs for every binary, returns its rows.
@@ -1116,6 +1121,8 @@ fn main() {
         scenarios: Vec::new(),
         nodes: None,
         rest: None,
+        seed: None,
+        minutes: None,
     };
     let mut i = 0;
     while i < args.len() {
@@ -1151,6 +1158,20 @@ fn main() {
             "--out" => {
                 i += 1;
                 o.out = PathBuf::from(&args[i]);
+            }
+            "--seed" => {
+                i += 1;
+                o.seed = Some(args.get(i).and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+                    eprintln!("--seed: a number");
+                    std::process::exit(2);
+                }));
+            }
+            "--minutes" => {
+                i += 1;
+                o.minutes = Some(args.get(i).and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+                    eprintln!("--minutes: a number of minutes");
+                    std::process::exit(2);
+                }));
             }
             "--nodes" => {
                 i += 1;
@@ -1205,7 +1226,7 @@ fn main() {
                 o.scenarios.push(args[i].clone());
             }
             other => {
-                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw|wireguard|ipip|udp|ipsec] [--ip ipv4|dual] [--out FILE] [--peers N,N...] [--idle SECONDS] [--nodes N] [--rest SECONDS] [--scenario start|converge|cold|steady|churn|etcd-load|kube-cold|throughput|cluster]...");
+                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw|wireguard|ipip|udp|ipsec] [--ip ipv4|dual] [--out FILE] [--peers N,N...] [--idle SECONDS] [--nodes N] [--rest SECONDS] [--seed N] [--minutes M] [--scenario start|converge|cold|steady|churn|etcd-load|kube-cold|throughput|cluster|chaos]...");
                 std::process::exit(2);
             }
         }
@@ -1231,6 +1252,12 @@ fn main() {
                 .any(|(k, v)| ["exact", "running", "flat"].contains(&k.as_str()) && *v == 0.0)
         });
         std::process::exit(i32::from(bad));
+    }
+    if o.scenarios.iter().any(|s| s == "chaos") {
+        // pass or fail (a violation ends the run with the seed and the time line)
+        let rows = chaos::chaos(&o, &dir.path().join("chaos"));
+        print(&rows);
+        return;
     }
     let all: [(&str, Scenario); 9] = [
         ("start", start),

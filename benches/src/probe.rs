@@ -20,6 +20,17 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = T>,
 {
+    spawn_in_netns(ns, f)
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// [`in_netns`] without waiting: the thread's handle.
+pub fn spawn_in_netns<T: Send + 'static, F, Fut>(ns: &str, f: F) -> std::thread::JoinHandle<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
         let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -30,8 +41,6 @@ where
             .expect("runtime")
             .block_on(f())
     })
-    .join()
-    .unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// A kernel entry flannel programs for a peer, as the notifications name it.

@@ -177,11 +177,17 @@ fn wireguard_mesh_lease_key_repairs_restart_and_leave() {
         "{routes}"
     );
 
-    // pods ping across, encrypted
+    // pods ping across, encrypted (a first handshake lost, as wireguard-go's can be under
+    // load, is sent again after WireGuard's 5 s REKEY_TIMEOUT)
     for i in 1..=3 {
         lab.add_pod(i);
     }
-    assert_eq!(lab.ping_matrix(), vec![], "{}", wg_state(&lab));
+    assert!(
+        wait_until(LONG, || lab.ping_matrix().is_empty()),
+        "{:?}\n{}",
+        lab.ping_matrix(),
+        wg_state(&lab)
+    );
 
     // doctor: the device and every peer as the backend would set them
     let flags = lab.flags(1).join(" ");

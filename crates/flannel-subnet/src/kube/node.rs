@@ -4,7 +4,8 @@
 //!
 //! Upstream keeps every whole Node object in an informer cache (images, conditions, managed
 //! fields: several KiB each). Only the name, the pod CIDRs and flannel's own annotations are
-//! kept here; everything else is skipped while the JSON is read.
+//! kept here; everything else is skipped while the list (protobuf or JSON) or a watch event is
+//! read.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};

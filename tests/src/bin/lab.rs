@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use flannel_lab::lab::{self, Lab, LabSpec, DEFAULT_CONFIG, DEFAULT_PREFIX, ETCD_IP};
+use flannel_net::BackendKind;
 
 const NAME: &str = "flab";
 
@@ -89,13 +90,29 @@ fn up(args: &[String], dir: PathBuf) -> ExitCode {
         etcd_args: vec![],
     };
     // `--backend host-gw` (or any Backend.Type flanneld-rs has): the lab's config with it
-    let mut config = match arg_value(args, "--backend").as_deref() {
+    let backend = match arg_value(args, "--backend") {
+        None => None,
+        Some(name) => match BackendKind::from_type(&name) {
+            Some(kind) => Some(kind),
+            None => {
+                let kinds: Vec<&str> = BackendKind::all().map(BackendKind::name).collect();
+                eprintln!("--backend {name:?}: one of {}", kinds.join(", "));
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let default_type = format!(r#""Type":"{}""#, BackendKind::Vxlan);
+    let mut config = match backend {
         // ipsec needs a pre-shared key of at least 96 characters: a new one per lab
-        Some("ipsec") => DEFAULT_CONFIG.replace(
-            r#""Type":"vxlan""#,
-            &format!(r#""Type":"ipsec","PSK":"{}""#, random_psk()),
+        Some(BackendKind::Ipsec) => DEFAULT_CONFIG.replace(
+            &default_type,
+            &format!(
+                r#""Type":"{}","PSK":"{}""#,
+                BackendKind::Ipsec,
+                random_psk()
+            ),
         ),
-        Some(kind) => DEFAULT_CONFIG.replace(r#""Type":"vxlan""#, &format!(r#""Type":"{kind}""#)),
+        Some(kind) => DEFAULT_CONFIG.replace(&default_type, &format!(r#""Type":"{kind}""#)),
         None => DEFAULT_CONFIG.to_string(),
     };
     // `--ip dual` or `--ip ipv6`: the same with IPv6 (the underlay has fd77::N on every host)
@@ -145,8 +162,8 @@ fn up(args: &[String], dir: PathBuf) -> ExitCode {
         println!("creating {hosts} hosts, etcd at {ETCD_IP}, network config {config}");
         Lab::create(spec, hosts, Some(&config))
     };
-    let wireguard = arg_value(args, "--backend").as_deref() == Some("wireguard");
-    let ipsec = arg_value(args, "--backend").as_deref() == Some("ipsec");
+    let wireguard = backend == Some(BackendKind::WireGuard);
+    let ipsec = backend == Some(BackendKind::Ipsec);
     if wireguard || ipsec {
         // wireguard-go (a kernel without the module) serves /var/run/wireguard/flannel-wg.sock,
         // charon keeps /var/run/charon.pid and charon.vici: each host its own

@@ -131,7 +131,8 @@ impl std::fmt::Display for ApiError {
     }
 }
 
-/// How long a request other than a watch may take.
+/// How long a request other than a watch may take (the Node list: until its first bytes, and
+/// between two of its chunks).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The server ends a watch after this long (and sends a bookmark before); a watch that has
 /// been silent for longer than this plus a margin is dead (a partition sends no RST).

@@ -40,11 +40,14 @@ for line in sys.stdin:
         print(m["executable"])')
   tests/vm.sh -e FLANNEL_TEST_WIREGUARD=kernel "$binary" --test-threads=1
 done
-# the chaos run (docs/reliability.md, issue 31): 2 minutes of faults at random under lease churn,
-# the invariants checked all along; a fixed seed, then a random one (printed: `--seed N`
-# replays it)
+# the chaos run (docs/reliability.md, issue 31): 2 minutes of faults at random, several at once,
+# under lease churn, the invariants checked all along; a fixed seed, then a random one (printed:
+# `--seed N` replays it) on each store and on host-gw
 target/release/flannel-bench --quick --scenario chaos --seed 1 --flanneld target/release/flanneld-rs
-target/release/flannel-bench --quick --scenario chaos --flanneld target/release/flanneld-rs
+for mode in "--store v3" "--store v2" "--store kube" "--backend host-gw"; do
+  # shellcheck disable=SC2086 # two words
+  target/release/flannel-bench --quick --scenario chaos $mode --flanneld target/release/flanneld-rs
+done
 # the load fault of docs/reliability.md: 5000 peers and lease churn at 200/s for 10 minutes;
 # fails unless resident memory stays flat, no event is lost and the daemon keeps running
 target/release/flannel-bench --scenario soak --soak-minutes "${SOAK_MINUTES:-10}" \

@@ -167,6 +167,10 @@ struct Opts {
     seed: Option<u64>,
     /// `--minutes M`: how long the chaos scenario runs (30; 2 quick).
     minutes: Option<f64>,
+    /// `--store v3|v2|kube`: what the chaos scenario's cluster runs on (v3).
+    store: chaos::store::Store,
+    /// `--upstream BIN`: upstream's flanneld, for the chaos scenario's node replaced by it.
+    upstream: Option<PathBuf>,
 }
 
 /// A scenario: runs for every binary, returns its rows.
@@ -1123,6 +1127,8 @@ fn main() {
         rest: None,
         seed: None,
         minutes: None,
+        store: chaos::store::Store::V3,
+        upstream: None,
     };
     let mut i = 0;
     while i < args.len() {
@@ -1225,8 +1231,28 @@ fn main() {
                 i += 1;
                 o.scenarios.push(args[i].clone());
             }
+            "--store" => {
+                i += 1;
+                match args.get(i).and_then(|s| chaos::store::Store::parse(s)) {
+                    Some(s) => o.store = s,
+                    None => {
+                        eprintln!("--store: v3, v2 or kube");
+                        std::process::exit(2);
+                    }
+                }
+            }
+            "--upstream" => {
+                i += 1;
+                match args.get(i).map(PathBuf::from) {
+                    Some(p) if p.is_file() => o.upstream = Some(p),
+                    _ => {
+                        eprintln!("--upstream: the path of upstream's flanneld binary");
+                        std::process::exit(2);
+                    }
+                }
+            }
             other => {
-                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw|wireguard|ipip|udp|ipsec] [--ip ipv4|dual] [--out FILE] [--peers N,N...] [--idle SECONDS] [--nodes N] [--rest SECONDS] [--seed N] [--minutes M] [--scenario start|converge|cold|steady|churn|etcd-load|kube-cold|throughput|cluster|chaos]...");
+                eprintln!("unknown argument {other}\nusage: flannel-bench [--flanneld PATH]... [--quick] [--backend vxlan|host-gw|wireguard|ipip|udp|ipsec] [--ip ipv4|dual] [--out FILE] [--peers N,N...] [--idle SECONDS] [--nodes N] [--rest SECONDS] [--seed N] [--minutes M] [--store v3|v2|kube] [--upstream BIN] [--scenario start|converge|cold|steady|churn|etcd-load|kube-cold|throughput|cluster|chaos]...");
                 std::process::exit(2);
             }
         }

@@ -215,42 +215,16 @@ impl TestApiServer {
         path: &str,
         body: Option<(&str, &Value)>,
     ) -> Option<(u16, Value)> {
-        let url = format!("{}{path}", self.url());
-        let mut args = vec![
-            "netns".to_string(),
-            "exec".into(),
-            self.netns.clone(),
-            "curl".into(),
-            "-s".into(),
-            "--max-time".into(),
-            "10".into(),
-            "--cacert".into(),
-            self.ca.display().to_string(),
-            "-H".into(),
-            format!("Authorization: Bearer {ADMIN_TOKEN}"),
-            "-X".into(),
-            method.into(),
-            "-w".into(),
-            "\n%{http_code}".into(),
-        ];
-        if let Some((content_type, value)) = body {
-            args.extend([
-                "-H".into(),
-                format!("Content-Type: {content_type}"),
-                "--data-binary".into(),
-                value.to_string(),
-            ]);
+        self.admin().try_request(method, path, body)
+    }
+
+    /// The admin's requests, apart from the server's handle (for another thread).
+    pub fn admin(&self) -> Admin {
+        Admin {
+            netns: self.netns.clone(),
+            url: self.url(),
+            ca: self.ca.clone(),
         }
-        args.push(url);
-        let out = Command::new("ip").args(&args).output().ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n')?;
-        let code: u16 = code.trim().parse().ok()?;
-        if code == 0 {
-            return None;
-        }
-        let value = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()));
-        Some((code, value))
     }
 
     /// A request that must succeed (2xx); its body.
@@ -397,6 +371,62 @@ impl TestApiServer {
                 Some(("application/json", &binding)),
             );
         }
+    }
+}
+
+/// Requests as the admin, with curl from the server's namespace.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    netns: String,
+    url: String,
+    ca: PathBuf,
+}
+
+impl Admin {
+    /// The status code and the body (JSON when it parses); `None` when the server did not
+    /// answer.
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &Value)>,
+    ) -> Option<(u16, Value)> {
+        let url = format!("{}{path}", self.url);
+        let mut args = vec![
+            "netns".to_string(),
+            "exec".into(),
+            self.netns.clone(),
+            "curl".into(),
+            "-s".into(),
+            "--max-time".into(),
+            "10".into(),
+            "--cacert".into(),
+            self.ca.display().to_string(),
+            "-H".into(),
+            format!("Authorization: Bearer {ADMIN_TOKEN}"),
+            "-X".into(),
+            method.into(),
+            "-w".into(),
+            "\n%{http_code}".into(),
+        ];
+        if let Some((content_type, value)) = body {
+            args.extend([
+                "-H".into(),
+                format!("Content-Type: {content_type}"),
+                "--data-binary".into(),
+                value.to_string(),
+            ]);
+        }
+        args.push(url);
+        let out = Command::new("ip").args(&args).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n')?;
+        let code: u16 = code.trim().parse().ok()?;
+        if code == 0 {
+            return None;
+        }
+        let value = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()));
+        Some((code, value))
     }
 }
 

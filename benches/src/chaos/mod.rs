@@ -67,6 +67,9 @@ struct Record {
     timeline: Vec<String>,
     seed: u64,
     replay: String,
+    /// The run's folder (logs of every daemon, etcd and the API server): copied out of the
+    /// temporary folder on a violation.
+    dir: std::path::PathBuf,
 }
 
 impl Record {
@@ -78,12 +81,19 @@ impl Record {
 
     /// Ends the run: the rule broken, the seed, the time line, the state.
     fn violation(&self, rule: &str, state: &str) -> ! {
+        let kept = std::env::temp_dir().join(format!("flannel-chaos-{}", self.seed));
+        let _ = std::fs::remove_dir_all(&kept);
+        let _ = std::process::Command::new("cp")
+            .arg("-a")
+            .args([&self.dir, &kept])
+            .status();
         panic!(
-            "chaos: invariant broken: {rule}\nseed {} (replay: {} --seed {})\ntime line:\n{}\nstate:\n{state}",
+            "chaos: invariant broken: {rule}\nseed {} (replay: {} --seed {})\ntime line:\n{}\nstate:\n{state}\nthe logs: {}",
             self.seed,
             self.replay,
             self.seed,
-            self.timeline.join("\n")
+            self.timeline.join("\n"),
+            kept.display()
         );
     }
 }
@@ -135,8 +145,10 @@ fn watch_changes(
 struct Excuses(Vec<(Excuse, Instant, Option<Instant>)>);
 
 impl Excuses {
-    fn open(&mut self, e: Excuse) -> usize {
-        self.0.push((e, Instant::now(), None));
+    /// From `from`: the moment before the fault was injected (its first deletions may be
+    /// seen before `inject` returns).
+    fn open(&mut self, e: Excuse, from: Instant) -> usize {
+        self.0.push((e, from, None));
         self.0.len() - 1
     }
 
@@ -236,6 +248,7 @@ pub fn chaos(o: &Opts, dir: &Path) -> Vec<Row> {
                     ""
                 }
             ),
+            dir: sub.clone(),
         };
         if !wait_until(Duration::from_secs(30), || {
             state_differs(&lab, store).is_none()
@@ -284,12 +297,17 @@ pub fn chaos(o: &Opts, dir: &Path) -> Vec<Row> {
                 if target.is_some_and(|t| busy.contains(&t)) {
                     continue;
                 }
+                let before = Instant::now();
                 let (injected, hold) = faults::inject(&mut lab, &setup, fault, &mut rng);
                 rec.note(format!("{fault:?} for {hold:?}"));
                 faults += 1;
                 busy.extend(injected.target);
                 restarted.extend(injected.restarted);
-                let windows = injected.excuses.iter().map(|e| excuses.open(*e)).collect();
+                let windows = injected
+                    .excuses
+                    .iter()
+                    .map(|e| excuses.open(*e, before))
+                    .collect();
                 held.push((Instant::now() + hold, fault, injected, windows));
                 if k + 1 < size {
                     std::thread::sleep(Duration::from_millis(rng.random_range(0..1000)));
@@ -298,6 +316,15 @@ pub fn chaos(o: &Opts, dir: &Path) -> Vec<Row> {
             groups += 1;
             overlapped += usize::from(held.len() > 1);
             held.sort_by_key(|h| h.0);
+            // the API server starts only over a live etcd: healed after the members
+            if let Some(at) = held
+                .iter()
+                .position(|h| matches!(h.2.heal, faults::Heal::StartApiServer))
+            {
+                let mut api = held.remove(at);
+                api.0 = api.0.max(held.last().map_or(api.0, |h| h.0));
+                held.push(api);
+            }
             for (due, fault, injected, windows) in held {
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
                 if let Fault::PausePastTtl(h) = fault {
@@ -331,7 +358,10 @@ pub fn chaos(o: &Opts, dir: &Path) -> Vec<Row> {
                     if let Some((p, _)) = peer {
                         if !excuses.excused(h, *p, *at) {
                             rec.violation(
-                                &format!("h{h}'s kernel lost h{p}'s live entry {entry:?}"),
+                                &format!(
+                                    "h{h}'s kernel lost h{p}'s live entry {entry:?} at {:.3} s",
+                                    at.saturating_duration_since(rec.t0).as_secs_f64()
+                                ),
                                 &lab.log(h),
                             );
                         }

@@ -55,6 +55,17 @@ fn classic_form(lab: &Lab, i: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Host `i`'s gateway address: its subnet's network address (a nexthop's id as a number).
+fn gateway(lab: &Lab, i: usize) -> Ipv4Addr {
+    lab.subnet(i)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 fn wait_for(lab: &Lab, what: impl Fn() -> Result<(), String>) {
     let mut last = String::new();
     let ok = wait_until(Duration::from_secs(20), || match what() {
@@ -124,8 +135,7 @@ fn peer_routes_through_nexthops_switch_forms_without_a_hole() {
         .contains("id 4242 dev eth0"));
 
     // a peer's nexthop deleted by hand (the kernel drops its route with it): repaired
-    let sn2 = lab.subnet(2).unwrap();
-    let gw2: Ipv4Addr = sn2.split('/').next().unwrap().parse().unwrap();
+    let gw2 = gateway(&lab, 2);
     lab.on_host(
         1,
         &["ip", "nexthop", "del", "id", &u32::from(gw2).to_string()],
@@ -140,14 +150,7 @@ fn peer_routes_through_nexthops_switch_forms_without_a_hole() {
         .unwrap();
     lab.etcd()
         .ctl(&["del", &format!("{}/subnets/{key}", lab.spec.prefix)]);
-    let gw3: Ipv4Addr = lab
-        .subnet(3)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let gw3 = gateway(&lab, 3);
     assert!(
         wait_until(LONG, || !lab
             .on_host(1, &["ip", "nexthop"])
@@ -159,4 +162,40 @@ fn peer_routes_through_nexthops_switch_forms_without_a_hole() {
         lab.add_pod(i);
     }
     assert!(lab.ping_matrix().is_empty(), "pods do not reach each other");
+}
+
+/// Found by the chaos run (issue 31, etcd v2, seed 14179668181677826151): deleting a nexthop
+/// object takes the routes through it along without a route notification, and the node did
+/// not subscribe to nexthop notifications, so the route stayed missing until the periodic
+/// reconcile (up to 10 s). Now the deletion is damage like a deleted route: repaired at once,
+/// by the repair that logs what it did (the periodic reconcile does not).
+#[test]
+fn a_deleted_nexthop_is_repaired_on_the_kernels_notification() {
+    let (mut lab, _dir) = lab('G', 2, Some(DEFAULT_CONFIG));
+    lab.start_all();
+    lab.wait_ready(LONG);
+    wait_converged(&lab);
+    wait_for(&lab, || nexthop_form(&lab, 1));
+    let repairs = |lab: &Lab| {
+        lab.log(1)
+            .lines()
+            .filter(|l| l.contains("repaired") && l.contains("kernel entries"))
+            .count()
+    };
+    let before = repairs(&lab);
+    let gw2 = gateway(&lab, 2);
+    lab.on_host(
+        1,
+        &["ip", "nexthop", "del", "id", &u32::from(gw2).to_string()],
+    );
+    wait_for(&lab, || nexthop_form(&lab, 1));
+    // the nexthop and its route, put back by the repair of the notification
+    assert!(
+        wait_until(Duration::from_secs(2), || repairs(&lab) > before),
+        "{}",
+        lab.log(1)
+    );
+    lab.add_pod(1);
+    lab.add_pod(2);
+    assert_eq!(lab.ping_matrix(), Vec::<(usize, usize)>::new());
 }

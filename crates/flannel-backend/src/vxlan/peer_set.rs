@@ -142,6 +142,18 @@ impl PeerSet {
         needs_neighbour(&self.by_subnet, ip, mac)
     }
 
+    /// Whether a peer's route goes through nexthop `id` (see [`super::peers::nexthop_id`]:
+    /// the id is its gateway's address).
+    pub fn has_nexthop(&self, id: u32) -> bool {
+        let gateway = IpAddr::V4(std::net::Ipv4Addr::from(id));
+        let Some((lo, hi)) = key_range(gateway) else {
+            return false;
+        };
+        self.by_subnet
+            .range(lo..=hi)
+            .any(|(_, p)| p.nexthop(0).is_some_and(|n| n.id == id))
+    }
+
     /// Whether a peer needs the FDB entry `mac dst ip`.
     pub fn needs_fdb(&self, mac: MacAddr, ip: IpAddr) -> bool {
         self.fdb.contains_key(&(mac, ip))

@@ -432,6 +432,8 @@ impl Tunnel {
                     || mac.is_some_and(|m| self.peers.needs_fdb(m, ip))
             }
             KernelEvent::NeighbourDeleted { .. } => false,
+            // the routes through it went with it, unannounced
+            KernelEvent::NexthopDeleted { id } => self.peers.has_nexthop(id),
         }
     }
 }

@@ -266,7 +266,7 @@ impl Reconciler for WireGuardBackend {
             KernelEvent::LinkDeleted { index } => ours(index),
             KernelEvent::LinkChanged { index, up } => !up && ours(index),
             KernelEvent::RouteDeleted { dst } => self.sides.iter().any(|s| s.network == *dst),
-            KernelEvent::NeighbourDeleted { .. } => false,
+            KernelEvent::NeighbourDeleted { .. } | KernelEvent::NexthopDeleted { .. } => false,
         }
     }
 

@@ -146,7 +146,8 @@ impl Setup {
             ];
         }
         let bin = lab.spec.flanneld.clone();
-        lab.start_full(h, &bin, &env, &[&ttl]);
+        // -v=2: debug lines (each peer added and removed, the watch's moves) for a violation's logs
+        lab.start_full(h, &bin, &env, &[&ttl, "-v=2"]);
     }
 }
 

@@ -40,6 +40,9 @@ struct State {
     history: Vec<(Revision, Key, Change)>,
     compacted: Revision,
     down: bool,
+    /// Renewals fail while the rest works: an etcd member without a leader still serves a
+    /// watch, but a lease keep-alive needs the leader.
+    renewals_fail: bool,
     next_handle: i64,
     events: broadcast::Sender<Msg>,
 }
@@ -58,6 +61,7 @@ impl Default for MemoryStore {
                 history: Vec::new(),
                 compacted: 0,
                 down: false,
+                renewals_fail: false,
                 next_handle: 1,
                 events: broadcast::channel(1024).0,
             })),
@@ -131,6 +135,11 @@ impl MemoryStore {
         if down {
             let _ = state.events.send(Msg::Break);
         }
+    }
+
+    /// Makes renewals fail (and nothing else) until `fail_renewals(false)`.
+    pub fn fail_renewals(&self, fail: bool) {
+        self.lock().renewals_fail = fail;
     }
 
     /// Cuts every watch's connection, as a store restart or a partition does.
@@ -260,6 +269,9 @@ impl Store for MemoryStore {
         ttl: Duration,
     ) -> Result<Option<Duration>, StoreError> {
         let mut state = self.open("renewing").await?;
+        if state.renewals_fail {
+            return Err(StoreError::transient("renewing", "etcdserver: no leader"));
+        }
         let key = Key::Subnet(record.name.clone());
         match state.keys.get_mut(&key) {
             Some(e) if e.expires_at.is_some() && e.ttl_handle == record.ttl_handle => {

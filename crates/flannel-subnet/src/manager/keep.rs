@@ -16,8 +16,21 @@ use super::{subnet_key, LeaseManager};
 use crate::store::{Change, Cond, Life, Store};
 use crate::SubnetError;
 
-/// Upstream retries a failed renewal every minute.
+/// Upstream retries a failed renewal every minute. Here sooner when less time is left: a
+/// quarter of what remains (at least 1 s), so that a lease renewed a minute before expiry
+/// (`--subnet-lease-renew-margin=1`) gets several tries rather than none.
 const RENEW_RETRY: Duration = Duration::from_secs(60);
+const RENEW_RETRY_MIN: Duration = Duration::from_secs(1);
+
+/// When to try a failed renewal again, the lease expiring at `expires_at`.
+fn retry_after(expires_at: Option<Instant>) -> Duration {
+    match expires_at {
+        Some(at) => {
+            (at.saturating_duration_since(Instant::now()) / 4).clamp(RENEW_RETRY_MIN, RENEW_RETRY)
+        }
+        None => RENEW_RETRY,
+    }
+}
 
 pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -103,6 +116,12 @@ impl<S: Store> LeaseManager<S> {
             }
         };
         status.send_replace(lease.clone());
+        let mut expires_at = match lease.expiration {
+            Expiration::At(t) => {
+                Some(Instant::now() + t.duration_since(SystemTime::now()).unwrap_or_default())
+            }
+            _ => None,
+        };
         let mut changes = self.store.watch(Some(&key), revision).await?;
         let mut renew_at = match lease.expiration {
             Expiration::At(t) => {
@@ -129,6 +148,7 @@ impl<S: Store> LeaseManager<S> {
                         status.send_replace(lease.clone());
                         self.stats.lease_renewals.fetch_add(1, Ordering::Relaxed);
                         info!("Lease renewed, new expiration: {}", format_utc(expiration));
+                        expires_at = Some(Instant::now() + left);
                         renew_at = Some(Instant::now() + self.policy.renew_wait(left));
                     }
                     Ok(None) => {
@@ -137,8 +157,15 @@ impl<S: Store> LeaseManager<S> {
                     }
                     Err(e) => {
                         self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                        warn!("Error renewing lease (trying again in 1 min): {e}");
-                        renew_at = Some(Instant::now() + RENEW_RETRY);
+                        let retry = retry_after(expires_at);
+                        // upstream's words when it is upstream's minute
+                        let when = if retry == RENEW_RETRY {
+                            "1 min".to_string()
+                        } else {
+                            format_duration(retry)
+                        };
+                        warn!("Error renewing lease (trying again in {when}): {e}");
+                        renew_at = Some(Instant::now() + retry);
                     }
                 },
                 item = changes.next() => {

@@ -211,6 +211,49 @@ async fn the_keeper_renews_recreates_a_lost_key_and_stops_when_the_subnet_is_tak
     assert!(matches!(err, SubnetError::LeaseTaken { .. }), "{err}");
 }
 
+/// Renewals failing while the watch goes on (an etcd member without a leader serves the
+/// watch, a keep-alive needs the leader): the keeper tries again before the lease expires,
+/// not a minute later. Before: a renewal a minute before expiry (`--subnet-lease-renew-margin=1`)
+/// that failed once let the lease expire, and every peer dropped the node's routes until it
+/// was re-created.
+#[tokio::test(start_paused = true)]
+async fn a_failed_renewal_is_tried_again_before_the_lease_expires() {
+    let store = store_with(NET).await;
+    let policy = LeasePolicy {
+        ttl: Duration::from_secs(40),
+        renew_margin: Duration::from_secs(30),
+    };
+    let m = LeaseManager::new(store.clone(), policy, None);
+    let lease = acquire(&m, 1).await;
+    let k = key(&lease);
+    let (status_tx, _status) = watch::channel(lease.clone());
+    let stats = m.stats();
+    let keeper = tokio::spawn(async move { m.keep_lease(lease, status_tx).await });
+    // renewed at 10 s, then every renewal fails from 15 s to 45 s: 25 s left at the failure
+    // of 20 s, tried again within a quarter of what is left each time
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    store.fail_renewals(true);
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(store.value(&k).is_some(), "the lease expired");
+    }
+    store.fail_renewals(false);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(store.value(&k).is_some(), "the lease expired");
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        load(&stats.lease_recreations),
+        0,
+        "the lease was lost and re-created"
+    );
+    assert!(
+        load(&stats.errors) >= 3,
+        "renewals failed: {}",
+        load(&stats.errors)
+    );
+    keeper.abort();
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_watch_reports_every_change_across_breaks_compaction_and_outages() {
     let store = store_with(NET).await;

@@ -153,8 +153,16 @@ async fn a_reservation_is_reused_and_stays_a_reservation() {
     assert_eq!(store.expires(&k), Some(false));
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_keeper_renews_recreates_a_lost_key_and_stops_when_the_subnet_is_taken() {
+/// A lease keeper at work: 40 s TTL, renewed 30 s before expiry (every 10 s).
+struct Keeper {
+    store: MemoryStore,
+    k: Key,
+    status: watch::Receiver<Lease>,
+    stats: std::sync::Arc<crate::SubnetStats>,
+    keeper: tokio::task::JoinHandle<Result<(), SubnetError>>,
+}
+
+async fn keeper() -> Keeper {
     let store = store_with(NET).await;
     let policy = LeasePolicy {
         ttl: Duration::from_secs(40),
@@ -163,9 +171,27 @@ async fn the_keeper_renews_recreates_a_lost_key_and_stops_when_the_subnet_is_tak
     let m = LeaseManager::new(store.clone(), policy, None);
     let lease = acquire(&m, 1).await;
     let k = key(&lease);
-    let (status_tx, mut status) = watch::channel(lease.clone());
+    let (status_tx, status) = watch::channel(lease.clone());
     let stats = m.stats();
     let keeper = tokio::spawn(async move { m.keep_lease(lease, status_tx).await });
+    Keeper {
+        store,
+        k,
+        status,
+        stats,
+        keeper,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_keeper_renews_recreates_a_lost_key_and_stops_when_the_subnet_is_taken() {
+    let Keeper {
+        store,
+        k,
+        mut status,
+        stats,
+        keeper,
+    } = keeper().await;
 
     // renewed every 10 s (40 s TTL, 30 s margin), the key never expires
     tokio::time::sleep(Duration::from_secs(95)).await;
@@ -218,17 +244,13 @@ async fn the_keeper_renews_recreates_a_lost_key_and_stops_when_the_subnet_is_tak
 /// was re-created.
 #[tokio::test(start_paused = true)]
 async fn a_failed_renewal_is_tried_again_before_the_lease_expires() {
-    let store = store_with(NET).await;
-    let policy = LeasePolicy {
-        ttl: Duration::from_secs(40),
-        renew_margin: Duration::from_secs(30),
-    };
-    let m = LeaseManager::new(store.clone(), policy, None);
-    let lease = acquire(&m, 1).await;
-    let k = key(&lease);
-    let (status_tx, _status) = watch::channel(lease.clone());
-    let stats = m.stats();
-    let keeper = tokio::spawn(async move { m.keep_lease(lease, status_tx).await });
+    let Keeper {
+        store,
+        k,
+        stats,
+        keeper,
+        ..
+    } = keeper().await;
     // renewed at 10 s, then every renewal fails from 15 s to 45 s: 25 s left at the failure
     // of 20 s, tried again within a quarter of what is left each time
     tokio::time::sleep(Duration::from_secs(15)).await;

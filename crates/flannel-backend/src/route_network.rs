@@ -260,6 +260,11 @@ impl<S: RouteShape> Reconciler for RouteNetwork<S> {
     fn is_damage(&self, event: &KernelEvent) -> bool {
         match event {
             KernelEvent::RouteDeleted { dst } => self.routes.contains_key(dst),
+            // the kernel flushed the routes through the external interface while it was down,
+            // without a route notification: put back once it is up (found by the chaos run)
+            KernelEvent::LinkChanged { index, up: true } if *index == self.ext.index => {
+                !self.routes.is_empty()
+            }
             other => self.shape.is_device_damage(other),
         }
     }

@@ -7,7 +7,9 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use flannel_lab::lab::{nsexec, try_nsexec, wait_until, DEFAULT_CONFIG, DEFAULT_PREFIX, ETCD_IP};
+use flannel_lab::lab::{
+    nsexec, try_nsexec, wait_until, Lab, DEFAULT_CONFIG, DEFAULT_PREFIX, ETCD_IP,
+};
 
 fn kill(lab: &flannel_lab::lab::Lab, index: usize, signal: &str) {
     let pid = lab.pid(index).unwrap().to_string();
@@ -704,4 +706,38 @@ fn ipip_without_the_kernels_module_says_which_module() {
     );
     let links = nsexec(&ns, &["ip", "-o", "link", "show"]);
     assert!(!links.contains("flannel.ipip"), "{links}");
+}
+
+/// VXLAN with DirectRouting: a peer on the same segment gets a plain route through the
+/// external interface, which the kernel flushes, unannounced, when the interface goes down
+/// (the host-gw finding of the chaos run, issue 31). Put back by the repair once it is up.
+#[test]
+fn direct_routes_flushed_by_the_link_going_down_are_put_back_when_it_comes_up() {
+    const DIRECT: &str =
+        r#"{"Network":"10.200.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
+    let (mut lab, _dir) = lab('L', 2, Some(DIRECT));
+    lab.start_all();
+    lab.wait_ready(LONG);
+    let direct = |lab: &Lab| {
+        let routes = lab.on_host(1, &["ip", "route"]);
+        let sn2 = lab.subnet(2).unwrap_or_default();
+        routes.lines().any(|l| {
+            l.starts_with(&sn2) && l.contains(&format!("via {} dev eth0", lab.hosts[1].ip))
+        })
+    };
+    assert!(wait_until(LONG, || direct(&lab)), "{}", lab.log(1));
+    let before = repairs(&lab, 1);
+    lab.on_host(1, &["ip", "link", "set", "eth0", "down"]);
+    assert!(
+        !direct(&lab),
+        "the kernel keeps routes through a link that is down"
+    );
+    lab.on_host(1, &["ip", "link", "set", "eth0", "up"]);
+    assert!(
+        wait_until(Duration::from_secs(3), || repairs(&lab, 1) > before
+            && direct(&lab)),
+        "{}\n{}",
+        lab.on_host(1, &["ip", "route"]),
+        lab.log(1)
+    );
 }

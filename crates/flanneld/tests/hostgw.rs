@@ -212,3 +212,34 @@ fn switching_between_vxlan_and_host_gw_leaves_nothing_behind() {
         );
     }
 }
+
+/// Found by the chaos run (issue 31, host-gw, seed 16797280028551424871): the kernel flushes
+/// the routes through an interface that goes down and says nothing of it (no route
+/// notification), so after the link came back the node had no route to any peer until the
+/// periodic reconcile. Now the interface coming up is damage: the routes are put back at
+/// once, by the repair that logs what it did (the periodic reconcile does not).
+#[test]
+fn routes_flushed_by_the_link_going_down_are_put_back_when_it_comes_up() {
+    let (mut lab, _dir) = lab('H', 2, Some(CONFIG));
+    lab.start_all();
+    lab.wait_ready(LONG);
+    assert!(wait_until(LONG, || meshed(&lab)), "{}", lab.log(1));
+    let before = repairs(&lab, 1);
+    lab.on_host(1, &["ip", "link", "set", "eth0", "down"]);
+    assert!(
+        flannel_routes(&lab, 1).is_empty(),
+        "the kernel keeps routes through a link that is down: {:?}",
+        flannel_routes(&lab, 1)
+    );
+    lab.on_host(1, &["ip", "link", "set", "eth0", "up"]);
+    assert!(
+        wait_until(Duration::from_secs(3), || repairs(&lab, 1) > before
+            && meshed(&lab)),
+        "routes {:?}\n{}",
+        flannel_routes(&lab, 1),
+        lab.log(1)
+    );
+    lab.add_pod(1);
+    lab.add_pod(2);
+    assert_eq!(lab.ping_matrix(), Vec::<(usize, usize)>::new());
+}

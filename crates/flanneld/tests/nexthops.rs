@@ -176,13 +176,7 @@ fn a_deleted_nexthop_is_repaired_on_the_kernels_notification() {
     lab.wait_ready(LONG);
     wait_converged(&lab);
     wait_for(&lab, || nexthop_form(&lab, 1));
-    let repairs = |lab: &Lab| {
-        lab.log(1)
-            .lines()
-            .filter(|l| l.contains("repaired") && l.contains("kernel entries"))
-            .count()
-    };
-    let before = repairs(&lab);
+    let before = repairs(&lab, 1);
     let gw2 = gateway(&lab, 2);
     lab.on_host(
         1,
@@ -191,7 +185,7 @@ fn a_deleted_nexthop_is_repaired_on_the_kernels_notification() {
     wait_for(&lab, || nexthop_form(&lab, 1));
     // the nexthop and its route, put back by the repair of the notification
     assert!(
-        wait_until(Duration::from_secs(2), || repairs(&lab) > before),
+        wait_until(Duration::from_secs(2), || repairs(&lab, 1) > before),
         "{}",
         lab.log(1)
     );

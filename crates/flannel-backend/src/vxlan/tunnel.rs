@@ -422,7 +422,12 @@ impl Tunnel {
         let device = self.device.index;
         match *event {
             KernelEvent::LinkDeleted { index } => index == device,
-            KernelEvent::LinkChanged { index, up } => index == device && !up,
+            KernelEvent::LinkChanged { index, up } if index == device => !up,
+            // DirectRouting's routes through the external interface were flushed while it was
+            // down, without a route notification: put back once it is up
+            KernelEvent::LinkChanged { index, up } => {
+                up && index == self.ext.index && self.peers.values().any(|p| p.direct)
+            }
             KernelEvent::RouteDeleted { dst } => self.peers.contains(&dst),
             KernelEvent::NeighbourDeleted { index, ip, mac } if index == device => {
                 let Some(ip) = ip else {

@@ -314,6 +314,15 @@ impl Drop for Monitors {
 
 /// The routes of host `i` into the lab's flannel network (10.200.0.0/16) but its own cni0's,
 /// as `ip route` prints them.
+/// How many times host `i` logged a repair of kernel damage it was told of (the periodic
+/// reconcile logs none): a repair seen here came from a kernel notification.
+pub fn repairs(lab: &Lab, i: usize) -> usize {
+    lab.log(i)
+        .lines()
+        .filter(|l| l.contains("repaired") && l.contains("kernel entries"))
+        .count()
+}
+
 pub fn flannel_routes(lab: &Lab, i: usize) -> Vec<String> {
     sorted_lines(&lab.on_host(i, &["ip", "route"]))
         .into_iter()

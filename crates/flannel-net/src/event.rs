@@ -36,6 +36,8 @@ impl LeaseEvent {
 /// What a lease watch delivers at a time.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LeaseBatch {
+    /// At most one event per subnet: what moves a consumer from the state before the batch
+    /// to the state after it. Consumers may apply a batch's removals before its additions.
     pub events: Vec<LeaseEvent>,
     /// True when this batch follows a full listing: after applying it the consumer knows
     /// every lease there is (the first batch of a watch is always one, even if empty).

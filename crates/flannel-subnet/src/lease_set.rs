@@ -89,6 +89,44 @@ impl LeaseSet {
     pub fn remove(&mut self, key: &SubnetKey) -> Option<LeaseEvent> {
         self.leases.remove(key).map(LeaseEvent::Removed)
     }
+
+    /// Applies the changes of one watch response in order (`Some`: a new version, `None`:
+    /// gone) and returns the net events: one per lease at most, from its state before the
+    /// batch to its state after. A lease written and deleted within the batch (a watch
+    /// catching up gets many revisions in one response) yields nothing; both events would
+    /// leave it programmed by a consumer that applies removals first.
+    pub fn apply(
+        &mut self,
+        changes: impl IntoIterator<Item = (SubnetKey, Option<Lease>)>,
+    ) -> Vec<LeaseEvent> {
+        let mut before: BTreeMap<SubnetKey, Option<Arc<Lease>>> = BTreeMap::new();
+        for (key, change) in changes {
+            before
+                .entry(key)
+                .or_insert_with(|| self.leases.get(&key).cloned());
+            match change {
+                Some(lease) => {
+                    self.leases.insert(key, Arc::new(lease));
+                }
+                None => {
+                    self.leases.remove(&key);
+                }
+            }
+        }
+        let (mut removed, mut added) = (Vec::new(), Vec::new());
+        for (key, old) in before {
+            match (old, self.leases.get(&key)) {
+                (Some(old), None) => removed.push(LeaseEvent::Removed(old)),
+                (None, Some(new)) => added.push(LeaseEvent::Added(Arc::clone(new))),
+                (Some(old), Some(new)) if old.attrs != new.attrs => {
+                    added.push(LeaseEvent::Added(Arc::clone(new)));
+                }
+                _ => {}
+            }
+        }
+        removed.extend(added);
+        removed
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +147,45 @@ mod tests {
             },
             expiration: Expiration::Unknown,
         }
+    }
+
+    fn names(events: &[LeaseEvent]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                LeaseEvent::Added(l) => format!("+{}", l.subnet),
+                LeaseEvent::Removed(l) => format!("-{}", l.subnet),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_yields_one_net_event_per_lease() {
+        let mut set = LeaseSet::default();
+        set.put(lease("10.1.1.0/24", "192.0.2.1"));
+        set.put(lease("10.1.2.0/24", "192.0.2.2"));
+        let key = |s: &str| lease(s, "192.0.2.9").key();
+        let events = set.apply(vec![
+            // written and deleted within the batch: nothing
+            (key("10.1.3.0/24"), Some(lease("10.1.3.0/24", "192.0.2.3"))),
+            (key("10.1.3.0/24"), None),
+            // deleted and written again unchanged: nothing
+            (key("10.1.1.0/24"), None),
+            (key("10.1.1.0/24"), Some(lease("10.1.1.0/24", "192.0.2.1"))),
+            // changed twice: the last version
+            (key("10.1.2.0/24"), Some(lease("10.1.2.0/24", "192.0.2.20"))),
+            (key("10.1.2.0/24"), Some(lease("10.1.2.0/24", "192.0.2.22"))),
+            // new
+            (key("10.1.4.0/24"), Some(lease("10.1.4.0/24", "192.0.2.4"))),
+        ]);
+        assert_eq!(names(&events), vec!["+10.1.2.0/24", "+10.1.4.0/24"]);
+        let LeaseEvent::Added(changed) = &events[0] else {
+            unreachable!()
+        };
+        assert_eq!(changed.attrs.public_ip.to_string(), "192.0.2.22");
+        let events = set.apply(vec![(key("10.1.4.0/24"), None)]);
+        assert_eq!(names(&events), vec!["-10.1.4.0/24"]);
+        assert_eq!(set.len(), 2);
     }
 
     #[test]

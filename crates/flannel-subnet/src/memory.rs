@@ -29,6 +29,8 @@ struct Entry {
 #[derive(Clone)]
 enum Msg {
     Change(Revision, Key, Change),
+    /// Changes a watch gets in one response (see [`MemoryStore::hold`]).
+    Batch(Vec<(Revision, Key, Change)>),
     /// The connection of every watch breaks.
     Break,
 }
@@ -43,6 +45,8 @@ struct State {
     /// Renewals fail while the rest works: an etcd member without a leader still serves a
     /// watch, but a lease keep-alive needs the leader.
     renewals_fail: bool,
+    /// Changes held back from the live watches, to be delivered in one response.
+    held: Option<Vec<(Revision, Key, Change)>>,
     next_handle: i64,
     events: broadcast::Sender<Msg>,
 }
@@ -62,6 +66,7 @@ impl Default for MemoryStore {
                 compacted: 0,
                 down: false,
                 renewals_fail: false,
+                held: None,
                 next_handle: 1,
                 events: broadcast::channel(1024).0,
             })),
@@ -91,7 +96,12 @@ impl State {
     fn record_change(&mut self, key: Key, change: Change) {
         self.history
             .push((self.revision, key.clone(), change.clone()));
-        let _ = self.events.send(Msg::Change(self.revision, key, change));
+        match &mut self.held {
+            Some(held) => held.push((self.revision, key, change)),
+            None => {
+                let _ = self.events.send(Msg::Change(self.revision, key, change));
+            }
+        }
     }
 
     /// Removes what expired, as deletions.
@@ -134,6 +144,19 @@ impl MemoryStore {
         state.down = down;
         if down {
             let _ = state.events.send(Msg::Break);
+        }
+    }
+
+    /// Holds the changes from now on back from the live watches until [`MemoryStore::release`]
+    /// delivers them in one response, as etcd does to a watch catching up.
+    pub fn hold(&self) {
+        self.lock().held = Some(Vec::new());
+    }
+
+    pub fn release(&self) {
+        let mut state = self.lock();
+        if let Some(held) = state.held.take() {
+            let _ = state.events.send(Msg::Batch(held));
         }
     }
 
@@ -328,6 +351,16 @@ impl Store for MemoryStore {
                             return Some((Ok(Watched::Changes(vec![c])), Some(rx)))
                         }
                         Ok(Msg::Change(..)) => {}
+                        Ok(Msg::Batch(all)) => {
+                            let changes: Vec<Change> = all
+                                .into_iter()
+                                .filter(|(rev, k, _)| *rev > seen && wanted(k, &filter))
+                                .map(|(_, _, c)| c)
+                                .collect();
+                            if !changes.is_empty() {
+                                return Some((Ok(Watched::Changes(changes)), Some(rx)));
+                            }
+                        }
                         Ok(Msg::Break) | Err(broadcast::error::RecvError::Closed) => {
                             let e = StoreError::transient("watching", "connection lost");
                             return Some((Err(e), None));

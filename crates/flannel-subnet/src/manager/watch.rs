@@ -84,21 +84,19 @@ impl<S: Store> LeaseManager<S> {
                 );
                 return Ok(());
             };
-            let mut events = Vec::new();
-            for change in changes {
-                match change {
-                    Change::Put(record) => match parse(&record).lease {
-                        Ok(lease) => events.extend(set.put(lease)),
-                        // Keep what we knew of that node: a broken update must not cut it off.
-                        Err(e) => warn!(key = %record.name, "ignoring bad subnet lease: {e}"),
-                    },
-                    Change::Delete(name) => {
-                        if let Ok(key) = name.parse::<SubnetKey>() {
-                            events.extend(set.remove(&key));
-                        }
+            // one net event per lease: a response may hold many revisions (a watch catching
+            // up), a lease written and deleted among them (found by the chaos run)
+            let events = set.apply(changes.into_iter().filter_map(|change| match change {
+                Change::Put(record) => match parse(&record).lease {
+                    Ok(lease) => Some((lease.key(), Some(lease))),
+                    // Keep what we knew of that node: a broken update must not cut it off.
+                    Err(e) => {
+                        warn!(key = %record.name, "ignoring bad subnet lease: {e}");
+                        None
                     }
-                }
-            }
+                },
+                Change::Delete(name) => name.parse::<SubnetKey>().ok().map(|key| (key, None)),
+            }));
             if !events.is_empty() {
                 tx.send(LeaseBatch {
                     events,

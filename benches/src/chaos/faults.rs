@@ -81,21 +81,24 @@ impl Setup {
     pub(super) fn pick(&self, rng: &mut StdRng) -> Fault {
         loop {
             let host = rng.random_range(1..=self.hosts);
+            // h1 is never restarted (killed, terminated, swapped): its memory across the
+            // whole run is rule 5's witness
+            let restartable = rng.random_range(2..=self.hosts);
             let members = self.store.members();
             let member = members[rng.random_range(0..members.len())];
             let fault = match rng.random_range(0..19) {
                 0 => Fault::KillMember(member),
                 1 => Fault::KillLeader,
                 2 => Fault::FreezeMember(member),
-                3 => Fault::KillFlanneld(host),
-                4 => Fault::TermFlanneld(host),
+                3 => Fault::KillFlanneld(restartable),
+                4 => Fault::TermFlanneld(restartable),
                 5 => Fault::PausePastTtl(host),
                 6 => {
                     let hours =
                         rng.random_range(1..=72) * if rng.random_bool(0.5) { 1 } else { -1 };
                     Fault::ClockJump(host, hours)
                 }
-                7 => Fault::Upstream(host),
+                7 => Fault::Upstream(restartable),
                 8 => Fault::Partition(host),
                 9 => Fault::LinkDown(host),
                 10 => Fault::DeleteRoute(host),

@@ -172,9 +172,14 @@ impl Excuses {
     }
 }
 
+/// The run's backend type: VXLAN, or host-gw with `--backend host-gw`.
+fn backend() -> &'static str {
+    crate::backend_name().unwrap_or(flannel_net::BackendKind::Vxlan.name())
+}
+
 /// The network config of the run: the Network (10.0.0.0/12) and the backend.
 fn config(store: Store) -> String {
-    let backend = if host_gw() { "host-gw" } else { "vxlan" };
+    let backend = backend();
     match store {
         Store::Kube => format!(r#"{{"Network":"10.0.0.0/12","Backend":{{"Type":"{backend}"}}}}"#),
         _ => format!(
@@ -187,7 +192,7 @@ pub fn chaos(o: &Opts, dir: &Path) -> Vec<Row> {
     let minutes = o.minutes.unwrap_or(if o.quick { 2.0 } else { 30.0 });
     let seed = o.seed.unwrap_or_else(rand::random);
     let store = o.store;
-    let backend = if host_gw() { "host-gw" } else { "vxlan" };
+    let backend = backend();
     let faketime = faults::faketime();
     if faketime.is_none() {
         eprintln!("chaos: no clock jumps (libfaketime is not installed)");

@@ -401,13 +401,11 @@ fn v2_leases(lab: &Lab, member: usize) -> Option<Leases> {
 fn kube_node(i: u32) -> Value {
     let (subnet, mac, _) = peer_value(i);
     let public_ip = Ipv4Addr::from(0xac10_0000 + i + 1);
-    let (kind, data) = if host_gw() {
-        ("host-gw", "null".to_string())
+    let kind = super::backend();
+    let data = if host_gw() {
+        "null".to_string()
     } else {
-        (
-            "vxlan",
-            format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, flannel_net::MacAddr(mac)),
-        )
+        format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, flannel_net::MacAddr(mac))
     };
     json!({
         "apiVersion": "v1",

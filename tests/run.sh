@@ -44,13 +44,10 @@ done
 # under lease churn, the invariants checked all along; a fixed seed, then a random one (printed:
 # `--seed N` replays it) on each store and on host-gw
 target/release/flannel-bench --quick --scenario chaos --seed 1 --flanneld target/release/flanneld-rs
-for mode in "--store v3" "--store v2" "--backend host-gw"; do
+for mode in "--store v3" "--store v2" "--store kube" "--backend host-gw"; do
   # shellcheck disable=SC2086 # two words
   target/release/flannel-bench --quick --scenario chaos $mode --flanneld target/release/flanneld-rs
 done
-# kube mode on a fixed seed until its open finding (docs/reliability.md: the Node watch stalls
-# for TCP's backoff after a link outage) is fixed; then a random one like the others
-target/release/flannel-bench --quick --scenario chaos --store kube --seed 1 --flanneld target/release/flanneld-rs
 # the load fault of docs/reliability.md: 5000 peers and lease churn at 200/s for 10 minutes;
 # fails unless resident memory stays flat, no event is lost and the daemon keeps running
 target/release/flannel-bench --scenario soak --soak-minutes "${SOAK_MINUTES:-10}" \

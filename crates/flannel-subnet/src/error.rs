@@ -57,8 +57,15 @@ pub fn reason(e: &(dyn std::error::Error + 'static)) -> String {
                 K::HostUnreachable => "no route to host",
                 K::NetworkUnreachable => "network unreachable",
                 K::AddrNotAvailable => "address not available",
-                // TLS and other errors carried as I/O errors: their own text says it
-                _ => return io.to_string(),
+                // another error carried as an I/O error (TLS, a client's own): its cause
+                _ => match io.get_ref() {
+                    Some(inner) => {
+                        innermost = inner;
+                        current = inner.source();
+                        continue;
+                    }
+                    None => return io.to_string(),
+                },
             };
             return words.to_string();
         }

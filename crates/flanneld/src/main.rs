@@ -84,8 +84,9 @@ fn log_filter(verbosity: i64) -> String {
     };
     let mut directives = vec!["warn".to_string()];
     directives.extend(OWN_TARGETS.iter().map(|t| format!("{t}={level}")));
-    // kube-rs logs each failed request itself, in its types' words (`failed with error
-    // client error (Connect)`); ours says what was tried and what answered. Shown from -v=2.
+    // kube-rs logs in its types' words (a token's refresh; each failed request on the proxy
+    // path, `failed with error client error (Connect)`); ours says what was tried and what
+    // answered. Shown from -v=2.
     if verbosity < 2 {
         directives.push("kube_client=off".to_string());
     }

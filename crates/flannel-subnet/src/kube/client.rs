@@ -223,8 +223,7 @@ impl KubeApi {
         // a watch is silent for minutes; each other request has its own timeout
         config.read_timeout = None;
         let server = config.cluster_url.to_string();
-        let client = kube::Client::try_from(config)
-            .map_err(|e| format!("Kubernetes API client for {server}: {e}"))?;
+        let client = super::transport::client(config)?;
         Ok(KubeApi { client, server })
     }
 

@@ -7,6 +7,7 @@ mod list_split;
 mod manager;
 pub mod node;
 mod proto;
+mod transport;
 
 pub use annotations::Annotations;
 pub use client::{ApiError, KubeApi, KubeSettings};

@@ -14,9 +14,9 @@ use serde_json::Value;
 use tracing::debug;
 
 use super::annotations::Annotations;
-use super::list_split::{ListSplitter, NotAList, Piece};
 use super::node::{Node, NodeObject};
-use super::proto::{self, ProtoListSplitter};
+use super::node_list::NodeListReader;
+use super::proto;
 use crate::error::{ErrorKind, StoreError};
 
 /// Where the API server is and how to authenticate (upstream: `-kube-api-url`,
@@ -144,12 +144,6 @@ pub struct KubeApi {
     client: kube::Client,
     /// For messages: the API server's URL.
     pub server: String,
-}
-
-#[derive(Deserialize)]
-struct ListMeta {
-    #[serde(rename = "resourceVersion", default)]
-    resource_version: String,
 }
 
 #[derive(Deserialize)]
@@ -314,35 +308,7 @@ impl KubeApi {
                 .map_err(ApiError::from_kube)?;
             return Err(error_of(status.as_u16(), &text));
         }
-        let mut splitter = if protobuf {
-            Splitter::Proto(ProtoListSplitter::new())
-        } else {
-            Splitter::Json(ListSplitter::new())
-        };
-        let mut resource_version = None;
-        let mut take = |piece: Piece<'_>| -> Result<(), String> {
-            match (piece, protobuf) {
-                (Piece::Metadata(b), true) => {
-                    resource_version = Some(proto::resource_version(b)?);
-                }
-                (Piece::Metadata(json), false) => {
-                    let meta: ListMeta =
-                        serde_json::from_slice(json).map_err(|e| format!("its metadata: {e}"))?;
-                    resource_version = Some(meta.resource_version);
-                }
-                (Piece::Item(b), true) => {
-                    let object =
-                        proto::node(b, &names.prefix).map_err(|e| format!("a Node: {e}"))?;
-                    each(Node::from_object(object, names));
-                }
-                (Piece::Item(json), false) => {
-                    let object: NodeObject =
-                        serde_json::from_slice(json).map_err(|e| format!("a Node: {e}"))?;
-                    each(Node::from_object(object, names));
-                }
-            }
-            Ok(())
-        };
+        let mut reader = NodeListReader::new(protobuf);
         loop {
             let frame = tokio::time::timeout(REQUEST_TIMEOUT, body.frame())
                 .await
@@ -352,20 +318,9 @@ impl KubeApi {
             let Ok(data) = frame.into_data() else {
                 continue; // trailers
             };
-            match &mut splitter {
-                Splitter::Json(s) => s.feed(&data, &mut take),
-                Splitter::Proto(s) => s.feed(&data, &mut take),
-            }
-            .map_err(bad)?;
+            reader.feed(&data, names, &mut each).map_err(bad)?;
         }
-        match &splitter {
-            Splitter::Json(s) => s.finish(),
-            Splitter::Proto(s) => s.finish(),
-        }
-        .map_err(|e| bad(e.0))?;
-        resource_version
-            .filter(|rv| !rv.is_empty())
-            .ok_or_else(|| bad("no resourceVersion in its metadata".into()))
+        reader.finish().map_err(bad)
     }
 
     /// The Node changes after `resource_version`, with bookmarks; ends when the server
@@ -410,12 +365,6 @@ impl KubeApi {
     }
 }
 
-/// A Node list in either encoding.
-enum Splitter {
-    Json(ListSplitter),
-    Proto(ProtoListSplitter),
-}
-
 /// An error answer's body (a `Status` in JSON or protobuf, or anything else) in words.
 fn error_of(code: u16, body: &[u8]) -> ApiError {
     #[derive(Deserialize)]
@@ -446,11 +395,5 @@ fn error_of(code: u16, body: &[u8]) -> ApiError {
     ApiError {
         code: Some(code),
         message,
-    }
-}
-
-impl From<NotAList> for String {
-    fn from(e: NotAList) -> String {
-        e.0
     }
 }

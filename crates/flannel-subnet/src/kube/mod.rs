@@ -6,6 +6,7 @@ pub mod client;
 mod list_split;
 mod manager;
 pub mod node;
+mod node_list;
 mod proto;
 mod transport;
 

@@ -345,11 +345,11 @@ impl ProtoListSplitter {
     }
 }
 
+/// Node lists as the API server encodes them, for the tests of this module and of the list
+/// reader.
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
+pub(super) mod samples {
+    use super::MAGIC;
 
     fn put_varint(out: &mut Vec<u8>, mut v: u64) {
         loop {
@@ -363,7 +363,7 @@ mod tests {
         }
     }
 
-    fn bytes_field(field: u64, value: &[u8]) -> Vec<u8> {
+    pub fn bytes_field(field: u64, value: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         put_varint(&mut out, field << 3 | 2);
         put_varint(&mut out, value.len() as u64);
@@ -371,7 +371,7 @@ mod tests {
         out
     }
 
-    fn varint_field(field: u64, v: u64) -> Vec<u8> {
+    pub fn varint_field(field: u64, v: u64) -> Vec<u8> {
         let mut out = Vec::new();
         put_varint(&mut out, field << 3);
         put_varint(&mut out, v);
@@ -383,7 +383,7 @@ mod tests {
     }
 
     /// A Node as the API server encodes it (fields flannel skips included).
-    fn node_bytes(name: &str, cidr: &str) -> Vec<u8> {
+    pub fn node_bytes(name: &str, cidr: &str) -> Vec<u8> {
         let meta = [
             bytes_field(1, name.as_bytes()),
             bytes_field(5, b"uid-1"),
@@ -411,7 +411,7 @@ mod tests {
         .concat()
     }
 
-    fn list_body(nodes: &[Vec<u8>]) -> Vec<u8> {
+    pub fn list_body(nodes: &[Vec<u8>]) -> Vec<u8> {
         let mut list = bytes_field(1, &bytes_field(2, b"4242"));
         for n in nodes {
             list.extend(bytes_field(2, n));
@@ -428,6 +428,14 @@ mod tests {
         .concat();
         [MAGIC.to_vec(), envelope].concat()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::samples::*;
+    use super::*;
 
     fn split(body: &[u8], size: usize) -> Result<(String, Vec<NodeObject>), String> {
         let mut s = ProtoListSplitter::new();

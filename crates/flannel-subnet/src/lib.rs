@@ -14,6 +14,7 @@
 
 pub mod acquire;
 pub mod allocate;
+mod backoff;
 mod error;
 pub mod etcd;
 pub mod etcd2;

@@ -19,11 +19,13 @@ use futures::StreamExt;
 use ipnetwork::IpNetwork;
 use kube::core::WatchEvent;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::annotations::Annotations;
 use super::client::{ApiError, KubeApi, WATCH_SECONDS};
 use super::node::{self, Node};
+use crate::backoff::{sleep_unless, Backoff};
 use crate::error::StoreError;
 use crate::lease_set::LeaseSet;
 use crate::{LeaseEntry, SubnetError, SubnetManager, SubnetStats};
@@ -458,21 +460,21 @@ impl SubnetManager for KubeSubnetManager {
         }
         let mut peers = Peers::default();
         let mut first = true;
-        let mut pause = Duration::from_millis(250);
+        let mut backoff = Backoff::new();
         loop {
+            let started = Instant::now();
             let (leases, mut rv) = match self.list().await {
                 Ok(listing) => listing,
                 Err(e) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    let pause = backoff.next(started);
                     warn!(
                         "listing nodes at {}: {e}; trying again in {pause:?}",
                         self.api.server
                     );
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
-                        () = tx.closed() => return Ok(()),
+                    if !sleep_unless(pause, tx.closed()).await {
+                        return Ok(());
                     }
-                    pause = (pause * 2).min(Duration::from_secs(5));
                     continue;
                 }
             };
@@ -493,18 +495,18 @@ impl SubnetManager for KubeSubnetManager {
             // follow the changes; a watch the server ends is taken up again from the last
             // resource version; a break that may have lost history lists again
             loop {
+                let started = Instant::now();
                 match self.follow(&mut peers, &mut rv, &tx).await {
-                    Ok(Follow::Again) => pause = Duration::from_millis(250),
+                    Ok(Follow::Again) => backoff = Backoff::new(),
                     Ok(Follow::Closed) => return Ok(()),
                     Ok(Follow::Relist) => break,
                     Err(e) => {
                         self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        let pause = backoff.next(started);
                         warn!("node watch interrupted: {e}; watching again in {pause:?}");
-                        tokio::select! {
-                            () = tokio::time::sleep(pause) => {}
-                            () = tx.closed() => return Ok(()),
+                        if !sleep_unless(pause, tx.closed()).await {
+                            return Ok(());
                         }
-                        pause = (pause * 2).min(Duration::from_secs(5));
                     }
                 }
             }

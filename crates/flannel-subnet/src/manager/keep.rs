@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use super::watch::changes_of;
 use super::{subnet_key, LeaseManager};
+use crate::backoff::Backoff;
 use crate::store::{Change, Cond, Life, Store};
 use crate::SubnetError;
 
@@ -32,36 +33,6 @@ fn retry_after(expires_at: Option<Instant>) -> Duration {
     }
 }
 
-pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
-pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// The pause between two sessions of a keeper or watch: 100 ms doubling to 5 s, back to
-/// 100 ms after a session that lasted longer than that.
-pub(super) struct Backoff(pub(super) Duration);
-
-impl Backoff {
-    pub(super) fn new() -> Self {
-        Backoff(BACKOFF_MIN)
-    }
-
-    /// Waits before the next try, unless `closed` resolves first (then `false`).
-    pub(super) async fn wait(
-        &mut self,
-        started: Instant,
-        closed: impl std::future::Future<Output = ()>,
-    ) -> bool {
-        if started.elapsed() > BACKOFF_MAX {
-            self.0 = BACKOFF_MIN;
-        }
-        let d = self.0;
-        self.0 = (self.0 * 2).min(BACKOFF_MAX);
-        tokio::select! {
-            () = tokio::time::sleep(d) => true,
-            () = closed => false,
-        }
-    }
-}
-
 impl<S: Store> LeaseManager<S> {
     pub(super) async fn keep_forever(
         &self,
@@ -76,11 +47,12 @@ impl<S: Store> LeaseManager<S> {
                 Err(e @ SubnetError::LeaseTaken { .. }) => return Err(e),
                 Err(e) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    let pause = backoff.next(started);
                     warn!(
-                        "keeping the lease of subnet {}: {e}; retrying in {:?}",
-                        lease.subnet, backoff.0
+                        "keeping the lease of subnet {}: {e}; retrying in {pause:?}",
+                        lease.subnet
                     );
-                    backoff.wait(started, std::future::pending()).await;
+                    tokio::time::sleep(pause).await;
                 }
             }
         }

@@ -10,8 +10,8 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::keep::Backoff;
 use super::{parse, LeaseManager};
+use crate::backoff::{sleep_unless, Backoff};
 use crate::error::StoreError;
 use crate::lease_set::LeaseSet;
 use crate::store::{Change, Key, Store, Watched};
@@ -35,11 +35,9 @@ impl<S: Store> LeaseManager<S> {
                 Err(SubnetError::Closed) => return Ok(()),
                 Err(e) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(
-                        "lease watch interrupted: {e}; re-listing in {:?}",
-                        backoff.0
-                    );
-                    if !backoff.wait(started, tx.closed()).await {
+                    let pause = backoff.next(started);
+                    warn!("lease watch interrupted: {e}; re-listing in {pause:?}");
+                    if !sleep_unless(pause, tx.closed()).await {
                         return Ok(());
                     }
                 }
@@ -121,8 +119,9 @@ impl<S: Store> LeaseManager<S> {
                 Err(SubnetError::Closed) => return Ok(()),
                 Ok(()) => backoff = Backoff::new(),
                 Err(e) => {
-                    debug!("config watch: {e}; again in {:?}", backoff.0);
-                    if !backoff.wait(started, tx.closed()).await {
+                    let pause = backoff.next(started);
+                    debug!("config watch: {e}; again in {pause:?}");
+                    if !sleep_unless(pause, tx.closed()).await {
                         return Ok(());
                     }
                 }

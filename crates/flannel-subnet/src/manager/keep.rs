@@ -47,7 +47,9 @@ impl<S: Store> LeaseManager<S> {
                 Err(e @ SubnetError::LeaseTaken { .. }) => return Err(e),
                 Err(e) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    let pause = backoff.next(started);
+                    // never past the renewal: a keeper whose sessions keep breaking would
+                    // otherwise sleep through it
+                    let pause = backoff.next(started).min(self.until_renewal(&lease));
                     warn!(
                         "keeping the lease of subnet {}: {e}; retrying in {pause:?}",
                         lease.subnet
@@ -55,6 +57,16 @@ impl<S: Store> LeaseManager<S> {
                     tokio::time::sleep(pause).await;
                 }
             }
+        }
+    }
+
+    /// How long until `lease` is due for renewal (now when overdue; never without an expiry).
+    fn until_renewal(&self, lease: &Lease) -> Duration {
+        match lease.expiration {
+            Expiration::At(t) => self
+                .policy
+                .renew_wait(t.duration_since(SystemTime::now()).unwrap_or_default()),
+            _ => Duration::MAX,
         }
     }
 
@@ -96,10 +108,8 @@ impl<S: Store> LeaseManager<S> {
         };
         let mut changes = self.store.watch(Some(&key), revision).await?;
         let mut renew_at = match lease.expiration {
-            Expiration::At(t) => {
-                let wait = self
-                    .policy
-                    .renew_wait(t.duration_since(SystemTime::now()).unwrap_or_default());
+            Expiration::At(_) => {
+                let wait = self.until_renewal(lease);
                 info!("Waiting for {} to renew lease", format_duration(wait));
                 Some(Instant::now() + wait)
             }

@@ -172,11 +172,15 @@ struct Keeper {
 }
 
 async fn keeper() -> Keeper {
-    let store = store_with(NET).await;
-    let policy = LeasePolicy {
+    keeper_with(LeasePolicy {
         ttl: Duration::from_secs(40),
         renew_margin: Duration::from_secs(30),
-    };
+    })
+    .await
+}
+
+async fn keeper_with(policy: LeasePolicy) -> Keeper {
+    let store = store_with(NET).await;
     let m = LeaseManager::new(store.clone(), policy, None);
     let lease = acquire(&m, 1).await;
     let k = key(&lease);
@@ -282,6 +286,47 @@ async fn a_failed_renewal_is_tried_again_before_the_lease_expires() {
         "renewals failed: {}",
         load(&stats.errors)
     );
+    keeper.abort();
+}
+
+/// Found by the chaos run (issue 31, etcd v2, seed 13277286894587368887): with a margin as
+/// long as the TTL (the run's 60 s TTL and the default hour) the keeper renewed at half of
+/// what was left, counted afresh by each session, so a keeper whose watch kept breaking
+/// (etcd members killed one after another) put the renewal off each time, to 3 s before
+/// expiry; a leader election then took those 3 s and the lease expired under a live node.
+/// Each break also made the keeper pause, growing to 5 s, through which it slept past the
+/// renewal. The renewal is now a fixed instant before expiry, whichever session waits for
+/// it, and no pause lasts past it.
+#[tokio::test(start_paused = true)]
+async fn a_keeper_whose_watch_keeps_breaking_renews_on_time() {
+    let Keeper {
+        store,
+        k,
+        stats,
+        keeper,
+        ..
+    } = keeper_with(LeasePolicy {
+        ttl: Duration::from_secs(60),
+        renew_margin: Duration::from_secs(60 * 60),
+    })
+    .await;
+    let renewals = || {
+        stats
+            .lease_renewals
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // a break every 2 s: the renewal is due at half the TTL all the same
+    for _ in 0..16 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        store.break_watches();
+    }
+    assert_eq!(renewals(), 1, "not renewed at half the TTL (30 s)");
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        store.break_watches();
+    }
+    assert_eq!(renewals(), 3, "renewed every 30 s");
+    assert!(store.value(&k).is_some());
     keeper.abort();
 }
 

@@ -2,7 +2,7 @@
 //! 5 s while sessions keep failing, back to 100 ms after a session that lasted longer than
 //! that (it worked: its break is news, not the same outage going on). Without that reset a
 //! kube watch broken once by an API server restart waited the full 5 s after every later
-//! break for good (the chaos run's fifth finding).
+//! break for good (the chaos run's sixth finding).
 
 use std::future::Future;
 use std::time::Duration;

@@ -38,8 +38,9 @@ use flannel_lab::lab::Lab;
 use crate::{cluster_load, label, probe, Opts, Row};
 
 /// 4 096 /24s: room for any N the underlay's /24 holds.
-pub(crate) const CONFIG_CLUSTER: &str =
-    r#"{"Network":"10.0.0.0/12","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
+pub(crate) fn cluster_config() -> String {
+    crate::net_config("10.0.0.0/12", flannel_net::BackendKind::Vxlan).to_string()
+}
 
 /// How long a start may take before the nodes not meshed are counted as such.
 const MESH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -440,7 +441,7 @@ pub fn cluster(o: &Opts, dir: &Path) -> Vec<Row> {
         std::fs::create_dir_all(&sub).expect("dir");
         let spec = crate::spec("bk", bin, &sub);
         eprintln!("{}: creating {nodes} hosts", label(bin));
-        let mut lab = Lab::create_with_etcd_cluster(spec, nodes, Some(CONFIG_CLUSTER));
+        let mut lab = Lab::create_with_etcd_cluster(spec, nodes, Some(&cluster_config()));
         for i in 1..=nodes {
             lab.on_host(i, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         }

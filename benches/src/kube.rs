@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use flannel_lab::kube::Authz;
 use flannel_lab::lab::Lab;
+use flannel_net::BackendKind;
 use serde_json::{json, Value};
 
 use crate::{label, peer_value, spec, Opts, Row};
 
-const NET_CONF: &str = r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#;
 const P: &str = "flannel.alpha.coreos.com/";
 
 /// Node `i` as a kubelet registers it and flanneld annotates it.
@@ -52,7 +52,7 @@ fn node(i: u32) -> Value {
                 "node.alpha.kubernetes.io/ttl": "0",
                 "volumes.kubernetes.io/controller-managed-attach-detach": "true",
                 format!("{P}backend-data"): format!("{{\"VNI\":1,\"VtepMAC\":\"{mac}\"}}"),
-                format!("{P}backend-type"): "vxlan",
+                format!("{P}backend-type"): BackendKind::Vxlan.name(),
                 format!("{P}kube-subnet-manager"): "true",
                 format!("{P}public-ip"): public_ip.to_string(),
             },
@@ -97,7 +97,10 @@ pub fn cold(o: &Opts, dir: &Path) -> Vec<Row> {
     for &n in sizes {
         for bin in &o.binaries {
             let mut lab = Lab::create(spec("bq", bin, &dir.join(format!("{n}"))), 1, None);
-            lab.use_kube(Authz::AlwaysAllow, NET_CONF);
+            lab.use_kube(
+                Authz::AlwaysAllow,
+                &crate::net_config("10.0.0.0/8", BackendKind::Vxlan).to_string(),
+            );
             let nodes: Vec<Value> = (0..n).map(node).collect();
             lab.kube().create_nodes(&nodes);
             // this node: one annotation (upstream v0.20.2 panics on a node without any)

@@ -41,19 +41,16 @@ use flannel_lab::lab::{wait_until, Lab, LabSpec, ETCD_IP, HEALTHZ_PORT};
 use probe::{in_netns, peer_entries, Entry, Watch};
 
 const PREFIX: &str = "/coreos.com/network";
-/// A /8 so that thousands of /24 peers fit; this node takes one of the first 100.
-const CONFIG: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
-const CONFIG_HOST_GW: &str =
-    r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#;
-
-/// The ipsec backend, with a PSK of upstream's minimum length.
-const CONFIG_IPSEC: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"ipsec","PSK":"flannel-bench-psk-flannel-bench-psk-flannel-bench-psk-flannel-bench-psk-flannel-bench-psk-flannel-bench-psk"}}"#;
-const CONFIG_UDP: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"udp"}}"#;
-const CONFIG_IPIP: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"ipip"}}"#;
-const CONFIG_WIREGUARD: &str =
-    r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"wireguard"}}"#;
-
-const CONFIG_DUAL: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00::/40","Backend":{"Type":"vxlan"}}"#;
+/// The network config of a lab over `network` (/24 subnets) for `kind`, the backend named
+/// by its table row; ipsec's with a PSK of upstream's minimum length. The bench's node takes
+/// one of the first 100 subnets of a /8, so that thousands of /24 peers fit.
+pub(crate) fn net_config(network: &str, kind: flannel_net::BackendKind) -> serde_json::Value {
+    let mut backend = serde_json::json!({ "Type": kind.name() });
+    if kind == flannel_net::BackendKind::Ipsec {
+        backend["PSK"] = ["flannel-bench-psk"; 6].join("-").into();
+    }
+    serde_json::json!({ "Network": network, "SubnetLen": 24, "Backend": backend })
+}
 
 /// `--ip dual` (set once, before any scenario runs).
 static DUAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -97,8 +94,8 @@ fn udp() -> bool {
     UDP.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// The backend `--backend` named, but vxlan.
-fn backend_name() -> Option<&'static str> {
+/// The backend `--backend` named (vxlan by default).
+fn backend_kind() -> flannel_net::BackendKind {
     use flannel_net::BackendKind as K;
     [
         (host_gw(), K::HostGw),
@@ -108,7 +105,14 @@ fn backend_name() -> Option<&'static str> {
         (ipsec(), K::Ipsec),
     ]
     .into_iter()
-    .find_map(|(on, kind)| on.then_some(kind.name()))
+    .find_map(|(on, kind)| on.then_some(kind))
+    .unwrap_or(K::Vxlan)
+}
+
+/// The backend `--backend` named, but vxlan.
+fn backend_name() -> Option<&'static str> {
+    let kind = backend_kind();
+    (kind != flannel_net::BackendKind::Vxlan).then_some(kind.name())
 }
 
 /// `--backend ipip` (set once, before any scenario runs).
@@ -220,31 +224,23 @@ fn spec(name: &str, flanneld: &Path, dir: &Path) -> LabSpec {
 }
 
 fn lab(name: &str, flanneld: &Path, dir: &Path) -> Lab {
+    use flannel_net::BackendKind as K;
     let spec = spec(name, flanneld, dir);
     if dual() {
-        return Lab::create(spec, 1, Some(CONFIG_DUAL));
+        let mut config = net_config("10.0.0.0/8", K::Vxlan);
+        config["EnableIPv6"] = true.into();
+        config["IPv6Network"] = "fd00::/40".into();
+        return Lab::create(spec, 1, Some(&config.to_string()));
     }
-    if ipip() {
-        return Lab::create(spec, 1, Some(CONFIG_IPIP));
-    }
-    if ipsec() {
-        // charon's pid file and VICI socket are the host's own
-        let mut lab = Lab::create(spec, 1, Some(CONFIG_IPSEC));
+    let kind = backend_kind();
+    let mut lab = Lab::create(spec, 1, Some(&net_config("10.0.0.0/8", kind).to_string()));
+    if matches!(kind, K::Ipsec | K::WireGuard) {
+        // charon's pid file and VICI socket, wireguard-go's sockets: the host's own
         lab.private_run();
+    }
+    if kind != K::HostGw {
         return lab;
     }
-    if udp() {
-        return Lab::create(spec, 1, Some(CONFIG_UDP));
-    }
-    if wireguard() {
-        let mut lab = Lab::create(spec, 1, Some(CONFIG_WIREGUARD));
-        lab.private_run();
-        return lab;
-    }
-    if !host_gw() {
-        return Lab::create(spec, 1, Some(CONFIG));
-    }
-    let lab = Lab::create(spec, 1, Some(CONFIG_HOST_GW));
     // the peers' PublicIPs (172.16.0.1 ...) on the node's segment, as host-gw needs
     lab.on_host(
         1,
@@ -259,28 +255,25 @@ fn peer_value(i: u32) -> (Ipv4Addr, [u8; 6], String) {
     let ip = Ipv4Addr::from(0xac10_0000 + i + 1);
     let mac = [0x0e, 0x00, 0x00, (i >> 16) as u8, (i >> 8) as u8, i as u8];
     let m = flannel_net::MacAddr(mac);
+    let t = backend_kind().name();
     let value = if wireguard() {
         let k = wg_key(i);
         format!(
-            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{k}","Port":51820}}}}"#
+            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"{t}","BackendData":{{"PublicKey":"{k}","Port":51820}}}}"#
         )
-    } else if host_gw() {
-        format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"host-gw"}}"#)
-    } else if ipip() {
-        format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"ipip"}}"#)
     } else if udp() {
         format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null}}"#)
-    } else if ipsec() {
-        format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"ipsec"}}"#)
+    } else if host_gw() || ipip() || ipsec() {
+        format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"{t}"}}"#)
     } else if dual() {
         let ip6 = Ipv6Addr::from((0xfd77u128 << 112) | u128::from(i + 1));
         let m6 = flannel_net::MacAddr(mac6(i));
         format!(
-            r#"{{"PublicIP":"{ip}","PublicIPv6":"{ip6}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{m}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{m6}"}}}}"#
+            r#"{{"PublicIP":"{ip}","PublicIPv6":"{ip6}","BackendType":"{t}","BackendData":{{"VNI":1,"VtepMAC":"{m}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{m6}"}}}}"#
         )
     } else {
         format!(
-            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{m}"}}}}"#
+            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"{t}","BackendData":{{"VNI":1,"VtepMAC":"{m}"}}}}"#
         )
     };
     (subnet, mac, value)
@@ -741,7 +734,11 @@ fn etcd_load(o: &Opts, dir: &Path) -> Vec<Row> {
     };
     let mut rows = Vec::new();
     for bin in &o.binaries {
-        let mut lab = Lab::create_with_etcd_cluster(spec("bl", bin, dir), nodes, Some(CONFIG));
+        let mut lab = Lab::create_with_etcd_cluster(
+            spec("bl", bin, dir),
+            nodes,
+            Some(&net_config("10.0.0.0/8", flannel_net::BackendKind::Vxlan).to_string()),
+        );
         lab.start_all();
         lab.wait_ready(Duration::from_secs(60));
         std::thread::sleep(Duration::from_secs(7));
